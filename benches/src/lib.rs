@@ -1,0 +1,1 @@
+//! corecast benchmarks: shared helpers for the criterion benches and loadgen.

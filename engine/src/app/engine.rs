@@ -1,0 +1,402 @@
+//! [`Engine`]: build from a [`Config`], register handlers, start the shards.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use corecast_shards::{owner_of, Mesh, MeshSender, PoolConfig, ShardPool};
+
+use super::builtin;
+use super::conn::WsConn;
+use super::message::Message;
+use crate::config::{Config, EndpointKind};
+use crate::net::accept::accept_loop;
+use crate::net::shard::{BroadcastError, Shard, ShardMsg};
+use crate::proto::ws::deflate::DeflateSettings;
+use crate::stats::ShardStats;
+
+/// A boxed handler future (runs on the connection's shard; need not be `Send`).
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + 'static>>;
+
+/// A WebSocket handler shared by every shard.
+pub type WsHandler = Arc<dyn Fn(WsConn) -> HandlerFuture + Send + Sync>;
+
+/// A routed path.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) handler: WsHandler,
+    pub(crate) protocols: Vec<String>,
+}
+
+/// State every shard shares (read-only after start, apart from atomics).
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) deflate: DeflateSettings,
+    pub(crate) endpoints: Vec<(String, Endpoint)>,
+    pub(crate) senders: Vec<MeshSender<ShardMsg>>,
+    pub(crate) stats: Vec<Arc<ShardStats>>,
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn endpoint(&self, path: &str) -> Option<&Endpoint> {
+        self.endpoints
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, e)| e)
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stats_list(&self) -> Vec<ShardStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats
+            .iter()
+            .map(|s| {
+                let c = ShardStats::default();
+                let copy = |from: &std::sync::atomic::AtomicU64,
+                            to: &std::sync::atomic::AtomicU64| {
+                    to.store(from.load(Relaxed), Relaxed)
+                };
+                copy(&s.connections, &c.connections);
+                copy(&s.accepted, &c.accepted);
+                copy(&s.messages_in, &c.messages_in);
+                copy(&s.broadcasts, &c.broadcasts);
+                copy(&s.deliveries, &c.deliveries);
+                copy(&s.frames_written, &c.frames_written);
+                copy(&s.writes, &c.writes);
+                copy(&s.bytes_written, &c.bytes_written);
+                copy(&s.slow_consumers, &c.slow_consumers);
+                copy(&s.mesh_overflows, &c.mesh_overflows);
+                copy(&s.handler_panics, &c.handler_panics);
+                c
+            })
+            .collect()
+    }
+}
+
+/// Why the engine could not start.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// An engine being configured: register handlers, then [`Engine::start`].
+pub struct Engine {
+    config: Config,
+    endpoints: Vec<(String, Endpoint)>,
+}
+
+impl Engine {
+    /// An engine with the endpoints listed in `config.websocket.endpoints`.
+    pub fn new(config: Config) -> Self {
+        let mut engine = Self {
+            config,
+            endpoints: Vec::new(),
+        };
+        for ep in engine.config.websocket.endpoints.clone() {
+            match ep.kind {
+                EndpointKind::Rooms => engine.websocket(&ep.path, builtin::rooms),
+                EndpointKind::Echo => engine.websocket(&ep.path, builtin::echo),
+            };
+        }
+        engine
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Serve WebSocket connections on `path` with `handler` (replacing any endpoint
+    /// already there). The handler runs on the connection's shard.
+    pub fn websocket<F, Fut>(&mut self, path: &str, handler: F) -> &mut Self
+    where
+        F: Fn(WsConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        self.websocket_with_protocols(path, &[], handler)
+    }
+
+    /// As [`Engine::websocket`], offering `protocols` (first match with the
+    /// client's `Sec-WebSocket-Protocol` list wins).
+    pub fn websocket_with_protocols<F, Fut>(
+        &mut self,
+        path: &str,
+        protocols: &[&str],
+        handler: F,
+    ) -> &mut Self
+    where
+        F: Fn(WsConn) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let handler: WsHandler = Arc::new(move |c| Box::pin(handler(c)) as HandlerFuture);
+        let endpoint = Endpoint {
+            handler,
+            protocols: protocols.iter().map(|p| p.to_string()).collect(),
+        };
+        self.endpoints.retain(|(p, _)| p != path);
+        self.endpoints.push((path.to_string(), endpoint));
+        self
+    }
+
+    /// Bind the listeners and start the shards.
+    pub fn start(self) -> Result<RunningEngine, StartError> {
+        let shards = self.config.shard_count();
+        if shards > corecast_shards::room::MAX_SHARDS {
+            return Err(StartError(format!(
+                "shards: {shards} is more than the {} supported",
+                corecast_shards::room::MAX_SHARDS
+            )));
+        }
+        let (listeners, local_addr) = bind_listeners(self.config.listen, shards)?;
+        let mut mesh = Mesh::new(shards, self.config.runtime.mesh_capacity)
+            .map_err(|e| StartError(format!("cannot build the shard mesh: {e}")))?;
+        let deflate = DeflateSettings {
+            enabled: self.config.websocket.enable_compression,
+            ..DeflateSettings::default()
+        };
+        let shared = Arc::new(Shared {
+            deflate,
+            endpoints: self.endpoints,
+            senders: mesh.senders(),
+            stats: (0..shards)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect(),
+            shutdown: AtomicBool::new(false),
+            config: self.config,
+        });
+        let inboxes: Vec<_> = (0..shards)
+            .map(|i| Mutex::new(mesh.take_inbox(i)))
+            .collect();
+        let listener_fds: Vec<Mutex<Option<i32>>> = listeners
+            .into_iter()
+            .map(|l| Mutex::new(Some(l.into_raw_fd())))
+            .collect();
+        let boot = Arc::new((inboxes, listener_fds));
+        let pool_config = PoolConfig {
+            shards,
+            io_memory: shared.config.runtime.io_memory,
+            ring_depth: shared.config.runtime.ring_depth,
+            pin: true,
+            name: "corecast-shard".into(),
+        };
+        let shared2 = shared.clone();
+        let pool = ShardPool::start(&pool_config, move |i| {
+            let shared = shared2.clone();
+            let boot = boot.clone();
+            async move {
+                let inbox = boot.0[i].lock().ok().and_then(|mut g| g.take());
+                let fd = boot.1[i].lock().ok().and_then(|mut g| g.take());
+                let (Some(inbox), Some(fd)) = (inbox, fd) else {
+                    return;
+                };
+                // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
+                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                let shard = Rc::new(Shard::new(i, shared));
+                glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+                shard.run_inbox(inbox).await;
+            }
+        })
+        .map_err(|e| StartError(e.to_string()))?;
+        Ok(RunningEngine {
+            pool: Some(pool),
+            handle: EngineHandle { shared },
+            local_addr,
+        })
+    }
+}
+
+/// Bind one SO_REUSEPORT listener per shard on `addr` (port 0: the first bind
+/// picks the port and the rest share it).
+fn bind_listeners(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    let mut out = Vec::with_capacity(shards);
+    let mut addr = addr;
+    for _ in 0..shards {
+        let l = bind_reuseport(addr)
+            .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+        if addr.port() == 0 {
+            addr = l
+                .local_addr()
+                .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
+        }
+        out.push(l);
+    }
+    Ok((out, addr))
+}
+
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd as _;
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own; errors are checked.
+    unsafe {
+        let fd = libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let listener = std::net::TcpListener::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            if libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                opt,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        let (storage, len) = sockaddr(addr);
+        if libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::listen(fd, 4096) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(listener)
+    }
+}
+
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data large enough for either family.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: storage is big enough and suitably aligned for sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: storage is big enough and suitably aligned for sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A cheap, `Send + Sync` handle to a running engine: broadcast from any thread,
+/// request shutdown.
+#[derive(Clone)]
+pub struct EngineHandle {
+    shared: Arc<Shared>,
+}
+
+impl EngineHandle {
+    /// Publish `msg` to `room` from any thread; it is sequenced by the room's owner
+    /// shard and reaches every member on every shard.
+    pub fn broadcast(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
+        let owner = owner_of(room, self.shared.senders.len());
+        self.shared.senders[owner]
+            .send(ShardMsg::Publish {
+                room: Arc::from(room),
+                msg,
+            })
+            .map_err(|_| BroadcastError::Overloaded)
+    }
+
+    /// Begin a graceful shutdown: stop accepting, close every connection with 1001
+    /// after flushing what is queued, bounded by `shutdown.drain_timeout_ms`.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        for s in &self.shared.senders {
+            if s.send(ShardMsg::Shutdown).is_err() {
+                s.ring();
+            }
+        }
+    }
+
+    /// Counters summed over shards, as JSON (the body of `GET /stats`).
+    pub fn stats_json(&self) -> String {
+        crate::stats::to_json(&self.shared.stats_list())
+    }
+
+    /// Number of shards.
+    pub fn shards(&self) -> usize {
+        self.shared.senders.len()
+    }
+}
+
+/// A started engine.
+pub struct RunningEngine {
+    pool: Option<ShardPool>,
+    handle: EngineHandle,
+    local_addr: SocketAddr,
+}
+
+impl RunningEngine {
+    /// The address the listeners are bound to (the real port when configured with 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A handle for broadcasting and shutdown.
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+
+    /// Wait until every shard has finished (after [`EngineHandle::shutdown`]).
+    pub fn wait(mut self) -> Result<(), StartError> {
+        match self.pool.take() {
+            Some(pool) => pool.join().map_err(|e| StartError(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Shut down gracefully and wait for the shards.
+    pub fn stop(self) -> Result<(), StartError> {
+        self.handle.shutdown();
+        self.wait()
+    }
+}
+
+impl Drop for RunningEngine {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            self.handle.shutdown();
+            let _ = pool.join();
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Messages as handlers see them.
+
+use bytes::Bytes;
+
+use crate::proto::ws::OpCode;
+
+/// A WebSocket data message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// UTF-8 text (the bytes are guaranteed valid UTF-8).
+    Text(Bytes),
+    /// Binary data.
+    Binary(Bytes),
+}
+
+impl Message {
+    /// A text message.
+    pub fn text(s: impl Into<String>) -> Self {
+        Message::Text(Bytes::from(s.into()))
+    }
+
+    /// A binary message.
+    pub fn binary(b: impl Into<Bytes>) -> Self {
+        Message::Binary(b.into())
+    }
+
+    /// The payload bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Message::Text(b) | Message::Binary(b) => b,
+        }
+    }
+
+    /// The payload as `&str` for a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            // Text payloads are validated on receipt or built from a String.
+            Message::Text(b) => std::str::from_utf8(b).ok(),
+            Message::Binary(_) => None,
+        }
+    }
+
+    /// The payload as shared bytes.
+    pub fn payload(&self) -> &Bytes {
+        match self {
+            Message::Text(b) | Message::Binary(b) => b,
+        }
+    }
+
+    pub(crate) fn opcode(&self) -> OpCode {
+        match self {
+            Message::Text(_) => OpCode::Text,
+            Message::Binary(_) => OpCode::Binary,
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The `corecast` command: `serve`, `check-config`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use corecast::{Config, Engine};
+
+const USAGE: &str = "\
+corecast — thread-per-core real-time fan-out server
+
+USAGE:
+    corecast serve [--config FILE] [--listen ADDR] [--shards N|auto]
+    corecast check-config FILE
+    corecast --help | --version
+
+serve         run the server (without --config: the embedded default config.yaml)
+check-config  validate a configuration file and exit (0 = valid)
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("check-config") => check_config(&args[1..]),
+        Some("--help") | Some("-h") | Some("help") => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Some("--version") | Some("-V") => {
+            println!("corecast {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some(other) => fail(&format!("unknown command {other:?}\n\n{USAGE}")),
+        None => fail(USAGE),
+    }
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("corecast: {msg}");
+    ExitCode::from(2)
+}
+
+fn check_config(args: &[String]) -> ExitCode {
+    let [file] = args else {
+        return fail("usage: corecast check-config FILE");
+    };
+    match Config::from_file(&PathBuf::from(file)) {
+        Ok(_) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corecast: invalid configuration: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve(args: &[String]) -> ExitCode {
+    let mut config_path: Option<PathBuf> = None;
+    let mut listen: Option<String> = None;
+    let mut shards: Option<String> = None;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let slot = match flag.as_str() {
+            "--config" | "-c" => {
+                config_path = it.next().map(PathBuf::from);
+                config_path.is_some()
+            }
+            "--listen" => {
+                listen = it.next().cloned();
+                listen.is_some()
+            }
+            "--shards" => {
+                shards = it.next().cloned();
+                shards.is_some()
+            }
+            other => return fail(&format!("serve: unknown flag {other:?}\n\n{USAGE}")),
+        };
+        if !slot {
+            return fail(&format!("serve: {flag} needs a value"));
+        }
+    }
+    let mut config = match &config_path {
+        Some(p) => match Config::from_file(p) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("corecast: invalid configuration: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        None => Config::default(),
+    };
+    if let Some(l) = listen {
+        match l.parse() {
+            Ok(a) => config.listen = a,
+            Err(_) => {
+                return fail(&format!(
+                    "--listen: {l:?} is not an address like 127.0.0.1:8080"
+                ))
+            }
+        }
+    }
+    if let Some(s) = shards {
+        config.shards = match s.as_str() {
+            "auto" => corecast::config::Shards::Auto,
+            n => match n.parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => corecast::config::Shards::Count(n),
+                _ => return fail(&format!("--shards: {s:?} is not `auto` or 1..=64")),
+            },
+        };
+    }
+    let engine = Engine::new(config);
+    let endpoints: Vec<String> = engine
+        .config()
+        .websocket
+        .endpoints
+        .iter()
+        .map(|e| format!("{} ({:?})", e.path, e.kind))
+        .collect();
+    let running = match engine.start() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("corecast: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = running.handle();
+    println!(
+        "corecast listening on ws://{} ({} shards; endpoints: {}; stats: http://{}/stats)",
+        running.local_addr(),
+        handle.shards(),
+        endpoints.join(", "),
+        running.local_addr()
+    );
+    let _ = std::io::stdout().flush();
+    if let Err(e) = install_signal_handler(handle) {
+        eprintln!("corecast: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    match running.wait() {
+        Ok(()) => {
+            println!("corecast: shut down cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corecast: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// First SIGINT/SIGTERM: graceful drain. Second: exit at once.
+fn install_signal_handler(handle: corecast::EngineHandle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::Builder::new()
+        .name("corecast-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    eprintln!("corecast: signal {sig}: draining (again to exit now)");
+                    handle.shutdown();
+                } else {
+                    eprintln!("corecast: second signal: exiting now");
+                    std::process::exit(130);
+                }
+            }
+        })?;
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! # corecast
+//!
+//! A thread-per-core, io_uring real-time fan-out engine. Each shard is a glommio
+//! executor pinned to a core that owns its connections; rooms fan one message out to
+//! every member on every shard, sequenced by the room's owner shard.
+//!
+//! ```no_run
+//! use corecast::{Config, Engine, Message};
+//!
+//! let mut config = Config::default();
+//! config.listen = "127.0.0.1:0".parse().unwrap();
+//! let mut engine = Engine::new(config);
+//! // A chat endpoint: join ?room=..., broadcast what each client says.
+//! engine.websocket("/ws/chat", |mut conn| async move {
+//!     let rooms: Vec<String> = conn.query_all("room").map(String::from).collect();
+//!     for r in &rooms {
+//!         conn.join_room(r);
+//!     }
+//!     while let Some(msg) = conn.recv().await {
+//!         for r in &rooms {
+//!             let _ = conn.broadcast_to_room(r, msg.clone());
+//!         }
+//!     }
+//! });
+//! let running = engine.start().expect("start");
+//! println!("listening on {}", running.local_addr());
+//! // Broadcast from any thread:
+//! running.handle().broadcast("general", Message::text("hello")).unwrap();
+//! running.stop().unwrap();
+//! ```
+
+pub mod app;
+pub mod config;
+pub(crate) mod net;
+pub mod proto;
+pub mod stats;
+
+pub use app::conn::WsConn;
+pub use app::engine::{Engine, EngineHandle, RunningEngine, StartError};
+pub use app::message::Message;
+pub use config::Config;
+pub use net::peer::SendError;
+pub use net::shard::BroadcastError;

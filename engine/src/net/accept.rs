@@ -1,0 +1,206 @@
+//! Accepting connections and the HTTP request that opens each one: route it, answer
+//! plain HTTP (stats, errors) or complete the WebSocket handshake and hand the
+//! connection to its endpoint's handler.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_lite::{AsyncWriteExt, FutureExt};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::peer::Peer;
+use super::read::{read_into, settle};
+use super::shard::Shard;
+use crate::app::conn::WsConn;
+use crate::proto::http::{self, Request};
+use crate::proto::ws::deflate::Inflater;
+use crate::proto::ws::{close, handshake, Decoder, Limits};
+use crate::stats::{self, ShardStats};
+
+/// How long a client has to send its complete request head.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accept until the shard starts draining.
+pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                shard.draining.wait().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                ShardStats::add(&shard.stats.accepted, 1);
+                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                // Usually EMFILE: back off briefly instead of spinning.
+                eprintln!("shard {}: accept failed: {e}", shard.id);
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let remote = stream.peer_addr().ok();
+    let stream = std::cell::RefCell::new(stream);
+    let mut pending = BytesMut::new();
+    let head = read_head(&shard, &stream, &mut pending)
+        .or(async {
+            glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+            Err(None)
+        })
+        .await;
+    let req = match head {
+        Ok(req) => req,
+        Err(Some(response)) => {
+            let _ = stream.borrow_mut().write_all(&response).await;
+            return;
+        }
+        Err(None) => return,
+    };
+    let stream = stream.into_inner();
+    route(shard, stream, req, pending, remote).await;
+}
+
+/// Read until a complete request head is buffered. `Err(Some(resp))`: answer and
+/// close; `Err(None)`: the client went away.
+async fn read_head(
+    shard: &Shard,
+    stream: &std::cell::RefCell<TcpStream>,
+    pending: &mut BytesMut,
+) -> Result<Request, Option<Vec<u8>>> {
+    loop {
+        match http::parse_request(pending) {
+            Ok(Some((req, n))) => {
+                let _ = pending.split_to(n);
+                settle(pending);
+                return Ok(req);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Some(e.response())),
+        }
+        let read = read_into(stream, &shard.arena, 4096, pending).await;
+        match read {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+async fn route(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    req: Request,
+    pending: BytesMut,
+    remote: Option<SocketAddr>,
+) {
+    if req.path == "/stats" {
+        let resp = if req.method == "GET" {
+            http::response_with_type(
+                200,
+                "OK",
+                &[],
+                "application/json",
+                stats::to_json(&shard.shared.stats_list()).as_bytes(),
+            )
+        } else {
+            http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")
+        };
+        let _ = stream.write_all(&resp).await;
+        return;
+    }
+    let Some(endpoint) = shard.shared.endpoint(&req.path) else {
+        let body = format!("no endpoint at {}", req.path);
+        let _ = stream
+            .write_all(&http::response(404, "Not Found", &[], &body))
+            .await;
+        return;
+    };
+    if shard.draining.fired() {
+        let _ = stream
+            .write_all(&http::response(
+                503,
+                "Service Unavailable",
+                &[("Retry-After", "1")],
+                "server is shutting down",
+            ))
+            .await;
+        return;
+    }
+    let ws = &shard.shared.config.websocket;
+    let accepted = match handshake::accept(&req, &endpoint.protocols, &shard.shared.deflate) {
+        Ok(a) => a,
+        Err(rejection) => {
+            let _ = stream.write_all(&rejection.response()).await;
+            return;
+        }
+    };
+    if stream
+        .write_all(&handshake::response(&accepted))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let limits = Limits {
+        max_frame_size: ws.max_frame_size,
+        max_message_size: ws.max_message_size,
+    };
+    let decoder = Decoder::new(limits, accepted.deflate.map(Inflater::new));
+    let compressed = accepted.deflate.is_some();
+    let queue_cap = ws.outbound_queue_bytes;
+    let stats = shard.stats.clone();
+    let peer = {
+        let mut conns = shard.conns.borrow_mut();
+        let id =
+            conns.insert_with(|id| Rc::new(Peer::new(id, stream, queue_cap, compressed, stats)));
+        conns.get(id).cloned().expect("just inserted")
+    };
+    ShardStats::add(&shard.stats.connections, 1);
+    let writer = glommio::spawn_local(
+        peer.clone()
+            .run_writer(shard.scratch.clone(), ws.write_buffer_size),
+    );
+    let conn = WsConn::new(
+        shard.clone(),
+        peer.clone(),
+        decoder,
+        pending,
+        req,
+        remote,
+        accepted.protocol,
+    );
+    let outcome = std::panic::AssertUnwindSafe((endpoint.handler)(conn))
+        .catch_unwind()
+        .await;
+    if outcome.is_err() {
+        ShardStats::add(&shard.stats.handler_panics, 1);
+        peer.close(close::INTERNAL_ERROR, "handler failed");
+    } else {
+        peer.close(close::NORMAL, "");
+    }
+    // Leave rooms at once; keep the slot until the writer has flushed (so a draining
+    // shard waits for close frames to go out).
+    shard.leave_all(&peer);
+    let drain = Duration::from_millis(shard.shared.config.shutdown.drain_timeout_ms);
+    let flushed = async {
+        writer.await;
+        true
+    }
+    .or(async {
+        glommio::timer::sleep(drain).await;
+        false
+    })
+    .await;
+    if !flushed {
+        peer.abort();
+    }
+    shard.forget(&peer);
+}

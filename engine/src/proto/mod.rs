@@ -1,0 +1,5 @@
+//! Sans-IO protocol codecs: no sockets, no clock, no executor. Callers feed bytes in
+//! and take bytes (or events) out, which is what the unit tests and fuzz targets do.
+
+pub mod http;
+pub mod ws;

@@ -1,0 +1,84 @@
+//! Per-shard counters, written by their shard with relaxed atomics and summed for
+//! `GET /stats`. Frames per write is the figure that decides fan-out speed here.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Counters of one shard.
+#[derive(Debug, Default)]
+pub struct ShardStats {
+    /// Live connections (WebSocket sessions).
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Data messages received from clients.
+    pub messages_in: AtomicU64,
+    /// Room messages sequenced by this shard as owner.
+    pub broadcasts: AtomicU64,
+    /// Frames queued to local members by room fan-out.
+    pub deliveries: AtomicU64,
+    /// Frames fully written to sockets.
+    pub frames_written: AtomicU64,
+    /// send() calls that wrote something.
+    pub writes: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_written: AtomicU64,
+    /// Connections closed because their outbound queue hit its cap.
+    pub slow_consumers: AtomicU64,
+    /// Cross-shard messages refused because the target inbox was full.
+    pub mesh_overflows: AtomicU64,
+    /// Handlers that panicked (their connection was closed with 1011).
+    pub handler_panics: AtomicU64,
+}
+
+impl ShardStats {
+    /// Add `n` to a counter.
+    #[inline]
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Subtract `n` from a gauge.
+    #[inline]
+    pub fn sub(counter: &AtomicU64, n: u64) {
+        counter.fetch_sub(n, Relaxed);
+    }
+}
+
+/// The sum over shards, as JSON for `GET /stats`.
+pub fn to_json(shards: &[ShardStats]) -> String {
+    let sum = |f: fn(&ShardStats) -> &AtomicU64| -> u64 {
+        shards.iter().map(|s| f(s).load(Relaxed)).sum()
+    };
+    let frames = sum(|s| &s.frames_written);
+    let writes = sum(|s| &s.writes);
+    let per_shard: Vec<String> = shards
+        .iter()
+        .map(|s| s.connections.load(Relaxed).to_string())
+        .collect();
+    format!(
+        concat!(
+            "{{\"shards\":{},\"connections\":{},\"connections_per_shard\":[{}],\"accepted\":{},",
+            "\"messages_in\":{},\"broadcasts\":{},\"deliveries\":{},\"frames_written\":{},",
+            "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
+            "\"slow_consumers\":{},\"mesh_overflows\":{},\"handler_panics\":{}}}"
+        ),
+        shards.len(),
+        sum(|s| &s.connections),
+        per_shard.join(","),
+        sum(|s| &s.accepted),
+        sum(|s| &s.messages_in),
+        sum(|s| &s.broadcasts),
+        sum(|s| &s.deliveries),
+        frames,
+        writes,
+        sum(|s| &s.bytes_written),
+        if writes == 0 {
+            0.0
+        } else {
+            frames as f64 / writes as f64
+        },
+        sum(|s| &s.slow_consumers),
+        sum(|s| &s.mesh_overflows),
+        sum(|s| &s.handler_panics),
+    )
+}

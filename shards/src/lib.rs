@@ -1,0 +1,23 @@
+//! corecast-shards: the thread-per-core runtime under corecast.
+//!
+//! This crate knows bytes and handles, not protocols:
+//! - [`pool`] starts one pinned glommio executor per shard and joins them;
+//! - [`mesh`] carries messages between shards over bounded crossbeam channels, with a
+//!   [`doorbell`] so an idle shard sleeps in io_uring instead of polling;
+//! - [`room`] keeps per-shard room membership and, on a room's owner shard, the
+//!   interest set (which shards have members) and the room's sequence;
+//! - [`conn`] addresses connections by `(shard, slot, generation)` in a slab;
+//! - [`queue`] is the per-connection outbound queue, bounded in bytes.
+
+pub mod conn;
+pub mod doorbell;
+pub mod mesh;
+pub mod pool;
+pub mod queue;
+pub mod room;
+
+pub use conn::{ConnId, ConnSlab};
+pub use mesh::{Inbox, LocalInbox, Mesh, MeshSender};
+pub use pool::{PoolConfig, PoolError, ShardPool};
+pub use queue::{OutboundQueue, QueueFull};
+pub use room::{owner_of, InterestTable, MemberList, RoomTable};

@@ -1,0 +1,173 @@
+//! Starts one glommio executor per shard, each on its own thread pinned to a core.
+//!
+//! Executors are built inside their thread (`LocalExecutorBuilder::make`) so a failure
+//! — most often io_uring's registered memory not fitting `RLIMIT_MEMLOCK` — comes back
+//! to the caller as a [`PoolError`] naming the limit, instead of a panic in a thread.
+
+use std::future::Future;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+/// How to build the shards.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Number of shards; 0 means one per CPU this process may run on.
+    pub shards: usize,
+    /// io_uring registered buffer memory per shard, bytes (counts against RLIMIT_MEMLOCK).
+    pub io_memory: usize,
+    /// io_uring ring depth per shard.
+    pub ring_depth: usize,
+    /// Pin shard `i` to the i-th allowed CPU (wrapping when there are more shards).
+    pub pin: bool,
+    /// Thread name prefix.
+    pub name: String,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            io_memory: 512 * 1024,
+            ring_depth: 128,
+            pin: true,
+            name: "shard".into(),
+        }
+    }
+}
+
+/// Why the pool could not start.
+#[derive(Debug)]
+pub struct PoolError(pub String);
+
+impl std::fmt::Display for PoolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+/// The CPUs this process may run on (its affinity mask), in ascending order.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// The shard count `0` ("auto") resolves to.
+pub fn auto_shards() -> usize {
+    allowed_cpus().len().max(1)
+}
+
+/// Current RLIMIT_MEMLOCK soft limit in bytes, if known.
+pub fn memlock_limit() -> Option<u64> {
+    // SAFETY: getrlimit writes into the struct we pass.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        (libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) == 0).then_some(lim.rlim_cur)
+    }
+}
+
+/// Running shards.
+#[derive(Debug)]
+pub struct ShardPool {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ShardPool {
+    /// Resolve the shard count of `config` (0 = auto).
+    pub fn shard_count(config: &PoolConfig) -> usize {
+        if config.shards == 0 {
+            auto_shards()
+        } else {
+            config.shards
+        }
+    }
+
+    /// Start the shards. `shard_main(i)` builds shard `i`'s main future inside its
+    /// thread; the shard runs until that future completes. Returns once every executor
+    /// is up, or the first start-up error (the shards that did start are left to the
+    /// caller's shutdown signal).
+    pub fn start<G, F>(config: &PoolConfig, shard_main: G) -> Result<Self, PoolError>
+    where
+        G: Fn(usize) -> F + Send + Sync + Clone + 'static,
+        F: Future<Output = ()> + 'static,
+    {
+        let shards = Self::shard_count(config);
+        let cpus = allowed_cpus();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let mut threads = Vec::with_capacity(shards);
+        for i in 0..shards {
+            let placement = if config.pin && !cpus.is_empty() {
+                Placement::Fixed(cpus[i % cpus.len()])
+            } else {
+                Placement::Unbound
+            };
+            let builder = LocalExecutorBuilder::new(placement)
+                .name(&format!("{}-{i}", config.name))
+                .io_memory(config.io_memory)
+                .ring_depth(config.ring_depth);
+            let ready = ready_tx.clone();
+            let main = shard_main.clone();
+            let io_memory = config.io_memory;
+            let thread = std::thread::Builder::new()
+                .name(format!("{}-{i}", config.name))
+                .spawn(move || match builder.make() {
+                    Ok(ex) => {
+                        let _ = ready.send(Ok(()));
+                        ex.run(main(i));
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(describe_start_error(i, io_memory, &e)));
+                    }
+                })
+                .map_err(|e| PoolError(format!("shard {i}: cannot spawn thread: {e}")))?;
+            threads.push(thread);
+        }
+        drop(ready_tx);
+        for _ in 0..shards {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(msg)) => return Err(PoolError(msg)),
+                Err(_) => return Err(PoolError("a shard thread died while starting".into())),
+            }
+        }
+        Ok(Self { threads })
+    }
+
+    /// Wait for every shard to finish; reports shards that panicked.
+    pub fn join(self) -> Result<(), PoolError> {
+        let mut panicked = Vec::new();
+        for (i, t) in self.threads.into_iter().enumerate() {
+            if t.join().is_err() {
+                panicked.push(i);
+            }
+        }
+        if panicked.is_empty() {
+            Ok(())
+        } else {
+            Err(PoolError(format!("shards {panicked:?} panicked")))
+        }
+    }
+}
+
+fn describe_start_error(shard: usize, io_memory: usize, e: &glommio::GlommioError<()>) -> String {
+    let limit = memlock_limit()
+        .map(|l| format!("{l} bytes"))
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "shard {shard}: cannot start the io_uring executor: {e}. Each shard registers \
+         runtime.io_memory = {io_memory} bytes of locked memory and the locked-memory limit \
+         (ulimit -l) is {limit}: lower runtime.io_memory or runtime.ring_depth, use fewer \
+         shards, or raise the limit"
+    )
+}
