@@ -154,7 +154,12 @@ async fn route(
         max_message_size: ws.max_message_size,
     };
     let decoder = Decoder::new(limits, accepted.deflate.map(Inflater::new));
-    let compressed = accepted.deflate.is_some();
+    // Shared broadcast frames are compressed once per shard with a 15-bit window; a
+    // client that limited the server's window gets uncompressed frames instead
+    // (RFC 7692 lets any message go uncompressed).
+    let compressed = accepted
+        .deflate
+        .is_some_and(|d| d.server_max_window_bits >= 15);
     let queue_cap = ws.outbound_queue_bytes;
     let stats = shard.stats.clone();
     let peer = {
