@@ -1,0 +1,443 @@
+//! Hand-rolled command-line parsing (no clap): `loadgen MODE --flag value ...`.
+//! Flags accept `--flag value` or `--flag=value`. Errors name the bad flag.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::loadgen::payload;
+
+/// Usage text.
+pub const USAGE: &str = "\
+loadgen: WebSocket load generator for corecast benchmarks
+
+USAGE:
+  loadgen fanout [FLAGS]   publishers broadcast into one room, subscribers measure latency/loss
+  loadgen echo   [FLAGS]   round trips against an echo endpoint
+  loadgen idle   [FLAGS]   open N connections and hold them idle (for RSS measurements)
+  loadgen --help
+
+COMMON FLAGS:
+  --addr HOST:PORT        server address                         [127.0.0.1:8080]
+  --targets A,B,...       several servers; connections go round-robin (overrides --addr)
+  --path PATH             WebSocket path        [fanout, idle: /ws/chat; echo: /ws/echo]
+  --connect-rate N        new connections per second while ramping             [5000]
+  --per-source N          connections per source address; on a 127.x target sources are
+                          127.0.0.1, 127.0.0.2, ... (0 = let the kernel choose) [15000]
+  --sources IP,IP,...     explicit source addresses (cycled per --per-source block)
+  --threads N             runtime threads (1 = current_thread runtime)            [1]
+  --timeout SECS          connect and handshake timeout, each                     [5]
+
+FANOUT FLAGS:
+  --subscribers N         subscriber connections                                  [100]
+  --publishers P          publisher connections (also room members)                 [1]
+  --size BYTES            payload size (>= 24, or >= 44 with --text)               [64]
+  --rate N                total messages/s over all publishers (0 = as fast as the
+                          in-flight window allows)                                  [0]
+  --window N              rate 0 only: max unacknowledged messages per publisher   [64]
+  --duration SECS         measured window                                          [10]
+  --warmup SECS           traffic before the window                                 [2]
+  --drain SECS            max wait for in-flight messages after the window           [2]
+  --room NAME             room to join                                          [bench]
+  --text                  send text frames (hex head) instead of binary
+
+ECHO FLAGS:
+  --connections N         connections                                              [100]
+  --size BYTES            payload size                                              [64]
+  --pipeline K            messages in flight per connection                          [1]
+  --duration SECS / --warmup SECS / --drain SECS / --text    as for fanout
+
+IDLE FLAGS:
+  --connections N         connections to open                                     [1000]
+  --hold SECS             how long to hold them once the ramp is done              [30]
+  --room NAME             room to join (with the default /ws/chat path)          [idle]
+
+Output: one JSON line on stdout; progress every second on stderr.
+Exit status: 0 = ran (see the JSON for failures), 1 = no connection succeeded, 2 = bad usage.
+";
+
+/// Flags shared by every mode.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// `host:port` of each server.
+    pub targets: Vec<String>,
+    /// WebSocket path (mode default when `None`).
+    pub path: Option<String>,
+    /// Connections per second while ramping.
+    pub connect_rate: f64,
+    /// Connections per source address (0 = no bind).
+    pub per_source: usize,
+    /// Explicit source addresses.
+    pub sources: Vec<IpAddr>,
+    /// Runtime worker threads (1 = current_thread).
+    pub threads: usize,
+    /// Connect and handshake timeout.
+    pub timeout: Duration,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            targets: vec!["127.0.0.1:8080".into()],
+            path: None,
+            connect_rate: 5000.0,
+            per_source: 15_000,
+            sources: Vec::new(),
+            threads: 1,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `loadgen fanout` configuration.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    /// Shared flags.
+    pub common: Common,
+    /// Subscriber connections.
+    pub subscribers: usize,
+    /// Publisher connections.
+    pub publishers: usize,
+    /// Payload bytes.
+    pub size: usize,
+    /// Total published messages per second (0 = windowed max).
+    pub rate: f64,
+    /// Max unacknowledged messages per publisher when `rate == 0`.
+    pub window: u64,
+    /// Measured window length.
+    pub duration: Duration,
+    /// Warmup before the window.
+    pub warmup: Duration,
+    /// Max wait for in-flight messages after the window.
+    pub drain: Duration,
+    /// Room name.
+    pub room: String,
+    /// Text frames instead of binary.
+    pub text: bool,
+}
+
+/// `loadgen echo` configuration.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// Shared flags.
+    pub common: Common,
+    /// Connections.
+    pub connections: usize,
+    /// Payload bytes.
+    pub size: usize,
+    /// Messages in flight per connection.
+    pub pipeline: usize,
+    /// Measured window length.
+    pub duration: Duration,
+    /// Warmup before the window.
+    pub warmup: Duration,
+    /// Max wait for in-flight messages after the window.
+    pub drain: Duration,
+    /// Text frames instead of binary.
+    pub text: bool,
+}
+
+/// `loadgen idle` configuration.
+#[derive(Debug, Clone)]
+pub struct Idle {
+    /// Shared flags.
+    pub common: Common,
+    /// Connections to open.
+    pub connections: usize,
+    /// Hold time after the ramp.
+    pub hold: Duration,
+    /// Room name.
+    pub room: String,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Fan-out benchmark.
+    Fanout(Fanout),
+    /// Echo benchmark.
+    Echo(Echo),
+    /// Idle connections.
+    Idle(Idle),
+    /// Print usage and exit 0.
+    Help,
+}
+
+fn num<T: FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("invalid value for {flag}: '{v}'"))
+}
+
+fn secs(flag: &str, v: &str) -> Result<Duration, String> {
+    let s: f64 = num(flag, v)?;
+    if !s.is_finite() || s < 0.0 || s > 1e7 {
+        return Err(format!("invalid value for {flag}: '{v}' (seconds, >= 0)"));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+/// Applies a common flag; `Ok(false)` if `flag` is not a common flag.
+fn common_flag(c: &mut Common, flag: &str, v: &str) -> Result<bool, String> {
+    match flag {
+        "--addr" => c.targets = vec![v.to_string()],
+        "--targets" => {
+            c.targets = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if c.targets.is_empty() {
+                return Err(format!("invalid value for {flag}: '{v}'"));
+            }
+        }
+        "--path" => {
+            if !v.starts_with('/') {
+                return Err(format!(
+                    "invalid value for {flag}: '{v}' (must start with '/')"
+                ));
+            }
+            c.path = Some(v.to_string());
+        }
+        "--connect-rate" => {
+            c.connect_rate = num(flag, v)?;
+            if !(c.connect_rate > 0.0 && c.connect_rate.is_finite()) {
+                return Err(format!("invalid value for {flag}: '{v}' (must be > 0)"));
+            }
+        }
+        "--per-source" => c.per_source = num(flag, v)?,
+        "--sources" => {
+            c.sources = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| num::<IpAddr>(flag, s))
+                .collect::<Result<_, _>>()?;
+        }
+        "--threads" => {
+            c.threads = num(flag, v)?;
+            if c.threads == 0 || c.threads > 1024 {
+                return Err(format!("invalid value for {flag}: '{v}' (1..=1024)"));
+            }
+        }
+        "--timeout" => {
+            c.timeout = secs(flag, v)?;
+            if c.timeout.is_zero() {
+                return Err(format!("invalid value for {flag}: '{v}' (must be > 0)"));
+            }
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Flags that take no value.
+const SWITCHES: &[&str] = &["--text", "--help", "-h"];
+
+/// Splits `args` (after the mode) into `(flag, value)` pairs.
+fn pairs(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if !a.starts_with('-') {
+            return Err(format!("unexpected argument '{a}' (flags start with --)"));
+        }
+        if let Some((f, v)) = a.split_once('=') {
+            out.push((f.to_string(), v.to_string()));
+        } else if SWITCHES.contains(&a.as_str()) {
+            out.push((a.clone(), String::new()));
+        } else {
+            let v = args
+                .get(i + 1)
+                .ok_or_else(|| format!("flag {a} needs a value"))?;
+            out.push((a.clone(), v.clone()));
+            i += 1;
+        }
+        i += 1;
+    }
+    Ok(out)
+}
+
+fn check_size(flag: &str, size: usize, text: bool) -> Result<(), String> {
+    let min = payload::min_size(text);
+    if size < min {
+        return Err(format!(
+            "invalid value for {flag}: {size} (must be >= {min}{})",
+            if text { " with --text" } else { "" }
+        ));
+    }
+    if size > 64 * 1024 * 1024 {
+        return Err(format!("invalid value for {flag}: {size} (max 64 MiB)"));
+    }
+    Ok(())
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let Some(mode) = args.first() else {
+        return Err("missing mode (fanout, echo or idle)".into());
+    };
+    let rest = &args[1..];
+    if matches!(mode.as_str(), "--help" | "-h" | "help") {
+        return Ok(Command::Help);
+    }
+    let flags = pairs(rest)?;
+    if flags.iter().any(|(f, _)| f == "--help" || f == "-h") {
+        return Ok(Command::Help);
+    }
+    let mut common = Common::default();
+    match mode.as_str() {
+        "fanout" => {
+            let mut c = Fanout {
+                common: Common::default(),
+                subscribers: 100,
+                publishers: 1,
+                size: 64,
+                rate: 0.0,
+                window: 64,
+                duration: Duration::from_secs(10),
+                warmup: Duration::from_secs(2),
+                drain: Duration::from_secs(2),
+                room: "bench".into(),
+                text: false,
+            };
+            for (f, v) in &flags {
+                if common_flag(&mut common, f, v)? {
+                    continue;
+                }
+                match f.as_str() {
+                    "--subscribers" => c.subscribers = num(f, v)?,
+                    "--publishers" => c.publishers = num(f, v)?,
+                    "--size" => c.size = num(f, v)?,
+                    "--rate" => {
+                        c.rate = num(f, v)?;
+                        if !(c.rate >= 0.0 && c.rate.is_finite()) {
+                            return Err(format!("invalid value for {f}: '{v}' (must be >= 0)"));
+                        }
+                    }
+                    "--window" => c.window = num(f, v)?,
+                    "--duration" => c.duration = secs(f, v)?,
+                    "--warmup" => c.warmup = secs(f, v)?,
+                    "--drain" => c.drain = secs(f, v)?,
+                    "--room" => c.room = v.clone(),
+                    "--text" => c.text = true,
+                    _ => return Err(format!("unknown flag '{f}' for mode fanout")),
+                }
+            }
+            if c.publishers == 0 || c.publishers > u32::MAX as usize {
+                return Err("invalid value for --publishers: must be >= 1".into());
+            }
+            if c.window == 0 {
+                return Err("invalid value for --window: must be >= 1".into());
+            }
+            if c.duration.is_zero() {
+                return Err("invalid value for --duration: must be > 0".into());
+            }
+            if c.room.is_empty() {
+                return Err("invalid value for --room: empty".into());
+            }
+            check_size("--size", c.size, c.text)?;
+            c.common = common;
+            Ok(Command::Fanout(c))
+        }
+        "echo" => {
+            let mut c = Echo {
+                common: Common::default(),
+                connections: 100,
+                size: 64,
+                pipeline: 1,
+                duration: Duration::from_secs(10),
+                warmup: Duration::from_secs(2),
+                drain: Duration::from_secs(2),
+                text: false,
+            };
+            for (f, v) in &flags {
+                if common_flag(&mut common, f, v)? {
+                    continue;
+                }
+                match f.as_str() {
+                    "--connections" => c.connections = num(f, v)?,
+                    "--size" => c.size = num(f, v)?,
+                    "--pipeline" => c.pipeline = num(f, v)?,
+                    "--duration" => c.duration = secs(f, v)?,
+                    "--warmup" => c.warmup = secs(f, v)?,
+                    "--drain" => c.drain = secs(f, v)?,
+                    "--text" => c.text = true,
+                    _ => return Err(format!("unknown flag '{f}' for mode echo")),
+                }
+            }
+            if c.pipeline == 0 || c.pipeline > 1 << 20 {
+                return Err("invalid value for --pipeline: must be 1..=1048576".into());
+            }
+            if c.connections > u32::MAX as usize {
+                return Err("invalid value for --connections: too large".into());
+            }
+            if c.duration.is_zero() {
+                return Err("invalid value for --duration: must be > 0".into());
+            }
+            check_size("--size", c.size, c.text)?;
+            c.common = common;
+            Ok(Command::Echo(c))
+        }
+        "idle" => {
+            let mut c = Idle {
+                common: Common::default(),
+                connections: 1000,
+                hold: Duration::from_secs(30),
+                room: "idle".into(),
+            };
+            for (f, v) in &flags {
+                if common_flag(&mut common, f, v)? {
+                    continue;
+                }
+                match f.as_str() {
+                    "--connections" => c.connections = num(f, v)?,
+                    "--hold" => c.hold = secs(f, v)?,
+                    "--room" => c.room = v.clone(),
+                    _ => return Err(format!("unknown flag '{f}' for mode idle")),
+                }
+            }
+            c.common = common;
+            Ok(Command::Idle(c))
+        }
+        other => Err(format!(
+            "unknown mode '{other}' (expected fanout, echo or idle)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Command, String> {
+        parse(&s.split_whitespace().map(String::from).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn parses_fanout() {
+        let Ok(Command::Fanout(f)) =
+            p("fanout --addr 127.0.0.1:9 --subscribers 5 --rate=1000 --text --size 50")
+        else {
+            panic!("expected fanout");
+        };
+        assert_eq!(f.subscribers, 5);
+        assert_eq!(f.rate, 1000.0);
+        assert!(f.text);
+        assert_eq!(f.common.targets, vec!["127.0.0.1:9".to_string()]);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = p("fanout --bogus 1").unwrap_err();
+        assert!(e.contains("--bogus"), "{e}");
+        let e = p("echo --pipeline x").unwrap_err();
+        assert!(e.contains("--pipeline"), "{e}");
+        let e = p("fanout --size 10").unwrap_err();
+        assert!(e.contains("--size"), "{e}");
+        let e = p("idle --hold").unwrap_err();
+        assert!(e.contains("--hold"), "{e}");
+        assert!(matches!(p("idle --help"), Ok(Command::Help)));
+    }
+}

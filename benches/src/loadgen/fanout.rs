@@ -1,0 +1,504 @@
+//! `loadgen fanout`: P publishers send into one room, S subscribers receive
+//! every message; measures delivery latency, throughput, loss and reordering.
+//!
+//! Counting is by send timestamp: a message belongs to the measured window iff
+//! it was stamped inside `[warmup_end, warmup_end + duration)`. Expected
+//! deliveries = window messages published x subscribers alive at window start;
+//! whatever has not arrived by the end of the drain period is lost.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::loadgen::args::Fanout;
+use crate::loadgen::net::{self, Ctl, OnMessage, SourcePlan, Target};
+use crate::loadgen::pacer::Pacer;
+use crate::loadgen::payload::{self, FrameTemplate, Head};
+use crate::loadgen::server_stats;
+use crate::loadgen::stats::{self, ThreadStats, COUNTERS, PHASE, WINDOW};
+use crate::loadgen::ws::FrameReader;
+
+/// Publishers that completed the handshake.
+static PUBS_UP: AtomicU64 = AtomicU64::new(0);
+/// Publishers whose writer loop has finished.
+static PUBS_DONE: AtomicU64 = AtomicU64::new(0);
+
+/// Publishing schedule handed to every publisher at once.
+#[derive(Debug, Clone, Copy)]
+struct Go {
+    /// Schedule origin (message 0 of publisher 0).
+    t0: Instant,
+    /// Stop publishing at this instant (end of the measured window).
+    stop: Instant,
+}
+
+/// Configuration shared by every connection task.
+#[derive(Debug)]
+struct Shared {
+    targets: Vec<Target>,
+    plan: SourcePlan,
+    resource: String,
+    timeout: Duration,
+    size: usize,
+    text: bool,
+    publishers: usize,
+    rate: f64,
+    window: u64,
+    go: watch::Receiver<Option<Go>>,
+}
+
+impl Shared {
+    fn endpoint(&self, i: usize) -> (&Target, Option<std::net::IpAddr>) {
+        let t = &self.targets[i % self.targets.len()];
+        (t, self.plan.source_for(i, &t.addr))
+    }
+}
+
+/// Runs the fan-out benchmark and returns the result line (and whether anything connected).
+pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
+    let targets = net::resolve_targets(&cfg.common.targets)?;
+    let plan = SourcePlan {
+        per_source: cfg.common.per_source,
+        sources: cfg.common.sources.clone(),
+    };
+    let path = cfg.common.path.clone().unwrap_or_else(|| "/ws/chat".into());
+    let resource = net::resource(&path, Some(&cfg.room));
+    let (go_tx, go_rx) = watch::channel(None);
+    let n_subs = cfg.subscribers;
+    let n_pubs = cfg.publishers;
+    let total = n_subs + n_pubs;
+    eprintln!(
+        "loadgen fanout: {} subscribers + {} publishers -> ws://{}{} ({}), size {} B, rate {}, warmup {:?}, duration {:?}",
+        n_subs,
+        n_pubs,
+        targets[0].host,
+        resource,
+        plan.describe(total, &targets[0].addr),
+        cfg.size,
+        if cfg.rate > 0.0 { format!("{}/s", cfg.rate) } else { format!("max (window {})", cfg.window) },
+        cfg.warmup,
+        cfg.duration,
+    );
+    let sh = Arc::new(Shared {
+        targets: targets.clone(),
+        plan,
+        resource,
+        timeout: cfg.common.timeout,
+        size: cfg.size,
+        text: cfg.text,
+        publishers: n_pubs,
+        rate: cfg.rate,
+        window: cfg.window,
+        go: go_rx,
+    });
+
+    let mut last_deliv = 0u64;
+    let mut last_pub = 0u64;
+    stats::spawn_progress(move |t, dt| {
+        let d = COUNTERS.deliveries_total.load(Relaxed);
+        let p = COUNTERS.published_total.load(Relaxed);
+        let (p99, n) = stats::take_interval();
+        let line = format!(
+            "[fanout {t:>5.1}s {:<7}] conns {}/{} live, {} failed | pub {:.0}/s | deliv {:.0}/s | p99 1s {} | p99 window {} | closed {}",
+            stats::phase_name(PHASE.load(Relaxed)),
+            COUNTERS.live.load(Relaxed),
+            total,
+            COUNTERS.failed.load(Relaxed),
+            (p - last_pub) as f64 / dt,
+            (d - last_deliv) as f64 / dt,
+            if n > 0 { stats::fmt_us(p99) } else { "-".into() },
+            stats::window_p99().map_or_else(|| "-".into(), stats::fmt_us),
+            COUNTERS.closed_by_server.load(Relaxed),
+        );
+        last_deliv = d;
+        last_pub = p;
+        line
+    });
+
+    let ramp_start = Instant::now();
+    {
+        let sh = sh.clone();
+        net::ramp(total, cfg.common.connect_rate, move |i| {
+            let sh = sh.clone();
+            if i < n_subs {
+                tokio::spawn(subscriber(i, sh));
+            } else {
+                tokio::spawn(publisher((i - n_subs) as u32, i, sh));
+            }
+        })
+        .await;
+    }
+    let ramp_s = ramp_start.elapsed().as_secs_f64();
+    let subs_up = COUNTERS.live_subs.load(Relaxed);
+    let pubs_up = PUBS_UP.load(Relaxed);
+    eprintln!(
+        "loadgen fanout: ramp done in {ramp_s:.2}s: {subs_up}/{n_subs} subscribers, {pubs_up}/{n_pubs} publishers connected"
+    );
+
+    // Schedule: publishing starts now, the window after the warmup.
+    let t0 = Instant::now() + Duration::from_millis(5);
+    let w0 = t0 + cfg.warmup;
+    let w1 = w0 + cfg.duration;
+    WINDOW.set(
+        stats::instant_ns(w0.into_std()),
+        stats::instant_ns(w1.into_std()),
+    );
+    PHASE.store(stats::PHASE_WARMUP, Relaxed);
+    let _ = go_tx.send(Some(Go { t0, stop: w1 }));
+
+    tokio::time::sleep_until(w0).await;
+    PHASE.store(stats::PHASE_MEASURE, Relaxed);
+    let subs_at_w0 = COUNTERS.live_subs.load(Relaxed);
+    let before = tokio::spawn({
+        let t = targets.clone();
+        async move { server_stats::fetch(&t).await }
+    });
+    tokio::time::sleep_until(w1).await;
+    let after = tokio::spawn({
+        let t = targets.clone();
+        async move { server_stats::fetch(&t).await }
+    });
+    PHASE.store(stats::PHASE_DRAIN, Relaxed);
+
+    // Drain: wait for the writers to finish and the window's deliveries to arrive.
+    let deadline = w1 + cfg.drain;
+    loop {
+        let writers_done = PUBS_DONE.load(Relaxed) >= PUBS_UP.load(Relaxed);
+        let (delivered, published) = stats::window_counts();
+        if writers_done && delivered >= published * subs_at_w0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drain_s = (Instant::now() - w1).as_secs_f64();
+    let before = before.await.ok().flatten();
+    let after = after.await.ok().flatten();
+
+    let m = stats::merged();
+    let dur = cfg.duration.as_secs_f64();
+    let expected = m.published_window * subs_at_w0;
+    let lost = expected.saturating_sub(m.deliveries_window);
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let result = json!({
+        "mode": "fanout",
+        "subscribers": n_subs,
+        "publishers": n_pubs,
+        "size": cfg.size,
+        "text": cfg.text,
+        "rate": cfg.rate,
+        "duration_s": dur,
+        "warmup_s": cfg.warmup.as_secs_f64(),
+        "connected": {
+            "subscribers": subs_up,
+            "publishers": pubs_up,
+            "failed": COUNTERS.failed.load(Relaxed),
+            "errors": COUNTERS.errors_json(),
+            "ramp_s": round(ramp_s * 100.0) / 100.0,
+        },
+        "subscribers_at_window_start": subs_at_w0,
+        "published": m.published_window,
+        "published_per_sec": round(m.published_window as f64 / dur),
+        "expected": expected,
+        "deliveries": m.deliveries_window,
+        "deliveries_per_sec": round(m.deliveries_window as f64 / dur),
+        "lost": lost,
+        "loss_ratio": if expected > 0 { lost as f64 / expected as f64 } else { 0.0 },
+        "gaps": m.gap_lost,
+        "reordered": m.reordered,
+        "foreign": m.foreign,
+        "drain_s": round(drain_s * 100.0) / 100.0,
+        "latency_us": stats::latency_json(&m.lat),
+        "send_lag_us": if cfg.rate > 0.0 { stats::latency_json(&m.lag) } else { Value::Null },
+        "server_closed": COUNTERS.closes_json(),
+        "server": server_stats::delta_json(before, after, dur),
+    });
+    Ok((result, subs_up + pubs_up > 0))
+}
+
+/// Subscriber-side message accounting (one per subscriber connection).
+#[derive(Debug)]
+struct SubHandler {
+    /// Next expected sequence number per publisher.
+    expected: Vec<u64>,
+    /// Payload size every loadgen message must have.
+    size: u64,
+    /// Deliveries since the last flush to the global counter.
+    delivered: u64,
+    /// Gaps since the last flush to the global counter.
+    gaps: u64,
+}
+
+impl OnMessage for SubHandler {
+    fn on_message(&mut self, st: &mut ThreadStats, now: u64, opcode: u8, len: u64, head: &[u8]) {
+        let h = match payload::decode_head(opcode, head) {
+            Some(h) if len == self.size && (h.id as usize) < self.expected.len() => h,
+            _ => {
+                st.foreign += 1;
+                return;
+            }
+        };
+        self.delivered += 1;
+        let lat = now.saturating_sub(h.ts);
+        stats::record_ns(&mut st.interval, lat);
+        let (w0, w1) = WINDOW.get();
+        let in_window = h.ts >= w0 && h.ts < w1;
+        let e = &mut self.expected[h.id as usize];
+        if h.seq > *e {
+            let gap = h.seq - *e;
+            self.gaps += gap;
+            if in_window {
+                st.gap_lost += gap;
+            }
+            *e = h.seq + 1;
+        } else if h.seq < *e {
+            if in_window {
+                st.reordered += 1;
+            }
+        } else {
+            *e += 1;
+        }
+        if in_window {
+            st.deliveries_window += 1;
+            stats::record_ns(&mut st.lat, lat);
+        }
+    }
+}
+
+impl SubHandler {
+    fn flush(&mut self) {
+        if self.delivered > 0 {
+            COUNTERS.deliveries_total.fetch_add(std::mem::take(&mut self.delivered), Relaxed);
+        }
+        if self.gaps > 0 {
+            COUNTERS.gaps_total.fetch_add(std::mem::take(&mut self.gaps), Relaxed);
+        }
+    }
+}
+
+async fn subscriber(i: usize, sh: Arc<Shared>) {
+    let (target, source) = sh.endpoint(i);
+    let Some(mut conn) = net::open_ws(i, target, source, &sh.resource, sh.timeout).await else {
+        return;
+    };
+    COUNTERS.live_subs.fetch_add(1, Relaxed);
+    let mut reader = FrameReader::new();
+    let mut ctl = Ctl::new(conn.rng.mask(), true);
+    let mut handler = SubHandler {
+        expected: vec![0u64; sh.publishers],
+        size: sh.size as u64,
+        delivered: 0,
+        gaps: 0,
+    };
+    let early = net::feed(&mut reader, &mut ctl, &conn.leftover, stats::now_ns(), &mut handler);
+    conn.leftover = Vec::new();
+    let end = match early {
+        Err(e) => net::End::Protocol(e),
+        Ok(()) => loop {
+            let r = net::read_step(&conn.stream, &mut reader, &mut ctl, &mut handler).await;
+            handler.flush();
+            if let Err(end) = r {
+                break end;
+            }
+        },
+    };
+    handler.flush();
+    end.record();
+    COUNTERS.live_subs.fetch_sub(1, Relaxed);
+}
+
+/// State shared by a publisher's reader and writer tasks.
+#[derive(Debug, Default)]
+struct PubState {
+    /// 1 + highest own sequence number echoed back by the server.
+    acked: AtomicU64,
+    /// Signalled when `acked` advances or the connection ends.
+    notify: Notify,
+    /// The connection has ended.
+    closed: AtomicBool,
+}
+
+/// Tracks the publisher's own messages coming back (its in-flight window).
+#[derive(Debug)]
+struct AckHandler {
+    id: u32,
+    acked: u64,
+}
+
+impl OnMessage for AckHandler {
+    fn on_message(&mut self, _st: &mut ThreadStats, _now: u64, opcode: u8, _len: u64, head: &[u8]) {
+        if let Some(h) = payload::decode_head(opcode, head) {
+            if h.id == self.id && h.seq + 1 > self.acked {
+                self.acked = h.seq + 1;
+            }
+        }
+    }
+}
+
+async fn publisher_reader(
+    id: u32,
+    stream: Arc<TcpStream>,
+    mut reader: FrameReader,
+    mut ctl: Ctl,
+    state: Arc<PubState>,
+) {
+    let mut handler = AckHandler { id, acked: 0 };
+    let end = loop {
+        let before = handler.acked;
+        if let Err(end) = net::read_step(&stream, &mut reader, &mut ctl, &mut handler).await {
+            break end;
+        }
+        if handler.acked != before {
+            state.acked.store(handler.acked, Relaxed);
+            state.notify.notify_one();
+        }
+    };
+    end.record();
+    state.closed.store(true, Relaxed);
+    state.notify.notify_one();
+}
+
+async fn publisher(id: u32, i: usize, sh: Arc<Shared>) {
+    let (target, source) = sh.endpoint(i);
+    let Some(mut conn) = net::open_ws(i, target, source, &sh.resource, sh.timeout).await else {
+        return;
+    };
+    PUBS_UP.fetch_add(1, Relaxed);
+    let mask = conn.rng.mask();
+    let stream = Arc::new(conn.stream);
+    let state = Arc::new(PubState::default());
+    let mut reader = FrameReader::new();
+    // The writer task owns all writes, so the reader must not answer pings itself.
+    let mut ctl = Ctl::new(mask, false);
+    let mut ignore = AckHandler { id, acked: 0 };
+    if net::feed(
+        &mut reader,
+        &mut ctl,
+        &conn.leftover,
+        stats::now_ns(),
+        &mut ignore,
+    )
+    .is_err()
+    {
+        net::End::Protocol(crate::loadgen::ws::ProtocolError(
+            "bad frame after handshake",
+        ))
+        .record();
+        PUBS_DONE.fetch_add(1, Relaxed);
+        return;
+    }
+    conn.leftover = Vec::new();
+    tokio::spawn(publisher_reader(
+        id,
+        stream.clone(),
+        reader,
+        ctl,
+        state.clone(),
+    ));
+
+    let mut go_rx = sh.go.clone();
+    let go = match go_rx.wait_for(Option::is_some).await {
+        Ok(g) => *g,
+        Err(_) => None,
+    };
+    if let Some(go) = go {
+        write_loop(id, &stream, &sh, go, mask, &state).await;
+    }
+    PUBS_DONE.fetch_add(1, Relaxed);
+}
+
+async fn write_loop(
+    id: u32,
+    stream: &TcpStream,
+    sh: &Shared,
+    go: Go,
+    mask: [u8; 4],
+    state: &PubState,
+) {
+    let template = FrameTemplate::new(sh.size, sh.text, mask);
+    let max_batch = ((256 * 1024) / template.frame_len()).clamp(1, 256) as u64;
+    let mut buf = Vec::with_capacity(max_batch as usize * template.frame_len());
+    let n_pubs = sh.publishers as f64;
+    // Fixed rate: message k of publisher `id` is due at t0 + (k + id/P) / rate_per_pub.
+    let interval_ns = if sh.rate > 0.0 {
+        1e9 * n_pubs / sh.rate
+    } else {
+        0.0
+    };
+    let phase_ns = interval_ns * f64::from(id) / n_pubs;
+    let t0_ns = stats::instant_ns(go.t0.into_std()) as f64 + phase_ns;
+    let guard_per_sub = sh.window * sh.publishers as u64;
+    let mut pacer = Pacer::new();
+    let mut k: u64 = 0;
+    loop {
+        if state.closed.load(Relaxed) {
+            break;
+        }
+        let now = Instant::now();
+        if now >= go.stop {
+            break;
+        }
+        let now_ns = stats::instant_ns(now.into_std());
+        let n = if sh.rate > 0.0 {
+            let due = if (now_ns as f64) < t0_ns {
+                0
+            } else {
+                ((now_ns as f64 - t0_ns) / interval_ns).floor() as u64 + 1
+            };
+            if due <= k {
+                let next_ns = t0_ns + k as f64 * interval_ns;
+                let wait = Duration::from_nanos((next_ns - now_ns as f64).max(0.0) as u64);
+                pacer.sleep_until((now + wait).min(go.stop)).await;
+                continue;
+            }
+            (due - k).min(max_batch)
+        } else {
+            let inflight = k.saturating_sub(state.acked.load(Relaxed));
+            if inflight >= sh.window {
+                let _ = tokio::time::timeout_at(go.stop, state.notify.notified()).await;
+                continue;
+            }
+            // Global guard: don't let subscribers fall more than window x P messages behind on average.
+            let subs = COUNTERS.live_subs.load(Relaxed);
+            if subs > 0 {
+                let want = COUNTERS.published_total.load(Relaxed) * subs;
+                let done =
+                    COUNTERS.deliveries_total.load(Relaxed) + COUNTERS.gaps_total.load(Relaxed);
+                if want > done + guard_per_sub * subs {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+            }
+            (sh.window - inflight).min(max_batch)
+        };
+        buf.clear();
+        let ts = stats::now_ns();
+        for j in 0..n {
+            template.append(&mut buf, Head { id, seq: k + j, ts });
+        }
+        if net::write_all(stream, &buf).await.is_err() {
+            break;
+        }
+        let (w0, w1) = WINDOW.get();
+        COUNTERS.published_total.fetch_add(n, Relaxed);
+        if ts >= w0 && ts < w1 {
+            stats::with_local(|st| {
+                st.published_window += n;
+                if sh.rate > 0.0 {
+                    for j in 0..n {
+                        let sched = t0_ns + (k + j) as f64 * interval_ns;
+                        stats::record_ns(&mut st.lag, (ts as f64 - sched).max(0.0) as u64);
+                    }
+                }
+            });
+        }
+        k += n;
+    }
+}

@@ -1,0 +1,138 @@
+//! `loadgen idle`: open N connections (spread over source addresses), hold
+//! them idle for `--hold` seconds (answering pings), then report.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::loadgen::args::Idle;
+use crate::loadgen::net::{self, Ctl, OnMessage, SourcePlan, Target};
+use crate::loadgen::server_stats;
+use crate::loadgen::stats::{self, ThreadStats, COUNTERS, PHASE};
+use crate::loadgen::ws::FrameReader;
+
+#[derive(Debug)]
+struct Shared {
+    targets: Vec<Target>,
+    plan: SourcePlan,
+    resource: String,
+    timeout: Duration,
+}
+
+/// Runs the idle test and returns the result line (and whether anything connected).
+pub async fn run(cfg: Idle, nofile: (u64, u64)) -> Result<(Value, bool), String> {
+    let targets = net::resolve_targets(&cfg.common.targets)?;
+    let plan = SourcePlan {
+        per_source: cfg.common.per_source,
+        sources: cfg.common.sources.clone(),
+    };
+    let path = cfg.common.path.clone().unwrap_or_else(|| "/ws/chat".into());
+    let resource = net::resource(
+        &path,
+        (!path.contains("room=")).then_some(cfg.room.as_str()),
+    );
+    let n = cfg.connections;
+    eprintln!(
+        "loadgen idle: {n} connections -> ws://{}{} ({}), hold {:?}, RLIMIT_NOFILE {}",
+        targets[0].host,
+        resource,
+        plan.describe(n, &targets[0].addr),
+        cfg.hold,
+        nofile.0
+    );
+    if nofile.0 > 0 && (n as u64) + 16 > nofile.0 {
+        eprintln!(
+            "loadgen idle: warning: {n} connections need more descriptors than RLIMIT_NOFILE={} allows; expect EMFILE failures",
+            nofile.0
+        );
+    }
+    let sh = Arc::new(Shared {
+        targets: targets.clone(),
+        plan,
+        resource,
+        timeout: cfg.common.timeout,
+    });
+    stats::spawn_progress(move |t, _| {
+        format!(
+            "[idle {t:>5.1}s {:<7}] conns {}/{} live, {} failed (emfile {}), closed by server {}",
+            stats::phase_name(PHASE.load(Relaxed)),
+            COUNTERS.live.load(Relaxed),
+            n,
+            COUNTERS.failed.load(Relaxed),
+            COUNTERS.err_emfile.load(Relaxed),
+            COUNTERS.closed_by_server.load(Relaxed),
+        )
+    });
+    let ramp_start = Instant::now();
+    {
+        let sh = sh.clone();
+        net::ramp(n, cfg.common.connect_rate, move |i| {
+            tokio::spawn(connection(i, sh.clone()));
+        })
+        .await;
+    }
+    let ramp_s = ramp_start.elapsed().as_secs_f64();
+    let connected = COUNTERS.connected.load(Relaxed);
+    eprintln!(
+        "loadgen idle: ramp done in {ramp_s:.2}s: {connected}/{n} connected; holding {:?}",
+        cfg.hold
+    );
+    PHASE.store(stats::PHASE_HOLD, Relaxed);
+    tokio::time::sleep(cfg.hold).await;
+    let server = server_stats::fetch(&targets).await;
+    let result = json!({
+        "mode": "idle",
+        "connections": n,
+        "connected": connected,
+        "failed": COUNTERS.failed.load(Relaxed),
+        "open_at_end": COUNTERS.live.load(Relaxed),
+        "errors": COUNTERS.errors_json(),
+        "server_closed": COUNTERS.closes_json(),
+        "ramp_s": (ramp_s * 100.0).round() / 100.0,
+        "hold_s": cfg.hold.as_secs_f64(),
+        "nofile_limit": nofile.0,
+        "server_connections": server.map(|s| s.connections),
+    });
+    Ok((result, connected > 0))
+}
+
+/// Idle connections expect no data; anything received is counted as foreign.
+#[derive(Debug)]
+struct CountForeign;
+
+impl OnMessage for CountForeign {
+    fn on_message(&mut self, st: &mut ThreadStats, _: u64, _: u8, _: u64, _: &[u8]) {
+        st.foreign += 1;
+    }
+}
+
+async fn connection(i: usize, sh: Arc<Shared>) {
+    let target = &sh.targets[i % sh.targets.len()];
+    let source = sh.plan.source_for(i, &target.addr);
+    let Some(mut conn) = net::open_ws(i, target, source, &sh.resource, sh.timeout).await else {
+        return;
+    };
+    let mut reader = FrameReader::new();
+    let mut ctl = Ctl::new(conn.rng.mask(), true);
+    let mut on_msg = CountForeign;
+    if let Err(e) = net::feed(
+        &mut reader,
+        &mut ctl,
+        &conn.leftover,
+        stats::now_ns(),
+        &mut on_msg,
+    ) {
+        net::End::Protocol(e).record();
+        return;
+    }
+    conn.leftover = Vec::new();
+    let end = loop {
+        if let Err(end) = net::read_step(&conn.stream, &mut reader, &mut ctl, &mut on_msg).await {
+            break end;
+        }
+    };
+    end.record();
+}

@@ -1,0 +1,356 @@
+//! Process-wide measurement state: the clock, the measured window, global
+//! atomic counters, and per-thread histograms (merged at the end) so that the
+//! hot path never contends on a shared lock and no histogram is per connection.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Fixes the process epoch (call first thing in `main`).
+pub fn init_clock() {
+    let _ = EPOCH.get_or_init(Instant::now);
+}
+
+/// The process epoch; every timestamp is relative to it.
+pub fn epoch() -> Instant {
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Monotonic nanoseconds since the process epoch.
+pub fn now_ns() -> u64 {
+    epoch().elapsed().as_nanos() as u64
+}
+
+/// Nanoseconds since the epoch of the instant `t`.
+pub fn instant_ns(t: Instant) -> u64 {
+    t.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
+/// The measured window, as send timestamps `[start, end)` in ns since the epoch.
+/// A message counts iff its send timestamp falls inside it.
+#[derive(Debug)]
+pub struct Window {
+    start: AtomicU64,
+    end: AtomicU64,
+}
+
+/// The process's measured window (empty until set).
+pub static WINDOW: Window = Window {
+    start: AtomicU64::new(u64::MAX),
+    end: AtomicU64::new(u64::MAX),
+};
+
+impl Window {
+    /// Sets the window.
+    pub fn set(&self, start: u64, end: u64) {
+        self.end.store(end, Relaxed);
+        self.start.store(start, Relaxed);
+    }
+
+    /// Current `(start, end)`.
+    pub fn get(&self) -> (u64, u64) {
+        (self.start.load(Relaxed), self.end.load(Relaxed))
+    }
+}
+
+/// Run phase, for progress lines.
+pub static PHASE: AtomicU8 = AtomicU8::new(0);
+/// Phase: opening connections.
+pub const PHASE_RAMP: u8 = 0;
+/// Phase: traffic flowing, not yet measured.
+pub const PHASE_WARMUP: u8 = 1;
+/// Phase: measured window.
+pub const PHASE_MEASURE: u8 = 2;
+/// Phase: waiting for in-flight messages.
+pub const PHASE_DRAIN: u8 = 3;
+/// Phase: holding idle connections.
+pub const PHASE_HOLD: u8 = 4;
+
+/// Name of a phase.
+pub fn phase_name(p: u8) -> &'static str {
+    match p {
+        PHASE_RAMP => "ramp",
+        PHASE_WARMUP => "warmup",
+        PHASE_MEASURE => "measure",
+        PHASE_DRAIN => "drain",
+        _ => "hold",
+    }
+}
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Global event counters (relaxed atomics; updated per connection event or per read).
+        #[derive(Debug)]
+        pub struct Counters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+        impl Counters {
+            const fn new() -> Self {
+                Counters { $($name: AtomicU64::new(0),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connection attempts finished (success or failure).
+    attempts_done,
+    /// Connections that completed the handshake.
+    connected,
+    /// Connection attempts that failed.
+    failed,
+    /// Connections currently open.
+    live,
+    /// Subscriber connections currently open (fanout).
+    live_subs,
+    /// Connections the server ended (EOF, reset or close frame).
+    closed_by_server,
+    /// Close frames with code 1000.
+    close_1000,
+    /// Close frames with code 1001.
+    close_1001,
+    /// Close frames with code 1008 (slow consumer policy).
+    close_1008,
+    /// Close frames with code 1009.
+    close_1009,
+    /// Close frames with another or no code.
+    close_other,
+    /// Connections dropped because the server broke the protocol.
+    protocol_errors,
+    /// Failure: out of file descriptors.
+    err_emfile,
+    /// Failure: no local address/port available.
+    err_addr,
+    /// Failure: connection refused.
+    err_refused,
+    /// Failure: connection reset.
+    err_reset,
+    /// Failure: connect or handshake timeout.
+    err_timeout,
+    /// Failure: the server answered with a non-101 status.
+    err_rejected,
+    /// Failure: malformed handshake or EOF during it.
+    err_handshake,
+    /// Failure: anything else.
+    err_other,
+    /// Data messages received by subscribers (all, for progress and flow control).
+    deliveries_total,
+    /// Sequence gaps seen by subscribers (all, for flow control).
+    gaps_total,
+    /// Messages published (all).
+    published_total,
+    /// Echo replies received (all, for progress).
+    replies_total,
+}
+
+/// The process's counters.
+pub static COUNTERS: Counters = Counters::new();
+
+impl Counters {
+    /// Failure breakdown as JSON.
+    pub fn errors_json(&self) -> Value {
+        json!({
+            "emfile": self.err_emfile.load(Relaxed),
+            "addr_unavailable": self.err_addr.load(Relaxed),
+            "refused": self.err_refused.load(Relaxed),
+            "reset": self.err_reset.load(Relaxed),
+            "timeout": self.err_timeout.load(Relaxed),
+            "rejected": self.err_rejected.load(Relaxed),
+            "handshake": self.err_handshake.load(Relaxed),
+            "other": self.err_other.load(Relaxed),
+        })
+    }
+
+    /// Server-side closes as JSON.
+    pub fn closes_json(&self) -> Value {
+        json!({
+            "total": self.closed_by_server.load(Relaxed),
+            "code_1000": self.close_1000.load(Relaxed),
+            "code_1001": self.close_1001.load(Relaxed),
+            "code_1008": self.close_1008.load(Relaxed),
+            "code_1009": self.close_1009.load(Relaxed),
+            "other_code": self.close_other.load(Relaxed),
+            "protocol_errors": self.protocol_errors.load(Relaxed),
+        })
+    }
+
+    /// Records a close frame's code.
+    pub fn record_close_code(&self, code: Option<u16>) {
+        let c = match code {
+            Some(1000) => &self.close_1000,
+            Some(1001) => &self.close_1001,
+            Some(1008) => &self.close_1008,
+            Some(1009) => &self.close_1009,
+            _ => &self.close_other,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+/// A latency histogram in µs, 1 µs .. 60 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Records a nanosecond duration into a µs histogram (clamped to its range).
+#[inline]
+pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
+    h.saturating_record((ns / 1000).max(1));
+}
+
+/// Measurements owned by one runtime thread.
+#[derive(Debug)]
+pub struct ThreadStats {
+    /// Latency of messages sent inside the window (µs).
+    pub lat: Histogram<u64>,
+    /// Latency of all messages since the last progress tick (µs).
+    pub interval: Histogram<u64>,
+    /// Publisher lag behind the fixed-rate schedule, inside the window (µs).
+    pub lag: Histogram<u64>,
+    /// Messages received whose send timestamp is inside the window.
+    pub deliveries_window: u64,
+    /// Sequence numbers skipped (window messages).
+    pub gap_lost: u64,
+    /// Messages arriving with a lower sequence than already seen (window messages).
+    pub reordered: u64,
+    /// Data messages that were not loadgen payloads of the expected size.
+    pub foreign: u64,
+    /// Messages published (fully written) with a timestamp inside the window.
+    pub published_window: u64,
+}
+
+impl ThreadStats {
+    fn new() -> Self {
+        ThreadStats {
+            lat: new_histogram(),
+            interval: new_histogram(),
+            lag: new_histogram(),
+            deliveries_window: 0,
+            gap_lost: 0,
+            reordered: 0,
+            foreign: 0,
+            published_window: 0,
+        }
+    }
+}
+
+type Shared = Arc<Mutex<ThreadStats>>;
+
+static REGISTRY: Mutex<Vec<Shared>> = Mutex::new(Vec::new());
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+thread_local! {
+    static LOCAL: Shared = {
+        let s = Arc::new(Mutex::new(ThreadStats::new()));
+        lock(&REGISTRY).push(s.clone());
+        s
+    };
+}
+
+/// Runs `f` with this thread's stats (an uncontended lock; hold it per read, not per frame).
+pub fn with_local<R>(f: impl FnOnce(&mut ThreadStats) -> R) -> R {
+    LOCAL.with(|s| f(&mut lock(s)))
+}
+
+/// All threads' stats merged.
+pub fn merged() -> ThreadStats {
+    let mut out = ThreadStats::new();
+    for s in lock(&REGISTRY).iter() {
+        let s = lock(s);
+        // Same bounds everywhere, so adding cannot fail.
+        let _ = out.lat.add(&s.lat);
+        let _ = out.lag.add(&s.lag);
+        out.deliveries_window += s.deliveries_window;
+        out.gap_lost += s.gap_lost;
+        out.reordered += s.reordered;
+        out.foreign += s.foreign;
+        out.published_window += s.published_window;
+    }
+    out
+}
+
+/// Takes and resets every thread's interval histogram: `(p99 µs, count)`.
+pub fn take_interval() -> (u64, u64) {
+    let mut h = new_histogram();
+    for s in lock(&REGISTRY).iter() {
+        let mut s = lock(s);
+        let _ = h.add(&s.interval);
+        s.interval.reset();
+    }
+    (h.value_at_quantile(0.99), h.len())
+}
+
+/// Window latency p99 so far (µs) over all threads, or `None` if empty.
+pub fn window_p99() -> Option<u64> {
+    let mut h = new_histogram();
+    for s in lock(&REGISTRY).iter() {
+        let _ = h.add(&lock(s).lat);
+    }
+    (!h.is_empty()).then(|| h.value_at_quantile(0.99))
+}
+
+/// Percentile summary of a µs histogram (nulls when empty).
+pub fn latency_json(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!({"count": 0, "p50": null, "p90": null, "p99": null, "p999": null, "max": null, "mean": null});
+    }
+    json!({
+        "count": h.len(),
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+        "p999": h.value_at_quantile(0.999),
+        "max": h.max(),
+        "mean": (h.mean() * 10.0).round() / 10.0,
+    })
+}
+
+/// Formats µs compactly for progress lines.
+pub fn fmt_us(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{:.1}ms", us as f64 / 1000.0)
+    } else if us >= 1000 {
+        format!("{:.2}ms", us as f64 / 1000.0)
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// `(deliveries_window, published_window)` summed over threads (no histogram work).
+pub fn window_counts() -> (u64, u64) {
+    let mut d = 0;
+    let mut p = 0;
+    for s in lock(&REGISTRY).iter() {
+        let s = lock(s);
+        d += s.deliveries_window;
+        p += s.published_window;
+    }
+    (d, p)
+}
+
+/// Spawns a task printing `line(elapsed_s, dt_s)` to stderr every second.
+pub fn spawn_progress(mut line: impl FnMut(f64, f64) -> String + Send + 'static) {
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut last = start;
+        let mut tick = tokio::time::interval_at(
+            start + std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(1),
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = tick.tick().await;
+            let dt = now.duration_since(last).as_secs_f64().max(1e-3);
+            last = now;
+            eprintln!("{}", line(now.duration_since(start).as_secs_f64(), dt));
+        }
+    });
+}

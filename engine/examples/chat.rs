@@ -1,0 +1,58 @@
+//! Chat server: clients join rooms from the URL and everything they say goes to
+//! everyone in those rooms, on every shard. A ticker thread also broadcasts the
+//! time to room `general` through the engine handle.
+//!
+//! `cargo run -p corecast --example chat -- 127.0.0.1:9002`, then connect to
+//! `ws://127.0.0.1:9002/ws/chat?room=general&name=ada`.
+
+use std::time::Duration;
+
+use corecast::{Config, Engine, Message};
+
+fn main() {
+    let mut config = Config::default();
+    config.listen = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9002".into())
+        .parse()
+        .expect("listen address like 127.0.0.1:9002");
+    config.websocket.endpoints.clear();
+    let mut engine = Engine::new(config);
+    engine.websocket("/ws/chat", |mut conn| async move {
+        let name = conn
+            .query_all("name")
+            .next()
+            .unwrap_or("anonymous")
+            .to_string();
+        conn.set_meta("name", name.clone());
+        let rooms: Vec<String> = conn.query_all("room").map(String::from).collect();
+        for room in &rooms {
+            conn.join_room(room);
+            let _ = conn.broadcast_to_room(room, Message::text(format!("* {name} joined {room}")));
+        }
+        while let Some(msg) = conn.recv().await {
+            let Some(text) = msg.as_text() else { continue };
+            let line = format!("{name}: {text}");
+            for room in &rooms {
+                let _ = conn.broadcast_to_room(room, Message::text(line.clone()));
+            }
+        }
+        for room in &rooms {
+            conn.leave_room(room);
+            let _ = conn.broadcast_to_room(room, Message::text(format!("* {name} left {room}")));
+        }
+    });
+    let running = engine.start().expect("start");
+    println!("chat listening on ws://{}/ws/chat?room=general", running.local_addr());
+    let handle = running.handle();
+    let tick_ms: u64 = std::env::var("CHAT_TICK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(tick_ms));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let _ = handle.broadcast("general", Message::text(format!("* tick {now}")));
+    });
+    running.wait().expect("shards");
+}
