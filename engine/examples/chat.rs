@@ -20,12 +20,10 @@ fn main() {
     let mut engine = Engine::new(config);
     engine.websocket("/ws/chat", |mut conn| async move {
         let name = conn
-            .query_all("name")
-            .next()
-            .unwrap_or("anonymous")
-            .to_string();
+            .query_get("name")
+            .unwrap_or_else(|| "anonymous".to_string());
         conn.set_meta("name", name.clone());
-        let rooms: Vec<String> = conn.query_all("room").map(String::from).collect();
+        let rooms = conn.query_all("room");
         for room in &rooms {
             conn.join_room(room);
             let _ = conn.broadcast_to_room(room, Message::text(format!("* {name} joined {room}")));

@@ -4,6 +4,11 @@
 //! executor pinned to a core that owns its connections; rooms fan one message out to
 //! every member on every shard, sequenced by the room's owner shard.
 //!
+//! Two handler styles share one driver: [`Engine::websocket`] runs an async handler
+//! per connection reading with [`WsConn::recv`]; [`Engine::websocket_callbacks`]
+//! takes [`WsCallbacks`] and costs no task per connection (the built-in `rooms` and
+//! `echo` endpoints use it).
+//!
 //! ```no_run
 //! use corecast::{Config, Engine, Message};
 //!
@@ -12,7 +17,7 @@
 //! let mut engine = Engine::new(config);
 //! // A chat endpoint: join ?room=..., broadcast what each client says.
 //! engine.websocket("/ws/chat", |mut conn| async move {
-//!     let rooms: Vec<String> = conn.query_all("room").map(String::from).collect();
+//!     let rooms = conn.query_all("room");
 //!     for r in &rooms {
 //!         conn.join_room(r);
 //!     }
@@ -39,5 +44,7 @@ pub use app::conn::WsConn;
 pub use app::engine::{Engine, EngineHandle, RunningEngine, StartError};
 pub use app::message::Message;
 pub use config::Config;
-pub use net::peer::SendError;
+pub use app::callbacks::WsCallbacks;
+pub use app::connection::Connection;
+pub use net::conn::SendError;
 pub use net::shard::BroadcastError;

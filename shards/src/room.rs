@@ -108,17 +108,22 @@ impl<K: Copy + Eq + Hash, M> Default for RoomTable<K, M> {
 }
 
 impl<K: Copy + Eq + Hash, M> RoomTable<K, M> {
-    /// Add `key` to `room`.
-    pub fn join(&mut self, room: &Arc<str>, key: K, member: M) -> Change {
-        let list = self.rooms.entry(room.clone()).or_default();
-        if !list.insert(key, member) {
-            return Change::None;
-        }
-        if list.len() == 1 {
+    /// Add `key` to `room`. Also returns the table's shared copy of the room name,
+    /// so callers can keep it without allocating their own.
+    pub fn join(&mut self, room: &str, key: K, member: M) -> (Change, Arc<str>) {
+        let name: Arc<str> = match self.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(room),
+        };
+        let list = self.rooms.entry(name.clone()).or_default();
+        let change = if !list.insert(key, member) {
+            Change::None
+        } else if list.len() == 1 {
             Change::FirstJoined
         } else {
             Change::Member
-        }
+        };
+        (change, name)
     }
 
     /// Remove `key` from `room`.
@@ -180,11 +185,19 @@ impl InterestTable {
         }
     }
 
-    /// Assign the room's next sequence number and return it with the interest set.
-    pub fn sequence(&mut self, room: &Arc<str>) -> RoomInterest {
-        let entry = self.rooms.entry(room.clone()).or_default();
-        entry.seq += 1;
-        *entry
+    /// Assign the room's next sequence number; returns it with the interest set and
+    /// the table's shared copy of the room name.
+    pub fn sequence(&mut self, room: &str) -> (Arc<str>, RoomInterest) {
+        if let Some((name, _)) = self.rooms.get_key_value(room) {
+            let name = name.clone();
+            let entry = self.rooms.get_mut(room).unwrap_or_else(|| unreachable!());
+            entry.seq += 1;
+            return (name, *entry);
+        }
+        let name: Arc<str> = Arc::from(room);
+        let entry = RoomInterest { shards: 0, seq: 1 };
+        self.rooms.insert(name.clone(), entry);
+        (name, entry)
     }
 
     /// The current record of `room`, if it was ever used.
@@ -224,10 +237,12 @@ mod tests {
     #[test]
     fn room_table_reports_first_join_and_last_leave() {
         let mut t = RoomTable::default();
-        let room: Arc<str> = Arc::from("r");
-        assert_eq!(t.join(&room, 1u32, ()), Change::FirstJoined);
-        assert_eq!(t.join(&room, 2u32, ()), Change::Member);
-        assert_eq!(t.join(&room, 2u32, ()), Change::None);
+        let (c, first) = t.join("r", 1u32, ());
+        assert_eq!(c, Change::FirstJoined);
+        let (c, second) = t.join("r", 2u32, ());
+        assert_eq!(c, Change::Member);
+        assert!(Arc::ptr_eq(&first, &second), "members share the room name");
+        assert_eq!(t.join("r", 2u32, ()).0, Change::None);
         assert_eq!(t.leave("r", &1), Change::Member);
         assert_eq!(t.leave("r", &2), Change::LastLeft);
         assert!(t.is_empty());
@@ -239,8 +254,8 @@ mod tests {
         let a: Arc<str> = Arc::from("a");
         t.set(&a, 0, true);
         t.set(&a, 3, true);
-        assert_eq!(t.sequence(&a).seq, 1);
-        let i = t.sequence(&a);
+        assert_eq!(t.sequence("a").1.seq, 1);
+        let (_, i) = t.sequence("a");
         assert_eq!((i.seq, i.shards), (2, 0b1001));
         t.set(&a, 0, false);
         assert_eq!(t.get("a").unwrap().shards, 0b1000);

@@ -1,24 +1,32 @@
-//! The endpoint kinds `config.yaml` can name, written against the public handler API.
+//! The endpoint kinds `config.yaml` can name, written against the public callback API.
 
-use super::conn::WsConn;
+use super::callbacks::WsCallbacks;
+use super::connection::Connection;
+use super::message::Message;
 
 /// `kind: rooms`: join every `?room=`, broadcast every message to those rooms.
-pub async fn rooms(mut conn: WsConn) {
-    let rooms: Vec<String> = conn.query_all("room").map(str::to_string).collect();
-    for room in &rooms {
-        conn.join_room(room);
+#[derive(Debug, Default)]
+pub struct Rooms;
+
+impl WsCallbacks for Rooms {
+    fn on_open(&self, conn: &Connection) {
+        for room in conn.query_all("room") {
+            conn.join_room(&room);
+        }
     }
-    while let Some(msg) = conn.recv().await {
+
+    fn on_message(&self, conn: &Connection, msg: Message) {
         // A refused broadcast (owner shard overloaded) is counted in /stats.
         let _ = conn.broadcast_to_my_rooms(&msg);
     }
 }
 
 /// `kind: echo`: send every message back.
-pub async fn echo(mut conn: WsConn) {
-    while let Some(msg) = conn.recv().await {
-        if conn.send(msg).is_err() {
-            break;
-        }
+#[derive(Debug, Default)]
+pub struct Echo;
+
+impl WsCallbacks for Echo {
+    fn on_message(&self, conn: &Connection, msg: Message) {
+        let _ = conn.send(msg);
     }
 }

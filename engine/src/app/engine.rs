@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use corecast_shards::{owner_of, Mesh, MeshSender, PoolConfig, ShardPool};
 
 use super::builtin;
+use super::callbacks::WsCallbacks;
 use super::conn::WsConn;
 use super::message::Message;
 use crate::config::{Config, EndpointKind};
@@ -25,10 +26,19 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + 'static>>;
 /// A WebSocket handler shared by every shard.
 pub type WsHandler = Arc<dyn Fn(WsConn) -> HandlerFuture + Send + Sync>;
 
+/// How an endpoint serves its connections.
+#[derive(Clone)]
+pub(crate) enum EndpointHandler {
+    /// Callbacks run by the shard's driver (no task per connection).
+    Callbacks(Arc<dyn WsCallbacks>),
+    /// An async handler task per connection.
+    Async(WsHandler),
+}
+
 /// A routed path.
 #[derive(Clone)]
 pub(crate) struct Endpoint {
-    pub(crate) handler: WsHandler,
+    pub(crate) handler: EndpointHandler,
     pub(crate) protocols: Vec<String>,
 }
 
@@ -43,11 +53,13 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn endpoint(&self, path: &str) -> Option<&Endpoint> {
+    /// The endpoint at `path` and its index.
+    pub(crate) fn endpoint(&self, path: &str) -> Option<(usize, &Endpoint)> {
         self.endpoints
             .iter()
-            .find(|(p, _)| p == path)
-            .map(|(_, e)| e)
+            .enumerate()
+            .find(|(_, (p, _))| p == path)
+            .map(|(i, (_, e))| (i, e))
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -108,8 +120,8 @@ impl Engine {
         };
         for ep in engine.config.websocket.endpoints.clone() {
             match ep.kind {
-                EndpointKind::Rooms => engine.websocket(&ep.path, builtin::rooms),
-                EndpointKind::Echo => engine.websocket(&ep.path, builtin::echo),
+                EndpointKind::Rooms => engine.websocket_callbacks(&ep.path, builtin::Rooms),
+                EndpointKind::Echo => engine.websocket_callbacks(&ep.path, builtin::Echo),
             };
         }
         engine
@@ -120,8 +132,35 @@ impl Engine {
         &self.config
     }
 
-    /// Serve WebSocket connections on `path` with `handler` (replacing any endpoint
-    /// already there). The handler runs on the connection's shard.
+    /// Serve WebSocket connections on `path` with callbacks (replacing any endpoint
+    /// already there). The leanest way to serve: no task per connection.
+    pub fn websocket_callbacks<C: WsCallbacks>(&mut self, path: &str, callbacks: C) -> &mut Self {
+        self.add_endpoint(path, &[], EndpointHandler::Callbacks(Arc::new(callbacks)))
+    }
+
+    /// As [`Engine::websocket_callbacks`], offering `protocols`.
+    pub fn websocket_callbacks_with_protocols<C: WsCallbacks>(
+        &mut self,
+        path: &str,
+        protocols: &[&str],
+        callbacks: C,
+    ) -> &mut Self {
+        self.add_endpoint(path, protocols, EndpointHandler::Callbacks(Arc::new(callbacks)))
+    }
+
+    fn add_endpoint(&mut self, path: &str, protocols: &[&str], handler: EndpointHandler) -> &mut Self {
+        let endpoint = Endpoint {
+            handler,
+            protocols: protocols.iter().map(|p| p.to_string()).collect(),
+        };
+        self.endpoints.retain(|(p, _)| p != path);
+        self.endpoints.push((path.to_string(), endpoint));
+        self
+    }
+
+    /// Serve WebSocket connections on `path` with an async `handler` (replacing any
+    /// endpoint already there). The handler runs on the connection's shard, one task
+    /// per connection, and reads with [`WsConn::recv`].
     pub fn websocket<F, Fut>(&mut self, path: &str, handler: F) -> &mut Self
     where
         F: Fn(WsConn) -> Fut + Send + Sync + 'static,
@@ -143,13 +182,7 @@ impl Engine {
         Fut: Future<Output = ()> + 'static,
     {
         let handler: WsHandler = Arc::new(move |c| Box::pin(handler(c)) as HandlerFuture);
-        let endpoint = Endpoint {
-            handler,
-            protocols: protocols.iter().map(|p| p.to_string()).collect(),
-        };
-        self.endpoints.retain(|(p, _)| p != path);
-        self.endpoints.push((path.to_string(), endpoint));
-        self
+        self.add_endpoint(path, protocols, EndpointHandler::Async(handler))
     }
 
     /// Bind the listeners and start the shards.
@@ -207,6 +240,7 @@ impl Engine {
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
                 let shard = Rc::new(Shard::new(i, shared));
                 glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+                glommio::spawn_local(shard.clone().run_driver()).detach();
                 shard.run_inbox(inbox).await;
             }
         })

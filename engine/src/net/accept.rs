@@ -2,7 +2,6 @@
 //! plain HTTP (stats, errors) or complete the WebSocket handshake and hand the
 //! connection to its endpoint's handler.
 
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -10,10 +9,13 @@ use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::peer::Peer;
+use super::conn::{Conn, ConnParts, Handler};
+use super::driver::READ;
 use super::read::{read_into, settle};
 use super::shard::Shard;
 use crate::app::conn::WsConn;
+use crate::app::connection::Connection;
+use crate::app::engine::EndpointHandler;
 use crate::proto::http::{self, Request};
 use crate::proto::ws::deflate::Inflater;
 use crate::proto::ws::{close, handshake, Decoder, Limits};
@@ -48,7 +50,6 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let remote = stream.peer_addr().ok();
     let stream = std::cell::RefCell::new(stream);
     let mut pending = BytesMut::new();
     let head = read_head(&shard, &stream, &mut pending)
@@ -66,7 +67,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         Err(None) => return,
     };
     let stream = stream.into_inner();
-    route(shard, stream, req, pending, remote).await;
+    route(shard, stream, req, pending).await;
 }
 
 /// Read until a complete request head is buffered. `Err(Some(resp))`: answer and
@@ -99,7 +100,6 @@ async fn route(
     mut stream: TcpStream,
     req: Request,
     pending: BytesMut,
-    remote: Option<SocketAddr>,
 ) {
     if req.path == "/stats" {
         let resp = if req.method == "GET" {
@@ -116,7 +116,7 @@ async fn route(
         let _ = stream.write_all(&resp).await;
         return;
     }
-    let Some(endpoint) = shard.shared.endpoint(&req.path) else {
+    let Some((endpoint_index, endpoint)) = shard.shared.endpoint(&req.path) else {
         let body = format!("no endpoint at {}", req.path);
         let _ = stream
             .write_all(&http::response(404, "Not Found", &[], &body))
@@ -142,70 +142,61 @@ async fn route(
             return;
         }
     };
-    if stream
-        .write_all(&handshake::response(&accepted))
-        .await
-        .is_err()
-    {
+    if stream.write_all(&handshake::response(&accepted)).await.is_err() {
         return;
     }
     let limits = Limits {
         max_frame_size: ws.max_frame_size,
         max_message_size: ws.max_message_size,
     };
-    let decoder = Decoder::new(limits, accepted.deflate.map(Inflater::new));
-    // Shared broadcast frames are compressed once per shard with a 15-bit window; a
-    // client that limited the server's window gets uncompressed frames instead
-    // (RFC 7692 lets any message go uncompressed).
-    let compressed = accepted
-        .deflate
-        .is_some_and(|d| d.server_max_window_bits >= 15);
-    let queue_cap = ws.outbound_queue_bytes;
-    let stats = shard.stats.clone();
-    let peer = {
+    let parts = ConnParts {
+        stream,
+        decoder: Decoder::new(limits, accepted.deflate.map(Inflater::new)),
+        pending,
+        queue_cap: ws.outbound_queue_bytes,
+        // Shared broadcast frames are compressed once per shard with a 15-bit window;
+        // a client that limited the server's window gets uncompressed frames instead
+        // (RFC 7692 lets any message go uncompressed).
+        compressed: accepted
+            .deflate
+            .is_some_and(|d| d.server_max_window_bits >= 15),
+        endpoint: endpoint_index as u16,
+        query: req.query.into_boxed_str(),
+        handler: match &endpoint.handler {
+            EndpointHandler::Callbacks(cb) => Handler::Callbacks(cb.clone()),
+            EndpointHandler::Async(_) => Handler::Task(Box::default()),
+        },
+    };
+    let conn = {
         let mut conns = shard.conns.borrow_mut();
-        let id =
-            conns.insert_with(|id| Rc::new(Peer::new(id, stream, queue_cap, compressed, stats)));
+        let id = conns.insert_with(|id| Rc::new(Conn::new(id, parts)));
         conns.get(id).cloned().expect("just inserted")
     };
     ShardStats::add(&shard.stats.connections, 1);
-    let writer = glommio::spawn_local(
-        peer.clone()
-            .run_writer(shard.scratch.clone(), ws.write_buffer_size),
-    );
-    let conn = WsConn::new(
-        shard.clone(),
-        peer.clone(),
-        decoder,
-        pending,
-        req,
-        remote,
-        accepted.protocol,
-    );
-    let outcome = std::panic::AssertUnwindSafe((endpoint.handler)(conn))
-        .catch_unwind()
-        .await;
-    if outcome.is_err() {
-        ShardStats::add(&shard.stats.handler_panics, 1);
-        peer.close(close::INTERNAL_ERROR, "handler failed");
-    } else {
-        peer.close(close::NORMAL, "");
+    match &endpoint.handler {
+        EndpointHandler::Callbacks(cb) => {
+            let handle = Connection::new(shard.clone(), conn.clone());
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.on_open(&handle)));
+            if opened.is_err() {
+                ShardStats::add(&shard.stats.handler_panics, 1);
+                shard.fail(&conn, close::INTERNAL_ERROR, "handler failed");
+                return;
+            }
+            // Bytes that came with the request head are decoded on the first turn.
+            shard.schedule(&conn, READ);
+        }
+        EndpointHandler::Async(handler) => {
+            shard.schedule(&conn, READ);
+            let ws_conn = WsConn::new(Connection::new(shard.clone(), conn.clone()));
+            let outcome = std::panic::AssertUnwindSafe(handler(ws_conn))
+                .catch_unwind()
+                .await;
+            if outcome.is_err() {
+                ShardStats::add(&shard.stats.handler_panics, 1);
+                shard.fail(&conn, close::INTERNAL_ERROR, "handler failed");
+            } else {
+                shard.close(&conn, close::NORMAL, "");
+            }
+        }
     }
-    // Leave rooms at once; keep the slot until the writer has flushed (so a draining
-    // shard waits for close frames to go out).
-    shard.leave_all(&peer);
-    let drain = Duration::from_millis(shard.shared.config.shutdown.drain_timeout_ms);
-    let flushed = async {
-        writer.await;
-        true
-    }
-    .or(async {
-        glommio::timer::sleep(drain).await;
-        false
-    })
-    .await;
-    if !flushed {
-        peer.abort();
-    }
-    shard.forget(&peer);
 }

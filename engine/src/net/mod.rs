@@ -1,9 +1,12 @@
 //! The glue between sockets and the sans-IO codecs: per-shard state and the
-//! cross-shard protocol ([`shard`]), a connection's outbound side ([`peer`]), the read
+//! cross-shard protocol ([`shard`]), connections ([`conn`]) driven without a task each
+//! by the shard's [`driver`] ([`session`] holds what it does per connection), the read
 //! path with its per-shard arena ([`read`]) and the accept/handshake path ([`accept`]).
 
 pub(crate) mod accept;
+pub(crate) mod conn;
+pub(crate) mod driver;
 pub(crate) mod notify;
-pub(crate) mod peer;
 pub(crate) mod read;
+pub(crate) mod session;
 pub(crate) mod shard;

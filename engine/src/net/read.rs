@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_lite::AsyncRead;
@@ -46,32 +46,42 @@ impl ReadArena {
     }
 }
 
-/// Read once from `stream` and append what arrived to `pending`. Returns the number
-/// of bytes read; 0 means the peer closed its side.
-pub(crate) async fn read_into(
+/// Poll one read from `stream` into the arena and append what arrived to `pending`.
+/// `Ready(Ok(0))` means the peer closed its side.
+pub(crate) fn poll_read_into(
     stream: &RefCell<TcpStream>,
     arena: &RefCell<ReadArena>,
     read_size: usize,
     pending: &mut BytesMut,
-) -> io::Result<usize> {
-    let chunk = poll_fn(|cx| {
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    let chunk = {
         let mut arena = arena.borrow_mut();
         let mut stream = stream.borrow_mut();
         let spare = arena.spare(read_size);
         match Pin::new(&mut *stream).poll_read(cx, spare) {
-            Poll::Ready(Ok(n)) => Poll::Ready(Ok(arena.take(n))),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(n)) => arena.take(n),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
         }
-    })
-    .await?;
+    };
     let n = chunk.len();
     if pending.is_empty() {
         *pending = chunk;
     } else {
         pending.extend_from_slice(&chunk);
     }
-    Ok(n)
+    Poll::Ready(Ok(n))
+}
+
+/// Read once (awaiting readiness) and append to `pending`; 0 means EOF.
+pub(crate) async fn read_into(
+    stream: &RefCell<TcpStream>,
+    arena: &RefCell<ReadArena>,
+    read_size: usize,
+    pending: &mut BytesMut,
+) -> io::Result<usize> {
+    poll_fn(|cx| poll_read_into(stream, arena, read_size, pending, cx)).await
 }
 
 /// After decoding: release the arena if nothing is pending, and copy a small partial

@@ -14,8 +14,9 @@ use bytes::Bytes;
 use corecast_shards::room::{Change, InterestTable, RoomTable};
 use corecast_shards::{owner_of, ConnSlab, Inbox, MeshSender};
 
+use super::conn::{Conn, ConnState};
+use super::driver::{self, Ready, WRITE};
 use super::notify::LocalNotify;
-use super::peer::Peer;
 use super::read::ReadArena;
 use crate::app::engine::Shared;
 use crate::app::message::Message;
@@ -64,12 +65,12 @@ pub(crate) struct Shard {
     pub(crate) id: usize,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ShardStats>,
-    rooms: RefCell<RoomTable<u32, Rc<Peer>>>,
+    rooms: RefCell<RoomTable<u32, Rc<Conn>>>,
     interest: RefCell<InterestTable>,
-    pub(crate) conns: RefCell<ConnSlab<Rc<Peer>>>,
+    pub(crate) conns: RefCell<ConnSlab<Rc<Conn>>>,
     deflater: RefCell<Option<Deflater>>,
     pub(crate) arena: RefCell<ReadArena>,
-    pub(crate) scratch: Rc<RefCell<Vec<u8>>>,
+    pub(crate) scratch: RefCell<Vec<u8>>,
     pub(crate) draining: LocalNotify,
     /// All connections gone while draining.
     pub(crate) idle: LocalNotify,
@@ -87,11 +88,51 @@ impl Shard {
             conns: RefCell::new(ConnSlab::new(id as u16)),
             deflater: RefCell::new(None),
             arena: RefCell::new(ReadArena::new()),
-            scratch: Rc::new(RefCell::new(Vec::new())),
+            scratch: RefCell::new(Vec::new()),
             draining: LocalNotify::default(),
             idle: LocalNotify::default(),
             drain_started: Cell::new(false),
             shared,
+        }
+    }
+
+    /// Put `conn` on the driver's ready list for `kind` (once until it is handled).
+    pub(crate) fn schedule(&self, conn: &Conn, kind: u8) {
+        let s = conn.scheduled.get();
+        if s & kind == 0 {
+            conn.scheduled.set(s | kind);
+            driver::push_ready(conn.id.slot, conn.id.generation, kind);
+        }
+    }
+
+    /// The live connection at `(slot, generation)`.
+    fn conn_at(&self, r: &Ready) -> Option<Rc<Conn>> {
+        let id = corecast_shards::ConnId {
+            shard: self.id as u16,
+            slot: r.slot,
+            generation: r.generation,
+        };
+        self.conns.borrow().get(id).cloned()
+    }
+
+    /// The driver task: read and write connections as they become ready.
+    pub(crate) async fn run_driver(self: Rc<Self>) {
+        let mut batch: Vec<Ready> = Vec::with_capacity(1024);
+        loop {
+            driver::next_batch(&mut batch).await;
+            for r in batch.drain(..) {
+                let Some(conn) = self.conn_at(&r) else {
+                    continue;
+                };
+                conn.scheduled.set(conn.scheduled.get() & !r.kind);
+                if r.kind & driver::READ != 0 {
+                    self.drive_read(&conn);
+                }
+                if r.kind & WRITE != 0 {
+                    self.drive_write(&conn);
+                }
+            }
+            glommio::yield_if_needed().await;
         }
     }
 
@@ -120,7 +161,7 @@ impl Shard {
 
     fn handle(&self, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish { room, msg } => self.sequence(room, msg),
+            ShardMsg::Publish { room, msg } => self.sequence(&room, msg),
             ShardMsg::Deliver { room, seq, msg } => self.deliver(&room, seq, &msg),
             ShardMsg::Interest {
                 room,
@@ -132,15 +173,15 @@ impl Shard {
     }
 
     /// Publish `msg` to `room` from this shard.
-    pub(crate) fn publish(&self, room: &Arc<str>, msg: Message) -> Result<(), BroadcastError> {
+    pub(crate) fn publish(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
         let owner = owner_of(room, self.senders().len());
         if owner == self.id {
-            self.sequence(room.clone(), msg);
+            self.sequence(room, msg);
             return Ok(());
         }
         self.senders()[owner]
             .send(ShardMsg::Publish {
-                room: room.clone(),
+                room: Arc::from(room),
                 msg,
             })
             .map_err(|_| {
@@ -151,8 +192,8 @@ impl Shard {
 
     /// As the room's owner: assign the sequence and hand the message to every
     /// interested shard, in sequence order.
-    fn sequence(&self, room: Arc<str>, msg: Message) {
-        let interest = self.interest.borrow_mut().sequence(&room);
+    fn sequence(&self, room: &str, msg: Message) {
+        let (room, interest) = self.interest.borrow_mut().sequence(room);
         ShardStats::add(&self.stats.broadcasts, 1);
         let mut shards = interest.shards;
         while shards != 0 {
@@ -183,17 +224,18 @@ impl Shard {
         let plain = frame::encode(opcode, false, msg.as_bytes());
         let mut compressed: Option<Bytes> = None;
         let mut delivered = 0u64;
-        for (_, peer) in members.iter() {
-            let f = if peer.compressed {
+        for (_, conn) in members.iter() {
+            let f = if conn.compressed {
                 compressed
                     .get_or_insert_with(|| self.compress_frame(opcode, msg.as_bytes()))
                     .clone()
             } else {
                 plain.clone()
             };
-            if peer.push(f).is_ok() {
-                delivered += 1;
-            }
+            // Queue now, write later: the driver flushes each member once per batch.
+            let _ = conn.enqueue(f, &self.stats);
+            self.schedule(conn, WRITE);
+            delivered += 1;
         }
         ShardStats::add(&self.stats.deliveries, delivered);
     }
@@ -206,29 +248,29 @@ impl Shard {
         frame::encode(opcode, true, &body)
     }
 
-    /// Add `peer` to `room`.
-    pub(crate) fn join(&self, room: &Arc<str>, peer: &Rc<Peer>) {
-        let change = self
-            .rooms
-            .borrow_mut()
-            .join(room, peer.id.slot, peer.clone());
-        match change {
-            Change::None => {}
-            Change::FirstJoined => {
-                peer.rooms.borrow_mut().push(room.clone());
-                self.set_interest(room, true);
-            }
-            _ => peer.rooms.borrow_mut().push(room.clone()),
+    /// Add `conn` to `room`.
+    pub(crate) fn join(&self, room: &str, conn: &Rc<Conn>) {
+        if conn.state() == ConnState::Done {
+            return;
         }
-    }
-
-    /// Remove `peer` from `room`.
-    pub(crate) fn leave(&self, room: &str, peer: &Peer) {
-        let change = self.rooms.borrow_mut().leave(room, &peer.id.slot);
+        let (change, room) = self.rooms.borrow_mut().join(room, conn.id.slot, conn.clone());
         if change == Change::None {
             return;
         }
-        let mut rooms = peer.rooms.borrow_mut();
+        // The table's own key is shared, so members don't each allocate the name.
+        conn.rooms.borrow_mut().push(room.clone());
+        if change == Change::FirstJoined {
+            self.set_interest(&room, true);
+        }
+    }
+
+    /// Remove `conn` from `room`.
+    pub(crate) fn leave(&self, room: &str, conn: &Conn) {
+        let change = self.rooms.borrow_mut().leave(room, &conn.id.slot);
+        if change == Change::None {
+            return;
+        }
+        let mut rooms = conn.rooms.borrow_mut();
         let Some(pos) = rooms.iter().position(|r| &**r == room) else {
             return;
         };
@@ -267,17 +309,18 @@ impl Shard {
         }
     }
 
-    /// Take a closing connection out of all its rooms.
-    pub(crate) fn leave_all(&self, peer: &Peer) {
-        let rooms: Vec<Arc<str>> = peer.rooms.borrow().clone();
+    /// Take a connection out of all its rooms.
+    pub(crate) fn leave_all(&self, conn: &Conn) {
+        let rooms: Vec<Arc<str>> = std::mem::take(&mut *conn.rooms.borrow_mut());
         for room in rooms {
-            self.leave(&room, peer);
+            conn.rooms.borrow_mut().push(room.clone());
+            self.leave(&room, conn);
         }
     }
 
     /// Free a finished connection's slot.
-    pub(crate) fn forget(&self, peer: &Peer) {
-        if self.conns.borrow_mut().remove(peer.id).is_some() {
+    pub(crate) fn forget(&self, conn: &Conn) {
+        if self.conns.borrow_mut().remove(conn.id).is_some() {
             ShardStats::sub(&self.stats.connections, 1);
         }
         if self.drain_started.get() && self.conns.borrow().is_empty() {
@@ -287,12 +330,12 @@ impl Shard {
 
     /// Shutdown: stop accepting, close every connection with 1001 after what is
     /// already queued, and wait (bounded) for them to finish.
-    async fn drain(&self) {
+    async fn drain(self: &Rc<Self>) {
         self.drain_started.set(true);
         self.draining.fire();
-        let peers: Vec<Rc<Peer>> = self.conns.borrow().iter().cloned().collect();
-        for p in &peers {
-            p.close(close::GOING_AWAY, "server shutting down");
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
+        for c in &conns {
+            self.close(c, close::GOING_AWAY, "server shutting down");
         }
         if self.conns.borrow().is_empty() {
             return;
@@ -310,8 +353,9 @@ impl Shard {
         )
         .await;
         if timed_out {
-            for p in self.conns.borrow().iter() {
-                p.abort();
+            let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
+            for c in &conns {
+                self.finish(c);
             }
         }
     }

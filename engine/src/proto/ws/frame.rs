@@ -127,7 +127,7 @@ struct Partial {
 pub struct Decoder {
     limits: Limits,
     inflater: Option<Inflater>,
-    partial: Option<Partial>,
+    partial: Option<Box<Partial>>,
 }
 
 struct Header {
@@ -274,12 +274,12 @@ impl Decoder {
                 if text && !h.rsv1 {
                     utf8.feed(&payload).map_err(|_| invalid_utf8())?;
                 }
-                self.partial = Some(Partial {
+                self.partial = Some(Box::new(Partial {
                     text,
                     compressed: h.rsv1,
                     data: payload,
                     utf8,
-                });
+                }));
                 Ok(None)
             }
             OpCode::Continuation => {
@@ -293,7 +293,7 @@ impl Decoder {
                 if !h.fin {
                     return Ok(None);
                 }
-                let mut p = self.partial.take().expect("partial checked above");
+                let mut p = *self.partial.take().expect("partial checked above");
                 if p.text && !p.compressed {
                     p.utf8.finish().map_err(|_| invalid_utf8())?;
                     return Ok(Some(Incoming::Text(p.data.freeze())));

@@ -1,0 +1,212 @@
+//! One WebSocket connection as its shard holds it: socket, decoder, outbound queue,
+//! close state, rooms and handler. There is no task per connection: the shard's
+//! [`driver`](super::driver) reads and writes it when its socket or queue is ready,
+//! so an idle connection costs only this struct and the socket's armed poll.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::task::Waker;
+
+use bytes::{Bytes, BytesMut};
+use corecast_shards::{ConnId, OutboundQueue};
+use glommio::net::TcpStream;
+
+use crate::app::callbacks::WsCallbacks;
+use crate::app::message::Message;
+use crate::proto::ws::{close, frame, Decoder};
+use crate::stats::ShardStats;
+
+/// Messages an async handler may have waiting before the driver stops reading its
+/// socket (back-pressure instead of an unbounded inbox).
+pub(crate) const TASK_INBOX_CAP: usize = 32;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// Frames may be queued.
+    Open,
+    /// Our close frame is queued (last in the queue); nothing more will be.
+    Closing,
+    /// Finished: removed from its shard.
+    Done,
+}
+
+/// Who handles a connection's messages.
+pub(crate) enum Handler {
+    /// Synchronous callbacks, run by the driver (no task per connection).
+    Callbacks(Arc<dyn WsCallbacks>),
+    /// An async handler task reading through [`TaskInbox`].
+    Task(Box<TaskInbox>),
+}
+
+/// The hand-over between the driver and an async handler's `recv()`.
+#[derive(Default)]
+pub(crate) struct TaskInbox {
+    pub(crate) messages: RefCell<VecDeque<Message>>,
+    pub(crate) waker: Cell<Option<Waker>>,
+    /// No more messages will come.
+    pub(crate) ended: Cell<bool>,
+    /// The driver stopped reading because the inbox is full.
+    pub(crate) paused: Cell<bool>,
+}
+
+impl TaskInbox {
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is closing or closed.
+    Closed,
+    /// The outbound queue was full: the connection is closed as a slow consumer.
+    SlowConsumer,
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SendError::Closed => "connection is closed",
+            SendError::SlowConsumer => "outbound queue full: closed as a slow consumer",
+        })
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// A live WebSocket connection.
+pub(crate) struct Conn {
+    pub(crate) id: ConnId,
+    pub(crate) stream: RefCell<TcpStream>,
+    pub(crate) queue: RefCell<OutboundQueue>,
+    pub(crate) decoder: RefCell<Decoder>,
+    pub(crate) pending: RefCell<BytesMut>,
+    state: Cell<ConnState>,
+    /// The client's close frame arrived, or its side is gone: no more reading.
+    pub(crate) read_done: Cell<bool>,
+    /// Don't wait for the client's close reply after ours is written (errors).
+    pub(crate) fail_fast: Cell<bool>,
+    /// A close-reply timer is running.
+    pub(crate) close_timer: Cell<bool>,
+    /// Ready-list bits already queued for this connection (see `driver`).
+    pub(crate) scheduled: Cell<u8>,
+    /// Room broadcasts go to this connection compressed.
+    pub(crate) compressed: bool,
+    pub(crate) rooms: RefCell<Vec<Arc<str>>>,
+    /// Index of the endpoint in `Shared::endpoints`.
+    pub(crate) endpoint: u16,
+    /// Raw query string; parsed on demand (idle connections keep one small string).
+    pub(crate) query: Box<str>,
+    pub(crate) handler: Handler,
+    pub(crate) meta: RefCell<Option<Box<HashMap<String, Box<dyn Any>>>>>,
+}
+
+/// What the accept path hands over to build a [`Conn`].
+pub(crate) struct ConnParts {
+    pub(crate) stream: TcpStream,
+    pub(crate) decoder: Decoder,
+    pub(crate) pending: BytesMut,
+    pub(crate) queue_cap: usize,
+    pub(crate) compressed: bool,
+    pub(crate) endpoint: u16,
+    pub(crate) query: Box<str>,
+    pub(crate) handler: Handler,
+}
+
+impl Conn {
+    pub(crate) fn new(id: ConnId, p: ConnParts) -> Self {
+        Self {
+            id,
+            stream: RefCell::new(p.stream),
+            queue: RefCell::new(OutboundQueue::new(p.queue_cap)),
+            decoder: RefCell::new(p.decoder),
+            pending: RefCell::new(p.pending),
+            state: Cell::new(ConnState::Open),
+            read_done: Cell::new(false),
+            fail_fast: Cell::new(false),
+            close_timer: Cell::new(false),
+            scheduled: Cell::new(0),
+            compressed: p.compressed,
+            rooms: RefCell::new(Vec::new()),
+            endpoint: p.endpoint,
+            query: p.query,
+            handler: p.handler,
+            meta: RefCell::new(None),
+        }
+    }
+
+    pub(crate) fn state(&self) -> ConnState {
+        self.state.get()
+    }
+
+    pub(crate) fn set_state(&self, s: ConnState) {
+        self.state.set(s);
+    }
+
+    /// Queue an encoded frame (the caller schedules the write). A full queue closes
+    /// the connection as a slow consumer rather than letting it grow.
+    pub(crate) fn enqueue(&self, frame: Bytes, stats: &ShardStats) -> Result<(), SendError> {
+        if self.state.get() != ConnState::Open {
+            return Err(SendError::Closed);
+        }
+        let pushed = self.queue.borrow_mut().push(frame);
+        if pushed.is_ok() {
+            return Ok(());
+        }
+        ShardStats::add(&stats.slow_consumers, 1);
+        self.queue.borrow_mut().clear();
+        self.fail_fast.set(true);
+        self.enqueue_close(close::POLICY_VIOLATION, "slow consumer: outbound queue full");
+        Err(SendError::SlowConsumer)
+    }
+
+    /// Queue our close frame after everything queued. Returns false if a close was
+    /// already under way.
+    pub(crate) fn enqueue_close(&self, code: close::CloseCode, reason: &str) -> bool {
+        if self.state.get() != ConnState::Open {
+            return false;
+        }
+        self.queue
+            .borrow_mut()
+            .push_unbounded(frame::encode_close(code, reason));
+        self.state.set(ConnState::Closing);
+        true
+    }
+
+    /// Reply to a close frame that carried no status code.
+    pub(crate) fn enqueue_empty_close(&self) -> bool {
+        if self.state.get() != ConnState::Open {
+            return false;
+        }
+        self.queue
+            .borrow_mut()
+            .push_unbounded(frame::encode(frame::OpCode::Close, false, &[]));
+        self.state.set(ConnState::Closing);
+        true
+    }
+
+    /// The async handler's inbox, if this connection has one.
+    pub(crate) fn task_inbox(&self) -> Option<&TaskInbox> {
+        match &self.handler {
+            Handler::Task(t) => Some(t),
+            Handler::Callbacks(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Idle memory per connection is a headline figure (docs/BENCHMARKS.md): keep the
+    /// per-connection struct from growing unnoticed.
+    #[test]
+    fn conn_struct_stays_small() {
+        let size = std::mem::size_of::<super::Conn>();
+        assert!(size <= 384, "Conn grew to {size} bytes");
+    }
+}

@@ -1,0 +1,269 @@
+//! What the driver does for one ready connection: read, decode and dispatch; gather
+//! the outbound queue into one send; run the close handshake; finish.
+
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_lite::AsyncWrite;
+
+use super::conn::{Conn, ConnState, Handler, TASK_INBOX_CAP};
+use super::driver::{self, READ, WRITE};
+use super::read::{poll_read_into, settle};
+use super::shard::Shard;
+use crate::app::connection::Connection;
+use crate::app::message::Message;
+use crate::proto::ws::{close, frame, Incoming};
+use crate::stats::ShardStats;
+
+/// Frames decoded per turn before the driver moves on to other connections; large
+/// enough that a burst already in the buffer is handled (and its fan-out coalesced)
+/// in one turn.
+const READ_BUDGET: usize = 256;
+/// How long we wait for the client's close reply after sending ours.
+const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Shard {
+    /// Read, decode and dispatch until the socket would block or the budget is spent.
+    pub(crate) fn drive_read(self: &Rc<Self>, conn: &Rc<Conn>) {
+        let read_size = self.shared.config.websocket.read_buffer_size;
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            if conn.read_done.get() || conn.state() == ConnState::Done {
+                return;
+            }
+            if let Some(inbox) = conn.task_inbox() {
+                if inbox.messages.borrow().len() >= TASK_INBOX_CAP {
+                    // Resumed by the handler's recv() (back-pressure, no unbounded inbox).
+                    inbox.paused.set(true);
+                    return;
+                }
+            }
+            let decoded = conn
+                .decoder
+                .borrow_mut()
+                .decode(&mut conn.pending.borrow_mut());
+            match decoded {
+                Ok(Some(incoming)) => {
+                    budget -= 1;
+                    self.on_incoming(conn, incoming);
+                }
+                Ok(None) => {
+                    settle(&mut conn.pending.borrow_mut());
+                    let waker = driver::waker(conn.id.slot, conn.id.generation, READ);
+                    let mut cx = Context::from_waker(&waker);
+                    let polled = poll_read_into(
+                        &conn.stream,
+                        &self.arena,
+                        read_size,
+                        &mut conn.pending.borrow_mut(),
+                        &mut cx,
+                    );
+                    match polled {
+                        Poll::Ready(Ok(n)) if n > 0 => {}
+                        Poll::Ready(_) => {
+                            // EOF or reset: nobody is left to read a close frame.
+                            conn.read_done.set(true);
+                            self.finish(conn);
+                            return;
+                        }
+                        Poll::Pending => return,
+                    }
+                }
+                Err(e) => {
+                    self.fail(conn, e.code, e.reason);
+                    return;
+                }
+            }
+        }
+        self.schedule(conn, READ);
+    }
+
+    fn on_incoming(self: &Rc<Self>, conn: &Rc<Conn>, incoming: Incoming) {
+        let open = conn.state() == ConnState::Open;
+        match incoming {
+            // After our close frame, data is ignored (RFC 6455 section 5.5.1).
+            Incoming::Text(_) | Incoming::Binary(_) if !open => {}
+            Incoming::Text(b) => self.dispatch(conn, Message::Text(b)),
+            Incoming::Binary(b) => self.dispatch(conn, Message::Binary(b)),
+            Incoming::Ping(p) => {
+                if open {
+                    let _ = conn.enqueue(frame::encode(frame::OpCode::Pong, false, &p), &self.stats);
+                    self.schedule(conn, WRITE);
+                }
+            }
+            Incoming::Pong(_) => {}
+            Incoming::Close(c) => {
+                conn.read_done.set(true);
+                let echoed = match c {
+                    Some((code, _)) => conn.enqueue_close(code, ""),
+                    None => conn.enqueue_empty_close(),
+                };
+                if echoed || !conn.queue.borrow().is_empty() {
+                    self.schedule(conn, WRITE);
+                } else {
+                    // Our close was already written: the handshake is complete.
+                    self.finish(conn);
+                }
+            }
+        }
+    }
+
+    fn dispatch(self: &Rc<Self>, conn: &Rc<Conn>, msg: Message) {
+        ShardStats::add(&self.stats.messages_in, 1);
+        match &conn.handler {
+            Handler::Callbacks(cb) => {
+                let cb = cb.clone();
+                let handle = Connection::new(self.clone(), conn.clone());
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cb.on_message(&handle, msg)
+                }));
+                if ran.is_err() {
+                    ShardStats::add(&self.stats.handler_panics, 1);
+                    self.fail(conn, close::INTERNAL_ERROR, "handler failed");
+                }
+            }
+            Handler::Task(inbox) => {
+                inbox.messages.borrow_mut().push_back(msg);
+                inbox.wake();
+            }
+        }
+    }
+
+    /// Write queued frames until the queue is empty or the socket would block.
+    pub(crate) fn drive_write(self: &Rc<Self>, conn: &Rc<Conn>) {
+        loop {
+            if conn.state() == ConnState::Done {
+                return;
+            }
+            if conn.queue.borrow().is_empty() {
+                if conn.state() == ConnState::Closing {
+                    self.close_written(conn);
+                }
+                return;
+            }
+            match self.poll_write(conn) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(_)) => {
+                    conn.read_done.set(true);
+                    self.finish(conn);
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+
+    /// One send() of as much of the queue as fits `write_buffer_size`.
+    fn poll_write(&self, conn: &Conn) -> Poll<io::Result<usize>> {
+        let max = self.shared.config.websocket.write_buffer_size;
+        let waker = driver::waker(conn.id.slot, conn.id.generation, WRITE);
+        let mut cx = Context::from_waker(&waker);
+        let polled = {
+            let queue = conn.queue.borrow();
+            let Some(front) = queue.front() else {
+                return Poll::Ready(Ok(0));
+            };
+            let mut stream = conn.stream.borrow_mut();
+            if queue.len_frames() == 1 || front.len() >= max {
+                // Nothing to coalesce: write straight from the shared frame.
+                Pin::new(&mut *stream).poll_write(&mut cx, front)
+            } else {
+                let mut buf = self.scratch.borrow_mut();
+                buf.clear();
+                for f in queue.frames() {
+                    let room = max - buf.len();
+                    if room == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&f[..f.len().min(room)]);
+                }
+                Pin::new(&mut *stream).poll_write(&mut cx, &buf)
+            }
+        };
+        match polled {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Poll::Ready(Ok(n)) => {
+                let frames = conn.queue.borrow_mut().consume(n);
+                ShardStats::add(&self.stats.writes, 1);
+                ShardStats::add(&self.stats.frames_written, frames as u64);
+                ShardStats::add(&self.stats.bytes_written, n as u64);
+                Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    }
+
+    /// Our close frame is on the wire: finish now if the client already closed or
+    /// this was an error; otherwise give the client a bounded time to reply.
+    fn close_written(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.read_done.get() || conn.fail_fast.get() {
+            self.finish(conn);
+            return;
+        }
+        if conn.close_timer.replace(true) {
+            return;
+        }
+        let shard = self.clone();
+        let id = conn.id;
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(CLOSE_REPLY_TIMEOUT).await;
+            let conn = shard.conns.borrow().get(id).cloned();
+            if let Some(conn) = conn {
+                shard.finish(&conn);
+            }
+        })
+        .detach();
+        // The client's reply may already be waiting to be read.
+        self.schedule(conn, READ);
+    }
+
+    /// Start a graceful close (the client is expected to answer).
+    pub(crate) fn close(&self, conn: &Conn, code: close::CloseCode, reason: &str) {
+        if conn.enqueue_close(code, reason) {
+            self.schedule(conn, WRITE);
+        }
+    }
+
+    /// Fail the connection: send `code` and drop it once that is written.
+    pub(crate) fn fail(&self, conn: &Conn, code: close::CloseCode, reason: &str) {
+        conn.fail_fast.set(true);
+        conn.read_done.set(true);
+        conn.enqueue_close(code, reason);
+        self.schedule(conn, WRITE);
+    }
+
+    /// The connection is over: leave rooms, tell the handler, free the slot. The
+    /// socket closes when the last reference (slab, async handler) is dropped.
+    pub(crate) fn finish(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.state() == ConnState::Done {
+            return;
+        }
+        conn.set_state(ConnState::Done);
+        conn.read_done.set(true);
+        conn.queue.borrow_mut().clear();
+        self.leave_all(conn);
+        match &conn.handler {
+            Handler::Callbacks(cb) => {
+                let cb = cb.clone();
+                let handle = Connection::new(self.clone(), conn.clone());
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.on_close(&handle)));
+                if ran.is_err() {
+                    ShardStats::add(&self.stats.handler_panics, 1);
+                }
+            }
+            Handler::Task(inbox) => {
+                inbox.ended.set(true);
+                inbox.wake();
+                // The handler may hold the socket a little longer: end it now.
+                use std::os::fd::AsRawFd;
+                // SAFETY: shutdown(2) on the connection's own, still open descriptor.
+                unsafe { libc::shutdown(conn.stream.borrow().as_raw_fd(), libc::SHUT_RDWR) };
+            }
+        }
+        self.forget(conn);
+    }
+}
