@@ -18,7 +18,8 @@ fn fanout(c: &mut Criterion) {
         for m in 0..members {
             table.join(&room, m as u32, m);
         }
-        let mut queues: Vec<OutboundQueue> = (0..members).map(|_| OutboundQueue::new(1 << 20)).collect();
+        let mut queues: Vec<OutboundQueue> =
+            (0..members).map(|_| OutboundQueue::new(1 << 20)).collect();
         let payload = [b'x'; 64];
         g.throughput(Throughput::Elements(members as u64));
         g.bench_function(BenchmarkId::new("deliver_64b", members), |b| {

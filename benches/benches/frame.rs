@@ -13,23 +13,43 @@ fn decode(c: &mut Criterion) {
     for size in [64usize, 1024, 16 * 1024] {
         let frames = 256;
         let one = encode_masked(OpCode::Binary, true, false, &vec![7u8; size], MASK);
-        let stream: Vec<u8> = one.iter().copied().cycle().take(one.len() * frames).collect();
+        let stream: Vec<u8> = one
+            .iter()
+            .copied()
+            .cycle()
+            .take(one.len() * frames)
+            .collect();
         g.throughput(Throughput::Elements(frames as u64));
-        g.bench_with_input(BenchmarkId::new("binary_frames", size), &stream, |b, stream| {
-            b.iter(|| {
-                let mut buf = BytesMut::from(&stream[..]);
-                let mut d = Decoder::new(Limits::default(), None);
-                let mut n = 0;
-                while let Ok(Some(m)) = d.decode(&mut buf) {
-                    black_box(&m);
-                    n += 1;
-                }
-                assert_eq!(n, frames);
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("binary_frames", size),
+            &stream,
+            |b, stream| {
+                b.iter(|| {
+                    let mut buf = BytesMut::from(&stream[..]);
+                    let mut d = Decoder::new(Limits::default(), None);
+                    let mut n = 0;
+                    while let Ok(Some(m)) = d.decode(&mut buf) {
+                        black_box(&m);
+                        n += 1;
+                    }
+                    assert_eq!(n, frames);
+                })
+            },
+        );
     }
-    let text = encode_masked(OpCode::Text, true, false, "héllo wörld ".repeat(5).as_bytes(), MASK);
-    let stream: Vec<u8> = text.iter().copied().cycle().take(text.len() * 256).collect();
+    let text = encode_masked(
+        OpCode::Text,
+        true,
+        false,
+        "héllo wörld ".repeat(5).as_bytes(),
+        MASK,
+    );
+    let stream: Vec<u8> = text
+        .iter()
+        .copied()
+        .cycle()
+        .take(text.len() * 256)
+        .collect();
     g.throughput(Throughput::Elements(256));
     g.bench_function("text_frames_utf8_64b", |b| {
         b.iter(|| {

@@ -10,12 +10,15 @@ use std::time::Duration;
 use corecast::{Config, Engine, Message};
 
 fn main() {
-    let mut config = Config::default();
-    config.listen = std::env::args()
+    let listen = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9002".into())
         .parse()
         .expect("listen address like 127.0.0.1:9002");
+    let mut config = Config {
+        listen,
+        ..Config::default()
+    };
     config.websocket.endpoints.clear();
     let mut engine = Engine::new(config);
     engine.websocket("/ws/chat", |mut conn| async move {
@@ -41,9 +44,15 @@ fn main() {
         }
     });
     let running = engine.start().expect("start");
-    println!("chat listening on ws://{}/ws/chat?room=general", running.local_addr());
+    println!(
+        "chat listening on ws://{}/ws/chat?room=general",
+        running.local_addr()
+    );
     let handle = running.handle();
-    let tick_ms: u64 = std::env::var("CHAT_TICK_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let tick_ms: u64 = std::env::var("CHAT_TICK_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(tick_ms));
         let now = std::time::SystemTime::now()

@@ -6,12 +6,15 @@
 use corecast::{Config, Engine};
 
 fn main() {
-    let mut config = Config::default();
-    config.listen = std::env::args()
+    let listen = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:9001".into())
         .parse()
         .expect("listen address like 127.0.0.1:9001");
+    let mut config = Config {
+        listen,
+        ..Config::default()
+    };
     config.websocket.endpoints.clear();
     let mut engine = Engine::new(config);
     engine.websocket("/echo", |mut conn| async move {

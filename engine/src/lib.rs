@@ -40,11 +40,11 @@ pub(crate) mod net;
 pub mod proto;
 pub mod stats;
 
+pub use app::callbacks::WsCallbacks;
 pub use app::conn::WsConn;
+pub use app::connection::Connection;
 pub use app::engine::{Engine, EngineHandle, RunningEngine, StartError};
 pub use app::message::Message;
 pub use config::Config;
-pub use app::callbacks::WsCallbacks;
-pub use app::connection::Connection;
 pub use net::conn::SendError;
 pub use net::shard::BroadcastError;

@@ -64,9 +64,7 @@ impl<T> ConnSlab<T> {
 
     /// Remove the connection at `id`.
     pub fn remove(&mut self, id: ConnId) -> Option<T> {
-        if self.get(id).is_none() {
-            return None;
-        }
+        self.get(id)?;
         Some(self.slots.remove(id.slot as usize).1)
     }
 

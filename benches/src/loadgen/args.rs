@@ -170,7 +170,7 @@ fn num<T: FromStr>(flag: &str, v: &str) -> Result<T, String> {
 
 fn secs(flag: &str, v: &str) -> Result<Duration, String> {
     let s: f64 = num(flag, v)?;
-    if !s.is_finite() || s < 0.0 || s > 1e7 {
+    if !s.is_finite() || !(0.0..=1e7).contains(&s) {
         return Err(format!("invalid value for {flag}: '{v}' (seconds, >= 0)"));
     }
     Ok(Duration::from_secs_f64(s))

@@ -103,10 +103,16 @@ pub async fn run(cfg: Echo) -> Result<(Value, bool), String> {
     let up = UP.load(Relaxed);
     eprintln!("loadgen echo: ramp done in {ramp_s:.2}s: {up}/{n} connected");
 
+    // Nothing connected: report at once instead of waiting out the run.
+    let (warmup, duration, drain) = if up == 0 {
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO)
+    } else {
+        (cfg.warmup, cfg.duration, cfg.drain)
+    };
     let t0 = Instant::now() + Duration::from_millis(5);
-    let w0 = t0 + cfg.warmup;
-    let w1 = w0 + cfg.duration;
-    let deadline = w1 + cfg.drain;
+    let w0 = t0 + warmup;
+    let w1 = w0 + duration;
+    let deadline = w1 + drain;
     WINDOW.set(
         stats::instant_ns(w0.into_std()),
         stats::instant_ns(w1.into_std()),
@@ -146,7 +152,7 @@ pub async fn run(cfg: Echo) -> Result<(Value, bool), String> {
             "connections": up,
             "failed": COUNTERS.failed.load(Relaxed),
             "errors": COUNTERS.errors_json(),
-            "ramp_s": round(ramp_s * 100.0) / 100.0,
+            "ramp_s": stats::round2(ramp_s),
         },
         "sent": m.published_window,
         "received": m.deliveries_window,

@@ -140,10 +140,16 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
         "loadgen fanout: ramp done in {ramp_s:.2}s: {subs_up}/{n_subs} subscribers, {pubs_up}/{n_pubs} publishers connected"
     );
 
+    // Nothing connected: report at once instead of waiting out the run.
+    let (warmup, duration, drain) = if subs_up + pubs_up == 0 {
+        (Duration::ZERO, Duration::ZERO, Duration::ZERO)
+    } else {
+        (cfg.warmup, cfg.duration, cfg.drain)
+    };
     // Schedule: publishing starts now, the window after the warmup.
     let t0 = Instant::now() + Duration::from_millis(5);
-    let w0 = t0 + cfg.warmup;
-    let w1 = w0 + cfg.duration;
+    let w0 = t0 + warmup;
+    let w1 = w0 + duration;
     WINDOW.set(
         stats::instant_ns(w0.into_std()),
         stats::instant_ns(w1.into_std()),
@@ -166,7 +172,7 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
     PHASE.store(stats::PHASE_DRAIN, Relaxed);
 
     // Drain: wait for the writers to finish and the window's deliveries to arrive.
-    let deadline = w1 + cfg.drain;
+    let deadline = w1 + drain;
     loop {
         let writers_done = PUBS_DONE.load(Relaxed) >= PUBS_UP.load(Relaxed);
         let (delivered, published) = stats::window_counts();
@@ -201,7 +207,7 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
             "publishers": pubs_up,
             "failed": COUNTERS.failed.load(Relaxed),
             "errors": COUNTERS.errors_json(),
-            "ramp_s": round(ramp_s * 100.0) / 100.0,
+            "ramp_s": stats::round2(ramp_s),
         },
         "subscribers_at_window_start": subs_at_w0,
         "published": m.published_window,
@@ -214,7 +220,7 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
         "gaps": m.gap_lost,
         "reordered": m.reordered,
         "foreign": m.foreign,
-        "drain_s": round(drain_s * 100.0) / 100.0,
+        "drain_s": stats::round2(drain_s),
         "latency_us": stats::latency_json(&m.lat),
         "send_lag_us": if cfg.rate > 0.0 { stats::latency_json(&m.lag) } else { Value::Null },
         "server_closed": COUNTERS.closes_json(),
@@ -275,10 +281,14 @@ impl OnMessage for SubHandler {
 impl SubHandler {
     fn flush(&mut self) {
         if self.delivered > 0 {
-            COUNTERS.deliveries_total.fetch_add(std::mem::take(&mut self.delivered), Relaxed);
+            COUNTERS
+                .deliveries_total
+                .fetch_add(std::mem::take(&mut self.delivered), Relaxed);
         }
         if self.gaps > 0 {
-            COUNTERS.gaps_total.fetch_add(std::mem::take(&mut self.gaps), Relaxed);
+            COUNTERS
+                .gaps_total
+                .fetch_add(std::mem::take(&mut self.gaps), Relaxed);
         }
     }
 }
@@ -297,7 +307,13 @@ async fn subscriber(i: usize, sh: Arc<Shared>) {
         delivered: 0,
         gaps: 0,
     };
-    let early = net::feed(&mut reader, &mut ctl, &conn.leftover, stats::now_ns(), &mut handler);
+    let early = net::feed(
+        &mut reader,
+        &mut ctl,
+        &conn.leftover,
+        stats::now_ns(),
+        &mut handler,
+    );
     conn.leftover = Vec::new();
     let end = match early {
         Err(e) => net::End::Protocol(e),

@@ -81,7 +81,9 @@ pub async fn run(cfg: Idle, nofile: (u64, u64)) -> Result<(Value, bool), String>
         cfg.hold
     );
     PHASE.store(stats::PHASE_HOLD, Relaxed);
-    tokio::time::sleep(cfg.hold).await;
+    if connected > 0 {
+        tokio::time::sleep(cfg.hold).await;
+    }
     let server = server_stats::fetch(&targets).await;
     let result = json!({
         "mode": "idle",
@@ -91,7 +93,7 @@ pub async fn run(cfg: Idle, nofile: (u64, u64)) -> Result<(Value, bool), String>
         "open_at_end": COUNTERS.live.load(Relaxed),
         "errors": COUNTERS.errors_json(),
         "server_closed": COUNTERS.closes_json(),
-        "ramp_s": (ramp_s * 100.0).round() / 100.0,
+        "ramp_s": stats::round2(ramp_s),
         "hold_s": cfg.hold.as_secs_f64(),
         "nofile_limit": nofile.0,
         "server_connections": server.map(|s| s.connections),

@@ -46,6 +46,8 @@ pub fn raise_nofile_limit() -> (u64, u64) {
             }
         }
     }
+    // rlim_t is u64 on 64-bit Linux but not everywhere.
+    #[allow(clippy::unnecessary_cast)]
     (lim.rlim_cur as u64, lim.rlim_max as u64)
 }
 
@@ -483,8 +485,7 @@ pub fn feed<H: OnMessage>(
     data: &[u8],
     now: u64,
     on_msg: &mut H,
-) -> Result<(), ProtocolError>
-{
+) -> Result<(), ProtocolError> {
     stats::with_local(|st| {
         reader.feed(data, |ev| match ev {
             Event::Message { opcode, len, head } => on_msg.on_message(st, now, opcode, len, head),
@@ -519,8 +520,7 @@ pub async fn read_step<H: OnMessage>(
     reader: &mut FrameReader,
     ctl: &mut Ctl,
     on_msg: &mut H,
-) -> Result<(), End>
-{
+) -> Result<(), End> {
     let r = read_chunk(stream, |data| {
         feed(reader, ctl, data, stats::now_ns(), on_msg)
     })

@@ -25,7 +25,12 @@ impl Pacer {
     /// Creates the timerfd (or the fallback). Must be called inside the runtime.
     pub fn new() -> Self {
         // SAFETY: plain syscall; on success we take ownership of the new fd.
-        let raw = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        let raw = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
         let fd = if raw >= 0 {
             // SAFETY: `raw` is a fresh fd owned by nobody else.
             let owned = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -53,7 +58,10 @@ impl Pacer {
         };
         let d = deadline - now;
         let spec = libc::itimerspec {
-            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
             it_value: libc::timespec {
                 tv_sec: d.as_secs() as libc::time_t,
                 // Never 0/0, which would disarm the timer.

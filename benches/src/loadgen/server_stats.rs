@@ -107,10 +107,14 @@ fn content_length(head: &[u8]) -> Option<usize> {
     })
 }
 
-/// Sum of `/stats` over all targets, or `None` if any target has no usable stats.
+/// Sum of `/stats` over all distinct targets, or `None` if any target has no usable stats.
 pub async fn fetch(targets: &[Target]) -> Option<ServerCounters> {
     let mut sum = ServerCounters::default();
-    for t in targets {
+    for (i, t) in targets.iter().enumerate() {
+        // The same server listed twice (e.g. by IP and by name) is counted once.
+        if targets[..i].iter().any(|o| o.addr == t.addr) {
+            continue;
+        }
         let c = fetch_one(t).await?;
         sum.connections += c.connections;
         sum.frames_written += c.frames_written;
@@ -119,7 +123,8 @@ pub async fn fetch(targets: &[Target]) -> Option<ServerCounters> {
     Some(sum)
 }
 
-/// The `server` block of a result: deltas between two snapshots (or null).
+/// The `server` block of a result: deltas between two snapshots (or null);
+/// `connections` is the server's count at the first snapshot (window start).
 pub fn delta_json(
     before: Option<ServerCounters>,
     after: Option<ServerCounters>,
@@ -134,7 +139,7 @@ pub fn delta_json(
                 "writes": writes,
                 "frames_per_write": if writes > 0 { Some(((frames as f64 / writes as f64) * 100.0).round() / 100.0) } else { None },
                 "frames_per_sec": if secs > 0.0 { (frames as f64 / secs).round() } else { 0.0 },
-                "connections": a.connections,
+                "connections": b.connections,
             })
         }
         _ => Value::Null,

@@ -354,3 +354,8 @@ pub fn spawn_progress(mut line: impl FnMut(f64, f64) -> String + Send + 'static)
         }
     });
 }
+
+/// Rounds to 2 decimals (for seconds in results).
+pub fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}

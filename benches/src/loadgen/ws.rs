@@ -595,7 +595,7 @@ mod tests {
                     "m1:300:64".into(),
                     "pong".into(),
                     "m2:70000:64".into(),
-                    "close(Some(1008))".into()
+                    "closeSome(1008)".into()
                 ],
                 "step {step}"
             );

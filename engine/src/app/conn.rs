@@ -61,6 +61,8 @@ impl Deref for WsConn {
 
 impl std::fmt::Debug for WsConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WsConn").field("id", &self.handle.id()).finish()
+        f.debug_struct("WsConn")
+            .field("id", &self.handle.id())
+            .finish()
     }
 }

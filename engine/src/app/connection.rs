@@ -159,6 +159,8 @@ impl Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("id", &self.conn.id).finish()
+        f.debug_struct("Connection")
+            .field("id", &self.conn.id)
+            .finish()
     }
 }

@@ -145,10 +145,19 @@ impl Engine {
         protocols: &[&str],
         callbacks: C,
     ) -> &mut Self {
-        self.add_endpoint(path, protocols, EndpointHandler::Callbacks(Arc::new(callbacks)))
+        self.add_endpoint(
+            path,
+            protocols,
+            EndpointHandler::Callbacks(Arc::new(callbacks)),
+        )
     }
 
-    fn add_endpoint(&mut self, path: &str, protocols: &[&str], handler: EndpointHandler) -> &mut Self {
+    fn add_endpoint(
+        &mut self,
+        path: &str,
+        protocols: &[&str],
+        handler: EndpointHandler,
+    ) -> &mut Self {
         let endpoint = Endpoint {
             handler,
             protocols: protocols.iter().map(|p| p.to_string()).collect(),

@@ -61,7 +61,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let req = match head {
         Ok(req) => req,
         Err(Some(response)) => {
-            let _ = stream.borrow_mut().write_all(&response).await;
+            let _ = stream.into_inner().write_all(&response).await;
             return;
         }
         Err(None) => return,
@@ -95,12 +95,7 @@ async fn read_head(
     }
 }
 
-async fn route(
-    shard: Rc<Shard>,
-    mut stream: TcpStream,
-    req: Request,
-    pending: BytesMut,
-) {
+async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: BytesMut) {
     if req.path == "/stats" {
         let resp = if req.method == "GET" {
             http::response_with_type(
@@ -142,7 +137,11 @@ async fn route(
             return;
         }
     };
-    if stream.write_all(&handshake::response(&accepted)).await.is_err() {
+    if stream
+        .write_all(&handshake::response(&accepted))
+        .await
+        .is_err()
+    {
         return;
     }
     let limits = Limits {
@@ -176,7 +175,8 @@ async fn route(
     match &endpoint.handler {
         EndpointHandler::Callbacks(cb) => {
             let handle = Connection::new(shard.clone(), conn.clone());
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.on_open(&handle)));
+            let opened =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.on_open(&handle)));
             if opened.is_err() {
                 ShardStats::add(&shard.stats.handler_panics, 1);
                 shard.fail(&conn, close::INTERNAL_ERROR, "handler failed");

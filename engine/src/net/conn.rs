@@ -60,6 +60,9 @@ impl TaskInbox {
     }
 }
 
+/// Typed per-connection values, allocated on first use.
+pub(crate) type Metadata = Option<Box<HashMap<String, Box<dyn Any>>>>;
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -104,7 +107,7 @@ pub(crate) struct Conn {
     /// Raw query string; parsed on demand (idle connections keep one small string).
     pub(crate) query: Box<str>,
     pub(crate) handler: Handler,
-    pub(crate) meta: RefCell<Option<Box<HashMap<String, Box<dyn Any>>>>>,
+    pub(crate) meta: RefCell<Metadata>,
 }
 
 /// What the accept path hands over to build a [`Conn`].
@@ -162,7 +165,10 @@ impl Conn {
         ShardStats::add(&stats.slow_consumers, 1);
         self.queue.borrow_mut().clear();
         self.fail_fast.set(true);
-        self.enqueue_close(close::POLICY_VIOLATION, "slow consumer: outbound queue full");
+        self.enqueue_close(
+            close::POLICY_VIOLATION,
+            "slow consumer: outbound queue full",
+        );
         Err(SendError::SlowConsumer)
     }
 

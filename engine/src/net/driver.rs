@@ -108,13 +108,18 @@ mod tests {
 
     #[test]
     fn waker_round_trips_its_word_through_the_ready_list() {
-        let w = waker(123_456, 0xDEAD_BEEF, WRITE);
-        w.clone().wake();
-        w.wake_by_ref();
+        let original = waker(123_456, 0xDEAD_BEEF, WRITE);
+        let copy = original.clone();
+        drop(original);
+        copy.wake_by_ref();
+        copy.wake();
         let got = READY.with(|r| std::mem::take(&mut r.borrow_mut().entries));
         assert_eq!(got.len(), 2);
         for e in got {
-            assert_eq!((e.slot, e.generation, e.kind), (123_456, 0xDEAD_BEEF, WRITE));
+            assert_eq!(
+                (e.slot, e.generation, e.kind),
+                (123_456, 0xDEAD_BEEF, WRITE)
+            );
         }
     }
 }

@@ -90,7 +90,8 @@ impl Shard {
             Incoming::Binary(b) => self.dispatch(conn, Message::Binary(b)),
             Incoming::Ping(p) => {
                 if open {
-                    let _ = conn.enqueue(frame::encode(frame::OpCode::Pong, false, &p), &self.stats);
+                    let _ =
+                        conn.enqueue(frame::encode(frame::OpCode::Pong, false, &p), &self.stats);
                     self.schedule(conn, WRITE);
                 }
             }

@@ -253,7 +253,10 @@ impl Shard {
         if conn.state() == ConnState::Done {
             return;
         }
-        let (change, room) = self.rooms.borrow_mut().join(room, conn.id.slot, conn.clone());
+        let (change, room) = self
+            .rooms
+            .borrow_mut()
+            .join(room, conn.id.slot, conn.clone());
         if change == Change::None {
             return;
         }
