@@ -26,6 +26,9 @@ pub struct OutboundQueue {
     frames: VecDeque<Bytes>,
     bytes: usize,
     cap: usize,
+    /// The front frame has been partly written: it must be finished before anything
+    /// else goes on the wire, or the peer sees a torn frame.
+    front_started: bool,
 }
 
 impl OutboundQueue {
@@ -35,6 +38,7 @@ impl OutboundQueue {
             frames: VecDeque::new(),
             bytes: 0,
             cap,
+            front_started: false,
         }
     }
 
@@ -57,12 +61,28 @@ impl OutboundQueue {
         self.frames.push_back(frame);
     }
 
-    /// Drop everything queued (e.g. before closing a slow consumer).
+    /// Drop everything queued, including a partly written frame (the connection is
+    /// being torn down and nothing more will be written).
     pub fn clear(&mut self) {
-        self.frames.clear();
+        self.frames = VecDeque::new();
         self.bytes = 0;
-        // Give the memory back: a closed slow consumer should not keep its peak.
-        self.frames.shrink_to_fit();
+        self.front_started = false;
+    }
+
+    /// Drop every frame not yet started, keeping the rest of a partly written front
+    /// frame so the stream stays well-formed (e.g. before closing a slow consumer).
+    pub fn drop_unsent(&mut self) {
+        let keep = if self.front_started {
+            self.frames.pop_front()
+        } else {
+            None
+        };
+        self.clear();
+        if let Some(front) = keep {
+            self.bytes = front.len();
+            self.frames.push_back(front);
+            self.front_started = true;
+        }
     }
 
     /// Bytes queued.
@@ -102,10 +122,12 @@ impl OutboundQueue {
                 n -= front.len();
                 self.bytes -= front.len();
                 self.frames.pop_front();
+                self.front_started = false;
                 done += 1;
             } else {
                 let _ = front.split_to(n);
                 self.bytes -= n;
+                self.front_started = true;
                 n = 0;
             }
         }
@@ -142,5 +164,21 @@ mod tests {
         assert_eq!(q.consume(2), 1);
         assert!(q.is_empty());
         assert_eq!(q.len_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_unsent_keeps_the_rest_of_a_started_frame() {
+        let mut q = OutboundQueue::new(100);
+        q.push(Bytes::from_static(b"abcd")).unwrap();
+        q.push(Bytes::from_static(b"efgh")).unwrap();
+        q.drop_unsent();
+        assert!(q.is_empty(), "nothing started: everything goes");
+        q.push(Bytes::from_static(b"abcd")).unwrap();
+        q.push(Bytes::from_static(b"efgh")).unwrap();
+        q.consume(1);
+        q.drop_unsent();
+        assert_eq!(q.len_frames(), 1);
+        assert_eq!(q.front().unwrap().as_ref(), b"bcd");
+        assert_eq!(q.len_bytes(), 3);
     }
 }

@@ -127,6 +127,11 @@ fn serve(args: &[String]) -> ExitCode {
         }
     };
     let handle = running.handle();
+    // Handlers first: a signal right after the "listening" line must drain, not kill.
+    if let Err(e) = install_signal_handler(handle.clone()) {
+        eprintln!("corecast: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
     println!(
         "corecast listening on ws://{} ({} shards; endpoints: {}; stats: http://{}/stats)",
         running.local_addr(),
@@ -135,10 +140,6 @@ fn serve(args: &[String]) -> ExitCode {
         running.local_addr()
     );
     let _ = std::io::stdout().flush();
-    if let Err(e) = install_signal_handler(handle) {
-        eprintln!("corecast: cannot install signal handlers: {e}");
-        return ExitCode::from(1);
-    }
     match running.wait() {
         Ok(()) => {
             println!("corecast: shut down cleanly");

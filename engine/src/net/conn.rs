@@ -163,7 +163,7 @@ impl Conn {
             return Ok(());
         }
         ShardStats::add(&stats.slow_consumers, 1);
-        self.queue.borrow_mut().clear();
+        self.queue.borrow_mut().drop_unsent();
         self.fail_fast.set(true);
         self.enqueue_close(
             close::POLICY_VIOLATION,

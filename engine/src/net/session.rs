@@ -22,8 +22,10 @@ use crate::stats::ShardStats;
 /// enough that a burst already in the buffer is handled (and its fan-out coalesced)
 /// in one turn.
 const READ_BUDGET: usize = 256;
-/// How long we wait for the client's close reply after sending ours.
-const CLOSE_REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a closing connection may take to flush our close frame and get the
+/// client's reply; then the TCP connection is dropped (a client that stopped reading
+/// must not hold its slot forever).
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Shard {
     /// Read, decode and dispatch until the socket would block or the budget is spent.
@@ -135,6 +137,9 @@ impl Shard {
 
     /// Write queued frames until the queue is empty or the socket would block.
     pub(crate) fn drive_write(self: &Rc<Self>, conn: &Rc<Conn>) {
+        if conn.state() == ConnState::Closing {
+            self.arm_close_timer(conn);
+        }
         loop {
             if conn.state() == ConnState::Done {
                 return;
@@ -198,27 +203,32 @@ impl Shard {
     }
 
     /// Our close frame is on the wire: finish now if the client already closed or
-    /// this was an error; otherwise give the client a bounded time to reply.
+    /// this was an error; otherwise the client has until the close timer to reply.
     fn close_written(self: &Rc<Self>, conn: &Rc<Conn>) {
         if conn.read_done.get() || conn.fail_fast.get() {
             self.finish(conn);
             return;
         }
+        // The client's reply may already be waiting to be read.
+        self.schedule(conn, READ);
+    }
+
+    /// Bound a close: whatever happens, the connection is finished `CLOSE_TIMEOUT`
+    /// after its close began (the only per-connection task, and only while closing).
+    fn arm_close_timer(self: &Rc<Self>, conn: &Conn) {
         if conn.close_timer.replace(true) {
             return;
         }
         let shard = self.clone();
         let id = conn.id;
         glommio::spawn_local(async move {
-            glommio::timer::sleep(CLOSE_REPLY_TIMEOUT).await;
+            glommio::timer::sleep(CLOSE_TIMEOUT).await;
             let conn = shard.conns.borrow().get(id).cloned();
             if let Some(conn) = conn {
                 shard.finish(&conn);
             }
         })
         .detach();
-        // The client's reply may already be waiting to be read.
-        self.schedule(conn, READ);
     }
 
     /// Start a graceful close (the client is expected to answer).

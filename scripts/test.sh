@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The project's single test command (also what CI runs via .ci/run):
+#   1. scripts/setup-test-deps.sh   Python venv with websockets, kosoku, pytest
+#   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
+#   3. cargo build --release corecast                   (used by every suite)
+#   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
+#   5. pytest tests/python          the websockets library against the server
+#   6. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json
+# Stages 4-6 all run even if one fails; the summary at the end lists each.
+# Environment: TEST_THREADS (default 4) for cargo test; AUTOBAHN_FULL=1 runs
+# every Autobahn case instead of the CI selection; SKIP_LINT=1 skips fmt and
+# clippy locally (ignored when CI is set).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export CI="${CI:-}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+LOGS="$ROOT/reports/test-logs"
+mkdir -p "$LOGS"
+
+STAGES=()
+RESULTS=()
+TIMES=()
+FAILED=0
+PASSED_TESTS=0
+FAILED_TESTS=0
+
+banner() { printf '\n==== %s ====\n' "$*"; }
+
+# run_stage NAME LOGFILE CMD...: runs CMD, tee-ing output to LOGFILE, and
+# records PASS/FAIL; returns CMD's status.
+run_stage() {
+  local name="$1" log="$2"
+  shift 2
+  banner "$name"
+  local start=$SECONDS rc=0
+  "$@" 2>&1 | tee "$log" || rc=$?
+  STAGES+=("$name")
+  TIMES+=("$((SECONDS - start))s")
+  if [ "$rc" -eq 0 ]; then RESULTS+=("PASS"); else RESULTS+=("FAIL (exit $rc)"); FAILED=1; fi
+  return "$rc"
+}
+
+summary() {
+  banner "summary"
+  local i
+  for i in "${!STAGES[@]}"; do
+    printf '  %-34s %-14s %s\n' "${STAGES[$i]}" "${RESULTS[$i]}" "${TIMES[$i]}"
+  done
+  echo "  logs: reports/test-logs/, Autobahn report: reports/autobahn/index.html"
+  if [ "$FAILED" -ne 0 ]; then echo "RESULT: FAIL"; else echo "RESULT: PASS"; fi
+  # Plain closing line (all suites together).
+  echo "total: ${PASSED_TESTS} passed, ${FAILED_TESTS} failed"
+}
+
+# count_cargo LOG / count_pytest LOG / count_autobahn LOG: add to the totals.
+count_cargo() {
+  local p f
+  p=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$1" |
+    awk '{s+=$4} END {print s+0}')
+  f=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed' "$1" |
+    awk '{s+=$6} END {print s+0}')
+  PASSED_TESTS=$((PASSED_TESTS + p))
+  FAILED_TESTS=$((FAILED_TESTS + f))
+}
+count_pytest() {
+  local last p f e
+  last=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$1" | tail -1 || true)
+  p=$(grep -Eo '[0-9]+ passed' <<<"$last" | awk '{print $1}' || true)
+  f=$(grep -Eo '[0-9]+ failed' <<<"$last" | awk '{print $1}' || true)
+  e=$(grep -Eo '[0-9]+ errors?' <<<"$last" | awk '{print $1}' || true)
+  PASSED_TESTS=$((PASSED_TESTS + ${p:-0}))
+  FAILED_TESTS=$((FAILED_TESTS + ${f:-0} + ${e:-0}))
+}
+count_autobahn() {
+  local line p f
+  line=$(grep -E '^autobahn: [0-9]+ passed, [0-9]+ failed$' "$1" | tail -1 || true)
+  p=$(awk '{print $2}' <<<"$line")
+  f=$(awk '{print $4}' <<<"$line")
+  PASSED_TESTS=$((PASSED_TESTS + ${p:-0}))
+  FAILED_TESTS=$((FAILED_TESTS + ${f:-0}))
+}
+
+# --- fast-fail stages --------------------------------------------------------
+fast_fail() {
+  if ! run_stage "$@"; then
+    summary
+    exit 1
+  fi
+}
+fast_fail "setup test deps" "$LOGS/setup.log" bash scripts/setup-test-deps.sh
+if [ "${SKIP_LINT:-0}" = "1" ] && [ -z "$CI" ]; then
+  echo "SKIP_LINT=1: skipping cargo fmt --check and cargo clippy (never in CI)"
+else
+  fast_fail "cargo fmt --check" "$LOGS/fmt.log" cargo fmt --all -- --check
+  fast_fail "cargo clippy -D warnings" "$LOGS/clippy.log" \
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
+fast_fail "cargo build --release corecast" "$LOGS/build.log" \
+  cargo build --release -p corecast --bin corecast
+
+export CORECAST_BIN="$ROOT/target/release/corecast"
+echo "CORECAST_BIN=$CORECAST_BIN"
+
+# --- test suites (all run; failures reported at the end) ---------------------
+run_stage "cargo test --workspace" "$LOGS/cargo-test.log" \
+  cargo test --workspace --no-fail-fast -- --test-threads "${TEST_THREADS:-4}" || true
+count_cargo "$LOGS/cargo-test.log"
+
+pytest_stage() {
+  local rc=0
+  "$ROOT/tests/python/.venv/bin/python" -m pytest "$ROOT/tests/python" -v || rc=$?
+  if [ "$rc" -eq 5 ]; then
+    echo "pytest collected no tests (exit 5): treating as failure"
+    return 1
+  fi
+  return "$rc"
+}
+run_stage "pytest tests/python" "$LOGS/pytest.log" pytest_stage || true
+count_pytest "$LOGS/pytest.log"
+
+AUTOBAHN_ARGS=()
+if [ "${AUTOBAHN_FULL:-0}" = "1" ]; then AUTOBAHN_ARGS+=(--full); fi
+run_stage "autobahn (kosoku)" "$LOGS/autobahn.log" \
+  bash tests/autobahn/run.sh "${AUTOBAHN_ARGS[@]+"${AUTOBAHN_ARGS[@]}"}" || true
+count_autobahn "$LOGS/autobahn.log"
+
+summary
+exit "$FAILED"

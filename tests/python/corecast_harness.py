@@ -1,0 +1,167 @@
+"""Start and stop a real `corecast serve` process for the Python tests.
+
+The binary is $CORECAST_BIN, else target/release/corecast, else
+target/debug/corecast under the workspace. Each server gets its own temporary
+config (a copy of config.yaml with `listen`, `shards` and any overrides
+changed) and a free loopback port, and is killed (by its own PID) on exit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT = 30.0
+TEST_IO_MEMORY = 131072
+_used_ports: set[int] = set()
+
+
+def corecast_bin() -> Path:
+    env = os.environ.get("CORECAST_BIN")
+    if env:
+        path = Path(env)
+        if not path.is_absolute() and not path.is_file():
+            path = ROOT / path
+        if not path.is_file():
+            raise RuntimeError(f"CORECAST_BIN={env} does not exist")
+        return path
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    if not target.is_absolute():
+        target = ROOT / target
+    for profile in ("release", "debug"):
+        path = target / profile / "corecast"
+        if path.is_file():
+            return path
+    raise RuntimeError(
+        f"corecast binary not found under {target}: run "
+        "`cargo build --release -p corecast --bin corecast` or set CORECAST_BIN"
+    )
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _used_ports:
+            _used_ports.add(port)
+            return port
+
+
+def set_yaml_value(text: str, key: str, value: str) -> str:
+    """Replace `key` (`name` or `section.name`) in the default config's text."""
+    section, _, leaf = key.rpartition(".")
+    out, in_section, done = [], not section, False
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        content = bool(stripped) and not stripped.startswith("#")
+        if section and content and indent == 0:
+            in_section = stripped.startswith(section + ":")
+        if (
+            not done
+            and in_section
+            and content
+            and (indent > 0) == bool(section)
+            and stripped.startswith(leaf + ":")
+        ):
+            out.append(f"{line[:indent]}{leaf}: {value}")
+            done = True
+        else:
+            out.append(line)
+    if not done:
+        raise KeyError(f"config key {key} not found")
+    return "\n".join(out) + "\n"
+
+
+class Server:
+    """A running corecast server; use as a context manager."""
+
+    def __init__(self, shards: int = 1, **overrides: str) -> None:
+        self.shards = shards
+        self.overrides = {k.replace("__", "."): v for k, v in overrides.items()}
+        self.proc: subprocess.Popen[str] | None = None
+        self.addr = ""
+        self.output: list[str] = []
+        self._dir = tempfile.TemporaryDirectory(prefix="corecast-pytest-")
+
+    def url(self, path: str) -> str:
+        return f"ws://{self.addr}{path}"
+
+    def __enter__(self) -> "Server":
+        last = ""
+        for _ in range(3):
+            try:
+                self._start()
+                return self
+            except RuntimeError as e:
+                last = str(e)
+                self._kill()
+        raise RuntimeError(f"corecast did not start: {last}")
+
+    def _start(self) -> None:
+        port = free_port()
+        listen = f"127.0.0.1:{port}"
+        text = (ROOT / "config.yaml").read_text()
+        text = set_yaml_value(text, "listen", listen)
+        text = set_yaml_value(text, "shards", str(self.shards))
+        text = set_yaml_value(text, "runtime.io_memory", str(TEST_IO_MEMORY))
+        for key, value in self.overrides.items():
+            text = set_yaml_value(text, key, value)
+        config = Path(self._dir.name) / "corecast.yaml"
+        config.write_text(text)
+        self.output = []
+        self.proc = subprocess.Popen(
+            [str(corecast_bin()), "serve", "--config", str(config),
+             "--listen", listen, "--shards", str(self.shards)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert self.proc is not None and self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line)
+                m = re.search(r"listening on ws://(\S+)", line)
+                if m and not ready.is_set():
+                    self.addr = m.group(1)
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                time.sleep(0.1)
+                raise RuntimeError(
+                    f"no `listening on` line (exit {self.proc.poll()}):\n"
+                    + "".join(self.output)
+                )
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()  # this child's own PID only
+        if self.proc is not None:
+            self.proc.wait(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self._kill()
+        self._dir.cleanup()
