@@ -2,7 +2,7 @@
 # The project's single test command (also what CI runs via .ci/run):
 #   1. scripts/setup-test-deps.sh   Python venv with websockets, kosoku, pytest
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
-#   3. cargo build --release corecast                   (used by every suite)
+#   3. cargo build --release corecast + examples        (used by every suite)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
 #   5. pytest tests/python          the websockets library against the server
 #   6. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json
@@ -98,7 +98,7 @@ else
     cargo clippy --workspace --all-targets -- -D warnings
 fi
 fast_fail "cargo build --release corecast" "$LOGS/build.log" \
-  cargo build --release -p corecast --bin corecast
+  cargo build --release -p corecast --bin corecast --examples
 
 export CORECAST_BIN="$ROOT/target/release/corecast"
 echo "CORECAST_BIN=$CORECAST_BIN"
