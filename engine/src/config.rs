@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
@@ -41,6 +42,189 @@ pub struct Config {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// Per-room history kept for resume.
+    #[serde(default)]
+    pub history: HistoryConfig,
+    /// Server-Sent Events.
+    #[serde(default)]
+    pub sse: SseConfig,
+    /// The HTTP publish API.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// A duration in config: a number of seconds, or a string with a unit
+/// (`"500ms"`, `"15s"`, `"5m"`, `"1h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfigDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ConfigDuration;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a duration: seconds as a number, or a string like 500ms, 15s, 5m, 1h")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ConfigDuration, E> {
+                Ok(ConfigDuration(Duration::from_secs(n)))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ConfigDuration, E> {
+                u64::try_from(n)
+                    .map(|n| ConfigDuration(Duration::from_secs(n)))
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ConfigDuration, E> {
+                parse_duration(s)
+                    .map(ConfigDuration)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    })
+}
+
+/// Per-room history kept by the room's owner shard for resume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per room (0: none; resume then always reports a gap).
+    #[serde(default = "defaults::history_messages")]
+    pub max_messages: usize,
+    /// Oldest message kept.
+    #[serde(default = "defaults::history_age")]
+    pub max_age: ConfigDuration,
+    /// Overrides by room-name pattern (`*` matches any run of characters); the first
+    /// matching pattern wins.
+    #[serde(default)]
+    pub rooms: Vec<HistoryOverride>,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: defaults::history_messages(),
+            max_age: defaults::history_age(),
+            rooms: Vec::new(),
+        }
+    }
+}
+
+/// History limits for rooms whose name matches `pattern`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryOverride {
+    /// Room-name pattern, e.g. `ticker-*`.
+    pub pattern: String,
+    /// Messages kept (default: the global value).
+    pub max_messages: Option<usize>,
+    /// Oldest message kept (default: the global value).
+    pub max_age: Option<ConfigDuration>,
+}
+
+impl HistoryConfig {
+    /// The limits that apply to `room`.
+    pub fn limits_for(&self, room: &str) -> corecast_shards::HistoryLimits {
+        let over = self
+            .rooms
+            .iter()
+            .find(|o| pattern_matches(&o.pattern, room));
+        corecast_shards::HistoryLimits {
+            max_messages: over
+                .and_then(|o| o.max_messages)
+                .unwrap_or(self.max_messages),
+            max_age: over.and_then(|o| o.max_age).unwrap_or(self.max_age).0,
+        }
+    }
+}
+
+/// Glob match with `*` only.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// One Server-Sent Events endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseEndpointConfig {
+    /// URL path, e.g. `/sse`; streams join `?room=` rooms (repeatable).
+    pub path: String,
+}
+
+/// Server-Sent Events settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SseConfig {
+    /// A comment line is sent this often so proxies and clients keep the stream open.
+    #[serde(default = "defaults::keep_alive")]
+    pub keep_alive_interval: ConfigDuration,
+    /// Reconnect delay suggested to clients (`retry:` field) at stream start, ms
+    /// (0: don't send one).
+    #[serde(default = "defaults::retry_ms")]
+    pub retry_ms: u32,
+    /// Built-in room-stream endpoints.
+    #[serde(default)]
+    pub endpoints: Vec<SseEndpointConfig>,
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: defaults::keep_alive(),
+            retry_ms: defaults::retry_ms(),
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// The HTTP publish API (`POST /api/rooms/{room}/publish`, `GET /api/rooms/{room}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// The key clients present as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    /// Empty: the API is disabled (404). `env:NAME` reads it from variable NAME.
+    #[serde(default)]
+    pub key: String,
+}
+
+impl ApiConfig {
+    /// The effective key (`env:NAME` resolved), or `None` when the API is disabled.
+    pub fn resolved_key(&self) -> Option<String> {
+        let key = match self.key.strip_prefix("env:") {
+            Some(var) => std::env::var(var).unwrap_or_default(),
+            None => self.key.clone(),
+        };
+        (!key.is_empty()).then_some(key)
+    }
 }
 
 /// How many shards to run.
@@ -222,6 +406,18 @@ mod defaults {
     pub fn drain_timeout_ms() -> u64 {
         5000
     }
+    pub fn history_messages() -> usize {
+        1000
+    }
+    pub fn history_age() -> super::ConfigDuration {
+        super::ConfigDuration(std::time::Duration::from_secs(300))
+    }
+    pub fn keep_alive() -> super::ConfigDuration {
+        super::ConfigDuration(std::time::Duration::from_secs(15))
+    }
+    pub fn retry_ms() -> u32 {
+        2000
+    }
 }
 
 impl Default for Config {
@@ -276,6 +472,25 @@ impl Config {
         if ws.read_buffer_size < 1024 {
             return Err("websocket.read_buffer_size must be at least 1024".into());
         }
+        if self.sse.keep_alive_interval.0 < Duration::from_millis(10) {
+            return Err("sse.keep_alive_interval must be at least 10ms".into());
+        }
+        for (i, ep) in self.sse.endpoints.iter().enumerate() {
+            if !ep.path.starts_with('/') {
+                return Err(format!(
+                    "sse.endpoints[{i}].path must start with '/', got {:?}",
+                    ep.path
+                ));
+            }
+            if ws.endpoints.iter().any(|w| w.path == ep.path)
+                || self.sse.endpoints[..i].iter().any(|e| e.path == ep.path)
+            {
+                return Err(format!(
+                    "sse.endpoints[{i}].path {:?} is used twice",
+                    ep.path
+                ));
+            }
+        }
         for (i, ep) in ws.endpoints.iter().enumerate() {
             if !ep.path.starts_with('/') {
                 return Err(format!(
@@ -322,6 +537,40 @@ mod tests {
         assert!(e.0.contains("auto"), "{e}");
         let e = Config::from_yaml("websocket:\n  max_message_size: big\n", "t.yaml").unwrap_err();
         assert!(e.0.contains("max_message_size"), "{e}");
+    }
+
+    #[test]
+    fn durations_take_units_and_patterns_pick_history_limits() {
+        let c = Config::from_yaml(
+            "history:\n  max_age: 5m\n  rooms:\n    - pattern: tick-*\n      max_messages: 2\n      max_age: 500ms\nsse:\n  keep_alive_interval: 2s\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.sse.keep_alive_interval.0, Duration::from_secs(2));
+        let l = c.history.limits_for("tick-eurusd");
+        assert_eq!((l.max_messages, l.max_age), (2, Duration::from_millis(500)));
+        let l = c.history.limits_for("chat");
+        assert_eq!(
+            (l.max_messages, l.max_age),
+            (1000, Duration::from_secs(300))
+        );
+        assert!(Config::from_yaml("sse:\n  keep_alive_interval: soon\n", "t").is_err());
+    }
+
+    #[test]
+    fn glob_patterns_match_like_a_shell() {
+        for (p, n, m) in [
+            ("a*", "abc", true),
+            ("*c", "abc", true),
+            ("a*c", "ac", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxc", false),
+            ("abc", "abc", true),
+            ("abc", "abd", false),
+            ("ab*ba", "aba", false),
+        ] {
+            assert_eq!(pattern_matches(p, n), m, "{p} ~ {n}");
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub use app::conn::WsConn;
 pub use app::connection::Connection;
 pub use app::engine::{Engine, EngineHandle, RunningEngine, StartError};
 pub use app::message::Message;
+pub use app::sse::{Event, SseStream};
 pub use config::Config;
 pub use net::conn::SendError;
 pub use net::shard::BroadcastError;

@@ -20,4 +20,6 @@ pub use conn::{ConnId, ConnSlab};
 pub use mesh::{Inbox, LocalInbox, Mesh, MeshSender};
 pub use pool::{PoolConfig, PoolError, ShardPool};
 pub use queue::{OutboundQueue, QueueFull};
-pub use room::{owner_of, InterestTable, MemberList, RoomTable};
+pub use room::{
+    owner_of, GapReason, HistoryLimits, InterestTable, MemberList, Position, Replay, RoomTable,
+};

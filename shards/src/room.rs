@@ -6,8 +6,10 @@
 //! once. Each shard keeps a [`RoomTable`] of its local members.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The most shards a mesh supports (the interest set is a 64-bit mask).
 pub const MAX_SHARDS: usize = 64;
@@ -158,51 +160,224 @@ impl<K: Copy + Eq + Hash, M> RoomTable<K, M> {
     }
 }
 
-/// The owner shard's record of one room.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RoomInterest {
-    /// Bit `s` is set when shard `s` has local members.
-    pub shards: u64,
-    /// The last sequence number assigned to a message of this room.
+/// How much history a room keeps for resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// Most messages kept (0 = no history).
+    pub max_messages: usize,
+    /// Oldest message kept.
+    pub max_age: Duration,
+}
+
+/// A position in a room's stream: the room's epoch and a message's sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Position {
+    /// Changes whenever the room's history is lost (restart, record dropped).
+    pub epoch: u64,
+    /// The message's sequence number within the epoch (first message: 1).
     pub seq: u64,
 }
 
-/// Owner-side table: interest sets and sequences of the rooms this shard owns.
-#[derive(Debug, Default)]
-pub struct InterestTable {
-    rooms: HashMap<Arc<str>, RoomInterest>,
+/// Why a resume could not be served exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The cursor is from another epoch (history was lost since).
+    EpochChanged,
+    /// The cursor is older than the oldest message kept.
+    Expired,
+    /// The cursor is ahead of the room (not a position this room has had).
+    Unknown,
 }
 
-impl InterestTable {
+/// The owner's answer to a resume: what to send before live messages.
+#[derive(Debug, Clone)]
+pub struct Replay<M> {
+    /// Set when messages after the cursor are missing; sent before `messages`.
+    pub gap: Option<GapReason>,
+    /// The room's current epoch.
+    pub epoch: u64,
+    /// The first sequence number still in history (`seq + 1` when history is empty).
+    pub first_available: u64,
+    /// Messages to replay, in order: every kept message after the cursor.
+    pub messages: Vec<(u64, M)>,
+    /// The room's sequence when the replay was cut: live messages after it follow.
+    pub upto: u64,
+}
+
+/// The owner shard's record of one room.
+#[derive(Debug)]
+pub struct RoomRecord<M> {
+    /// Bit `s` is set when shard `s` has local members.
+    pub shards: u64,
+    /// The room's epoch.
+    pub epoch: u64,
+    /// The last sequence number assigned.
+    pub seq: u64,
+    history: VecDeque<(u64, Instant, M)>,
+    limits: HistoryLimits,
+}
+
+impl<M> RoomRecord<M> {
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, at, _)) = self.history.front() {
+            if now.saturating_duration_since(*at) > self.limits.max_age {
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn first_available(&self) -> u64 {
+        self.history.front().map_or(self.seq + 1, |(s, _, _)| *s)
+    }
+}
+
+/// Owner-side table: interest sets, sequences, epochs and histories of the rooms a
+/// shard owns.
+#[derive(Debug)]
+pub struct InterestTable<M> {
+    rooms: HashMap<Arc<str>, RoomRecord<M>>,
+    epoch_base: u64,
+    records_made: u64,
+}
+
+impl<M: Clone> Default for InterestTable<M> {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
+impl<M: Clone> InterestTable<M> {
+    /// An empty table whose rooms get epochs derived from `epoch_base` (e.g. the
+    /// process start time), so epochs differ across restarts.
+    pub fn new(epoch_base: u64) -> Self {
+        Self {
+            rooms: HashMap::new(),
+            epoch_base,
+            records_made: 0,
+        }
+    }
+
+    fn record(&mut self, room: &str, limits: HistoryLimits) -> (Arc<str>, &mut RoomRecord<M>) {
+        let name = match self.rooms.get_key_value(room) {
+            Some((k, _)) => k.clone(),
+            None => {
+                // A new record is a new epoch: any cursor from an earlier record of
+                // this room (dropped with its history) must be reported as a gap.
+                self.records_made += 1;
+                let epoch = (self.epoch_base << 20) ^ self.records_made;
+                let name: Arc<str> = Arc::from(room);
+                self.rooms.insert(
+                    name.clone(),
+                    RoomRecord {
+                        shards: 0,
+                        epoch,
+                        seq: 0,
+                        history: VecDeque::new(),
+                        limits,
+                    },
+                );
+                name
+            }
+        };
+        let rec = self.rooms.get_mut(room).unwrap_or_else(|| unreachable!());
+        (name, rec)
+    }
+
     /// Record that `shard` has (or no longer has) members of `room`.
-    pub fn set(&mut self, room: &Arc<str>, shard: usize, interested: bool) {
+    pub fn set(&mut self, room: &str, shard: usize, interested: bool, limits: HistoryLimits) {
         debug_assert!(shard < MAX_SHARDS);
         let bit = 1u64 << shard;
         if interested {
-            self.rooms.entry(room.clone()).or_default().shards |= bit;
+            self.record(room, limits).1.shards |= bit;
         } else if let Some(entry) = self.rooms.get_mut(room) {
             entry.shards &= !bit;
         }
     }
 
-    /// Assign the room's next sequence number; returns it with the interest set and
-    /// the table's shared copy of the room name.
-    pub fn sequence(&mut self, room: &str) -> (Arc<str>, RoomInterest) {
-        if let Some((name, _)) = self.rooms.get_key_value(room) {
-            let name = name.clone();
-            let entry = self.rooms.get_mut(room).unwrap_or_else(|| unreachable!());
-            entry.seq += 1;
-            return (name, *entry);
+    /// Assign the room's next sequence number and keep `msg` in its history.
+    /// Returns the shared room name, the message's position and the interest set.
+    pub fn append(
+        &mut self,
+        room: &str,
+        msg: M,
+        now: Instant,
+        limits: HistoryLimits,
+    ) -> (Arc<str>, Position, u64) {
+        let (name, rec) = self.record(room, limits);
+        rec.limits = limits;
+        rec.seq += 1;
+        if limits.max_messages > 0 {
+            rec.history.push_back((rec.seq, now, msg));
+            while rec.history.len() > limits.max_messages {
+                rec.history.pop_front();
+            }
         }
-        let name: Arc<str> = Arc::from(room);
-        let entry = RoomInterest { shards: 0, seq: 1 };
-        self.rooms.insert(name.clone(), entry);
-        (name, entry)
+        rec.expire(now);
+        let pos = Position {
+            epoch: rec.epoch,
+            seq: rec.seq,
+        };
+        (name, pos, rec.shards)
     }
 
-    /// The current record of `room`, if it was ever used.
-    pub fn get(&self, room: &str) -> Option<RoomInterest> {
-        self.rooms.get(room).copied()
+    /// What a client resuming `room` after `since` must get before live messages.
+    pub fn replay(
+        &mut self,
+        room: &str,
+        since: Position,
+        now: Instant,
+        limits: HistoryLimits,
+    ) -> Replay<M> {
+        let (_, rec) = self.record(room, limits);
+        rec.expire(now);
+        let first = rec.first_available();
+        let (gap, from) = if since.epoch != rec.epoch {
+            (Some(GapReason::EpochChanged), 0)
+        } else if since.seq > rec.seq {
+            (Some(GapReason::Unknown), 0)
+        } else if since.seq + 1 < first {
+            (Some(GapReason::Expired), 0)
+        } else {
+            (None, since.seq)
+        };
+        let messages = rec
+            .history
+            .iter()
+            .filter(|(s, _, _)| *s > from)
+            .map(|(s, _, m)| (*s, m.clone()))
+            .collect();
+        Replay {
+            gap,
+            epoch: rec.epoch,
+            first_available: first,
+            messages,
+            upto: rec.seq,
+        }
+    }
+
+    /// The current record of `room`, if any: `(epoch, seq, interest set)`.
+    pub fn get(&self, room: &str) -> Option<(u64, u64, u64)> {
+        self.rooms.get(room).map(|r| (r.epoch, r.seq, r.shards))
+    }
+
+    /// Drop expired history, and forget rooms with no members and no history left.
+    pub fn sweep(&mut self, now: Instant) {
+        self.rooms.retain(|_, rec| {
+            rec.expire(now);
+            rec.shards != 0 || !rec.history.is_empty()
+        });
+    }
+
+    /// Number of room records held.
+    pub fn len(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// True when no room record is held.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty()
     }
 }
 
@@ -248,16 +423,91 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    const LIMITS: HistoryLimits = HistoryLimits {
+        max_messages: 3,
+        max_age: Duration::from_secs(60),
+    };
+
     #[test]
     fn interest_sequences_per_room() {
-        let mut t = InterestTable::default();
-        let a: Arc<str> = Arc::from("a");
-        t.set(&a, 0, true);
-        t.set(&a, 3, true);
-        assert_eq!(t.sequence("a").1.seq, 1);
-        let (_, i) = t.sequence("a");
-        assert_eq!((i.seq, i.shards), (2, 0b1001));
-        t.set(&a, 0, false);
-        assert_eq!(t.get("a").unwrap().shards, 0b1000);
+        let mut t: InterestTable<u32> = InterestTable::new(7);
+        let now = Instant::now();
+        t.set("a", 0, true, LIMITS);
+        t.set("a", 3, true, LIMITS);
+        assert_eq!(t.append("a", 10, now, LIMITS).1.seq, 1);
+        let (_, pos, shards) = t.append("a", 11, now, LIMITS);
+        assert_eq!((pos.seq, shards), (2, 0b1001));
+        t.set("a", 0, false, LIMITS);
+        assert_eq!(t.get("a").unwrap().2, 0b1000);
+    }
+
+    #[test]
+    fn replay_returns_exactly_the_messages_after_the_cursor() {
+        let mut t: InterestTable<u32> = InterestTable::new(1);
+        let now = Instant::now();
+        let mut last = Position { epoch: 0, seq: 0 };
+        for m in 1..=3 {
+            last = t.append("r", m, now, LIMITS).1;
+        }
+        let r = t.replay("r", Position { seq: 1, ..last }, now, LIMITS);
+        assert_eq!(r.gap, None);
+        assert_eq!(r.messages, vec![(2, 2), (3, 3)]);
+        assert_eq!(r.upto, 3);
+        let r = t.replay("r", last, now, LIMITS);
+        assert!(r.messages.is_empty() && r.gap.is_none());
+    }
+
+    #[test]
+    fn replay_reports_gaps_for_old_foreign_or_future_cursors() {
+        let mut t: InterestTable<u32> = InterestTable::new(1);
+        let now = Instant::now();
+        let mut last = Position { epoch: 0, seq: 0 };
+        for m in 1..=5 {
+            last = t.append("r", m, now, LIMITS).1;
+        }
+        // Only 3, 4, 5 are kept: a client that has 1 missed 2.
+        let r = t.replay("r", Position { seq: 1, ..last }, now, LIMITS);
+        assert_eq!(r.gap, Some(GapReason::Expired));
+        assert_eq!(r.first_available, 3);
+        assert_eq!(r.messages.len(), 3);
+        // A client that has 2 misses nothing.
+        assert_eq!(
+            t.replay("r", Position { seq: 2, ..last }, now, LIMITS).gap,
+            None
+        );
+        let other = Position {
+            epoch: last.epoch + 1,
+            seq: 2,
+        };
+        assert_eq!(
+            t.replay("r", other, now, LIMITS).gap,
+            Some(GapReason::EpochChanged)
+        );
+        let ahead = Position { seq: 99, ..last };
+        assert_eq!(
+            t.replay("r", ahead, now, LIMITS).gap,
+            Some(GapReason::Unknown)
+        );
+    }
+
+    #[test]
+    fn history_expires_by_age_and_idle_rooms_are_forgotten_with_a_new_epoch() {
+        let mut t: InterestTable<u32> = InterestTable::new(1);
+        let t0 = Instant::now();
+        let short = HistoryLimits {
+            max_messages: 10,
+            max_age: Duration::from_secs(1),
+        };
+        let first = t.append("r", 1, t0, short).1;
+        let later = t0 + Duration::from_secs(5);
+        t.sweep(later);
+        assert!(t.is_empty(), "no members and no history: record dropped");
+        let again = t.append("r", 2, later, short).1;
+        assert_ne!(first.epoch, again.epoch);
+        assert_eq!(again.seq, 1);
+        assert_eq!(
+            t.replay("r", first, later, short).gap,
+            Some(GapReason::EpochChanged)
+        );
     }
 }

@@ -4,14 +4,15 @@ use super::callbacks::WsCallbacks;
 use super::connection::Connection;
 use super::message::Message;
 
-/// `kind: rooms`: join every `?room=`, broadcast every message to those rooms.
+/// `kind: rooms` (WebSocket) and the SSE endpoints: join every `?room=` (resuming
+/// from the request's cursor), broadcast every message received to those rooms.
 #[derive(Debug, Default)]
 pub struct Rooms;
 
 impl WsCallbacks for Rooms {
     fn on_open(&self, conn: &Connection) {
         for room in conn.query_all("room") {
-            conn.join_room(&room);
+            conn.join_room_resuming(&room);
         }
     }
 

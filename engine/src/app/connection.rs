@@ -89,6 +89,14 @@ impl Connection {
         self.shard.join(room, &self.conn);
     }
 
+    /// Join `room`, first replaying what the client missed if its request carried a
+    /// resume cursor for this room (SSE `Last-Event-ID` / `?lastEventId=`, WebSocket
+    /// `?since=`). A cursor that history cannot serve gets an explicit gap signal.
+    pub fn join_room_resuming(&self, room: &str) {
+        let since = self.conn.requested_position(room);
+        self.shard.join_since(room, &self.conn, since);
+    }
+
     /// Leave `room`.
     pub fn leave_room(&self, room: &str) {
         self.shard.leave(room, &self.conn);

@@ -14,6 +14,7 @@ use super::builtin;
 use super::callbacks::WsCallbacks;
 use super::conn::WsConn;
 use super::message::Message;
+use super::sse::SseStream;
 use crate::config::{Config, EndpointKind};
 use crate::net::accept::accept_loop;
 use crate::net::shard::{BroadcastError, Shard, ShardMsg};
@@ -35,11 +36,21 @@ pub(crate) enum EndpointHandler {
     Async(WsHandler),
 }
 
+/// Which protocol a path speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EndpointTransport {
+    /// WebSocket upgrade.
+    WebSocket,
+    /// Server-Sent Events stream.
+    Sse,
+}
+
 /// A routed path.
 #[derive(Clone)]
 pub(crate) struct Endpoint {
     pub(crate) handler: EndpointHandler,
     pub(crate) protocols: Vec<String>,
+    pub(crate) transport: EndpointTransport,
 }
 
 /// State every shard shares (read-only after start, apart from atomics).
@@ -50,6 +61,11 @@ pub(crate) struct Shared {
     pub(crate) senders: Vec<MeshSender<ShardMsg>>,
     pub(crate) stats: Vec<Arc<ShardStats>>,
     shutdown: AtomicBool,
+    /// Epochs of room records derive from this (the start time), so they change
+    /// across restarts.
+    pub(crate) epoch_base: u64,
+    /// The publish API key, if the API is enabled.
+    pub(crate) api_key: Option<String>,
 }
 
 impl Shared {
@@ -124,6 +140,14 @@ impl Engine {
                 EndpointKind::Echo => engine.websocket_callbacks(&ep.path, builtin::Echo),
             };
         }
+        for ep in engine.config.sse.endpoints.clone() {
+            engine.add_endpoint(
+                &ep.path,
+                &[],
+                EndpointHandler::Callbacks(Arc::new(builtin::Rooms)),
+                EndpointTransport::Sse,
+            );
+        }
         engine
     }
 
@@ -135,7 +159,12 @@ impl Engine {
     /// Serve WebSocket connections on `path` with callbacks (replacing any endpoint
     /// already there). The leanest way to serve: no task per connection.
     pub fn websocket_callbacks<C: WsCallbacks>(&mut self, path: &str, callbacks: C) -> &mut Self {
-        self.add_endpoint(path, &[], EndpointHandler::Callbacks(Arc::new(callbacks)))
+        self.add_endpoint(
+            path,
+            &[],
+            EndpointHandler::Callbacks(Arc::new(callbacks)),
+            EndpointTransport::WebSocket,
+        )
     }
 
     /// As [`Engine::websocket_callbacks`], offering `protocols`.
@@ -149,6 +178,7 @@ impl Engine {
             path,
             protocols,
             EndpointHandler::Callbacks(Arc::new(callbacks)),
+            EndpointTransport::WebSocket,
         )
     }
 
@@ -157,10 +187,12 @@ impl Engine {
         path: &str,
         protocols: &[&str],
         handler: EndpointHandler,
+        transport: EndpointTransport,
     ) -> &mut Self {
         let endpoint = Endpoint {
             handler,
             protocols: protocols.iter().map(|p| p.to_string()).collect(),
+            transport,
         };
         self.endpoints.retain(|(p, _)| p != path);
         self.endpoints.push((path.to_string(), endpoint));
@@ -191,7 +223,42 @@ impl Engine {
         Fut: Future<Output = ()> + 'static,
     {
         let handler: WsHandler = Arc::new(move |c| Box::pin(handler(c)) as HandlerFuture);
-        self.add_endpoint(path, protocols, EndpointHandler::Async(handler))
+        self.add_endpoint(
+            path,
+            protocols,
+            EndpointHandler::Async(handler),
+            EndpointTransport::WebSocket,
+        )
+    }
+
+    /// Serve Server-Sent Events streams on `path` with an async `handler` (one task
+    /// per stream). The handler gets an [`SseStream`]: `send_event`, rooms, the
+    /// request's resume cursor, and [`SseStream::closed`], which resolves when the
+    /// client goes away.
+    pub fn sse<F, Fut>(&mut self, path: &str, handler: F) -> &mut Self
+    where
+        F: Fn(SseStream) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let handler: WsHandler =
+            Arc::new(move |c: WsConn| Box::pin(handler(SseStream::from_conn(c))) as HandlerFuture);
+        self.add_endpoint(
+            path,
+            &[],
+            EndpointHandler::Async(handler),
+            EndpointTransport::Sse,
+        )
+    }
+
+    /// Serve Server-Sent Events streams on `path` with callbacks (no task per
+    /// stream); `on_open` typically joins rooms (see `builtin::Rooms`).
+    pub fn sse_callbacks<C: WsCallbacks>(&mut self, path: &str, callbacks: C) -> &mut Self {
+        self.add_endpoint(
+            path,
+            &[],
+            EndpointHandler::Callbacks(Arc::new(callbacks)),
+            EndpointTransport::Sse,
+        )
     }
 
     /// Bind the listeners and start the shards.
@@ -218,6 +285,10 @@ impl Engine {
                 .map(|_| Arc::new(ShardStats::default()))
                 .collect(),
             shutdown: AtomicBool::new(false),
+            epoch_base: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64),
+            api_key: self.config.api.resolved_key(),
             config: self.config,
         });
         let inboxes: Vec<_> = (0..shards)
@@ -250,6 +321,8 @@ impl Engine {
                 let shard = Rc::new(Shard::new(i, shared));
                 glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
                 glommio::spawn_local(shard.clone().run_driver()).detach();
+                glommio::spawn_local(shard.clone().run_sweeper()).detach();
+                glommio::spawn_local(shard.clone().run_keepalive()).detach();
                 shard.run_inbox(inbox).await;
             }
         })
@@ -376,6 +449,7 @@ impl EngineHandle {
             .send(ShardMsg::Publish {
                 room: Arc::from(room),
                 msg,
+                ack: None,
             })
             .map_err(|_| BroadcastError::Overloaded)
     }

@@ -9,3 +9,4 @@ pub mod conn;
 pub mod connection;
 pub mod engine;
 pub mod message;
+pub mod sse;

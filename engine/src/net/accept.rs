@@ -9,14 +9,15 @@ use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::conn::{Conn, ConnParts, Handler};
-use super::driver::READ;
+use super::conn::{Conn, ConnParts, Handler, Transport};
+use super::driver::{READ, WRITE};
 use super::read::{read_into, settle};
 use super::shard::Shard;
 use crate::app::conn::WsConn;
 use crate::app::connection::Connection;
-use crate::app::engine::EndpointHandler;
+use crate::app::engine::{EndpointHandler, EndpointTransport};
 use crate::proto::http::{self, Request};
+use crate::proto::sse::{parse_stream_cursor, StreamCursor};
 use crate::proto::ws::deflate::Inflater;
 use crate::proto::ws::{close, handshake, Decoder, Limits};
 use crate::stats::{self, ShardStats};
@@ -111,6 +112,10 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         let _ = stream.write_all(&resp).await;
         return;
     }
+    if req.path.starts_with("/api/") {
+        super::api::serve(shard, stream, req, pending).await;
+        return;
+    }
     let Some((endpoint_index, endpoint)) = shard.shared.endpoint(&req.path) else {
         let body = format!("no endpoint at {}", req.path);
         let _ = stream
@@ -129,42 +134,81 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             .await;
         return;
     }
-    let ws = &shard.shared.config.websocket;
-    let accepted = match handshake::accept(&req, &endpoint.protocols, &shard.shared.deflate) {
-        Ok(a) => a,
-        Err(rejection) => {
-            let _ = stream.write_all(&rejection.response()).await;
+    let query = req.query_pairs();
+    let cursor = match requested_cursor(&req, &query, endpoint.transport) {
+        Ok(c) => c,
+        Err(why) => {
+            let _ = stream
+                .write_all(&http::response(400, "Bad Request", &[], &why))
+                .await;
             return;
         }
     };
-    if stream
-        .write_all(&handshake::response(&accepted))
-        .await
-        .is_err()
-    {
-        return;
-    }
-    let limits = Limits {
-        max_frame_size: ws.max_frame_size,
-        max_message_size: ws.max_message_size,
+    let ws = &shard.shared.config.websocket;
+    let (decoder, compressed, transport) = match endpoint.transport {
+        EndpointTransport::Sse => {
+            if let Err(resp) = sse_preflight(&req) {
+                let _ = stream.write_all(&resp).await;
+                return;
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            (Decoder::new(Limits::default(), None), false, Transport::Sse)
+        }
+        EndpointTransport::WebSocket => {
+            let accepted = match handshake::accept(&req, &endpoint.protocols, &shard.shared.deflate)
+            {
+                Ok(a) => a,
+                Err(rejection) => {
+                    let _ = stream.write_all(&rejection.response()).await;
+                    return;
+                }
+            };
+            if stream
+                .write_all(&handshake::response(&accepted))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let limits = Limits {
+                max_frame_size: ws.max_frame_size,
+                max_message_size: ws.max_message_size,
+            };
+            let envelope = query
+                .iter()
+                .any(|(k, v)| k == "envelope" && matches!(v.as_str(), "1" | "true" | "json"));
+            (
+                Decoder::new(limits, accepted.deflate.map(Inflater::new)),
+                // Shared broadcast frames are compressed once per shard with a 15-bit
+                // window; a client that limited the server's window gets uncompressed
+                // frames instead (RFC 7692 lets any message go uncompressed).
+                accepted
+                    .deflate
+                    .is_some_and(|d| d.server_max_window_bits >= 15),
+                if envelope {
+                    Transport::WebSocketEnvelope
+                } else {
+                    Transport::WebSocket
+                },
+            )
+        }
     };
     let parts = ConnParts {
         stream,
-        decoder: Decoder::new(limits, accepted.deflate.map(Inflater::new)),
+        decoder,
         pending,
         queue_cap: ws.outbound_queue_bytes,
-        // Shared broadcast frames are compressed once per shard with a 15-bit window;
-        // a client that limited the server's window gets uncompressed frames instead
-        // (RFC 7692 lets any message go uncompressed).
-        compressed: accepted
-            .deflate
-            .is_some_and(|d| d.server_max_window_bits >= 15),
+        compressed,
         endpoint: endpoint_index as u16,
         query: req.query.into_boxed_str(),
         handler: match &endpoint.handler {
             EndpointHandler::Callbacks(cb) => Handler::Callbacks(cb.clone()),
             EndpointHandler::Async(_) => Handler::Task(Box::default()),
         },
+        transport,
     };
     let conn = {
         let mut conns = shard.conns.borrow_mut();
@@ -172,6 +216,19 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         conns.get(id).cloned().expect("just inserted")
     };
     ShardStats::add(&shard.stats.connections, 1);
+    if let Some(c) = cursor {
+        conn.resume
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .requested = Some(c);
+    }
+    if transport == Transport::Sse && shard.shared.config.sse.retry_ms > 0 {
+        let _ = conn.enqueue(
+            crate::proto::sse::retry(shard.shared.config.sse.retry_ms),
+            &shard.stats,
+        );
+        shard.schedule(&conn, WRITE);
+    }
     match &endpoint.handler {
         EndpointHandler::Callbacks(cb) => {
             let handle = Connection::new(shard.clone(), conn.clone());
@@ -199,4 +256,76 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             }
         }
     }
+}
+
+/// The resume cursor a request carries: SSE `Last-Event-ID` (header, or
+/// `?lastEventId=` for clients that cannot set headers), WebSocket `?since=`.
+fn requested_cursor(
+    req: &Request,
+    query: &[(String, String)],
+    transport: EndpointTransport,
+) -> Result<Option<StreamCursor>, String> {
+    let (name, raw) = match transport {
+        EndpointTransport::Sse => match req.header("last-event-id") {
+            Some(v) => (
+                "Last-Event-ID",
+                Some(String::from_utf8_lossy(v).into_owned()),
+            ),
+            None => (
+                "lastEventId",
+                query
+                    .iter()
+                    .find(|(k, _)| k == "lastEventId")
+                    .map(|(_, v)| v.clone()),
+            ),
+        },
+        EndpointTransport::WebSocket => (
+            "since",
+            query
+                .iter()
+                .find(|(k, _)| k == "since")
+                .map(|(_, v)| v.clone()),
+        ),
+    };
+    match raw {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => parse_stream_cursor(v.trim())
+            .map(Some)
+            .map_err(|e| format!("invalid {name} {v:?}: {e}")),
+    }
+}
+
+/// SSE requests must be GET and accept `text/event-stream`.
+fn sse_preflight(req: &Request) -> Result<(), Vec<u8>> {
+    if req.method != "GET" {
+        return Err(http::response(
+            405,
+            "Method Not Allowed",
+            &[("Allow", "GET")],
+            "event streams are opened with GET",
+        ));
+    }
+    let acceptable = match req.header("accept") {
+        None => true,
+        Some(v) => v.split(|b| *b == b',').any(|item| {
+            let media = item
+                .split(|b| *b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            [&b"text/event-stream"[..], b"text/*", b"*/*"]
+                .iter()
+                .any(|m| media.eq_ignore_ascii_case(m))
+        }),
+    };
+    if !acceptable {
+        return Err(http::response(
+            406,
+            "Not Acceptable",
+            &[],
+            "this endpoint produces text/event-stream: send Accept: text/event-stream",
+        ));
+    }
+    Ok(())
 }

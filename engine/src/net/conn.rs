@@ -33,6 +33,31 @@ pub(crate) enum ConnState {
     Done,
 }
 
+/// How room messages are framed for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// WebSocket, the message as sent.
+    WebSocket,
+    /// WebSocket, each room message wrapped in a JSON envelope with room and id.
+    WebSocketEnvelope,
+    /// Server-Sent Events.
+    Sse,
+}
+
+/// Resume bookkeeping, allocated only for connections that resume or need
+/// per-connection event ids (multi-room SSE streams).
+#[derive(Debug, Default)]
+pub(crate) struct ResumeState {
+    /// Rooms whose replay is on its way: live messages for them are skipped meanwhile
+    /// (the replay is cut after the last of them).
+    pub(crate) replaying: Vec<Arc<str>>,
+    /// Last position delivered per room (multi-room SSE ids).
+    pub(crate) cursors: Vec<(Arc<str>, corecast_shards::Position)>,
+    /// The cursor the client asked to resume from (Last-Event-ID, ?lastEventId=,
+    /// ?since=), parsed at accept.
+    pub(crate) requested: Option<crate::proto::sse::StreamCursor>,
+}
+
 /// Who handles a connection's messages.
 pub(crate) enum Handler {
     /// Synchronous callbacks, run by the driver (no task per connection).
@@ -108,6 +133,8 @@ pub(crate) struct Conn {
     pub(crate) query: Box<str>,
     pub(crate) handler: Handler,
     pub(crate) meta: RefCell<Metadata>,
+    pub(crate) transport: Transport,
+    pub(crate) resume: RefCell<Option<Box<ResumeState>>>,
 }
 
 /// What the accept path hands over to build a [`Conn`].
@@ -120,6 +147,7 @@ pub(crate) struct ConnParts {
     pub(crate) endpoint: u16,
     pub(crate) query: Box<str>,
     pub(crate) handler: Handler,
+    pub(crate) transport: Transport,
 }
 
 impl Conn {
@@ -141,6 +169,8 @@ impl Conn {
             query: p.query,
             handler: p.handler,
             meta: RefCell::new(None),
+            transport: p.transport,
+            resume: RefCell::new(None),
         }
     }
 
@@ -197,6 +227,76 @@ impl Conn {
         true
     }
 
+    /// True for Server-Sent Events streams.
+    pub(crate) fn is_sse(&self) -> bool {
+        self.transport == Transport::Sse
+    }
+
+    /// Whether a replay of `room` is still on its way.
+    pub(crate) fn is_replaying(&self, room: &str) -> bool {
+        self.resume
+            .borrow()
+            .as_ref()
+            .is_some_and(|r| r.replaying.iter().any(|x| &**x == room))
+    }
+
+    /// Skip live messages of `room` until its replay arrives.
+    pub(crate) fn begin_replay(&self, room: Arc<str>) {
+        self.resume
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .replaying
+            .push(room);
+    }
+
+    /// The replay of `room` arrived: live messages flow again.
+    pub(crate) fn end_replay(&self, room: &str) {
+        if let Some(r) = self.resume.borrow_mut().as_mut() {
+            r.replaying.retain(|x| &**x != room);
+        }
+    }
+
+    /// Where to resume `room` from, per the client's cursor: a single cursor applies
+    /// to a stream of one room, a per-room cursor to the rooms it names.
+    pub(crate) fn requested_position(&self, room: &str) -> Option<corecast_shards::Position> {
+        use crate::proto::sse::StreamCursor;
+        let guard = self.resume.borrow();
+        let requested = guard.as_ref()?.requested.as_ref()?;
+        let c = match requested {
+            StreamCursor::Single(c) => *c,
+            StreamCursor::PerRoom(list) => list.iter().find(|(r, _)| r == room)?.1,
+        };
+        Some(corecast_shards::Position {
+            epoch: c.epoch,
+            seq: c.seq,
+        })
+    }
+
+    /// Record `pos` as the last position delivered in `room`; returns every room's
+    /// last position (for a multi-room stream's event id).
+    pub(crate) fn advance_cursor(
+        &self,
+        room: &str,
+        pos: corecast_shards::Position,
+    ) -> Vec<(Arc<str>, corecast_shards::Position)> {
+        let mut guard = self.resume.borrow_mut();
+        let state = guard.get_or_insert_with(Box::default);
+        match state.cursors.iter_mut().find(|(r, _)| &**r == room) {
+            Some((_, p)) => *p = pos,
+            None => {
+                let name = self
+                    .rooms
+                    .borrow()
+                    .iter()
+                    .find(|r| &***r == room)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from(room));
+                state.cursors.push((name, pos));
+            }
+        }
+        state.cursors.clone()
+    }
+
     /// The async handler's inbox, if this connection has one.
     pub(crate) fn task_inbox(&self) -> Option<&TaskInbox> {
         match &self.handler {
@@ -213,6 +313,6 @@ mod tests {
     #[test]
     fn conn_struct_stays_small() {
         let size = std::mem::size_of::<super::Conn>();
-        assert!(size <= 384, "Conn grew to {size} bytes");
+        assert!(size <= 400, "Conn grew to {size} bytes");
     }
 }

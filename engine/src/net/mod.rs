@@ -4,9 +4,12 @@
 //! path with its per-shard arena ([`read`]) and the accept/handshake path ([`accept`]).
 
 pub(crate) mod accept;
+pub(crate) mod api;
 pub(crate) mod conn;
 pub(crate) mod driver;
+pub(crate) mod fanout;
 pub(crate) mod notify;
+pub(crate) mod pending;
 pub(crate) mod read;
 pub(crate) mod session;
 pub(crate) mod shard;

@@ -43,10 +43,18 @@ impl Shard {
                     return;
                 }
             }
-            let decoded = conn
-                .decoder
-                .borrow_mut()
-                .decode(&mut conn.pending.borrow_mut());
+            if conn.is_sse() {
+                // An event stream is one-way: whatever the client sends is dropped,
+                // but reading still tells us when it goes away.
+                conn.pending.borrow_mut().clear();
+            }
+            let decoded = if conn.is_sse() {
+                Ok(None)
+            } else {
+                conn.decoder
+                    .borrow_mut()
+                    .decode(&mut conn.pending.borrow_mut())
+            };
             match decoded {
                 Ok(Some(incoming)) => {
                     budget -= 1;

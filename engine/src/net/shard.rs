@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corecast_shards::room::{Change, InterestTable, RoomTable};
-use corecast_shards::{owner_of, ConnSlab, Inbox, MeshSender};
+use corecast_shards::{owner_of, ConnId, ConnSlab, Inbox, MeshSender, Position, Replay};
 
 use super::conn::{Conn, ConnState};
 use super::driver::{self, Ready, WRITE};
+use super::fanout::Encodings;
 use super::notify::LocalNotify;
+use super::pending::{Pending, RoomCounts};
 use super::read::ReadArena;
 use crate::app::engine::Shared;
 use crate::app::message::Message;
@@ -24,15 +26,26 @@ use crate::proto::ws::deflate::Deflater;
 use crate::proto::ws::{close, frame};
 use crate::stats::ShardStats;
 
+/// Where to report the position a published message was given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AckTo {
+    pub(crate) shard: usize,
+    pub(crate) token: u64,
+}
+
 /// Messages between shards (and from other threads to a shard).
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
-    /// To the room's owner: sequence this message and fan it out.
-    Publish { room: Arc<str>, msg: Message },
-    /// From the owner: deliver message `seq` of `room` to local members.
+    /// To the room's owner: sequence this message, keep it in history, fan it out.
+    Publish {
+        room: Arc<str>,
+        msg: Message,
+        ack: Option<AckTo>,
+    },
+    /// From the owner: deliver message `pos` of `room` to local members.
     Deliver {
         room: Arc<str>,
-        seq: u64,
+        pos: Position,
         msg: Message,
     },
     /// To the owner: shard `shard` now has (or no longer has) members of `room`.
@@ -41,6 +54,29 @@ pub(crate) enum ShardMsg {
         shard: usize,
         interested: bool,
     },
+    /// To the owner: connection `conn` resumes `room` after `since` (implies interest).
+    Replay {
+        room: Arc<str>,
+        since: Position,
+        conn: ConnId,
+    },
+    /// From the owner: what `conn` missed, to be sent before live messages.
+    ReplayData {
+        conn: ConnId,
+        room: Arc<str>,
+        since: Position,
+        replay: Replay<Message>,
+    },
+    /// From the owner: the position a publish with `AckTo` was given.
+    PublishAck { token: u64, pos: Position },
+    /// To every shard: count local members of `room`; the owner adds the sequence.
+    RoomInfo {
+        room: Arc<str>,
+        token: u64,
+        reply_to: usize,
+    },
+    /// One shard's answer to `RoomInfo`.
+    RoomInfoReply { token: u64, counts: RoomCounts },
     /// Look at the shutdown flag.
     Shutdown,
 }
@@ -66,7 +102,8 @@ pub(crate) struct Shard {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ShardStats>,
     rooms: RefCell<RoomTable<u32, Rc<Conn>>>,
-    interest: RefCell<InterestTable>,
+    interest: RefCell<InterestTable<Message>>,
+    pub(crate) pending: Pending,
     pub(crate) conns: RefCell<ConnSlab<Rc<Conn>>>,
     deflater: RefCell<Option<Deflater>>,
     pub(crate) arena: RefCell<ReadArena>,
@@ -84,7 +121,8 @@ impl Shard {
             id,
             stats,
             rooms: RefCell::new(RoomTable::default()),
-            interest: RefCell::new(InterestTable::default()),
+            interest: RefCell::new(InterestTable::new(shared.epoch_base)),
+            pending: Pending::default(),
             conns: RefCell::new(ConnSlab::new(id as u16)),
             deflater: RefCell::new(None),
             arena: RefCell::new(ReadArena::new()),
@@ -159,16 +197,73 @@ impl Shard {
         self.drain().await;
     }
 
-    fn handle(&self, msg: ShardMsg) {
+    fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish { room, msg } => self.sequence(&room, msg),
-            ShardMsg::Deliver { room, seq, msg } => self.deliver(&room, seq, &msg),
+            ShardMsg::Publish { room, msg, ack } => {
+                let pos = self.sequence(&room, msg);
+                if let Some(ack) = ack {
+                    self.send_reliable(
+                        ack.shard,
+                        ShardMsg::PublishAck {
+                            token: ack.token,
+                            pos,
+                        },
+                    );
+                }
+            }
+            ShardMsg::Deliver { room, pos, msg } => self.deliver(&room, pos, &msg),
             ShardMsg::Interest {
                 room,
                 shard,
                 interested,
-            } => self.interest.borrow_mut().set(&room, shard, interested),
+            } => {
+                let limits = self.shared.config.history.limits_for(&room);
+                self.interest
+                    .borrow_mut()
+                    .set(&room, shard, interested, limits);
+            }
+            ShardMsg::Replay { room, since, conn } => self.serve_replay(room, since, conn),
+            ShardMsg::ReplayData {
+                conn,
+                room,
+                since,
+                replay,
+            } => self.apply_replay(conn, &room, since, replay),
+            ShardMsg::PublishAck { token, pos } => self.pending.ack(token, pos),
+            ShardMsg::RoomInfo {
+                room,
+                token,
+                reply_to,
+            } => {
+                let counts = self.local_counts(&room);
+                self.send_reliable(reply_to, ShardMsg::RoomInfoReply { token, counts });
+            }
+            ShardMsg::RoomInfoReply { token, counts } => self.pending.info_reply(token, counts),
             ShardMsg::Shutdown => {}
+        }
+    }
+
+    /// Send to `shard` (itself included, handled inline) without losing the message:
+    /// a full inbox is retried from a task. For control messages (interest, replay,
+    /// acks) whose loss would break a guarantee; broadcasts use plain `send`.
+    pub(crate) fn send_reliable(self: &Rc<Self>, shard: usize, msg: ShardMsg) {
+        if shard == self.id {
+            self.handle(msg);
+            return;
+        }
+        if let Err(msg) = self.senders()[shard].send(msg) {
+            let sender = self.senders()[shard].clone();
+            glommio::spawn_local(async move {
+                let mut msg = msg;
+                loop {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    match sender.send(msg) {
+                        Ok(()) => break,
+                        Err(m) => msg = m,
+                    }
+                }
+            })
+            .detach();
         }
     }
 
@@ -183,6 +278,7 @@ impl Shard {
             .send(ShardMsg::Publish {
                 room: Arc::from(room),
                 msg,
+                ack: None,
             })
             .map_err(|_| {
                 ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -190,21 +286,58 @@ impl Shard {
             })
     }
 
-    /// As the room's owner: assign the sequence and hand the message to every
-    /// interested shard, in sequence order.
-    fn sequence(&self, room: &str, msg: Message) {
-        let (room, interest) = self.interest.borrow_mut().sequence(room);
+    /// Publish and learn the position the owner gave the message.
+    pub(crate) async fn publish_acked(
+        self: &Rc<Self>,
+        room: &str,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Position, BroadcastError> {
+        let owner = owner_of(room, self.senders().len());
+        if owner == self.id {
+            return Ok(self.sequence(room, msg));
+        }
+        let (token, slot) = self.pending.new_ack();
+        let sent = self.senders()[owner].send(ShardMsg::Publish {
+            room: Arc::from(room),
+            msg,
+            ack: Some(AckTo {
+                shard: self.id,
+                token,
+            }),
+        });
+        if sent.is_err() {
+            self.pending.forget(token);
+            ShardStats::add(&self.stats.mesh_overflows, 1);
+            return Err(BroadcastError::Overloaded);
+        }
+        let got = futures_lite::future::or(async { Some(slot.wait().await) }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        self.pending.forget(token);
+        got.ok_or(BroadcastError::Overloaded)
+    }
+
+    /// As the room's owner: assign the position, keep the message in history and
+    /// hand it to every interested shard, in sequence order.
+    fn sequence(&self, room: &str, msg: Message) -> Position {
+        let limits = self.shared.config.history.limits_for(room);
+        let (room, pos, mut shards) =
+            self.interest
+                .borrow_mut()
+                .append(room, msg.clone(), std::time::Instant::now(), limits);
         ShardStats::add(&self.stats.broadcasts, 1);
-        let mut shards = interest.shards;
         while shards != 0 {
             let s = shards.trailing_zeros() as usize;
             shards &= shards - 1;
             if s == self.id {
-                self.deliver(&room, interest.seq, &msg);
+                self.deliver(&room, pos, &msg);
             } else {
                 let sent = self.senders()[s].send(ShardMsg::Deliver {
                     room: room.clone(),
-                    seq: interest.seq,
+                    pos,
                     msg: msg.clone(),
                 });
                 if sent.is_err() {
@@ -212,32 +345,158 @@ impl Shard {
                 }
             }
         }
+        pos
     }
 
-    /// Fan a sequenced message out to local members: encode once, share the bytes.
-    fn deliver(&self, room: &str, _seq: u64, msg: &Message) {
+    /// Fan a sequenced message out to local members: each transport's encoding is
+    /// made once and the same bytes are queued for every member that uses it.
+    fn deliver(&self, room: &str, pos: Position, msg: &Message) {
         let rooms = self.rooms.borrow();
         let Some(members) = rooms.members(room) else {
             return;
         };
-        let opcode = msg.opcode();
-        let plain = frame::encode(opcode, false, msg.as_bytes());
-        let mut compressed: Option<Bytes> = None;
+        let mut enc = Encodings::new(self, room, pos, msg);
         let mut delivered = 0u64;
         for (_, conn) in members.iter() {
-            let f = if conn.compressed {
-                compressed
-                    .get_or_insert_with(|| self.compress_frame(opcode, msg.as_bytes()))
-                    .clone()
-            } else {
-                plain.clone()
-            };
-            // Queue now, write later: the driver flushes each member once per batch.
+            if conn.is_replaying(room) {
+                // Its replay (cut after this message) is on its way from the owner.
+                continue;
+            }
+            let f = enc.for_conn(conn);
             let _ = conn.enqueue(f, &self.stats);
+            // Queue now, write later: the driver flushes each member once per batch.
             self.schedule(conn, WRITE);
             delivered += 1;
         }
         ShardStats::add(&self.stats.deliveries, delivered);
+    }
+
+    /// As the owner: answer a resume request for `conn` (local or on another shard).
+    fn serve_replay(self: &Rc<Self>, room: Arc<str>, since: Position, conn: ConnId) {
+        let limits = self.shared.config.history.limits_for(&room);
+        let shard = usize::from(conn.shard);
+        let replay = {
+            let mut t = self.interest.borrow_mut();
+            // A resume implies interest: set it here so no message falls between the
+            // replay's cut and the first live delivery, whatever order things arrived in.
+            t.set(&room, shard, true, limits);
+            t.replay(&room, since, std::time::Instant::now(), limits)
+        };
+        self.send_reliable(
+            shard,
+            ShardMsg::ReplayData {
+                conn,
+                room,
+                since,
+                replay,
+            },
+        );
+    }
+
+    /// Send `conn` what it missed (after a gap signal if anything is lost), then let
+    /// live messages through.
+    fn apply_replay(&self, id: ConnId, room: &str, since: Position, replay: Replay<Message>) {
+        let Some(conn) = self.conns.borrow().get(id).cloned() else {
+            return;
+        };
+        conn.end_replay(room);
+        if conn.state() != ConnState::Open {
+            return;
+        }
+        if let Some(reason) = replay.gap {
+            let signal = super::fanout::gap_signal(&conn, room, since, reason, &replay);
+            let _ = conn.enqueue(signal, &self.stats);
+        }
+        for (seq, msg) in &replay.messages {
+            let pos = Position {
+                epoch: replay.epoch,
+                seq: *seq,
+            };
+            let f = Encodings::new(self, room, pos, msg).for_conn(&conn);
+            if conn.enqueue(f, &self.stats).is_err() {
+                break;
+            }
+        }
+        self.schedule(&conn, WRITE);
+    }
+
+    /// Members of `room` on this shard by transport, plus the owner's record.
+    fn local_counts(&self, room: &str) -> RoomCounts {
+        let mut counts = RoomCounts::default();
+        if let Some(members) = self.rooms.borrow().members(room) {
+            for (_, c) in members.iter() {
+                if c.is_sse() {
+                    counts.sse += 1;
+                } else {
+                    counts.websocket += 1;
+                }
+            }
+        }
+        if owner_of(room, self.senders().len()) == self.id {
+            counts.position = self
+                .interest
+                .borrow()
+                .get(room)
+                .map(|(epoch, seq, _)| Position { epoch, seq });
+        }
+        counts
+    }
+
+    /// Ask every shard about `room` and add up the answers.
+    pub(crate) async fn room_info(
+        self: &Rc<Self>,
+        room: &str,
+        timeout: Duration,
+    ) -> Option<RoomCounts> {
+        let shards = self.senders().len();
+        let (token, slot) = self.pending.new_info(shards);
+        let room: Arc<str> = Arc::from(room);
+        for s in 0..shards {
+            self.send_reliable(
+                s,
+                ShardMsg::RoomInfo {
+                    room: room.clone(),
+                    token,
+                    reply_to: self.id,
+                },
+            );
+        }
+        let got = futures_lite::future::or(async { Some(slot.wait().await) }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        self.pending.forget(token);
+        got
+    }
+
+    /// Send a comment to every open SSE stream each `sse.keep_alive_interval`, so
+    /// proxies and clients keep idle streams open.
+    pub(crate) async fn run_keepalive(self: Rc<Self>) {
+        let every = self.shared.config.sse.keep_alive_interval.0;
+        let ping = crate::proto::sse::comment("keep-alive");
+        loop {
+            glommio::timer::sleep(every).await;
+            let conns: Vec<Rc<Conn>> = self
+                .conns
+                .borrow()
+                .iter()
+                .filter(|c| c.is_sse() && c.state() == ConnState::Open)
+                .cloned()
+                .collect();
+            for c in conns {
+                let _ = c.enqueue(ping.clone(), &self.stats);
+                self.schedule(&c, WRITE);
+            }
+        }
+    }
+
+    /// Forget expired history and idle room records; runs every few seconds.
+    pub(crate) async fn run_sweeper(self: Rc<Self>) {
+        loop {
+            glommio::timer::sleep(Duration::from_secs(5)).await;
+            self.interest.borrow_mut().sweep(std::time::Instant::now());
+        }
     }
 
     /// Compress once per shard per message; every compressed member shares it.
@@ -249,7 +508,7 @@ impl Shard {
     }
 
     /// Add `conn` to `room`.
-    pub(crate) fn join(&self, room: &str, conn: &Rc<Conn>) {
+    pub(crate) fn join(self: &Rc<Self>, room: &str, conn: &Rc<Conn>) {
         if conn.state() == ConnState::Done {
             return;
         }
@@ -267,8 +526,43 @@ impl Shard {
         }
     }
 
+    /// Join `room`; with `since`, first replay what `conn` missed after that
+    /// position (from the owner's history), then continue live with no gap and no
+    /// duplicate.
+    pub(crate) fn join_since(
+        self: &Rc<Self>,
+        room: &str,
+        conn: &Rc<Conn>,
+        since: Option<Position>,
+    ) {
+        self.join(room, conn);
+        let Some(since) = since else {
+            return;
+        };
+        if conn.state() != ConnState::Open {
+            return;
+        }
+        let owner = owner_of(room, self.senders().len());
+        let room: Arc<str> = conn
+            .rooms
+            .borrow()
+            .iter()
+            .find(|r| &***r == room)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(room));
+        conn.begin_replay(room.clone());
+        self.send_reliable(
+            owner,
+            ShardMsg::Replay {
+                room,
+                since,
+                conn: conn.id,
+            },
+        );
+    }
+
     /// Remove `conn` from `room`.
-    pub(crate) fn leave(&self, room: &str, conn: &Conn) {
+    pub(crate) fn leave(self: &Rc<Self>, room: &str, conn: &Conn) {
         let change = self.rooms.borrow_mut().leave(room, &conn.id.slot);
         if change == Change::None {
             return;
@@ -284,36 +578,19 @@ impl Shard {
         }
     }
 
-    fn set_interest(&self, room: &Arc<str>, interested: bool) {
+    fn set_interest(self: &Rc<Self>, room: &Arc<str>, interested: bool) {
         let owner = owner_of(room, self.senders().len());
-        if owner == self.id {
-            self.interest.borrow_mut().set(room, self.id, interested);
-            return;
-        }
         let msg = ShardMsg::Interest {
             room: room.clone(),
             shard: self.id,
             interested,
         };
-        if let Err(msg) = self.senders()[owner].send(msg) {
-            // Interest must not be lost: retry from a task until the owner has room.
-            let sender = self.senders()[owner].clone();
-            glommio::spawn_local(async move {
-                let mut msg = msg;
-                loop {
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                    match sender.send(msg) {
-                        Ok(()) => break,
-                        Err(m) => msg = m,
-                    }
-                }
-            })
-            .detach();
-        }
+        // Interest must not be lost (handled inline when this shard is the owner).
+        self.send_reliable(owner, msg);
     }
 
     /// Take a connection out of all its rooms.
-    pub(crate) fn leave_all(&self, conn: &Conn) {
+    pub(crate) fn leave_all(self: &Rc<Self>, conn: &Conn) {
         let rooms: Vec<Arc<str>> = std::mem::take(&mut *conn.rooms.borrow_mut());
         for room in rooms {
             conn.rooms.borrow_mut().push(room.clone());

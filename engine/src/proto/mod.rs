@@ -2,4 +2,5 @@
 //! and take bytes (or events) out, which is what the unit tests and fuzz targets do.
 
 pub mod http;
+pub mod sse;
 pub mod ws;

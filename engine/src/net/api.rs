@@ -1,0 +1,214 @@
+//! The HTTP publish API, served on the same listeners as the streams:
+//!
+//! - `POST /api/rooms/{room}/publish` — body is the message (UTF-8 becomes a text
+//!   message, anything else binary); answers the position the room's owner gave it.
+//! - `GET /api/rooms/{room}` — members by transport (summed over shards) and the
+//!   room's current position.
+//!
+//! Both need the configured key as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use std::cell::RefCell;
+
+use futures_lite::{AsyncWriteExt, FutureExt};
+use glommio::net::TcpStream;
+
+use super::fanout::cursor;
+use super::read::read_into;
+use super::shard::Shard;
+use crate::app::message::Message;
+use crate::proto::http::{self, Request};
+
+/// How long a publish waits for the owner shard's acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest room name accepted, bytes.
+const MAX_ROOM_NAME: usize = 256;
+
+/// How long a client has to send a publish body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, req: Request, pending: BytesMut) {
+    let stream = RefCell::new(stream);
+    let resp = respond(&shard, &stream, &req, pending).await;
+    let _ = stream.into_inner().write_all(&resp).await;
+}
+
+async fn respond(
+    shard: &Rc<Shard>,
+    stream: &RefCell<TcpStream>,
+    req: &Request,
+    pending: BytesMut,
+) -> Vec<u8> {
+    let Some(key) = shard.shared.api_key.as_deref() else {
+        return http::response(
+            404,
+            "Not Found",
+            &[],
+            "the publish API is disabled (set api.key)",
+        );
+    };
+    let Some(rest) = req.path.strip_prefix("/api/rooms/") else {
+        return http::response(404, "Not Found", &[], &format!("no API route {}", req.path));
+    };
+    let (raw_room, action) = match rest.split_once('/') {
+        Some((room, action)) => (room, Some(action)),
+        None => (rest, None),
+    };
+    let room = http::percent_decode(raw_room);
+    if room.is_empty() || room.len() > MAX_ROOM_NAME {
+        return http::response(400, "Bad Request", &[], "room name must be 1 to 256 bytes");
+    }
+    if !authorized(req, key) {
+        return http::response(
+            401,
+            "Unauthorized",
+            &[("WWW-Authenticate", "Bearer")],
+            "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
+        );
+    }
+    match (req.method.as_str(), action) {
+        ("POST", Some("publish")) => publish(shard, stream, req, pending, &room).await,
+        ("GET", None) => room_info(shard, &room).await,
+        (_, Some("publish")) => http::response(
+            405,
+            "Method Not Allowed",
+            &[("Allow", "POST")],
+            "publish with POST",
+        ),
+        (_, None) => http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET"),
+        (_, Some(other)) => {
+            http::response(404, "Not Found", &[], &format!("no API action {other:?}"))
+        }
+    }
+}
+
+/// Compare keys without an early exit on the first differing byte.
+fn authorized(req: &Request, key: &str) -> bool {
+    let presented = req
+        .header("authorization")
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .or_else(|| req.header("x-api-key"));
+    let Some(p) = presented.map(<[u8]>::trim_ascii) else {
+        return false;
+    };
+    let k = key.as_bytes();
+    p.len() == k.len() && p.iter().zip(k).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+async fn publish(
+    shard: &Rc<Shard>,
+    stream: &RefCell<TcpStream>,
+    req: &Request,
+    pending: BytesMut,
+    room: &str,
+) -> Vec<u8> {
+    if req.header("transfer-encoding").is_some() {
+        return http::response(
+            411,
+            "Length Required",
+            &[],
+            "send the body with Content-Length",
+        );
+    }
+    let Some(len) = req
+        .header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    else {
+        return http::response(411, "Length Required", &[], "Content-Length is required");
+    };
+    let max = shard.shared.config.websocket.max_message_size;
+    if len > max {
+        return http::response(
+            413,
+            "Content Too Large",
+            &[],
+            &format!("body of {len} bytes is over websocket.max_message_size ({max})"),
+        );
+    }
+    let Some(body) = read_body(shard, stream, pending, len).await else {
+        return http::response(
+            400,
+            "Bad Request",
+            &[],
+            "body ended before Content-Length bytes",
+        );
+    };
+    let msg = match std::str::from_utf8(&body) {
+        Ok(_) => Message::Text(body),
+        Err(_) => Message::Binary(body),
+    };
+    match shard.publish_acked(room, msg, ACK_TIMEOUT).await {
+        Ok(pos) => {
+            let json = format!(
+                "{{\"room\":{},\"id\":\"{}\",\"epoch\":\"{:x}\",\"seq\":{}}}\n",
+                serde_json::to_string(room).unwrap_or_default(),
+                cursor(pos),
+                pos.epoch,
+                pos.seq
+            );
+            http::response_with_type(200, "OK", &[], "application/json", json.as_bytes())
+        }
+        Err(e) => http::response(
+            503,
+            "Service Unavailable",
+            &[("Retry-After", "1")],
+            &e.to_string(),
+        ),
+    }
+}
+
+/// The first `len` body bytes: what came with the head, then reads until complete.
+async fn read_body(
+    shard: &Shard,
+    stream: &RefCell<TcpStream>,
+    mut buf: BytesMut,
+    len: usize,
+) -> Option<Bytes> {
+    let filled = async {
+        while buf.len() < len {
+            match read_into(stream, &shard.arena, 16 * 1024, &mut buf).await {
+                Ok(n) if n > 0 => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+    .or(async {
+        glommio::timer::sleep(BODY_TIMEOUT).await;
+        false
+    })
+    .await;
+    filled.then(|| buf.split_to(len).freeze())
+}
+
+async fn room_info(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
+    let Some(counts) = shard.room_info(room, ACK_TIMEOUT).await else {
+        return http::response(
+            503,
+            "Service Unavailable",
+            &[("Retry-After", "1")],
+            "shards did not answer in time",
+        );
+    };
+    let position = match counts.position {
+        Some(p) => format!(
+            "\"epoch\":\"{:x}\",\"seq\":{},\"id\":\"{}\"",
+            p.epoch,
+            p.seq,
+            cursor(p)
+        ),
+        None => "\"epoch\":null,\"seq\":0,\"id\":null".to_string(),
+    };
+    let json = format!(
+        "{{\"room\":{},\"members\":{{\"websocket\":{},\"sse\":{},\"total\":{}}},{position}}}\n",
+        serde_json::to_string(room).unwrap_or_default(),
+        counts.websocket,
+        counts.sse,
+        counts.websocket + counts.sse,
+    );
+    http::response_with_type(200, "OK", &[], "application/json", json.as_bytes())
+}
