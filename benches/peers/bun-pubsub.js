@@ -1,0 +1,55 @@
+// Bun WebSocket peer for corecast's `loadgen fanout` / `loadgen idle`.
+//
+// Same contract as corecast's `/ws/chat` endpoint (kind: rooms):
+//   - the client joins every `?room=NAME` (repeatable) on open;
+//   - every message a client sends is broadcast to all members of its rooms,
+//     INCLUDING the sender (loadgen's publisher uses its own echo as the ack).
+// Fan-out uses Bun's native (uWebSockets) topic pub/sub: `server.publish()`
+// reaches every subscriber of the topic, the sender included (unlike
+// `ws.publish()`, which skips the sender unless `publishToSelf` is set).
+//
+// Run: bun bun-pubsub.js [PORT]   (or PORT=... / HOST=... in the environment)
+// Prints "listening on HOST:PORT" once ready. GET /stats answers 404 (loadgen
+// then reports no server counters).
+
+const port = Number(process.argv[2] ?? process.env.PORT ?? 8080);
+const hostname = process.env.HOST ?? "127.0.0.1";
+const PATH = "/ws/chat";
+
+const server = Bun.serve({
+  hostname,
+  port,
+  fetch(req, server) {
+    const url = new URL(req.url);
+    if (url.pathname === PATH) {
+      const rooms = url.searchParams.getAll("room").filter((r) => r.length > 0);
+      if (server.upgrade(req, { data: { rooms } })) return undefined;
+      return new Response("expected a WebSocket upgrade\n", { status: 426 });
+    }
+    return new Response("not found\n", { status: 404 });
+  },
+  websocket: {
+    // Mirror corecast's bench-relevant settings: no compression, 1 MiB messages.
+    perMessageDeflate: false,
+    maxPayloadLength: 1024 * 1024,
+    // Never drop or close a slow subscriber inside a benchmark run: uWS drops a
+    // publish to a socket whose buffered bytes exceed this limit.
+    backpressureLimit: 1024 * 1024 * 1024,
+    closeOnBackpressureLimit: false,
+    // Idle connections (loadgen idle) must stay open; no server pings.
+    idleTimeout: 0,
+    sendPings: false,
+    // Only matters for ws.publish(); server.publish() always includes the sender.
+    publishToSelf: true,
+    open(ws) {
+      for (const room of ws.data.rooms) ws.subscribe(room);
+    },
+    message(ws, message) {
+      // `message` is a Buffer for binary frames, a string for text frames;
+      // publish() keeps the opcode. compress = false.
+      for (const room of ws.data.rooms) server.publish(room, message, false);
+    },
+  },
+});
+
+console.log(`listening on ${server.hostname}:${server.port} (bun ${Bun.version})`);
