@@ -109,6 +109,10 @@ pub(crate) struct Shard {
     pub(crate) arena: RefCell<ReadArena>,
     pub(crate) scratch: RefCell<Vec<u8>>,
     pub(crate) draining: LocalNotify,
+    /// Write-ready connections held back by `runtime.flush_delay`.
+    deferred: RefCell<Vec<(u32, u32)>>,
+    flusher: Cell<Option<std::task::Waker>>,
+    flush_delay: Duration,
     /// All connections gone while draining.
     pub(crate) idle: LocalNotify,
     drain_started: Cell<bool>,
@@ -128,6 +132,9 @@ impl Shard {
             arena: RefCell::new(ReadArena::new()),
             scratch: RefCell::new(Vec::new()),
             draining: LocalNotify::default(),
+            deferred: RefCell::new(Vec::new()),
+            flusher: Cell::new(None),
+            flush_delay: shared.config.runtime.flush_delay.0,
             idle: LocalNotify::default(),
             drain_started: Cell::new(false),
             shared,
@@ -137,9 +144,43 @@ impl Shard {
     /// Put `conn` on the driver's ready list for `kind` (once until it is handled).
     pub(crate) fn schedule(&self, conn: &Conn, kind: u8) {
         let s = conn.scheduled.get();
-        if s & kind == 0 {
-            conn.scheduled.set(s | kind);
-            driver::push_ready(conn.id.slot, conn.id.generation, kind);
+        if s & kind != 0 {
+            return;
+        }
+        conn.scheduled.set(s | kind);
+        if kind == WRITE && !self.flush_delay.is_zero() && conn.state() == ConnState::Open {
+            self.deferred
+                .borrow_mut()
+                .push((conn.id.slot, conn.id.generation));
+            if let Some(w) = self.flusher.take() {
+                w.wake();
+            }
+            return;
+        }
+        driver::push_ready(conn.id.slot, conn.id.generation, kind);
+    }
+
+    /// With `runtime.flush_delay`: once something is deferred, wait the delay, then
+    /// hand everything deferred meanwhile to the driver in one batch.
+    pub(crate) async fn run_flusher(self: Rc<Self>) {
+        if self.flush_delay.is_zero() {
+            return;
+        }
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.deferred.borrow().is_empty() {
+                    self.flusher.set(Some(cx.waker().clone()));
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            glommio::timer::sleep(self.flush_delay).await;
+            let batch = std::mem::take(&mut *self.deferred.borrow_mut());
+            for (slot, generation) in batch {
+                driver::push_ready(slot, generation, WRITE);
+            }
         }
     }
 
