@@ -21,7 +21,7 @@ async fn flush_delay_coalesces_a_burst_into_few_writes_in_order() {
     // delay they wait for the same flush.
     for i in 0..20 {
         publisher
-            .send(Message::Text(format!("m{i}").into()))
+            .send(Message::Text(format!("m{i}")))
             .await
             .expect("send");
         tokio::time::sleep(Duration::from_millis(5)).await;
