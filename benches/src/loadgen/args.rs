@@ -9,10 +9,11 @@ use crate::loadgen::payload;
 
 /// Usage text.
 pub const USAGE: &str = "\
-loadgen: WebSocket load generator for corecast benchmarks
+loadgen: WebSocket and Server-Sent Events load generator for corecast benchmarks
 
 USAGE:
   loadgen fanout [FLAGS]   publishers broadcast into one room, subscribers measure latency/loss
+  loadgen sse    [FLAGS]   like fanout, but the subscribers are SSE streams (GET /sse?room=)
   loadgen echo   [FLAGS]   round trips against an echo endpoint
   loadgen idle   [FLAGS]   open N connections and hold them idle (for RSS measurements)
   loadgen --help
@@ -21,6 +22,7 @@ COMMON FLAGS:
   --addr HOST:PORT        server address                         [127.0.0.1:8080]
   --targets A,B,...       several servers; connections go round-robin (overrides --addr)
   --path PATH             WebSocket path        [fanout, idle: /ws/chat; echo: /ws/echo]
+                          (sse: the event-stream path                        [/sse])
   --connect-rate N        new connections per second while ramping             [5000]
   --per-source N          connections per source address; on a 127.x target sources are
                           127.0.0.1, 127.0.0.2, ... (0 = let the kernel choose) [15000]
@@ -46,6 +48,18 @@ ECHO FLAGS:
   --size BYTES            payload size                                              [64]
   --pipeline K            messages in flight per connection                          [1]
   --duration SECS / --warmup SECS / --drain SECS / --text    as for fanout
+
+SSE FLAGS (plus every FANOUT flag except --text: SSE carries text, so payloads
+always use the hex text head and --size must be >= 44):
+  --publish ws|http       ws: WebSocket publishers on --ws-path, also room members,
+                          acked by their own message coming back; http: one
+                          POST /api/rooms/ROOM/publish per message, each on its own
+                          TCP connection (the server answers Connection: close),
+                          acked by the 200 response                               [ws]
+  --ws-path PATH          WebSocket path of ws publishers                   [/ws/chat]
+  --api-key KEY           X-API-Key for http publishers    [env CORECAST_API_KEY]
+  --window N              as for fanout; with --publish http also caps concurrent
+                          POSTs per publisher at a fixed --rate                    [64]
 
 IDLE FLAGS:
   --connections N         connections to open                                     [1000]
@@ -116,6 +130,39 @@ pub struct Fanout {
     pub text: bool,
 }
 
+/// How `loadgen sse` publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishVia {
+    /// WebSocket publishers (room members; their own message is the ack).
+    Ws,
+    /// `POST /api/rooms/ROOM/publish`, one TCP connection per message (the 200 is the ack).
+    Http,
+}
+
+impl PublishVia {
+    /// The flag value (`ws` or `http`).
+    pub fn name(self) -> &'static str {
+        match self {
+            PublishVia::Ws => "ws",
+            PublishVia::Http => "http",
+        }
+    }
+}
+
+/// `loadgen sse` configuration: SSE subscribers, WebSocket or HTTP publishers.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    /// Shared flags and the fan-out shape (`text` is always true; `common.path`
+    /// is the event-stream path).
+    pub fanout: Fanout,
+    /// How messages are published.
+    pub publish: PublishVia,
+    /// WebSocket path of ws publishers.
+    pub ws_path: String,
+    /// API key for http publishers (`None`: read `CORECAST_API_KEY` at start).
+    pub api_key: Option<String>,
+}
+
 /// `loadgen echo` configuration.
 #[derive(Debug, Clone)]
 pub struct Echo {
@@ -155,6 +202,8 @@ pub struct Idle {
 pub enum Command {
     /// Fan-out benchmark.
     Fanout(Fanout),
+    /// Fan-out to Server-Sent Events subscribers.
+    Sse(Sse),
     /// Echo benchmark.
     Echo(Echo),
     /// Idle connections.
@@ -259,12 +308,13 @@ fn pairs(args: &[String]) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
-fn check_size(flag: &str, size: usize, text: bool) -> Result<(), String> {
+/// Checks a payload size; `text_note` explains a text-payload minimum (e.g. " with --text").
+fn check_size(flag: &str, size: usize, text: bool, text_note: &str) -> Result<(), String> {
     let min = payload::min_size(text);
     if size < min {
         return Err(format!(
             "invalid value for {flag}: {size} (must be >= {min}{})",
-            if text { " with --text" } else { "" }
+            if text { text_note } else { "" }
         ));
     }
     if size > 64 * 1024 * 1024 {
@@ -273,10 +323,64 @@ fn check_size(flag: &str, size: usize, text: bool) -> Result<(), String> {
     Ok(())
 }
 
+fn fanout_defaults() -> Fanout {
+    Fanout {
+        common: Common::default(),
+        subscribers: 100,
+        publishers: 1,
+        size: 64,
+        rate: 0.0,
+        window: 64,
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        drain: Duration::from_secs(2),
+        room: "bench".into(),
+        text: false,
+    }
+}
+
+/// Applies a fan-out shape flag (shared by `fanout` and `sse`); `Ok(false)` if it is not one.
+fn fanout_flag(c: &mut Fanout, f: &str, v: &str) -> Result<bool, String> {
+    match f {
+        "--subscribers" => c.subscribers = num(f, v)?,
+        "--publishers" => c.publishers = num(f, v)?,
+        "--size" => c.size = num(f, v)?,
+        "--rate" => {
+            c.rate = num(f, v)?;
+            if !(c.rate >= 0.0 && c.rate.is_finite()) {
+                return Err(format!("invalid value for {f}: '{v}' (must be >= 0)"));
+            }
+        }
+        "--window" => c.window = num(f, v)?,
+        "--duration" => c.duration = secs(f, v)?,
+        "--warmup" => c.warmup = secs(f, v)?,
+        "--drain" => c.drain = secs(f, v)?,
+        "--room" => c.room = v.to_string(),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn check_fanout(c: &Fanout, text_note: &str) -> Result<(), String> {
+    if c.publishers == 0 || c.publishers > u32::MAX as usize {
+        return Err("invalid value for --publishers: must be >= 1".into());
+    }
+    if c.window == 0 {
+        return Err("invalid value for --window: must be >= 1".into());
+    }
+    if c.duration.is_zero() {
+        return Err("invalid value for --duration: must be > 0".into());
+    }
+    if c.room.is_empty() {
+        return Err("invalid value for --room: empty".into());
+    }
+    check_size("--size", c.size, c.text, text_note)
+}
+
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let Some(mode) = args.first() else {
-        return Err("missing mode (fanout, echo or idle)".into());
+        return Err("missing mode (fanout, sse, echo or idle)".into());
     };
     let rest = &args[1..];
     if matches!(mode.as_str(), "--help" | "-h" | "help") {
@@ -289,57 +393,71 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut common = Common::default();
     match mode.as_str() {
         "fanout" => {
-            let mut c = Fanout {
-                common: Common::default(),
-                subscribers: 100,
-                publishers: 1,
-                size: 64,
-                rate: 0.0,
-                window: 64,
-                duration: Duration::from_secs(10),
-                warmup: Duration::from_secs(2),
-                drain: Duration::from_secs(2),
-                room: "bench".into(),
-                text: false,
-            };
+            let mut c = fanout_defaults();
             for (f, v) in &flags {
-                if common_flag(&mut common, f, v)? {
+                if common_flag(&mut common, f, v)? || fanout_flag(&mut c, f, v)? {
                     continue;
                 }
                 match f.as_str() {
-                    "--subscribers" => c.subscribers = num(f, v)?,
-                    "--publishers" => c.publishers = num(f, v)?,
-                    "--size" => c.size = num(f, v)?,
-                    "--rate" => {
-                        c.rate = num(f, v)?;
-                        if !(c.rate >= 0.0 && c.rate.is_finite()) {
-                            return Err(format!("invalid value for {f}: '{v}' (must be >= 0)"));
-                        }
-                    }
-                    "--window" => c.window = num(f, v)?,
-                    "--duration" => c.duration = secs(f, v)?,
-                    "--warmup" => c.warmup = secs(f, v)?,
-                    "--drain" => c.drain = secs(f, v)?,
-                    "--room" => c.room = v.clone(),
                     "--text" => c.text = true,
                     _ => return Err(format!("unknown flag '{f}' for mode fanout")),
                 }
             }
-            if c.publishers == 0 || c.publishers > u32::MAX as usize {
-                return Err("invalid value for --publishers: must be >= 1".into());
-            }
-            if c.window == 0 {
-                return Err("invalid value for --window: must be >= 1".into());
-            }
-            if c.duration.is_zero() {
-                return Err("invalid value for --duration: must be > 0".into());
-            }
-            if c.room.is_empty() {
-                return Err("invalid value for --room: empty".into());
-            }
-            check_size("--size", c.size, c.text)?;
+            check_fanout(&c, " with --text")?;
             c.common = common;
             Ok(Command::Fanout(c))
+        }
+        "sse" => {
+            let mut c = Sse {
+                fanout: Fanout {
+                    text: true,
+                    ..fanout_defaults()
+                },
+                publish: PublishVia::Ws,
+                ws_path: "/ws/chat".into(),
+                api_key: None,
+            };
+            for (f, v) in &flags {
+                if common_flag(&mut common, f, v)? || fanout_flag(&mut c.fanout, f, v)? {
+                    continue;
+                }
+                match f.as_str() {
+                    "--publish" => {
+                        c.publish = match v.as_str() {
+                            "ws" => PublishVia::Ws,
+                            "http" => PublishVia::Http,
+                            _ => {
+                                return Err(format!(
+                                    "invalid value for {f}: '{v}' (expected ws or http)"
+                                ))
+                            }
+                        }
+                    }
+                    "--ws-path" => {
+                        if !v.starts_with('/') {
+                            return Err(format!(
+                                "invalid value for {f}: '{v}' (must start with '/')"
+                            ));
+                        }
+                        c.ws_path = v.clone();
+                    }
+                    "--api-key" => {
+                        if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
+                            return Err(format!(
+                                "invalid value for {f}: empty or control characters"
+                            ));
+                        }
+                        c.api_key = Some(v.clone());
+                    }
+                    "--text" => {
+                        return Err("--text is implied in mode sse (SSE carries text)".to_string())
+                    }
+                    _ => return Err(format!("unknown flag '{f}' for mode sse")),
+                }
+            }
+            check_fanout(&c.fanout, ": SSE payloads carry the 44-byte text head")?;
+            c.fanout.common = common;
+            Ok(Command::Sse(c))
         }
         "echo" => {
             let mut c = Echo {
@@ -376,7 +494,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             if c.duration.is_zero() {
                 return Err("invalid value for --duration: must be > 0".into());
             }
-            check_size("--size", c.size, c.text)?;
+            check_size("--size", c.size, c.text, " with --text")?;
             c.common = common;
             Ok(Command::Echo(c))
         }
@@ -402,7 +520,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             Ok(Command::Idle(c))
         }
         other => Err(format!(
-            "unknown mode '{other}' (expected fanout, echo or idle)"
+            "unknown mode '{other}' (expected fanout, sse, echo or idle)"
         )),
     }
 }
@@ -426,6 +544,33 @@ mod tests {
         assert_eq!(f.rate, 1000.0);
         assert!(f.text);
         assert_eq!(f.common.targets, vec!["127.0.0.1:9".to_string()]);
+    }
+
+    #[test]
+    fn parses_sse() {
+        let Ok(Command::Sse(s)) = p("sse --subscribers 7 --publish http --api-key k --size 44")
+        else {
+            panic!("expected sse");
+        };
+        assert_eq!(s.fanout.subscribers, 7);
+        assert_eq!(s.publish, PublishVia::Http);
+        assert_eq!(s.api_key.as_deref(), Some("k"));
+        assert!(s.fanout.text);
+        assert_eq!(s.ws_path, "/ws/chat");
+        let Ok(Command::Sse(s)) = p("sse --path /events --ws-path=/ws/x") else {
+            panic!("expected sse");
+        };
+        assert_eq!(s.publish, PublishVia::Ws);
+        assert_eq!(s.fanout.common.path.as_deref(), Some("/events"));
+        assert_eq!(s.ws_path, "/ws/x");
+        let e = p("sse --size 43").unwrap_err();
+        assert!(e.contains("--size"), "{e}");
+        let e = p("sse --publish udp").unwrap_err();
+        assert!(e.contains("--publish"), "{e}");
+        let e = p("sse --text").unwrap_err();
+        assert!(e.contains("--text"), "{e}");
+        let e = p("fanout --publish ws").unwrap_err();
+        assert!(e.contains("--publish"), "{e}");
     }
 
     #[test]

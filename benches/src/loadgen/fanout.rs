@@ -19,41 +19,52 @@ use crate::loadgen::args::Fanout;
 use crate::loadgen::net::{self, Ctl, OnMessage, SourcePlan, Target};
 use crate::loadgen::pacer::Pacer;
 use crate::loadgen::payload::{self, FrameTemplate, Head};
-use crate::loadgen::server_stats;
+use crate::loadgen::server_stats::{self, ServerCounters};
 use crate::loadgen::stats::{self, ThreadStats, COUNTERS, PHASE, WINDOW};
 use crate::loadgen::ws::FrameReader;
 
-/// Publishers that completed the handshake.
-static PUBS_UP: AtomicU64 = AtomicU64::new(0);
-/// Publishers whose writer loop has finished.
-static PUBS_DONE: AtomicU64 = AtomicU64::new(0);
+/// Publishers that are up (WebSocket handshake done, or HTTP API probe answered).
+pub static PUBS_UP: AtomicU64 = AtomicU64::new(0);
+/// Publishers whose writer loop has finished (all their messages acknowledged or given up).
+pub static PUBS_DONE: AtomicU64 = AtomicU64::new(0);
 
 /// Publishing schedule handed to every publisher at once.
 #[derive(Debug, Clone, Copy)]
-struct Go {
+pub struct Go {
     /// Schedule origin (message 0 of publisher 0).
-    t0: Instant,
+    pub t0: Instant,
     /// Stop publishing at this instant (end of the measured window).
-    stop: Instant,
+    pub stop: Instant,
 }
 
-/// Configuration shared by every connection task.
+/// Configuration shared by every connection task (also used by `sse`).
 #[derive(Debug)]
-struct Shared {
-    targets: Vec<Target>,
-    plan: SourcePlan,
-    resource: String,
-    timeout: Duration,
-    size: usize,
-    text: bool,
-    publishers: usize,
-    rate: f64,
-    window: u64,
-    go: watch::Receiver<Option<Go>>,
+pub struct Shared {
+    /// Servers (connection `i` goes to `targets[i % len]`).
+    pub targets: Vec<Target>,
+    /// Source-address plan.
+    pub plan: SourcePlan,
+    /// WebSocket resource (path and query) of publishers and fanout subscribers.
+    pub resource: String,
+    /// Connect and handshake timeout.
+    pub timeout: Duration,
+    /// Payload bytes.
+    pub size: usize,
+    /// Text payloads (hex head) instead of binary.
+    pub text: bool,
+    /// Number of publishers.
+    pub publishers: usize,
+    /// Total messages per second (0 = windowed max).
+    pub rate: f64,
+    /// Max unacknowledged messages per publisher.
+    pub window: u64,
+    /// The schedule, once the ramp is done.
+    pub go: watch::Receiver<Option<Go>>,
 }
 
 impl Shared {
-    fn endpoint(&self, i: usize) -> (&Target, Option<std::net::IpAddr>) {
+    /// Target and source address of connection `i`.
+    pub fn endpoint(&self, i: usize) -> (&Target, Option<std::net::IpAddr>) {
         let t = &self.targets[i % self.targets.len()];
         (t, self.plan.source_for(i, &t.addr))
     }
@@ -96,7 +107,32 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
         window: cfg.window,
         go: go_rx,
     });
+    spawn_progress("fanout", total, String::new);
+    let ph = run_phases("fanout", &cfg, &targets, go_tx, {
+        let sh = sh.clone();
+        move |i| {
+            let sh = sh.clone();
+            if i < n_subs {
+                tokio::spawn(subscriber(i, sh));
+            } else {
+                tokio::spawn(publisher((i - n_subs) as u32, i, sh));
+            }
+        }
+    })
+    .await;
+    let m = stats::merged();
+    let mut result = report("fanout", &cfg, &ph, &m);
+    result["server"] = server_stats::delta_json(ph.before, ph.after, cfg.duration.as_secs_f64());
+    Ok((result, ph.subs_up + ph.pubs_up > 0))
+}
 
+/// Spawns the once-a-second progress line shared by `fanout` and `sse`;
+/// `extra()` is appended to it.
+pub fn spawn_progress(
+    label: &'static str,
+    total: usize,
+    extra: impl Fn() -> String + Send + 'static,
+) {
     let mut last_deliv = 0u64;
     let mut last_pub = 0u64;
     stats::spawn_progress(move |t, dt| {
@@ -104,7 +140,7 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
         let p = COUNTERS.published_total.load(Relaxed);
         let (p99, n) = stats::take_interval();
         let line = format!(
-            "[fanout {t:>5.1}s {:<7}] conns {}/{} live, {} failed | pub {:.0}/s | deliv {:.0}/s | p99 1s {} | p99 window {} | closed {}",
+            "[{label} {t:>5.1}s {:<7}] conns {}/{} live, {} failed | pub {:.0}/s | deliv {:.0}/s | p99 1s {} | p99 window {} | closed {}{}",
             stats::phase_name(PHASE.load(Relaxed)),
             COUNTERS.live.load(Relaxed),
             total,
@@ -114,30 +150,52 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
             if n > 0 { stats::fmt_us(p99) } else { "-".into() },
             stats::window_p99().map_or_else(|| "-".into(), stats::fmt_us),
             COUNTERS.closed_by_server.load(Relaxed),
+            extra(),
         );
         last_deliv = d;
         last_pub = p;
         line
     });
+}
 
+/// What the shared fan-out schedule observed.
+#[derive(Debug, Clone, Copy)]
+pub struct Phases {
+    /// Seconds the ramp took.
+    pub ramp_s: f64,
+    /// Subscribers connected at the end of the ramp.
+    pub subs_up: u64,
+    /// Publishers up at the end of the ramp.
+    pub pubs_up: u64,
+    /// Subscribers alive when the window opened (deliveries expected per message).
+    pub subs_at_w0: u64,
+    /// Seconds spent draining after the window.
+    pub drain_s: f64,
+    /// Server `/stats` at the window start.
+    pub before: Option<ServerCounters>,
+    /// Server `/stats` at the window end.
+    pub after: Option<ServerCounters>,
+}
+
+/// The run shared by `fanout` and `sse`: opens `subscribers + publishers`
+/// connections with `spawn(i)` (subscribers first), hands out the schedule,
+/// waits out warmup and window (snapshotting `/stats` at both ends), then
+/// drains until every publisher is done and the window's deliveries are in.
+pub async fn run_phases(
+    label: &str,
+    cfg: &Fanout,
+    targets: &[Target],
+    go_tx: watch::Sender<Option<Go>>,
+    spawn: impl FnMut(usize),
+) -> Phases {
+    let (n_subs, n_pubs) = (cfg.subscribers, cfg.publishers);
     let ramp_start = Instant::now();
-    {
-        let sh = sh.clone();
-        net::ramp(total, cfg.common.connect_rate, move |i| {
-            let sh = sh.clone();
-            if i < n_subs {
-                tokio::spawn(subscriber(i, sh));
-            } else {
-                tokio::spawn(publisher((i - n_subs) as u32, i, sh));
-            }
-        })
-        .await;
-    }
+    net::ramp(n_subs + n_pubs, cfg.common.connect_rate, spawn).await;
     let ramp_s = ramp_start.elapsed().as_secs_f64();
     let subs_up = COUNTERS.live_subs.load(Relaxed);
     let pubs_up = PUBS_UP.load(Relaxed);
     eprintln!(
-        "loadgen fanout: ramp done in {ramp_s:.2}s: {subs_up}/{n_subs} subscribers, {pubs_up}/{n_pubs} publishers connected"
+        "loadgen {label}: ramp done in {ramp_s:.2}s: {subs_up}/{n_subs} subscribers, {pubs_up}/{n_pubs} publishers connected"
     );
 
     // Nothing connected: report at once instead of waiting out the run.
@@ -161,12 +219,12 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
     PHASE.store(stats::PHASE_MEASURE, Relaxed);
     let subs_at_w0 = COUNTERS.live_subs.load(Relaxed);
     let before = tokio::spawn({
-        let t = targets.clone();
+        let t = targets.to_vec();
         async move { server_stats::fetch(&t).await }
     });
     tokio::time::sleep_until(w1).await;
     let after = tokio::spawn({
-        let t = targets.clone();
+        let t = targets.to_vec();
         async move { server_stats::fetch(&t).await }
     });
     PHASE.store(stats::PHASE_DRAIN, Relaxed);
@@ -185,31 +243,40 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let drain_s = (Instant::now() - w1).as_secs_f64();
-    let before = before.await.ok().flatten();
-    let after = after.await.ok().flatten();
+    Phases {
+        ramp_s,
+        subs_up,
+        pubs_up,
+        subs_at_w0,
+        drain_s,
+        before: before.await.ok().flatten(),
+        after: after.await.ok().flatten(),
+    }
+}
 
-    let m = stats::merged();
+/// The result fields shared by `fanout` and `sse` (everything but `server`).
+pub fn report(mode: &str, cfg: &Fanout, ph: &Phases, m: &ThreadStats) -> Value {
     let dur = cfg.duration.as_secs_f64();
-    let expected = m.published_window * subs_at_w0;
+    let expected = m.published_window * ph.subs_at_w0;
     let lost = expected.saturating_sub(m.deliveries_window);
     let round = |x: f64| (x * 10.0).round() / 10.0;
-    let result = json!({
-        "mode": "fanout",
-        "subscribers": n_subs,
-        "publishers": n_pubs,
+    json!({
+        "mode": mode,
+        "subscribers": cfg.subscribers,
+        "publishers": cfg.publishers,
         "size": cfg.size,
         "text": cfg.text,
         "rate": cfg.rate,
         "duration_s": dur,
         "warmup_s": cfg.warmup.as_secs_f64(),
         "connected": {
-            "subscribers": subs_up,
-            "publishers": pubs_up,
+            "subscribers": ph.subs_up,
+            "publishers": ph.pubs_up,
             "failed": COUNTERS.failed.load(Relaxed),
             "errors": COUNTERS.errors_json(),
-            "ramp_s": stats::round2(ramp_s),
+            "ramp_s": stats::round2(ph.ramp_s),
         },
-        "subscribers_at_window_start": subs_at_w0,
+        "subscribers_at_window_start": ph.subs_at_w0,
         "published": m.published_window,
         "published_per_sec": round(m.published_window as f64 / dur),
         "expected": expected,
@@ -220,18 +287,17 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
         "gaps": m.gap_lost,
         "reordered": m.reordered,
         "foreign": m.foreign,
-        "drain_s": stats::round2(drain_s),
+        "drain_s": stats::round2(ph.drain_s),
         "latency_us": stats::latency_json(&m.lat),
         "send_lag_us": if cfg.rate > 0.0 { stats::latency_json(&m.lag) } else { Value::Null },
         "server_closed": COUNTERS.closes_json(),
-        "server": server_stats::delta_json(before, after, dur),
-    });
-    Ok((result, subs_up + pubs_up > 0))
+    })
 }
 
-/// Subscriber-side message accounting (one per subscriber connection).
+/// Subscriber-side message accounting (one per subscriber connection; also
+/// fed by `sse` subscribers).
 #[derive(Debug)]
-struct SubHandler {
+pub struct SubHandler {
     /// Next expected sequence number per publisher.
     expected: Vec<u64>,
     /// Payload size every loadgen message must have.
@@ -279,7 +345,18 @@ impl OnMessage for SubHandler {
 }
 
 impl SubHandler {
-    fn flush(&mut self) {
+    /// Accounting for `publishers` publishers sending `size`-byte payloads.
+    pub fn new(publishers: usize, size: usize) -> Self {
+        SubHandler {
+            expected: vec![0u64; publishers],
+            size: size as u64,
+            delivered: 0,
+            gaps: 0,
+        }
+    }
+
+    /// Moves the local delivery and gap counts to the global counters (once per read).
+    pub fn flush(&mut self) {
         if self.delivered > 0 {
             COUNTERS
                 .deliveries_total
@@ -301,12 +378,7 @@ async fn subscriber(i: usize, sh: Arc<Shared>) {
     COUNTERS.live_subs.fetch_add(1, Relaxed);
     let mut reader = FrameReader::new();
     let mut ctl = Ctl::new(conn.rng.mask(), true);
-    let mut handler = SubHandler {
-        expected: vec![0u64; sh.publishers],
-        size: sh.size as u64,
-        delivered: 0,
-        gaps: 0,
-    };
+    let mut handler = SubHandler::new(sh.publishers, sh.size);
     let early = net::feed(
         &mut reader,
         &mut ctl,
@@ -381,7 +453,9 @@ async fn publisher_reader(
     state.notify.notify_one();
 }
 
-async fn publisher(id: u32, i: usize, sh: Arc<Shared>) {
+/// WebSocket publisher `id` (connection index `i`): a room member that sends
+/// per the schedule and takes its own messages coming back as acks.
+pub async fn publisher(id: u32, i: usize, sh: Arc<Shared>) {
     let (target, source) = sh.endpoint(i);
     let Some(mut conn) = net::open_ws(i, target, source, &sh.resource, sh.timeout).await else {
         return;
@@ -428,6 +502,19 @@ async fn publisher(id: u32, i: usize, sh: Arc<Shared>) {
         write_loop(id, &stream, &sh, go, mask, &state).await;
     }
     PUBS_DONE.fetch_add(1, Relaxed);
+}
+
+/// Global flow-control guard for windowed (rate 0) publishing: true when the
+/// subscribers are on average more than `per_sub` messages behind what has
+/// been published (publishers then pause for a millisecond).
+pub fn subscribers_behind(per_sub: u64) -> bool {
+    let subs = COUNTERS.live_subs.load(Relaxed);
+    if subs == 0 {
+        return false;
+    }
+    let want = COUNTERS.published_total.load(Relaxed) * subs;
+    let done = COUNTERS.deliveries_total.load(Relaxed) + COUNTERS.gaps_total.load(Relaxed);
+    want > done + per_sub * subs
 }
 
 async fn write_loop(
@@ -481,16 +568,9 @@ async fn write_loop(
                 let _ = tokio::time::timeout_at(go.stop, state.notify.notified()).await;
                 continue;
             }
-            // Global guard: don't let subscribers fall more than window x P messages behind on average.
-            let subs = COUNTERS.live_subs.load(Relaxed);
-            if subs > 0 {
-                let want = COUNTERS.published_total.load(Relaxed) * subs;
-                let done =
-                    COUNTERS.deliveries_total.load(Relaxed) + COUNTERS.gaps_total.load(Relaxed);
-                if want > done + guard_per_sub * subs {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                    continue;
-                }
+            if subscribers_behind(guard_per_sub) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
             }
             (sh.window - inflight).min(max_batch)
         };

@@ -15,6 +15,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::loadgen::event_stream;
 use crate::loadgen::stats::{self, ThreadStats, COUNTERS};
 use crate::loadgen::ws::{self, Event, FrameReader, HandshakeError, ProtocolError, Rng};
 
@@ -195,7 +196,7 @@ pub fn record_failure(err: &ConnError, target: &Target) {
         ConnError::Handshake(HandshakeError::Rejected(code)) => {
             COUNTERS.err_rejected.fetch_add(1, Relaxed);
             warn_once(6, || {
-                format!("{} rejected the upgrade with HTTP {code}", target.host)
+                format!("{} answered the handshake with HTTP {code}", target.host)
             });
         }
         ConnError::Handshake(HandshakeError::Io(e)) => {
@@ -234,7 +235,9 @@ pub struct WsConn {
     pub rng: Rng,
 }
 
-async fn connect_tcp(
+/// Opens a TCP connection to `target` (non-blocking, `TCP_NODELAY`), bound to
+/// `source` if given (port chosen at connect time), bounded by `timeout`.
+pub async fn connect_tcp(
     target: &Target,
     source: Option<IpAddr>,
     timeout: Duration,
@@ -272,16 +275,9 @@ async fn connect_tcp(
     }
 }
 
-async fn handshake(
-    stream: &TcpStream,
-    target: &Target,
-    resource: &str,
-    rng: &mut Rng,
-) -> Result<Vec<u8>, HandshakeError> {
-    let (req, key) = ws::upgrade_request(&target.host, resource, rng);
-    write_all(stream, req.as_bytes())
-        .await
-        .map_err(HandshakeError::Io)?;
+/// Reads an HTTP response head (at most 4 KiB); returns the buffer and the
+/// position just past the blank line (bytes after it are the start of the body).
+pub async fn read_head(stream: &TcpStream) -> Result<(Vec<u8>, usize), HandshakeError> {
     let mut buf = vec![0u8; 4096];
     let mut have = 0usize;
     loop {
@@ -294,8 +290,8 @@ async fn handshake(
             Ok(n) => {
                 have += n;
                 if let Some(end) = ws::find_head_end(&buf[..have]) {
-                    ws::check_response(&buf[..end], &key)?;
-                    return Ok(buf[end..have].to_vec());
+                    buf.truncate(have);
+                    return Ok((buf, end));
                 }
             }
             Err(e)
@@ -304,6 +300,83 @@ async fn handshake(
             Err(e) => return Err(HandshakeError::Io(e)),
         }
     }
+}
+
+async fn handshake(
+    stream: &TcpStream,
+    target: &Target,
+    resource: &str,
+    rng: &mut Rng,
+) -> Result<Vec<u8>, HandshakeError> {
+    let (req, key) = ws::upgrade_request(&target.host, resource, rng);
+    write_all(stream, req.as_bytes())
+        .await
+        .map_err(HandshakeError::Io)?;
+    let (buf, end) = read_head(stream).await?;
+    ws::check_response(&buf[..end], &key)?;
+    Ok(buf[end..].to_vec())
+}
+
+async fn sse_handshake(
+    stream: &TcpStream,
+    target: &Target,
+    resource: &str,
+) -> Result<Vec<u8>, HandshakeError> {
+    let req = event_stream::request(&target.host, resource);
+    write_all(stream, req.as_bytes())
+        .await
+        .map_err(HandshakeError::Io)?;
+    let (buf, end) = read_head(stream).await?;
+    event_stream::check_response(&buf[..end])?;
+    Ok(buf[end..].to_vec())
+}
+
+/// Counts a finished connection attempt (success or failure).
+fn finish_attempt<T>(result: Result<T, ConnError>, target: &Target) -> Option<T> {
+    COUNTERS.attempts_done.fetch_add(1, Relaxed);
+    match result {
+        Ok(c) => {
+            COUNTERS.connected.fetch_add(1, Relaxed);
+            COUNTERS.live.fetch_add(1, Relaxed);
+            Some(c)
+        }
+        Err(e) => {
+            record_failure(&e, target);
+            None
+        }
+    }
+}
+
+/// An open Server-Sent Events stream right after the response head.
+#[derive(Debug)]
+pub struct SseConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes received after the response head (start of the event stream).
+    pub leftover: Vec<u8>,
+}
+
+/// Connects to `target` (from `source` if given) and opens an event stream with
+/// `GET resource` (`Accept: text/event-stream`); the response must be
+/// `HTTP/1.1 200` with `Content-Type: text/event-stream`. Each step is bounded
+/// by `timeout`; counters are updated as for [`open_ws`].
+pub async fn open_sse(
+    target: &Target,
+    source: Option<IpAddr>,
+    resource: &str,
+    timeout: Duration,
+) -> Option<SseConn> {
+    let result = async {
+        let stream = connect_tcp(target, source, timeout).await?;
+        let leftover =
+            match tokio::time::timeout(timeout, sse_handshake(&stream, target, resource)).await {
+                Ok(r) => r.map_err(ConnError::Handshake)?,
+                Err(_) => return Err(ConnError::Timeout("event-stream request")),
+            };
+        Ok(SseConn { stream, leftover })
+    }
+    .await;
+    finish_attempt(result, target)
 }
 
 /// Connects to `target` (from `source` if given) and performs the WebSocket
@@ -333,18 +406,7 @@ pub async fn open_ws(
         })
     }
     .await;
-    COUNTERS.attempts_done.fetch_add(1, Relaxed);
-    match result {
-        Ok(c) => {
-            COUNTERS.connected.fetch_add(1, Relaxed);
-            COUNTERS.live.fetch_add(1, Relaxed);
-            Some(c)
-        }
-        Err(e) => {
-            record_failure(&e, target);
-            None
-        }
-    }
+    finish_attempt(result, target)
 }
 
 /// Writes all of `buf`, waiting for writability as needed (works on `&TcpStream`,
@@ -553,7 +615,9 @@ pub fn resource(path: &str, room: Option<&str>) -> String {
     }
 }
 
-fn url_encode(s: &str) -> String {
+/// Percent-encodes everything but RFC 3986 unreserved characters (for query
+/// values and path segments).
+pub fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -46,17 +46,41 @@ fn put_hex(out: &mut [u8], v: u64) {
     }
 }
 
-fn get_hex(bytes: &[u8]) -> Option<u64> {
-    let mut v = 0u64;
-    for &b in bytes {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u64::from(d);
+/// 8 lowercase hex digits (first = most significant) to their value, 8 bytes
+/// at a time; `None` if any byte is not in `0-9a-f`.
+#[inline]
+fn hex8(b: &[u8]) -> Option<u64> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    let x = u64::from_be_bytes(a);
+    if x & HI != 0 {
+        return None;
     }
-    Some(v)
+    // Bytes are < 0x80, so adding < 0x80 per byte never carries into the next:
+    // bit 7 of byte + (0x80 - c) is set iff byte >= c.
+    let ge = |c: u64| x.wrapping_add(LO * (0x80 - c)) & HI;
+    let digit = ge(0x30) & !ge(0x3a);
+    let af = ge(0x61) & !ge(0x67);
+    if digit | af != HI {
+        return None;
+    }
+    // Nibble values: low nibble, + 9 for letters (0x6N, bit 6 set).
+    let n = (x & (LO * 0x0f)) + ((x >> 6) & LO) * 9;
+    // Pack 8 nibbles (one per byte, big-endian) into 32 bits.
+    let n = ((n >> 4) | n) & 0x00FF_00FF_00FF_00FF;
+    let n = ((n >> 8) | n) & 0x0000_FFFF_0000_FFFF;
+    Some(((n >> 16) | n) & 0xFFFF_FFFF)
+}
+
+/// 8 or 16 lowercase hex digits to their value.
+fn get_hex(bytes: &[u8]) -> Option<u64> {
+    match bytes.len() {
+        8 => hex8(bytes),
+        16 => Some((hex8(&bytes[..8])? << 32) | hex8(&bytes[8..])?),
+        _ => None,
+    }
 }
 
 /// Writes the encoded head into `out[..min_size(text)]`.
@@ -167,6 +191,50 @@ mod tests {
             }
         }
         assert_eq!(decode_head(OP_BINARY, b"nope-nope-nope-nope-nope"), None);
+    }
+
+    #[test]
+    fn hex_decoding_is_strict() {
+        let naive = |b: &[u8]| -> Option<u64> {
+            b.iter().try_fold(0u64, |v, &c| {
+                let d = match c {
+                    b'0'..=b'9' => c - b'0',
+                    b'a'..=b'f' => c - b'a' + 10,
+                    _ => return None,
+                };
+                Some((v << 4) | u64::from(d))
+            })
+        };
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let alphabet = b"0123456789abcdefABCDEF/:`g\x00\x80\xff\xb0\xe1 x";
+        for i in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut b = [0u8; 16];
+            for (j, c) in b.iter_mut().enumerate() {
+                // Mostly valid digits, sometimes one odd byte.
+                let k = (x >> (j * 4)) as usize;
+                *c = if i % 3 == 0 && j == (x as usize >> 60) {
+                    alphabet[k % alphabet.len()]
+                } else {
+                    alphabet[k % 16]
+                };
+            }
+            assert_eq!(get_hex(&b), naive(&b), "{b:?}");
+            assert_eq!(get_hex(&b[..8]), naive(&b[..8]), "{b:?}");
+        }
+        assert_eq!(get_hex(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(get_hex(b"0123456789abcdef"), Some(0x0123_4567_89ab_cdef));
+        for bad in [
+            b"0000000/",
+            b"0000000:",
+            b"0000000`",
+            b"0000000g",
+            b"0000000A",
+        ] {
+            assert_eq!(get_hex(bad), None);
+        }
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub struct ServerCounters {
     pub frames_written: u64,
     /// `send`/`write` calls (writev counts once).
     pub writes: u64,
+    /// Bytes written to sockets (0 if the server does not report it).
+    pub bytes_written: u64,
+    /// Connections accepted since start (0 if not reported).
+    pub accepted: u64,
+    /// Connections closed as slow consumers (0 if not reported).
+    pub slow_consumers: u64,
 }
 
 fn field(v: &Value, name: &str) -> Option<u64> {
@@ -90,6 +96,9 @@ async fn fetch_one(target: &Target) -> Option<ServerCounters> {
             connections: field(&v, "connections").unwrap_or(0),
             frames_written: field(&v, "frames_written")?,
             writes: field(&v, "writes")?,
+            bytes_written: field(&v, "bytes_written").unwrap_or(0),
+            accepted: field(&v, "accepted").unwrap_or(0),
+            slow_consumers: field(&v, "slow_consumers").unwrap_or(0),
         })
     };
     tokio::time::timeout(Duration::from_secs(2), work)
@@ -97,7 +106,8 @@ async fn fetch_one(target: &Target) -> Option<ServerCounters> {
         .ok()?
 }
 
-fn content_length(head: &[u8]) -> Option<usize> {
+/// The `Content-Length` of a response head, if present and valid.
+pub fn content_length(head: &[u8]) -> Option<usize> {
     let text = std::str::from_utf8(head).ok()?;
     text.split("\r\n").find_map(|line| {
         let (name, value) = line.split_once(':')?;
@@ -119,6 +129,9 @@ pub async fn fetch(targets: &[Target]) -> Option<ServerCounters> {
         sum.connections += c.connections;
         sum.frames_written += c.frames_written;
         sum.writes += c.writes;
+        sum.bytes_written += c.bytes_written;
+        sum.accepted += c.accepted;
+        sum.slow_consumers += c.slow_consumers;
     }
     Some(sum)
 }
@@ -130,20 +143,45 @@ pub fn delta_json(
     after: Option<ServerCounters>,
     secs: f64,
 ) -> Value {
-    match (before, after) {
-        (Some(b), Some(a)) => {
-            let frames = a.frames_written.saturating_sub(b.frames_written);
-            let writes = a.writes.saturating_sub(b.writes);
-            json!({
-                "frames_written": frames,
-                "writes": writes,
-                "frames_per_write": if writes > 0 { Some(((frames as f64 / writes as f64) * 100.0).round() / 100.0) } else { None },
-                "frames_per_sec": if secs > 0.0 { (frames as f64 / secs).round() } else { 0.0 },
-                "connections": b.connections,
-            })
-        }
-        _ => Value::Null,
-    }
+    delta_json_as(before, after, secs, "frames")
+}
+
+/// [`delta_json`] with the server's `frames_written` reported as `{unit}_written`,
+/// `{unit}_per_write` and `{unit}_per_sec` (e.g. `chunks` for SSE, where the
+/// server's "frames" are event-stream chunks).
+pub fn delta_json_as(
+    before: Option<ServerCounters>,
+    after: Option<ServerCounters>,
+    secs: f64,
+    unit: &str,
+) -> Value {
+    let (Some(b), Some(a)) = (before, after) else {
+        return Value::Null;
+    };
+    let frames = a.frames_written.saturating_sub(b.frames_written);
+    let writes = a.writes.saturating_sub(b.writes);
+    let bytes = a.bytes_written.saturating_sub(b.bytes_written);
+    let round2 = |x: f64| (x * 100.0).round() / 100.0;
+    let mut v = json!({
+        "writes": writes,
+        "bytes_written": bytes,
+        "bytes_per_write": if writes > 0 { Some(round2(bytes as f64 / writes as f64)) } else { None },
+        "accepted": a.accepted.saturating_sub(b.accepted),
+        "slow_consumers": a.slow_consumers.saturating_sub(b.slow_consumers),
+        "connections": b.connections,
+    });
+    v[format!("{unit}_written")] = json!(frames);
+    v[format!("{unit}_per_write")] = json!(if writes > 0 {
+        Some(round2(frames as f64 / writes as f64))
+    } else {
+        None
+    });
+    v[format!("{unit}_per_sec")] = json!(if secs > 0.0 {
+        (frames as f64 / secs).round()
+    } else {
+        0.0
+    });
+    v
 }
 
 #[cfg(test)]
@@ -160,5 +198,29 @@ mod tests {
             content_length(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"),
             Some(12)
         );
+    }
+
+    #[test]
+    fn delta_names_the_unit() {
+        let b = ServerCounters {
+            frames_written: 10,
+            writes: 5,
+            bytes_written: 100,
+            ..ServerCounters::default()
+        };
+        let a = ServerCounters {
+            frames_written: 30,
+            writes: 10,
+            bytes_written: 600,
+            ..b
+        };
+        let v = delta_json_as(Some(b), Some(a), 2.0, "chunks");
+        assert_eq!(v["chunks_written"], 20);
+        assert_eq!(v["chunks_per_write"], 4.0);
+        assert_eq!(v["chunks_per_sec"], 10.0);
+        assert_eq!(v["bytes_per_write"], 100.0);
+        assert!(v.get("frames_written").is_none());
+        assert_eq!(delta_json(Some(b), Some(a), 2.0)["frames_per_write"], 4.0);
+        assert!(delta_json(None, Some(a), 2.0).is_null());
     }
 }

@@ -106,7 +106,7 @@ counters! {
     failed,
     /// Connections currently open.
     live,
-    /// Subscriber connections currently open (fanout).
+    /// Subscriber connections currently open (fanout, sse).
     live_subs,
     /// Connections the server ended (EOF, reset or close frame).
     closed_by_server,
@@ -222,6 +222,10 @@ pub struct ThreadStats {
     pub foreign: u64,
     /// Messages published (fully written) with a timestamp inside the window.
     pub published_window: u64,
+    /// HTTP publishers: TCP connect time of window POSTs (µs).
+    pub post_connect: Histogram<u64>,
+    /// HTTP publishers: POST start (connect) to complete 200 response, window POSTs (µs).
+    pub post_ack: Histogram<u64>,
 }
 
 impl ThreadStats {
@@ -235,6 +239,8 @@ impl ThreadStats {
             reordered: 0,
             foreign: 0,
             published_window: 0,
+            post_connect: new_histogram(),
+            post_ack: new_histogram(),
         }
     }
 }
@@ -268,6 +274,8 @@ pub fn merged() -> ThreadStats {
         // Same bounds everywhere, so adding cannot fail.
         let _ = out.lat.add(&s.lat);
         let _ = out.lag.add(&s.lag);
+        let _ = out.post_connect.add(&s.post_connect);
+        let _ = out.post_ack.add(&s.post_ack);
         out.deliveries_window += s.deliveries_window;
         out.gap_lost += s.gap_lost;
         out.reordered += s.reordered;
