@@ -112,13 +112,18 @@ fn serve(args: &[String]) -> ExitCode {
         };
     }
     let engine = Engine::new(config);
-    let endpoints: Vec<String> = engine
-        .config()
+    let cfg = engine.config();
+    let mut endpoints: Vec<String> = cfg
         .websocket
         .endpoints
         .iter()
-        .map(|e| format!("{} ({:?})", e.path, e.kind))
+        .map(|e| format!("ws {} ({:?})", e.path, e.kind))
         .collect();
+    endpoints.extend(cfg.sse.endpoints.iter().map(|e| format!("sse {}", e.path)));
+    endpoints.push(match cfg.api.resolved_key() {
+        Some(_) => "api /api/rooms/{room}".to_string(),
+        None => "api disabled (no api.key)".to_string(),
+    });
     let running = match engine.start() {
         Ok(r) => r,
         Err(e) => {
@@ -132,7 +137,9 @@ fn serve(args: &[String]) -> ExitCode {
         eprintln!("corecast: cannot install signal handlers: {e}");
         return ExitCode::from(1);
     }
-    println!(
+    // A closed stdout (e.g. piped into `head`) must not take the server down.
+    let _ = writeln!(
+        std::io::stdout(),
         "corecast listening on ws://{} ({} shards; endpoints: {}; stats: http://{}/stats)",
         running.local_addr(),
         handle.shards(),
@@ -142,7 +149,7 @@ fn serve(args: &[String]) -> ExitCode {
     let _ = std::io::stdout().flush();
     match running.wait() {
         Ok(()) => {
-            println!("corecast: shut down cleanly");
+            let _ = writeln!(std::io::stdout(), "corecast: shut down cleanly");
             ExitCode::SUCCESS
         }
         Err(e) => {
