@@ -232,6 +232,17 @@ impl Conn {
         self.transport == Transport::Sse
     }
 
+    /// The shared name of a room this connection is in (the room table's copy, so
+    /// no allocation); a fresh one if it is not in the room.
+    pub(crate) fn room_name(&self, room: &str) -> Arc<str> {
+        self.rooms
+            .borrow()
+            .iter()
+            .find(|r| &***r == room)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(room))
+    }
+
     /// Whether a replay of `room` is still on its way.
     pub(crate) fn is_replaying(&self, room: &str) -> bool {
         self.resume
@@ -283,16 +294,7 @@ impl Conn {
         let state = guard.get_or_insert_with(Box::default);
         match state.cursors.iter_mut().find(|(r, _)| &**r == room) {
             Some((_, p)) => *p = pos,
-            None => {
-                let name = self
-                    .rooms
-                    .borrow()
-                    .iter()
-                    .find(|r| &***r == room)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from(room));
-                state.cursors.push((name, pos));
-            }
+            None => state.cursors.push((self.room_name(room), pos)),
         }
         state.cursors.clone()
     }

@@ -584,13 +584,7 @@ impl Shard {
             return;
         }
         let owner = owner_of(room, self.senders().len());
-        let room: Arc<str> = conn
-            .rooms
-            .borrow()
-            .iter()
-            .find(|r| &***r == room)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(room));
+        let room = conn.room_name(room);
         conn.begin_replay(room.clone());
         self.send_reliable(
             owner,
