@@ -9,11 +9,12 @@
 //! takes [`WsCallbacks`] and costs no task per connection (the built-in `rooms` and
 //! `echo` endpoints use it).
 //!
-//! ```no_run
+//! ```
 //! use corecast::{Config, Engine, Message};
 //!
 //! let mut config = Config::default();
 //! config.listen = "127.0.0.1:0".parse().unwrap();
+//! config.shards = corecast::config::Shards::Count(1);
 //! let mut engine = Engine::new(config);
 //! // A chat endpoint: join ?room=..., broadcast what each client says.
 //! engine.websocket("/ws/chat", |mut conn| async move {
