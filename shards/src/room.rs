@@ -322,17 +322,28 @@ impl<M: Clone> InterestTable<M> {
         (name, pos, rec.shards)
     }
 
-    /// What a client resuming `room` after `since` must get before live messages.
+    /// What a client resuming `room` after `since` must get before live messages;
+    /// `since: None` asks only for the room's current position.
     pub fn replay(
         &mut self,
         room: &str,
-        since: Position,
+        since: Option<Position>,
         now: Instant,
         limits: HistoryLimits,
     ) -> Replay<M> {
         let (_, rec) = self.record(room, limits);
         rec.expire(now);
         let first = rec.first_available();
+        // No cursor: only the room's current position (no messages, no gap).
+        let Some(since) = since else {
+            return Replay {
+                gap: None,
+                epoch: rec.epoch,
+                first_available: first,
+                messages: Vec::new(),
+                upto: rec.seq,
+            };
+        };
         let (gap, from) = if since.epoch != rec.epoch {
             (Some(GapReason::EpochChanged), 0)
         } else if since.seq > rec.seq {
@@ -449,11 +460,11 @@ mod tests {
         for m in 1..=3 {
             last = t.append("r", m, now, LIMITS).1;
         }
-        let r = t.replay("r", Position { seq: 1, ..last }, now, LIMITS);
+        let r = t.replay("r", Some(Position { seq: 1, ..last }), now, LIMITS);
         assert_eq!(r.gap, None);
         assert_eq!(r.messages, vec![(2, 2), (3, 3)]);
         assert_eq!(r.upto, 3);
-        let r = t.replay("r", last, now, LIMITS);
+        let r = t.replay("r", Some(last), now, LIMITS);
         assert!(r.messages.is_empty() && r.gap.is_none());
     }
 
@@ -466,13 +477,14 @@ mod tests {
             last = t.append("r", m, now, LIMITS).1;
         }
         // Only 3, 4, 5 are kept: a client that has 1 missed 2.
-        let r = t.replay("r", Position { seq: 1, ..last }, now, LIMITS);
+        let r = t.replay("r", Some(Position { seq: 1, ..last }), now, LIMITS);
         assert_eq!(r.gap, Some(GapReason::Expired));
         assert_eq!(r.first_available, 3);
         assert_eq!(r.messages.len(), 3);
         // A client that has 2 misses nothing.
         assert_eq!(
-            t.replay("r", Position { seq: 2, ..last }, now, LIMITS).gap,
+            t.replay("r", Some(Position { seq: 2, ..last }), now, LIMITS)
+                .gap,
             None
         );
         let other = Position {
@@ -480,12 +492,12 @@ mod tests {
             seq: 2,
         };
         assert_eq!(
-            t.replay("r", other, now, LIMITS).gap,
+            t.replay("r", Some(other), now, LIMITS).gap,
             Some(GapReason::EpochChanged)
         );
         let ahead = Position { seq: 99, ..last };
         assert_eq!(
-            t.replay("r", ahead, now, LIMITS).gap,
+            t.replay("r", Some(ahead), now, LIMITS).gap,
             Some(GapReason::Unknown)
         );
     }
@@ -506,7 +518,7 @@ mod tests {
         assert_ne!(first.epoch, again.epoch);
         assert_eq!(again.seq, 1);
         assert_eq!(
-            t.replay("r", first, later, short).gap,
+            t.replay("r", Some(first), later, short).gap,
             Some(GapReason::EpochChanged)
         );
     }

@@ -155,7 +155,19 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             if stream.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
-            (Decoder::new(Limits::default(), None), false, Transport::Sse)
+            let mut rooms: Vec<&str> = query
+                .iter()
+                .filter(|(k, _)| k == "room")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            rooms.sort_unstable();
+            rooms.dedup();
+            let transport = if rooms.len() > 1 {
+                Transport::SseMultiRoom
+            } else {
+                Transport::Sse
+            };
+            (Decoder::new(Limits::default(), None), false, transport)
         }
         EndpointTransport::WebSocket => {
             let accepted = match handshake::accept(&req, &endpoint.protocols, &shard.shared.deflate)
@@ -217,12 +229,24 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
     };
     ShardStats::add(&shard.stats.connections, 1);
     if let Some(c) = cursor {
+        if let (Transport::SseMultiRoom, StreamCursor::PerRoom(list)) = (transport, &c) {
+            // The stream's ids name every room it resumes from the first event on.
+            for (room, cur) in list {
+                conn.set_cursor(
+                    room,
+                    corecast_shards::Position {
+                        epoch: cur.epoch,
+                        seq: cur.seq,
+                    },
+                );
+            }
+        }
         conn.resume
             .borrow_mut()
             .get_or_insert_with(Box::default)
             .requested = Some(c);
     }
-    if transport == Transport::Sse && shard.shared.config.sse.retry_ms > 0 {
+    if conn.is_sse() && shard.shared.config.sse.retry_ms > 0 {
         let _ = conn.enqueue(
             crate::proto::sse::retry(shard.shared.config.sse.retry_ms),
             &shard.stats,

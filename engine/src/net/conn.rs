@@ -40,8 +40,10 @@ pub(crate) enum Transport {
     WebSocket,
     /// WebSocket, each room message wrapped in a JSON envelope with room and id.
     WebSocketEnvelope,
-    /// Server-Sent Events.
+    /// Server-Sent Events, one room: event ids are the room's `epoch:seq`.
     Sse,
+    /// Server-Sent Events, several rooms: event ids list every room's position.
+    SseMultiRoom,
 }
 
 /// Resume bookkeeping, allocated only for connections that resume or need
@@ -208,6 +210,13 @@ impl Conn {
         if self.state.get() != ConnState::Open {
             return false;
         }
+        if self.is_sse() {
+            // An event stream has no close frame and no close reply: it ends once
+            // what is queued has been written.
+            self.fail_fast.set(true);
+            self.state.set(ConnState::Closing);
+            return true;
+        }
         self.queue
             .borrow_mut()
             .push_unbounded(frame::encode_close(code, reason));
@@ -229,7 +238,7 @@ impl Conn {
 
     /// True for Server-Sent Events streams.
     pub(crate) fn is_sse(&self) -> bool {
-        self.transport == Transport::Sse
+        matches!(self.transport, Transport::Sse | Transport::SseMultiRoom)
     }
 
     /// The shared name of a room this connection is in (the room table's copy, so
@@ -281,6 +290,11 @@ impl Conn {
             epoch: c.epoch,
             seq: c.seq,
         })
+    }
+
+    /// Set the position a multi-room stream's id reports for `room`.
+    pub(crate) fn set_cursor(&self, room: &str, pos: corecast_shards::Position) {
+        self.advance_cursor(room, pos);
     }
 
     /// Record `pos` as the last position delivered in `room`; returns every room's

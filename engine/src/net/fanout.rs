@@ -64,7 +64,7 @@ impl<'a> Encodings<'a> {
                     frame::encode(OpCode::Text, false, envelope(room, pos, msg).as_bytes())
                 })
                 .clone(),
-            Transport::Sse if conn.rooms.borrow().len() > 1 => {
+            Transport::SseMultiRoom => {
                 // A multi-room stream's id carries every room's position, so it is
                 // this connection's own (Last-Event-ID must resume all its rooms).
                 let cursors = conn.advance_cursor(room, pos);

@@ -54,17 +54,18 @@ pub(crate) enum ShardMsg {
         shard: usize,
         interested: bool,
     },
-    /// To the owner: connection `conn` resumes `room` after `since` (implies interest).
+    /// To the owner: connection `conn` resumes `room` after `since`, or (`None`)
+    /// only wants the room's current position (implies interest).
     Replay {
         room: Arc<str>,
-        since: Position,
+        since: Option<Position>,
         conn: ConnId,
     },
     /// From the owner: what `conn` missed, to be sent before live messages.
     ReplayData {
         conn: ConnId,
         room: Arc<str>,
-        since: Position,
+        since: Option<Position>,
         replay: Replay<Message>,
     },
     /// From the owner: the position a publish with `AckTo` was given.
@@ -413,7 +414,7 @@ impl Shard {
     }
 
     /// As the owner: answer a resume request for `conn` (local or on another shard).
-    fn serve_replay(self: &Rc<Self>, room: Arc<str>, since: Position, conn: ConnId) {
+    fn serve_replay(self: &Rc<Self>, room: Arc<str>, since: Option<Position>, conn: ConnId) {
         let limits = self.shared.config.history.limits_for(&room);
         let shard = usize::from(conn.shard);
         let replay = {
@@ -423,6 +424,7 @@ impl Shard {
             t.set(&room, shard, true, limits);
             t.replay(&room, since, std::time::Instant::now(), limits)
         };
+
         self.send_reliable(
             shard,
             ShardMsg::ReplayData {
@@ -436,7 +438,13 @@ impl Shard {
 
     /// Send `conn` what it missed (after a gap signal if anything is lost), then let
     /// live messages through.
-    fn apply_replay(&self, id: ConnId, room: &str, since: Position, replay: Replay<Message>) {
+    fn apply_replay(
+        &self,
+        id: ConnId,
+        room: &str,
+        since: Option<Position>,
+        replay: Replay<Message>,
+    ) {
         let Some(conn) = self.conns.borrow().get(id).cloned() else {
             return;
         };
@@ -444,9 +452,25 @@ impl Shard {
         if conn.state() != ConnState::Open {
             return;
         }
-        if let Some(reason) = replay.gap {
+        let multi_room = conn.transport == super::conn::Transport::SseMultiRoom;
+        if let (Some(reason), Some(since)) = (replay.gap, since) {
             let signal = super::fanout::gap_signal(&conn, room, since, reason, &replay);
             let _ = conn.enqueue(signal, &self.stats);
+        }
+        if multi_room {
+            // The stream's id must name this room from now on: start it just
+            // before the first replayed message (or at the room's position).
+            let start = replay
+                .messages
+                .first()
+                .map_or(replay.upto, |(seq, _)| seq.saturating_sub(1));
+            conn.set_cursor(
+                room,
+                Position {
+                    epoch: replay.epoch,
+                    seq: start,
+                },
+            );
         }
         for (seq, msg) in &replay.messages {
             let pos = Position {
@@ -549,22 +573,24 @@ impl Shard {
     }
 
     /// Add `conn` to `room`.
-    pub(crate) fn join(self: &Rc<Self>, room: &str, conn: &Rc<Conn>) {
+    /// Add `conn` to `room`; false if it was already a member (or is finished).
+    pub(crate) fn join(self: &Rc<Self>, room: &str, conn: &Rc<Conn>) -> bool {
         if conn.state() == ConnState::Done {
-            return;
+            return false;
         }
         let (change, room) = self
             .rooms
             .borrow_mut()
             .join(room, conn.id.slot, conn.clone());
         if change == Change::None {
-            return;
+            return false;
         }
         // The table's own key is shared, so members don't each allocate the name.
         conn.rooms.borrow_mut().push(room.clone());
         if change == Change::FirstJoined {
             self.set_interest(&room, true);
         }
+        true
     }
 
     /// Join `room`; with `since`, first replay what `conn` missed after that
@@ -576,11 +602,13 @@ impl Shard {
         conn: &Rc<Conn>,
         since: Option<Position>,
     ) {
-        self.join(room, conn);
-        let Some(since) = since else {
+        if !self.join(room, conn) || conn.state() != ConnState::Open {
             return;
-        };
-        if conn.state() != ConnState::Open {
+        }
+        // A multi-room stream needs every room's position in its event ids from the
+        // start, so a room it joins without a cursor asks the owner for its position.
+        let multi_room = conn.transport == super::conn::Transport::SseMultiRoom;
+        if since.is_none() && !multi_room {
             return;
         }
         let owner = owner_of(room, self.senders().len());
