@@ -2,7 +2,13 @@
 # Installs what the test suite needs beyond the Rust toolchain, idempotently and
 # without asking anything (safe under CI=true with no stdin):
 #   - a Python 3 with the venv module (Debian's python3-venv only if it is missing),
-#   - tests/python/.venv with pinned websockets, kosoku (Autobahn cases) and pytest.
+#   - tests/python/.venv with pinned websockets, kosoku (Autobahn cases) and pytest,
+#   - tests/node/node_modules from tests/node/package-lock.json (`npm ci`: pinned
+#     eventsource, ws, playwright-core) with the machine's Node.js (>= 20; Debian's
+#     nodejs + npm are installed only when node is missing altogether),
+#   - Debian's chromium (/usr/bin/chromium) for the headless-browser test.
+# The Node.js and Chromium steps never fail the set-up: when they cannot be done
+# they say why, and the "node tests" stage of scripts/test.sh then fails with it.
 # Re-running it is cheap: each step checks first and prints what it installs.
 set -euo pipefail
 
@@ -86,4 +92,46 @@ import importlib.metadata as md
 print("[setup-test-deps] venv packages: " + ", ".join(
     f"{n}=={md.version(n)}" for n in ("websockets", "kosoku", "pytest")))
 PY
+# 3. Node.js test dependencies.
+NODE_DIR="$ROOT/tests/node"
+node_major() { node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }
+if ! command -v node >/dev/null 2>&1; then
+  # Debian's nodejs (18 on bookworm) is older than the suite needs (eventsource 4
+  # wants >= 20); install it anyway so the failure below names the version.
+  (apt_install nodejs npm) || log "WARNING: could not install nodejs/npm with apt-get"
+fi
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  log "WARNING: node/npm not available: the node tests (tests/node) will fail"
+elif [ "$(node_major)" -lt 20 ]; then
+  log "WARNING: node $(node --version) is older than 20 (eventsource 4 and node --test need >= 20): the node tests will fail"
+else
+  NODE_MARKER="$NODE_DIR/node_modules/.corecast-deps"
+  NODE_WANT="$(node --version) $(sha256sum "$NODE_DIR/package-lock.json" | cut -d' ' -f1)"
+  if [ -f "$NODE_MARKER" ] && [ "$(cat "$NODE_MARKER")" = "$NODE_WANT" ]; then
+    log "node_modules up to date: $NODE_DIR (node $(node --version))"
+  else
+    log "npm ci in $NODE_DIR (node $(node --version), npm $(npm --version 2>/dev/null))"
+    if (cd "$NODE_DIR" && CI=true npm ci --no-audit --no-fund --loglevel=error </dev/null); then
+      printf '%s' "$NODE_WANT" >"$NODE_MARKER"
+    else
+      log "WARNING: npm ci failed: the node tests will fail"
+    fi
+  fi
+  (cd "$NODE_DIR" && node -e '
+    const l = require("./package-lock.json").packages;
+    const v = ["eventsource", "ws", "playwright-core"].map((n) => `${n}@${(l["node_modules/" + n] || {}).version}`);
+    console.log("[setup-test-deps] node packages (lock): " + v.join(", "));') || true
+fi
+
+# 4. Chromium for the browser test (Debian's package; playwright-core drives it).
+if [ -x /usr/bin/chromium ]; then
+  log "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo present)"
+else
+  (apt_install chromium) || true
+  if [ -x /usr/bin/chromium ]; then
+    log "chromium installed: $(/usr/bin/chromium --version 2>/dev/null)"
+  else
+    log "WARNING: /usr/bin/chromium missing (apt-get install chromium failed): the browser test will fail"
+  fi
+fi
 log "done"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's single test command (also what CI runs via .ci/run):
-#   1. scripts/setup-test-deps.sh   Python venv with websockets, kosoku, pytest
+#   1. scripts/setup-test-deps.sh   Python venv (websockets, kosoku, pytest), tests/node
+#                                   node_modules (npm ci), Debian's chromium
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
 #   3. cargo build --release corecast + examples        (used by every suite)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
 #   5. pytest tests/python          the websockets library against the server
-#   6. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json
-# Stages 4-6 all run even if one fails; the summary at the end lists each.
+#   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume)
+#   7. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json
+# Stages 4-7 all run even if one fails; the summary at the end lists each.
 # Environment: TEST_THREADS (default 4) for cargo test; AUTOBAHN_FULL=1 runs
 # every Autobahn case instead of the CI selection; SKIP_LINT=1 skips fmt and
 # clippy locally (ignored when CI is set).
@@ -73,6 +75,18 @@ count_pytest() {
   PASSED_TESTS=$((PASSED_TESTS + ${p:-0}))
   FAILED_TESTS=$((FAILED_TESTS + ${f:-0} + ${e:-0}))
 }
+count_node() {
+  # node --test's TAP reporter ends with "# pass N" / "# fail N" / "# cancelled N".
+  local p f c
+  p=$(grep -E '^# pass [0-9]+$' "$1" | tail -1 | awk '{print $3}' || true)
+  f=$(grep -E '^# fail [0-9]+$' "$1" | tail -1 | awk '{print $3}' || true)
+  c=$(grep -E '^# cancelled [0-9]+$' "$1" | tail -1 | awk '{print $3}' || true)
+  if [ -z "$p" ] && [ -z "$f" ]; then
+    f=1 # the runner never got to its summary (no node, no node_modules, crash)
+  fi
+  PASSED_TESTS=$((PASSED_TESTS + ${p:-0}))
+  FAILED_TESTS=$((FAILED_TESTS + ${f:-0} + ${c:-0}))
+}
 count_autobahn() {
   local line p f
   line=$(grep -E '^autobahn: [0-9]+ passed, [0-9]+ failed$' "$1" | tail -1 || true)
@@ -119,6 +133,26 @@ pytest_stage() {
 }
 run_stage "pytest tests/python" "$LOGS/pytest.log" pytest_stage || true
 count_pytest "$LOGS/pytest.log"
+
+# A subshell: the cd must not leak into the rest of the script.
+node_stage() (
+  cd "$ROOT/tests/node"
+  if ! command -v node >/dev/null 2>&1; then
+    echo "node tests: node not found (scripts/setup-test-deps.sh installs it)"
+    return 1
+  fi
+  if [ "$(node -e 'process.stdout.write(process.versions.node.split(".")[0])')" -lt 20 ]; then
+    echo "node tests: node $(node --version) is too old (need >= 20)"
+    return 1
+  fi
+  if [ ! -d node_modules/eventsource ] || [ ! -d node_modules/playwright-core ]; then
+    echo "node tests: tests/node/node_modules missing (scripts/setup-test-deps.sh runs npm ci)"
+    return 1
+  fi
+  node --test --test-reporter=tap --test-concurrency=1 test/*.test.js
+)
+run_stage "node tests (tests/node)" "$LOGS/node.log" node_stage || true
+count_node "$LOGS/node.log"
 
 AUTOBAHN_ARGS=()
 if [ "${AUTOBAHN_FULL:-0}" = "1" ]; then AUTOBAHN_ARGS+=(--full); fi

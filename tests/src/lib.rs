@@ -19,7 +19,9 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+pub mod api;
 pub mod raw;
+pub mod sse;
 
 /// How long a server may take from spawn to its `listening on` line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -186,6 +188,10 @@ pub fn set_yaml_value(yaml: &str, key: &str, value: &str) -> String {
     s
 }
 
+/// The publish-API key test servers get with [`ServerOptions::api_key`]
+/// (through `CORECAST_API_KEY`, which the default config's `api.key` names).
+pub const TEST_API_KEY: &str = "corecast-test-key-7f3a";
+
 /// How to start a test server.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
@@ -193,6 +199,10 @@ pub struct ServerOptions {
     pub shards: usize,
     /// Extra `(dotted.key, yaml value)` edits applied to the default config.
     pub overrides: Vec<(String, String)>,
+    /// Environment variables for the child. `CORECAST_API_KEY` is removed from
+    /// the inherited environment unless set here, so the publish API is off
+    /// unless a test turns it on.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
@@ -200,6 +210,7 @@ impl Default for ServerOptions {
         ServerOptions {
             shards: 1,
             overrides: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -217,6 +228,17 @@ impl ServerOptions {
     pub fn set(mut self, key: &str, value: &str) -> ServerOptions {
         self.overrides.push((key.to_string(), value.to_string()));
         self
+    }
+
+    /// Adds an environment variable for the server process.
+    pub fn env(mut self, key: &str, value: &str) -> ServerOptions {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// Enables the publish API with [`TEST_API_KEY`] (via `CORECAST_API_KEY`).
+    pub fn api_key(self) -> ServerOptions {
+        self.env("CORECAST_API_KEY", TEST_API_KEY)
     }
 
     /// The config file text for these options, listening on `listen`.
@@ -238,6 +260,7 @@ impl ServerOptions {
 pub struct Server {
     child: Child,
     addr: SocketAddr,
+    options: ServerOptions,
     exit: Option<ExitStatus>,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
@@ -263,7 +286,7 @@ impl Server {
         // the server exits before listening.
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Server::try_start(&options) {
+            match Server::try_start(&options, None) {
                 Ok(server) => return server,
                 Err(e) => last_error = e,
             }
@@ -271,12 +294,48 @@ impl Server {
         panic!("corecast did not start: {last_error}");
     }
 
-    fn try_start(options: &ServerOptions) -> Result<Server, String> {
+    /// Kills this server (SIGKILL, its own PID only) and starts a new one with the
+    /// same options on the same address: a restart, as clients see it (every room
+    /// gets a new epoch).
+    pub async fn restart(mut self) -> Server {
+        let addr = self.addr;
+        let options = self.options.clone();
+        if self.exit.is_none() {
+            if let Ok(None) = self.child.try_wait() {
+                let _ = self.child.kill();
+            }
+            self.exit = self.child.wait().ok();
+        }
+        drop(self);
+        tokio::task::spawn_blocking(move || {
+            // The old listener's port is free again once the process is gone;
+            // retry briefly in case the kernel has not released it yet.
+            let mut last_error = String::new();
+            for _ in 0..20 {
+                match Server::try_start(&options, Some(addr)) {
+                    Ok(server) => return server,
+                    Err(e) => last_error = e,
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("corecast did not restart on {addr}: {last_error}");
+        })
+        .await
+        .expect("server restart task")
+    }
+
+    fn try_start(options: &ServerOptions, at: Option<SocketAddr>) -> Result<Server, String> {
         let dir = TempDir::new("server");
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+        let listen: SocketAddr =
+            at.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
         let config = dir.path().join("corecast.yaml");
         std::fs::write(&config, options.config_text(listen)).expect("write config");
-        let mut child = Command::new(server_binary())
+        let mut command = Command::new(server_binary());
+        command.env_remove("CORECAST_API_KEY");
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let mut child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
@@ -323,6 +382,7 @@ impl Server {
         let mut server = Server {
             child,
             addr: listen,
+            options: options.clone(),
             exit: None,
             stdout,
             stderr,
@@ -577,5 +637,25 @@ pub mod client {
             Message::Text(t) => t,
             other => panic!("expected text, got {other:?}"),
         }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true; panics with `what` after
+/// `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
