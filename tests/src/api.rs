@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::raw::HttpResponse;
+use crate::raw::{parse_head, HttpResponse};
 use crate::sse::percent_encode;
 use crate::{within, STEP_TIMEOUT, TEST_API_KEY};
 
@@ -41,21 +41,10 @@ pub async fn read_response(stream: &mut TcpStream) -> HttpResponse {
             );
             buf.extend_from_slice(&chunk[..n]);
         };
-        let text = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let mut lines = text.split("\r\n");
-        let status_line = lines.next().unwrap_or("").to_string();
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let headers: Vec<(String, String)> = lines
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-            .collect();
+        let mut response = parse_head(&buf[..end]);
         let mut body = buf[end + 4..].to_vec();
-        let len = headers
+        let len = response
+            .headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.parse::<usize>().ok());
@@ -72,12 +61,8 @@ pub async fn read_response(stream: &mut TcpStream) -> HttpResponse {
         if let Some(l) = len {
             body.truncate(l);
         }
-        HttpResponse {
-            status,
-            status_line,
-            headers,
-            body,
-        }
+        response.body = body;
+        response
     })
     .await
 }

@@ -70,7 +70,8 @@ fn split_head(buf: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((buf[..end].to_vec(), buf[end + 4..].to_vec()))
 }
 
-fn parse_head(head: &[u8]) -> HttpResponse {
+/// Parse a response head (status line and headers; the body is left empty).
+pub fn parse_head(head: &[u8]) -> HttpResponse {
     let text = String::from_utf8_lossy(head);
     let mut lines = text.split("\r\n");
     let status_line = lines.next().unwrap_or("").to_string();

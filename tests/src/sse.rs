@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::raw::HttpResponse;
+use crate::raw::{parse_head, HttpResponse};
 use crate::{within, STEP_TIMEOUT};
 
 /// One dispatched event, as a browser's `MessageEvent` would carry it.
@@ -172,32 +172,6 @@ pub fn stream_request(addr: SocketAddr, path: &str, extra_headers: &[&str]) -> S
 
 fn split_head(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n")
-}
-
-fn parse_head(head: &[u8]) -> HttpResponse {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or("").to_string();
-    let status = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("malformed status line {status_line:?}"));
-    let headers = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (n, v) = l
-                .split_once(':')
-                .unwrap_or_else(|| panic!("malformed header line {l:?}"));
-            (n.trim().to_string(), v.trim().to_string())
-        })
-        .collect();
-    HttpResponse {
-        status,
-        status_line,
-        headers,
-        body: Vec::new(),
-    }
 }
 
 impl SseClient {
