@@ -122,14 +122,30 @@ struct Partial {
     utf8: Utf8Validator,
 }
 
+/// A text frame whose payload is still arriving: what has arrived is already
+/// unmasked and validated, so invalid UTF-8 fails at the bad byte, not at frame end.
+#[derive(Debug)]
+struct InFlight {
+    header: Header,
+    /// Payload bytes already unmasked (and, for text, validated).
+    unmasked: usize,
+    /// Validator of a single `Text` frame (continuations use the message's own).
+    utf8: Utf8Validator,
+}
+
 /// Server-side frame decoder for one connection.
 #[derive(Debug)]
 pub struct Decoder {
-    limits: Limits,
+    /// Limits kept as u32 (4 GiB is far past any sane limit) to keep idle
+    /// connections small.
+    max_frame: u32,
+    max_message: u32,
     inflater: Option<Inflater>,
     partial: Option<Box<Partial>>,
+    inflight: Option<Box<InFlight>>,
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Header {
     fin: bool,
     rsv1: bool,
@@ -142,10 +158,13 @@ struct Header {
 impl Decoder {
     /// A decoder with `limits`; `inflater` is set when permessage-deflate was agreed.
     pub fn new(limits: Limits, inflater: Option<Inflater>) -> Self {
+        let clamp = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
         Self {
-            limits,
+            max_frame: clamp(limits.max_frame_size),
+            max_message: clamp(limits.max_message_size),
             inflater,
             partial: None,
+            inflight: None,
         }
     }
 
@@ -159,19 +178,72 @@ impl Decoder {
     /// stays for the next call).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Incoming>, ProtocolError> {
         loop {
-            let Some(h) = self.parse_header(buf)? else {
-                return Ok(None);
+            let (h, done, mut utf8) = match self.inflight.take() {
+                Some(f) => (f.header, f.unmasked, f.utf8),
+                None => match self.parse_header(buf)? {
+                    Some(h) => (h, 0, Utf8Validator::default()),
+                    None => return Ok(None),
+                },
             };
+            let text = self.is_plain_text(&h);
             if buf.len() < h.header_len + h.payload_len {
+                let mut done = done;
+                let avail = buf.len() - h.header_len;
+                if text && avail > done {
+                    // Unmask and check what has arrived so far (each byte once).
+                    let part = &mut buf[h.header_len + done..h.header_len + avail];
+                    unmask_at(part, h.mask, done);
+                    self.feed_text(&h, &mut utf8, part)?;
+                    done = avail;
+                }
+                self.inflight = Some(Box::new(InFlight {
+                    header: h,
+                    unmasked: done,
+                    utf8,
+                }));
                 return Ok(None);
             }
             buf.advance(h.header_len);
             let mut payload = buf.split_to(h.payload_len);
-            unmask(&mut payload, h.mask);
-            if let Some(msg) = self.frame(h, payload)? {
+            unmask_at(&mut payload[done..], h.mask, done);
+            let validated = if text {
+                self.feed_text(&h, &mut utf8, &payload[done..])?;
+                Some(utf8)
+            } else {
+                None
+            };
+            if let Some(msg) = self.frame(h, payload, validated)? {
                 return Ok(Some(msg));
             }
         }
+    }
+
+    /// An uncompressed text frame (a `Text` frame, or a continuation of a text
+    /// message): validated as its bytes arrive.
+    fn is_plain_text(&self, h: &Header) -> bool {
+        match h.opcode {
+            OpCode::Text => !h.rsv1,
+            OpCode::Continuation => self
+                .partial
+                .as_ref()
+                .is_some_and(|p| p.text && !p.compressed),
+            _ => false,
+        }
+    }
+
+    /// Feed text payload bytes to the right validator: the frame's own for a `Text`
+    /// frame, the message's for a continuation.
+    fn feed_text(
+        &mut self,
+        h: &Header,
+        frame_utf8: &mut Utf8Validator,
+        bytes: &[u8],
+    ) -> Result<(), ProtocolError> {
+        let v = match (h.opcode, self.partial.as_mut()) {
+            (OpCode::Continuation, Some(p)) => &mut p.utf8,
+            _ => frame_utf8,
+        };
+        v.feed(bytes).map_err(|_| invalid_utf8())
     }
 
     fn parse_header(&self, buf: &[u8]) -> Result<Option<Header>, ProtocolError> {
@@ -233,15 +305,15 @@ impl Decoder {
             }
             n => (u64::from(n), 0),
         };
-        if payload_len > self.limits.max_frame_size as u64 {
+        if payload_len > u64::from(self.max_frame) {
             return Err(err(close::MESSAGE_TOO_BIG, "frame too big"));
         }
         let payload_len = payload_len as usize;
         if let Some(p) = &self.partial {
-            if p.data.len() + payload_len > self.limits.max_message_size {
+            if p.data.len() + payload_len > self.max_message as usize {
                 return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
             }
-        } else if payload_len > self.limits.max_message_size {
+        } else if payload_len > self.max_message as usize {
             return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
         }
         let header_len = 2 + len_bytes + 4;
@@ -260,7 +332,14 @@ impl Decoder {
         }))
     }
 
-    fn frame(&mut self, h: Header, payload: BytesMut) -> Result<Option<Incoming>, ProtocolError> {
+    /// A complete frame. `validated`: the payload of an uncompressed text frame has
+    /// already been fed to its validator (for a `Text` frame, this one).
+    fn frame(
+        &mut self,
+        h: Header,
+        payload: BytesMut,
+        validated: Option<Utf8Validator>,
+    ) -> Result<Option<Incoming>, ProtocolError> {
         match h.opcode {
             OpCode::Ping => Ok(Some(Incoming::Ping(payload.freeze()))),
             OpCode::Pong => Ok(Some(Incoming::Pong(payload.freeze()))),
@@ -268,12 +347,13 @@ impl Decoder {
             OpCode::Text | OpCode::Binary => {
                 let text = h.opcode == OpCode::Text;
                 if h.fin {
+                    if let Some(mut utf8) = validated {
+                        utf8.finish().map_err(|_| invalid_utf8())?;
+                        return Ok(Some(Incoming::Text(payload.freeze())));
+                    }
                     return self.finish(text, h.rsv1, payload).map(Some);
                 }
-                let mut utf8 = Utf8Validator::default();
-                if text && !h.rsv1 {
-                    utf8.feed(&payload).map_err(|_| invalid_utf8())?;
-                }
+                let utf8 = validated.unwrap_or_default();
                 self.partial = Some(Box::new(Partial {
                     text,
                     compressed: h.rsv1,
@@ -286,9 +366,7 @@ impl Decoder {
                 let Some(p) = self.partial.as_mut() else {
                     return Err(err(close::PROTOCOL_ERROR, "continuation without a message"));
                 };
-                if p.text && !p.compressed {
-                    p.utf8.feed(&payload).map_err(|_| invalid_utf8())?;
-                }
+                // An uncompressed text continuation was validated as it arrived.
                 p.data.extend_from_slice(&payload);
                 if !h.fin {
                     return Ok(None);
@@ -317,7 +395,7 @@ impl Decoder {
                 .ok_or(err(close::PROTOCOL_ERROR, "RSV1 set without deflate"))?;
             let mut out = BytesMut::new();
             inflater
-                .inflate(&payload, self.limits.max_message_size, &mut out)
+                .inflate(&payload, self.max_message as usize, &mut out)
                 .map_err(|e| match e {
                     InflateError::TooBig => err(close::MESSAGE_TOO_BIG, "message too big"),
                     InflateError::Corrupt => err(close::INVALID_PAYLOAD, "invalid deflate data"),
@@ -369,6 +447,20 @@ pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
     for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
         *b ^= mask[i & 3];
     }
+}
+
+/// Unmask `data`, which starts `offset` bytes into a payload masked with `mask`.
+fn unmask_at(data: &mut [u8], mask: [u8; 4], offset: usize) {
+    let r = offset % 4;
+    unmask(
+        data,
+        [
+            mask[r],
+            mask[(r + 1) % 4],
+            mask[(r + 2) % 4],
+            mask[(r + 3) % 4],
+        ],
+    );
 }
 
 /// Bytes of an unmasked (server) frame header for a payload of `len` bytes.
@@ -605,6 +697,41 @@ mod tests {
         let raw = encode_masked(OpCode::Text, false, false, b"ok\xed\xa0\x80", MASK);
         let e = decode_all(&mut decoder(), &raw).unwrap_err();
         assert_eq!(e.code, close::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn invalid_utf8_fails_before_the_frame_is_complete() {
+        let mut payload = b"hello \xce\xba".to_vec();
+        payload.extend_from_slice(b"\xed\xa0\x80");
+        payload.extend(std::iter::repeat_n(b'a', 500));
+        let raw = encode_masked(OpCode::Text, true, false, &payload, MASK);
+        let mut d = decoder();
+        // Only the header and the first 14 payload bytes have arrived.
+        let mut buf = BytesMut::from(&raw[..4 + 4 + 14]);
+        let e = d.decode(&mut buf).unwrap_err();
+        assert_eq!(e.code, close::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn text_arriving_in_pieces_is_unmasked_once_and_decoded_whole() {
+        let text = "κόσμε ".repeat(40);
+        let raw = encode_masked(OpCode::Text, false, false, text.as_bytes(), MASK);
+        let mut tail = encode_masked(OpCode::Continuation, true, false, "€nd".as_bytes(), MASK);
+        let mut all = raw.clone();
+        all.append(&mut tail);
+        for step in [1usize, 3, 7, 64] {
+            let mut d = decoder();
+            let mut buf = BytesMut::new();
+            let mut got = None;
+            for chunk in all.chunks(step) {
+                buf.extend_from_slice(chunk);
+                if let Some(m) = d.decode(&mut buf).unwrap() {
+                    got = Some(m);
+                }
+            }
+            let want = format!("{text}€nd");
+            assert_eq!(got, Some(Incoming::Text(Bytes::from(want))), "step {step}");
+        }
     }
 
     #[test]
