@@ -45,7 +45,7 @@ impl ShardStats {
 }
 
 /// The sum over shards, as JSON for `GET /stats`.
-pub fn to_json(shards: &[ShardStats]) -> String {
+pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
     let sum = |f: fn(&ShardStats) -> &AtomicU64| -> u64 {
         shards.iter().map(|s| f(s).load(Relaxed)).sum()
     };

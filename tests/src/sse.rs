@@ -491,6 +491,15 @@ pub fn percent_decode(s: &str) -> String {
     String::from_utf8(out).expect("UTF-8 room name")
 }
 
+/// `/sse?room=a&room=b` for `rooms` (names percent-encoded).
+pub fn sse_path(rooms: &[&str]) -> String {
+    let q: Vec<String> = rooms
+        .iter()
+        .map(|r| format!("room={}", percent_encode(r)))
+        .collect();
+    format!("/sse?{}", q.join("&"))
+}
+
 /// Percent-encodes everything but unreserved characters (RFC 3986), for query
 /// values and path segments.
 pub fn percent_encode(s: &str) -> String {

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use corecast_tests::api::{publish, room_info, Published};
 use corecast_tests::client::{self, connect, Ws};
 use corecast_tests::raw::http_request;
-use corecast_tests::sse::{parse_room_cursors, percent_encode, split_cursor, SseClient, SseEvent};
+use corecast_tests::sse::{
+    parse_room_cursors, percent_encode, split_cursor, sse_path, SseClient, SseEvent,
+};
 use corecast_tests::{eventually, Server, ServerOptions};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -27,14 +29,6 @@ fn opts() -> ServerOptions {
 
 async fn start() -> Server {
     Server::start_with(opts()).await
-}
-
-fn sse_path(rooms: &[&str]) -> String {
-    let q: Vec<String> = rooms
-        .iter()
-        .map(|r| format!("room={}", percent_encode(r)))
-        .collect();
-    format!("/sse?{}", q.join("&"))
 }
 
 async fn wait_members(addr: SocketAddr, room: &str, kind: &str, n: u64) {

@@ -18,8 +18,7 @@ use corecast_tests::api::{publish, room_info};
 use corecast_tests::client::{self, connect, send};
 use corecast_tests::raw::http_request;
 use corecast_tests::sse::{
-    is_cursor, parse_room_cursors, percent_encode, split_cursor, stream_request, SseClient,
-    SseEvent,
+    is_cursor, parse_room_cursors, split_cursor, sse_path, stream_request, SseClient, SseEvent,
 };
 use corecast_tests::{eventually, free_port, server_binary, within, Server, ServerOptions};
 use tokio_tungstenite::tungstenite::Message;
@@ -33,14 +32,6 @@ fn opts() -> ServerOptions {
 
 async fn start() -> Server {
     Server::start_with(opts()).await
-}
-
-fn sse_path(rooms: &[&str]) -> String {
-    let q: Vec<String> = rooms
-        .iter()
-        .map(|r| format!("room={}", percent_encode(r)))
-        .collect();
-    format!("/sse?{}", q.join("&"))
 }
 
 /// The room's member count for SSE, summed over shards.

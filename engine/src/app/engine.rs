@@ -81,32 +81,6 @@ impl Shared {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
-
-    pub(crate) fn stats_list(&self) -> Vec<ShardStats> {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.stats
-            .iter()
-            .map(|s| {
-                let c = ShardStats::default();
-                let copy = |from: &std::sync::atomic::AtomicU64,
-                            to: &std::sync::atomic::AtomicU64| {
-                    to.store(from.load(Relaxed), Relaxed)
-                };
-                copy(&s.connections, &c.connections);
-                copy(&s.accepted, &c.accepted);
-                copy(&s.messages_in, &c.messages_in);
-                copy(&s.broadcasts, &c.broadcasts);
-                copy(&s.deliveries, &c.deliveries);
-                copy(&s.frames_written, &c.frames_written);
-                copy(&s.writes, &c.writes);
-                copy(&s.bytes_written, &c.bytes_written);
-                copy(&s.slow_consumers, &c.slow_consumers);
-                copy(&s.mesh_overflows, &c.mesh_overflows);
-                copy(&s.handler_panics, &c.handler_panics);
-                c
-            })
-            .collect()
-    }
 }
 
 /// Why the engine could not start.
@@ -468,7 +442,7 @@ impl EngineHandle {
 
     /// Counters summed over shards, as JSON (the body of `GET /stats`).
     pub fn stats_json(&self) -> String {
-        crate::stats::to_json(&self.shared.stats_list())
+        crate::stats::to_json(&self.shared.stats)
     }
 
     /// Number of shards.

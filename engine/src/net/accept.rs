@@ -104,7 +104,7 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
                 "OK",
                 &[],
                 "application/json",
-                stats::to_json(&shard.shared.stats_list()).as_bytes(),
+                stats::to_json(&shard.shared.stats).as_bytes(),
             )
         } else {
             http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")

@@ -294,23 +294,28 @@ impl Conn {
 
     /// Set the position a multi-room stream's id reports for `room`.
     pub(crate) fn set_cursor(&self, room: &str, pos: corecast_shards::Position) {
-        self.advance_cursor(room, pos);
-    }
-
-    /// Record `pos` as the last position delivered in `room`; returns every room's
-    /// last position (for a multi-room stream's event id).
-    pub(crate) fn advance_cursor(
-        &self,
-        room: &str,
-        pos: corecast_shards::Position,
-    ) -> Vec<(Arc<str>, corecast_shards::Position)> {
         let mut guard = self.resume.borrow_mut();
         let state = guard.get_or_insert_with(Box::default);
         match state.cursors.iter_mut().find(|(r, _)| &**r == room) {
             Some((_, p)) => *p = pos,
             None => state.cursors.push((self.room_name(room), pos)),
         }
-        state.cursors.clone()
+    }
+
+    /// Record `pos` as the last position delivered in `room` and return the
+    /// stream's event id: every room's last position.
+    pub(crate) fn advance_cursor(&self, room: &str, pos: corecast_shards::Position) -> String {
+        self.set_cursor(room, pos);
+        let guard = self.resume.borrow();
+        let cursors = guard
+            .as_ref()
+            .map(|s| s.cursors.as_slice())
+            .unwrap_or_default();
+        crate::proto::sse::format_per_room_iter(
+            cursors
+                .iter()
+                .map(|(r, p)| (&**r, super::fanout::cursor(*p))),
+        )
     }
 
     /// The async handler's inbox, if this connection has one.

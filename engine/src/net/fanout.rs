@@ -67,10 +67,7 @@ impl<'a> Encodings<'a> {
             Transport::SseMultiRoom => {
                 // A multi-room stream's id carries every room's position, so it is
                 // this connection's own (Last-Event-ID must resume all its rooms).
-                let cursors = conn.advance_cursor(room, pos);
-                let list: Vec<(&str, Cursor)> =
-                    cursors.iter().map(|(r, p)| (&**r, cursor(*p))).collect();
-                sse_event(msg, sse::format_per_room(&list))
+                sse_event(msg, conn.advance_cursor(room, pos))
             }
             Transport::Sse => self
                 .sse

@@ -654,9 +654,9 @@ impl Shard {
 
     /// Take a connection out of all its rooms.
     pub(crate) fn leave_all(self: &Rc<Self>, conn: &Conn) {
-        let rooms: Vec<Arc<str>> = std::mem::take(&mut *conn.rooms.borrow_mut());
+        // `leave` removes each room from `conn.rooms`, so walk a copy.
+        let rooms: Vec<Arc<str>> = conn.rooms.borrow().clone();
         for room in rooms {
-            conn.rooms.borrow_mut().push(room.clone());
             self.leave(&room, conn);
         }
     }

@@ -447,9 +447,15 @@ pub fn parse_stream_cursor(s: &str) -> Result<StreamCursor, CursorError> {
 /// twice is refused there. The result never contains NUL, CR or LF, so it is
 /// always a valid [`Event::id`].
 pub fn format_per_room(cursors: &[(&str, Cursor)]) -> String {
+    format_per_room_iter(cursors.iter().copied())
+}
+
+/// [`format_per_room`] over any sequence of `(room, cursor)` pairs, so callers
+/// holding their cursors in another shape need not collect them first.
+pub fn format_per_room_iter<'a>(cursors: impl IntoIterator<Item = (&'a str, Cursor)>) -> String {
     use fmt::Write as _;
     let mut out = String::new();
-    for (i, (room, cursor)) in cursors.iter().enumerate() {
+    for (i, (room, cursor)) in cursors.into_iter().enumerate() {
         if i > 0 {
             out.push(';');
         }
