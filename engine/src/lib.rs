@@ -36,6 +36,7 @@
 //! ```
 
 pub mod app;
+pub mod cert;
 pub mod config;
 pub(crate) mod net;
 pub mod proto;

@@ -2,5 +2,7 @@
 //! and take bytes (or events) out, which is what the unit tests and fuzz targets do.
 
 pub mod http;
+pub mod quic_token;
 pub mod sse;
 pub mod ws;
+pub mod wt;
