@@ -51,6 +51,73 @@ pub struct Config {
     /// The HTTP publish API.
     #[serde(default)]
     pub api: ApiConfig,
+    /// WebTransport over HTTP/3 (QUIC on UDP).
+    #[serde(default)]
+    pub webtransport: WebTransportConfig,
+}
+
+/// WebTransport over HTTP/3.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebTransportConfig {
+    /// Serve WebTransport at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// UDP address; `None` = the TCP `listen` address (same port number).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Certificate chain PEM path, or `auto`: a self-signed ECDSA P-256 certificate
+    /// made at start, valid 14 days (dev mode; its SHA-256 is logged).
+    #[serde(default = "defaults::cert_auto")]
+    pub cert: String,
+    /// Private key PEM path (with a certificate path).
+    #[serde(default)]
+    pub key: String,
+    /// Allowed `Origin` values (exact match); empty allows any.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Sessions one QUIC connection may hold at once.
+    #[serde(default = "defaults::wt_sessions")]
+    pub max_sessions_per_connection: usize,
+    /// QUIC idle timeout.
+    #[serde(default = "defaults::wt_idle")]
+    pub idle_timeout: ConfigDuration,
+    /// Validate client addresses with a QUIC Retry (HMAC-authenticated token) before
+    /// creating any connection state.
+    #[serde(default = "defaults::yes")]
+    pub retry: bool,
+    /// Built-in endpoints (`rooms` or `echo`).
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+impl Default for WebTransportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: None,
+            cert: defaults::cert_auto(),
+            key: String::new(),
+            allowed_origins: Vec::new(),
+            max_sessions_per_connection: defaults::wt_sessions(),
+            idle_timeout: defaults::wt_idle(),
+            retry: true,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+impl WebTransportConfig {
+    /// Whether `origin` may open a session (a request without one is allowed: it
+    /// is not a browser page).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        match origin {
+            Some(o) if !self.allowed_origins.is_empty() => {
+                self.allowed_origins.iter().any(|a| a == "*" || a == o)
+            }
+            _ => true,
+        }
+    }
 }
 
 /// A duration in config: a number of seconds, or a string with a unit
@@ -427,6 +494,15 @@ mod defaults {
     pub fn retry_ms() -> u32 {
         2000
     }
+    pub fn cert_auto() -> String {
+        "auto".into()
+    }
+    pub fn wt_sessions() -> usize {
+        16
+    }
+    pub fn wt_idle() -> super::ConfigDuration {
+        super::ConfigDuration(std::time::Duration::from_secs(30))
+    }
 }
 
 impl Default for Config {
@@ -510,6 +586,34 @@ impl Config {
             if ws.endpoints[..i].iter().any(|e| e.path == ep.path) {
                 return Err(format!(
                     "websocket.endpoints[{i}].path {:?} is listed twice",
+                    ep.path
+                ));
+            }
+        }
+        self.validate_webtransport()
+    }
+
+    fn validate_webtransport(&self) -> Result<(), String> {
+        let wt = &self.webtransport;
+        if wt.max_sessions_per_connection == 0 {
+            return Err("webtransport.max_sessions_per_connection must be greater than 0".into());
+        }
+        if wt.idle_timeout.0 < Duration::from_millis(100) {
+            return Err("webtransport.idle_timeout must be at least 100ms".into());
+        }
+        if wt.cert != "auto" && wt.key.is_empty() {
+            return Err("webtransport.key is required when webtransport.cert is a file".into());
+        }
+        for (i, ep) in wt.endpoints.iter().enumerate() {
+            if !ep.path.starts_with('/') {
+                return Err(format!(
+                    "webtransport.endpoints[{i}].path must start with '/', got {:?}",
+                    ep.path
+                ));
+            }
+            if wt.endpoints[..i].iter().any(|e| e.path == ep.path) {
+                return Err(format!(
+                    "webtransport.endpoints[{i}].path {:?} is listed twice",
                     ep.path
                 ));
             }

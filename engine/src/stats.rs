@@ -28,6 +28,20 @@ pub struct ShardStats {
     pub mesh_overflows: AtomicU64,
     /// Handlers that panicked (their connection was closed with 1011).
     pub handler_panics: AtomicU64,
+    /// Live QUIC connections.
+    pub wt_connections: AtomicU64,
+    /// Live WebTransport sessions.
+    pub wt_sessions: AtomicU64,
+    /// WebTransport session requests refused (4xx/5xx).
+    pub wt_rejected: AtomicU64,
+    /// QUIC Retry packets sent (address validation).
+    pub wt_retries: AtomicU64,
+    /// Datagrams not sent (too large, queue full) or not taken (handler inbox full).
+    pub wt_datagrams_dropped: AtomicU64,
+    /// UDP packets sent.
+    pub wt_packets_out: AtomicU64,
+    /// sendmmsg() calls.
+    pub wt_send_calls: AtomicU64,
 }
 
 impl ShardStats {
@@ -60,7 +74,9 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "{{\"shards\":{},\"connections\":{},\"connections_per_shard\":[{}],\"accepted\":{},",
             "\"messages_in\":{},\"broadcasts\":{},\"deliveries\":{},\"frames_written\":{},",
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
-            "\"slow_consumers\":{},\"mesh_overflows\":{},\"handler_panics\":{}}}"
+            "\"slow_consumers\":{},\"mesh_overflows\":{},\"handler_panics\":{},",
+            "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
+            "\"wt_datagrams_dropped\":{},\"wt_packets_out\":{},\"wt_packets_per_send\":{:.2}}}"
         ),
         shards.len(),
         sum(|s| &s.connections),
@@ -72,13 +88,24 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         frames,
         writes,
         sum(|s| &s.bytes_written),
-        if writes == 0 {
-            0.0
-        } else {
-            frames as f64 / writes as f64
-        },
+        ratio(frames, writes),
         sum(|s| &s.slow_consumers),
         sum(|s| &s.mesh_overflows),
         sum(|s| &s.handler_panics),
+        sum(|s| &s.wt_connections),
+        sum(|s| &s.wt_sessions),
+        sum(|s| &s.wt_rejected),
+        sum(|s| &s.wt_retries),
+        sum(|s| &s.wt_datagrams_dropped),
+        sum(|s| &s.wt_packets_out),
+        ratio(sum(|s| &s.wt_packets_out), sum(|s| &s.wt_send_calls)),
     )
+}
+
+fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }

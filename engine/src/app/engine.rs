@@ -15,6 +15,8 @@ use super::callbacks::WsCallbacks;
 use super::conn::WsConn;
 use super::message::Message;
 use super::sse::SseStream;
+use super::wt::WtSession;
+use crate::net::quic::WtShared;
 use crate::config::{Config, EndpointKind};
 use crate::net::accept::accept_loop;
 use crate::net::shard::{BroadcastError, Shard, ShardMsg};
@@ -26,6 +28,9 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + 'static>>;
 
 /// A WebSocket handler shared by every shard.
 pub type WsHandler = Arc<dyn Fn(WsConn) -> HandlerFuture + Send + Sync>;
+
+/// A WebTransport session handler shared by every shard.
+pub type WtHandler = Arc<dyn Fn(WtSession) -> HandlerFuture + Send + Sync>;
 
 /// How an endpoint serves its connections.
 #[derive(Clone)]
@@ -66,6 +71,10 @@ pub(crate) struct Shared {
     pub(crate) epoch_base: u64,
     /// The publish API key, if the API is enabled.
     pub(crate) api_key: Option<String>,
+    /// WebTransport endpoints by path.
+    pub(crate) wt_endpoints: Vec<(String, WtHandler)>,
+    /// Certificate and key when WebTransport is on.
+    pub(crate) wt: Option<WtShared>,
 }
 
 impl Shared {
@@ -76,6 +85,15 @@ impl Shared {
             .enumerate()
             .find(|(_, (p, _))| p == path)
             .map(|(i, (_, e))| (i, e))
+    }
+
+    /// The WebTransport endpoint at `path` and its index.
+    pub(crate) fn wt_endpoint(&self, path: &str) -> Option<(usize, WtHandler)> {
+        self.wt_endpoints
+            .iter()
+            .enumerate()
+            .find(|(_, (p, _))| p == path)
+            .map(|(i, (_, h))| (i, h.clone()))
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -99,6 +117,7 @@ impl std::error::Error for StartError {}
 pub struct Engine {
     config: Config,
     endpoints: Vec<(String, Endpoint)>,
+    wt_endpoints: Vec<(String, WtHandler)>,
 }
 
 impl Engine {
@@ -107,7 +126,14 @@ impl Engine {
         let mut engine = Self {
             config,
             endpoints: Vec::new(),
+            wt_endpoints: Vec::new(),
         };
+        for ep in engine.config.webtransport.endpoints.clone() {
+            match ep.kind {
+                EndpointKind::Rooms => engine.webtransport(&ep.path, super::wt_builtin::rooms),
+                EndpointKind::Echo => engine.webtransport(&ep.path, super::wt_builtin::echo),
+            };
+        }
         for ep in engine.config.websocket.endpoints.clone() {
             match ep.kind {
                 EndpointKind::Rooms => engine.websocket_callbacks(&ep.path, builtin::Rooms),
@@ -235,6 +261,27 @@ impl Engine {
         )
     }
 
+    /// Serve WebTransport sessions on `path` with an async `handler` (one task per
+    /// session, on the session's shard; replaces any handler already there). Needs
+    /// `webtransport.enabled`. The handler gets a [`WtSession`]: incoming streams
+    /// and datagrams ([`WtSession::next`]), `open_uni`/`open_bi`, `send_datagram`,
+    /// rooms, query, `close`.
+    pub fn webtransport<F, Fut>(&mut self, path: &str, handler: F) -> &mut Self
+    where
+        F: Fn(WtSession) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let handler: WtHandler = Arc::new(move |s| Box::pin(handler(s)) as HandlerFuture);
+        self.wt_endpoints.retain(|(p, _)| p != path);
+        self.wt_endpoints.push((path.to_string(), handler));
+        self
+    }
+
+    /// The WebTransport endpoint paths registered so far.
+    pub fn webtransport_paths(&self) -> Vec<String> {
+        self.wt_endpoints.iter().map(|(p, _)| p.clone()).collect()
+    }
+
     /// Bind the listeners and start the shards.
     pub fn start(self) -> Result<RunningEngine, StartError> {
         let shards = self.config.shard_count();
@@ -245,6 +292,15 @@ impl Engine {
             )));
         }
         let (listeners, local_addr) = bind_listeners(self.config.listen, shards)?;
+        let (wt, udp_sockets, wt_addr) = if self.config.webtransport.enabled {
+            let wt = crate::net::quic::prepare_tls(&self.config.webtransport)
+                .map_err(StartError)?;
+            let udp_addr = self.config.webtransport.listen.unwrap_or(local_addr);
+            let (sockets, addr) = bind_udp(udp_addr, shards)?;
+            (Some(wt), sockets, Some(addr))
+        } else {
+            (None, Vec::new(), None)
+        };
         let mut mesh = Mesh::new(shards, self.config.runtime.mesh_capacity)
             .map_err(|e| StartError(format!("cannot build the shard mesh: {e}")))?;
         let deflate = DeflateSettings {
@@ -263,8 +319,14 @@ impl Engine {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64),
             api_key: self.config.api.resolved_key(),
+            wt_endpoints: self.wt_endpoints,
+            wt,
             config: self.config,
         });
+        let udp_fds: Vec<Mutex<Option<i32>>> = udp_sockets
+            .into_iter()
+            .map(|s| Mutex::new(Some(s.into_raw_fd())))
+            .collect();
         let inboxes: Vec<_> = (0..shards)
             .map(|i| Mutex::new(mesh.take_inbox(i)))
             .collect();
@@ -272,7 +334,7 @@ impl Engine {
             .into_iter()
             .map(|l| Mutex::new(Some(l.into_raw_fd())))
             .collect();
-        let boot = Arc::new((inboxes, listener_fds));
+        let boot = Arc::new((inboxes, listener_fds, udp_fds));
         let pool_config = PoolConfig {
             shards,
             io_memory: shared.config.runtime.io_memory,
@@ -292,7 +354,21 @@ impl Engine {
                 };
                 // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                let shard = Rc::new(Shard::new(i, shared));
+                let shard = Rc::new(Shard::new(i, shared.clone()));
+                let udp = boot.2.get(i).and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
+                if let (Some(fd), Some(wt)) = (udp, shared.wt.as_ref()) {
+                    // SAFETY: `fd` is a UDP socket we bound and handed to this shard only.
+                    let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
+                    let endpoint = crate::net::quic::quiche_config(&shared, wt)
+                        .and_then(|q| crate::net::quic::Endpoint::new(shard.clone(), socket, q));
+                    match endpoint {
+                        Ok(ep) => {
+                            ep.spawn();
+                            *shard.quic.borrow_mut() = Some(ep);
+                        }
+                        Err(e) => eprintln!("shard {i}: WebTransport disabled: {e}"),
+                    }
+                }
                 glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
                 glommio::spawn_local(shard.clone().run_driver()).detach();
                 glommio::spawn_local(shard.clone().run_sweeper()).detach();
@@ -306,6 +382,7 @@ impl Engine {
             pool: Some(pool),
             handle: EngineHandle { shared },
             local_addr,
+            wt_addr,
         })
     }
 }
@@ -329,6 +406,44 @@ fn bind_listeners(
         out.push(l);
     }
     Ok((out, addr))
+}
+
+/// Bind one SO_REUSEPORT UDP socket per shard on `addr` (port 0: the first bind
+/// picks the port).
+fn bind_udp(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), StartError> {
+    let mut out = Vec::with_capacity(shards);
+    let mut addr = addr;
+    for _ in 0..shards {
+        let s = bind_udp_reuseport(addr).map_err(|e| {
+            StartError(format!("webtransport: cannot bind UDP {addr}: {e} (set webtransport.listen)"))
+        })?;
+        if addr.port() == 0 {
+            addr = s
+                .local_addr()
+                .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
+        }
+        out.push(s);
+    }
+    Ok((out, addr))
+}
+
+fn bind_udp_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = if addr.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    // Room for bursts of fan-out packets and incoming acks.
+    let _ = s.set_send_buffer_size(4 << 20);
+    let _ = s.set_recv_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s.into())
 }
 
 fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -373,7 +488,7 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     }
 }
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain data large enough for either family.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {
@@ -456,12 +571,23 @@ pub struct RunningEngine {
     pool: Option<ShardPool>,
     handle: EngineHandle,
     local_addr: SocketAddr,
+    wt_addr: Option<SocketAddr>,
 }
 
 impl RunningEngine {
     /// The address the listeners are bound to (the real port when configured with 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The UDP address WebTransport is served on, when enabled.
+    pub fn webtransport_addr(&self) -> Option<SocketAddr> {
+        self.wt_addr
+    }
+
+    /// SHA-256 of the WebTransport certificate (for `serverCertificateHashes`).
+    pub fn webtransport_cert_sha256(&self) -> Option<[u8; 32]> {
+        self.handle.shared.wt.as_ref().map(|w| w.cert_sha256)
     }
 
     /// A handle for broadcasting and shutdown.

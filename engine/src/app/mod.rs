@@ -10,3 +10,5 @@ pub mod connection;
 pub mod engine;
 pub mod message;
 pub mod sse;
+pub mod wt;
+pub mod wt_builtin;

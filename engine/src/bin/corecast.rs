@@ -1,4 +1,4 @@
-//! The `corecast` command: `serve`, `check-config`.
+//! The `corecast` command: `serve`, `check-config`, `cert`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,10 +12,14 @@ corecast — thread-per-core real-time fan-out server
 USAGE:
     corecast serve [--config FILE] [--listen ADDR] [--shards N|auto]
     corecast check-config FILE
+    corecast cert --out DIR [--days N] [--host NAME]...
     corecast --help | --version
 
 serve         run the server (without --config: the embedded default config.yaml)
 check-config  validate a configuration file and exit (0 = valid)
+cert          write a self-signed ECDSA P-256 cert.pem + key.pem for WebTransport
+              (at most 14 days, default 14; hosts default: localhost 127.0.0.1 ::1)
+              and print the SHA-256 for a browser's serverCertificateHashes
 ";
 
 fn main() -> ExitCode {
@@ -23,6 +27,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("serve") => serve(&args[1..]),
         Some("check-config") => check_config(&args[1..]),
+        Some("cert") => cert(&args[1..]),
         Some("--help") | Some("-h") | Some("help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -52,6 +57,52 @@ fn check_config(args: &[String]) -> ExitCode {
         }
         Err(e) => {
             eprintln!("corecast: invalid configuration: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn cert(args: &[String]) -> ExitCode {
+    use corecast::cert;
+    let mut out: Option<PathBuf> = None;
+    let mut days: u64 = 14;
+    let mut hosts: Vec<String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else {
+            return fail(&format!("cert: {flag} needs a value"));
+        };
+        match flag.as_str() {
+            "--out" => out = Some(PathBuf::from(value)),
+            "--host" => hosts.push(value.clone()),
+            "--days" => match value.parse() {
+                Ok(d) if (1..=14).contains(&d) => days = d,
+                _ => return fail("cert: --days must be 1..=14 (browsers refuse longer certificates for serverCertificateHashes)"),
+            },
+            other => return fail(&format!("cert: unknown flag {other:?}\n\n{USAGE}")),
+        }
+    }
+    let Some(out) = out else {
+        return fail("cert: --out DIR is required");
+    };
+    if hosts.is_empty() {
+        hosts = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+    }
+    let validity = std::time::Duration::from_secs(days * 24 * 3600);
+    let made = match cert::generate(&hosts, validity, std::time::SystemTime::now()) {
+        Ok(m) => m,
+        Err(e) => return fail(&format!("cert: {e}")),
+    };
+    match cert::write_pair(&out, &made) {
+        Ok((c, k)) => {
+            println!("certificate: {}", c.display());
+            println!("private key: {}", k.display());
+            println!("sha256: {}", cert::hex(&made.sha256));
+            println!("sha256 (base64): {}", cert::base64(&made.sha256));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("corecast: cert: {e}");
             ExitCode::from(1)
         }
     }
@@ -124,6 +175,7 @@ fn serve(args: &[String]) -> ExitCode {
         Some(_) => "api /api/rooms/{room}".to_string(),
         None => "api disabled (no api.key)".to_string(),
     });
+    let cfg_wt_paths: Vec<String> = engine.webtransport_paths();
     let running = match engine.start() {
         Ok(r) => r,
         Err(e) => {
@@ -146,6 +198,16 @@ fn serve(args: &[String]) -> ExitCode {
         endpoints.join(", "),
         running.local_addr()
     );
+    if let (Some(addr), Some(sha)) = (running.webtransport_addr(), running.webtransport_cert_sha256())
+    {
+        let paths: Vec<&str> = cfg_wt_paths.iter().map(String::as_str).collect();
+        let _ = writeln!(
+            std::io::stdout(),
+            "corecast webtransport on https://{addr} (udp; endpoints: {}; cert sha256 {})",
+            paths.join(", "),
+            corecast::cert::hex(&sha)
+        );
+    }
     let _ = std::io::stdout().flush();
     match running.wait() {
         Ok(()) => {

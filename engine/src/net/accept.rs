@@ -112,6 +112,25 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         let _ = stream.write_all(&resp).await;
         return;
     }
+    if req.path == "/webtransport/cert-hash" {
+        let resp = match &shard.shared.wt {
+            Some(wt) => http::response_with_type(
+                200,
+                "OK",
+                &[("Access-Control-Allow-Origin", "*")],
+                "application/json",
+                format!(
+                    "{{\"sha256\":\"{}\",\"base64\":\"{}\"}}",
+                    crate::cert::hex(&wt.cert_sha256),
+                    crate::cert::base64(&wt.cert_sha256)
+                )
+                .as_bytes(),
+            ),
+            None => http::response(404, "Not Found", &[], "WebTransport is not enabled"),
+        };
+        let _ = stream.write_all(&resp).await;
+        return;
+    }
     if req.path.starts_with("/api/") {
         super::api::serve(shard, stream, req, pending).await;
         return;

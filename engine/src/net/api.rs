@@ -204,11 +204,12 @@ async fn room_info(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
         None => "\"epoch\":null,\"seq\":0,\"id\":null".to_string(),
     };
     let json = format!(
-        "{{\"room\":{},\"members\":{{\"websocket\":{},\"sse\":{},\"total\":{}}},{position}}}\n",
+        "{{\"room\":{},\"members\":{{\"websocket\":{},\"sse\":{},\"webtransport\":{},\"total\":{}}},{position}}}\n",
         serde_json::to_string(room).unwrap_or_default(),
         counts.websocket,
         counts.sse,
-        counts.websocket + counts.sse,
+        counts.webtransport,
+        counts.websocket + counts.sse + counts.webtransport,
     );
     http::response_with_type(200, "OK", &[], "application/json", json.as_bytes())
 }

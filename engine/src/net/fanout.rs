@@ -11,6 +11,7 @@ use super::shard::Shard;
 use crate::app::message::Message;
 use crate::proto::sse::{self, Cursor};
 use crate::proto::ws::frame::{self, OpCode};
+use crate::proto::wt::record::{self, ServerRecord};
 
 /// The cursor text of a position (`<epoch hex>:<seq>`).
 pub(crate) fn cursor(pos: Position) -> Cursor {
@@ -30,6 +31,7 @@ pub(crate) struct Encodings<'a> {
     ws_deflate: Option<Bytes>,
     ws_envelope: Option<Bytes>,
     sse: Option<Bytes>,
+    wt: Option<ServerRecord>,
 }
 
 impl<'a> Encodings<'a> {
@@ -43,7 +45,21 @@ impl<'a> Encodings<'a> {
             ws_deflate: None,
             ws_envelope: None,
             sse: None,
+            wt: None,
         }
+    }
+
+    /// The WebTransport record (reliable stream bytes; the datagram body is a
+    /// slice of it).
+    pub(crate) fn for_wt(&mut self) -> &ServerRecord {
+        let (room, msg) = (self.room, self.msg);
+        self.wt.get_or_insert_with(|| {
+            let kind = match msg {
+                Message::Text(_) => record::TEXT,
+                Message::Binary(_) => record::BINARY,
+            };
+            ServerRecord::new(room, kind, msg.as_bytes())
+        })
     }
 
     /// The bytes to queue for `conn`.

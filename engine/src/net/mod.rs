@@ -10,6 +10,8 @@ pub(crate) mod driver;
 pub(crate) mod fanout;
 pub(crate) mod notify;
 pub(crate) mod pending;
+pub(crate) mod quic;
 pub(crate) mod read;
 pub(crate) mod session;
 pub(crate) mod shard;
+pub(crate) mod udp;

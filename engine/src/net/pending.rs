@@ -15,6 +15,7 @@ use corecast_shards::Position;
 pub(crate) struct RoomCounts {
     pub(crate) websocket: u64,
     pub(crate) sse: u64,
+    pub(crate) webtransport: u64,
     pub(crate) position: Option<Position>,
 }
 
@@ -115,6 +116,7 @@ impl Pending {
             let mut sum = g.sum.get();
             sum.websocket += counts.websocket;
             sum.sse += counts.sse;
+            sum.webtransport += counts.webtransport;
             sum.position = sum.position.or(counts.position);
             g.sum.set(sum);
             g.remaining.set(g.remaining.get().saturating_sub(1));

@@ -21,6 +21,7 @@ use super::notify::LocalNotify;
 use super::pending::{Pending, RoomCounts};
 use super::read::ReadArena;
 use crate::app::engine::Shared;
+use crate::app::wt::SessionState;
 use crate::app::message::Message;
 use crate::proto::ws::deflate::Deflater;
 use crate::proto::ws::{close, frame};
@@ -78,8 +79,24 @@ pub(crate) enum ShardMsg {
     },
     /// One shard's answer to `RoomInfo`.
     RoomInfoReply { token: u64, counts: RoomCounts },
+    /// A QUIC packet for a connection this shard owns (it reached another shard's
+    /// socket).
+    QuicPacket {
+        data: Vec<u8>,
+        from: std::net::SocketAddr,
+    },
     /// Look at the shutdown flag.
     Shutdown,
+}
+
+/// A room member on this shard: a TCP connection (WebSocket, SSE) or a
+/// WebTransport session.
+#[derive(Clone)]
+pub(crate) enum Member {
+    /// WebSocket or SSE.
+    Conn(Rc<Conn>),
+    /// WebTransport session.
+    Wt(Rc<SessionState>),
 }
 
 /// Why a broadcast was not accepted.
@@ -102,7 +119,7 @@ pub(crate) struct Shard {
     pub(crate) id: usize,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ShardStats>,
-    rooms: RefCell<RoomTable<u32, Rc<Conn>>>,
+    rooms: RefCell<RoomTable<u64, Member>>,
     interest: RefCell<InterestTable<Message>>,
     pub(crate) pending: Pending,
     pub(crate) conns: RefCell<ConnSlab<Rc<Conn>>>,
@@ -117,6 +134,8 @@ pub(crate) struct Shard {
     /// All connections gone while draining.
     pub(crate) idle: LocalNotify,
     drain_started: Cell<bool>,
+    /// This shard's QUIC endpoint, when WebTransport is on.
+    pub(crate) quic: RefCell<Option<Rc<super::quic::Endpoint>>>,
 }
 
 impl Shard {
@@ -138,6 +157,7 @@ impl Shard {
             flush_delay: shared.config.runtime.flush_delay.0,
             idle: LocalNotify::default(),
             drain_started: Cell::new(false),
+            quic: RefCell::new(None),
             shared,
         }
     }
@@ -281,6 +301,12 @@ impl Shard {
                 self.send_reliable(reply_to, ShardMsg::RoomInfoReply { token, counts });
             }
             ShardMsg::RoomInfoReply { token, counts } => self.pending.info_reply(token, counts),
+            ShardMsg::QuicPacket { mut data, from } => {
+                let ep = self.quic.borrow().clone();
+                if let Some(ep) = ep {
+                    ep.on_packet(&mut data, from, true);
+                }
+            }
             ShardMsg::Shutdown => {}
         }
     }
@@ -399,7 +425,15 @@ impl Shard {
         };
         let mut enc = Encodings::new(self, room, pos, msg);
         let mut delivered = 0u64;
-        for (_, conn) in members.iter() {
+        for (_, member) in members.iter() {
+            let conn = match member {
+                Member::Conn(c) => c,
+                Member::Wt(session) => {
+                    session.deliver(room, enc.for_wt(), &self.stats);
+                    delivered += 1;
+                    continue;
+                }
+            };
             if conn.is_replaying(room) {
                 // Its replay (cut after this message) is on its way from the owner.
                 continue;
@@ -489,11 +523,11 @@ impl Shard {
     fn local_counts(&self, room: &str) -> RoomCounts {
         let mut counts = RoomCounts::default();
         if let Some(members) = self.rooms.borrow().members(room) {
-            for (_, c) in members.iter() {
-                if c.is_sse() {
-                    counts.sse += 1;
-                } else {
-                    counts.websocket += 1;
+            for (_, m) in members.iter() {
+                match m {
+                    Member::Conn(c) if c.is_sse() => counts.sse += 1,
+                    Member::Conn(_) => counts.websocket += 1,
+                    Member::Wt(_) => counts.webtransport += 1,
                 }
             }
         }
@@ -581,7 +615,7 @@ impl Shard {
         let (change, room) = self
             .rooms
             .borrow_mut()
-            .join(room, conn.id.slot, conn.clone());
+            .join(room, u64::from(conn.id.slot), Member::Conn(conn.clone()));
         if change == Change::None {
             return false;
         }
@@ -626,7 +660,7 @@ impl Shard {
 
     /// Remove `conn` from `room`.
     pub(crate) fn leave(self: &Rc<Self>, room: &str, conn: &Conn) {
-        let change = self.rooms.borrow_mut().leave(room, &conn.id.slot);
+        let change = self.rooms.borrow_mut().leave(room, &u64::from(conn.id.slot));
         if change == Change::None {
             return;
         }
@@ -661,6 +695,35 @@ impl Shard {
         }
     }
 
+    /// Add a WebTransport session to `room`; returns the table's shared room name.
+    pub(crate) fn join_wt(self: &Rc<Self>, room: &str, session: &Rc<SessionState>) -> Arc<str> {
+        let (change, name) =
+            self.rooms
+                .borrow_mut()
+                .join(room, session.member_key, Member::Wt(session.clone()));
+        if change == Change::FirstJoined {
+            self.set_interest(&name, true);
+        }
+        name
+    }
+
+    /// Take a WebTransport session out of `room`.
+    pub(crate) fn leave_wt(self: &Rc<Self>, room: &str, session: &SessionState) {
+        let change = self.rooms.borrow_mut().leave(room, &session.member_key);
+        session.rooms.borrow_mut().retain(|(r, _)| &**r != room);
+        if change == Change::LastLeft {
+            self.set_interest(&Arc::from(room), false);
+        }
+    }
+
+    /// Take a WebTransport session out of all its rooms.
+    pub(crate) fn leave_all_wt(self: &Rc<Self>, session: &SessionState) {
+        let rooms: Vec<Arc<str>> = session.rooms.borrow().iter().map(|(r, _)| r.clone()).collect();
+        for room in rooms {
+            self.leave_wt(&room, session);
+        }
+    }
+
     /// Free a finished connection's slot.
     pub(crate) fn forget(&self, conn: &Conn) {
         if self.conns.borrow_mut().remove(conn.id).is_some() {
@@ -674,6 +737,18 @@ impl Shard {
     /// Shutdown: stop accepting, close every connection with 1001 after what is
     /// already queued, and wait (bounded) for them to finish.
     async fn drain(self: &Rc<Self>) {
+        let deadline = std::time::Instant::now()
+            + Duration::from_millis(self.shared.config.shutdown.drain_timeout_ms);
+        let quic = self.quic.borrow().clone();
+        let quic_drain = async move {
+            if let Some(ep) = quic {
+                ep.drain(deadline).await;
+            }
+        };
+        futures_lite::future::zip(self.drain_tcp(), quic_drain).await;
+    }
+
+    async fn drain_tcp(self: &Rc<Self>) {
         self.drain_started.set(true);
         self.draining.fire();
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();

@@ -525,8 +525,11 @@ impl WtConn {
                     self.peer_settings = Some(parsed);
                     settings = true;
                 }
+                // GOAWAY, MAX_PUSH_ID and CANCEL_PUSH need no action here (we
+                // never push); unknown types never reach us (the reader skips them).
                 FrameEvent::Frame {
-                    ty: frame::GOAWAY, ..
+                    ty: frame::GOAWAY | 0x03 | 0x0d,
+                    ..
                 } => {}
                 _ => {
                     self.fail(conn, H3_FRAME_UNEXPECTED, "unexpected frame on the control stream");
@@ -597,11 +600,13 @@ impl WtConn {
 
     /// Accept the request on `stream_id` as a WebTransport session.
     pub fn accept(&mut self, conn: &mut quiche::Connection, stream_id: u64, draft02: bool) {
-        let mut fields = vec![(":status", "200")];
-        if draft02 {
-            fields.push(("sec-webtransport-http3-draft", "draft02"));
-        }
-        let head = frame::encode_headers(&fields);
+        // Sent whatever the client announced: draft-02 clients that omit their
+        // header (aioquic) still look for ours, and others ignore it.
+        let _ = draft02;
+        let head = frame::encode_headers(&[
+            (":status", "200"),
+            ("sec-webtransport-http3-draft", "draft02"),
+        ]);
         self.send_all(conn, stream_id, head, false);
         let pending = match self.streams.remove(&stream_id) {
             Some(Stream::Awaiting(reader)) => reader,

@@ -1,0 +1,594 @@
+//! WebTransport handler API: [`WtSession`] (what `Engine::webtransport` handlers
+//! get), its streams ([`WtStream`], [`WtRecvStream`], [`WtSendStream`]) and room
+//! delivery ([`Delivery`]). Everything runs on the session's shard; stream reads
+//! and writes go straight to the QUIC connection, so QUIC flow control is the
+//! back-pressure.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use bytes::Bytes;
+use corecast_shards::OutboundQueue;
+
+use super::message::Message;
+use crate::net::quic::QuicConn;
+use crate::net::shard::{BroadcastError, Shard};
+use crate::proto::http;
+use crate::proto::wt::record::{self, ServerRecord};
+use crate::proto::wt::session::{app_code_to_h3, h3_to_app_code, OpenError};
+use crate::stats::ShardStats;
+
+/// Events a session's inbox holds before new streams are refused and datagrams
+/// dropped (bounded, like every queue).
+const INBOX_CAP: usize = 256;
+
+/// Session close code: the session's reliable delivery queue overflowed.
+pub const CLOSE_SLOW_CONSUMER: u32 = 1008;
+/// Session close code: the handler panicked.
+pub const CLOSE_HANDLER_PANIC: u32 = 1011;
+/// Session close code: the server is shutting down.
+pub const CLOSE_GOING_AWAY: u32 = 1001;
+
+/// How a member receives a room's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// In order, nothing lost: records on the session's server-opened uni stream.
+    Reliable,
+    /// Unreliable and latest-wins: one datagram per message.
+    Datagram,
+}
+
+/// Why a WebTransport operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WtError {
+    /// The session (or its connection) has ended.
+    Closed,
+    /// The peer reset the stream (our read side) with this WebTransport code
+    /// (`None`: an HTTP/3 code outside the WebTransport range).
+    Reset(Option<u32>),
+    /// The peer asked us to stop sending, with this code.
+    Stopped(Option<u32>),
+    /// A datagram larger than the connection allows, or datagrams are off.
+    DatagramTooLarge,
+}
+
+impl std::fmt::Display for WtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WtError::Closed => f.write_str("session closed"),
+            WtError::Reset(c) => write!(f, "stream reset by the peer (code {c:?})"),
+            WtError::Stopped(c) => write!(f, "peer stopped reading the stream (code {c:?})"),
+            WtError::DatagramTooLarge => f.write_str("datagram too large for this connection"),
+        }
+    }
+}
+
+impl std::error::Error for WtError {}
+
+/// Something the peer started on a session.
+pub enum WtIncoming {
+    /// A bidirectional stream.
+    Bi(WtStream),
+    /// A unidirectional stream.
+    Uni(WtRecvStream),
+    /// A datagram (without the session prefix).
+    Datagram(Bytes),
+}
+
+pub(crate) enum Incoming {
+    Stream { id: u64, bidi: bool },
+    Datagram(Bytes),
+}
+
+/// The session's reliable delivery stream and what waits to go on it.
+pub(crate) struct DeliveryStream {
+    pub(crate) id: Option<u64>,
+    pub(crate) queue: OutboundQueue,
+}
+
+/// One session as its shard holds it: shared by the handler's [`WtSession`] and
+/// the room tables.
+pub(crate) struct SessionState {
+    /// The CONNECT stream id.
+    pub(crate) id: u64,
+    /// Key in room member lists (distinct from TCP connection slots).
+    pub(crate) member_key: u64,
+    pub(crate) conn: Rc<QuicConn>,
+    pub(crate) path: Box<str>,
+    pub(crate) query: Box<str>,
+    pub(crate) origin: Option<String>,
+    inbox: RefCell<VecDeque<Incoming>>,
+    waker: Cell<Option<Waker>>,
+    pub(crate) closed: RefCell<Option<(u32, String)>>,
+    pub(crate) rooms: RefCell<Vec<(Arc<str>, Delivery)>>,
+    pub(crate) delivery: RefCell<DeliveryStream>,
+}
+
+impl SessionState {
+    pub(crate) fn new(
+        id: u64,
+        member_key: u64,
+        conn: Rc<QuicConn>,
+        path: &str,
+        query: &str,
+        origin: Option<String>,
+        queue_cap: usize,
+    ) -> Self {
+        Self {
+            id,
+            member_key,
+            conn,
+            path: path.into(),
+            query: query.into(),
+            origin,
+            inbox: RefCell::new(VecDeque::new()),
+            waker: Cell::new(None),
+            closed: RefCell::new(None),
+            rooms: RefCell::new(Vec::new()),
+            delivery: RefCell::new(DeliveryStream {
+                id: None,
+                queue: OutboundQueue::new(queue_cap),
+            }),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.borrow().is_some()
+    }
+
+    /// Queue an event for the handler; false when the inbox is full.
+    pub(crate) fn push(&self, ev: Incoming) -> bool {
+        let mut inbox = self.inbox.borrow_mut();
+        if inbox.len() >= INBOX_CAP {
+            return false;
+        }
+        inbox.push_back(ev);
+        drop(inbox);
+        self.wake();
+        true
+    }
+
+    pub(crate) fn wake(&self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Mark the session ended and wake its handler.
+    pub(crate) fn mark_closed(&self, code: u32, reason: String) {
+        if self.closed.borrow().is_none() {
+            *self.closed.borrow_mut() = Some((code, reason));
+        }
+        self.inbox.borrow_mut().clear();
+        self.delivery.borrow_mut().queue.clear();
+        self.wake();
+    }
+
+    fn delivery_of(&self, room: &str) -> Option<Delivery> {
+        self.rooms
+            .borrow()
+            .iter()
+            .find(|(r, _)| &**r == room)
+            .map(|(_, d)| *d)
+    }
+
+    /// Deliver a room message (its record made once per shard) to this member.
+    pub(crate) fn deliver(self: &Rc<Self>, room: &str, rec: &ServerRecord, stats: &ShardStats) {
+        if self.is_closed() {
+            return;
+        }
+        match self.delivery_of(room) {
+            Some(Delivery::Datagram) => {
+                let sent = self.conn.with(|inner| {
+                    let (conn, wt) = (&mut inner.conn, &mut inner.wt);
+                    wt.send_datagram(conn, self.id, rec.body(), Some(rec.room_prefix_len))
+                });
+                if !matches!(sent, Some(Ok(()))) {
+                    ShardStats::add(&stats.wt_datagrams_dropped, 1);
+                }
+                self.conn.mark_dirty();
+            }
+            Some(Delivery::Reliable) => {
+                let full = self
+                    .delivery
+                    .borrow_mut()
+                    .queue
+                    .push(rec.bytes.clone())
+                    .is_err();
+                if full {
+                    ShardStats::add(&stats.slow_consumers, 1);
+                    self.conn
+                        .close_session(self, CLOSE_SLOW_CONSUMER, "slow consumer: delivery queue full");
+                    return;
+                }
+                self.conn.mark_dirty();
+            }
+            None => {}
+        }
+    }
+}
+
+/// A WebTransport session, as its handler sees it. Cheap to clone; all clones
+/// refer to the same session.
+#[derive(Clone)]
+pub struct WtSession {
+    pub(crate) shard: Rc<Shard>,
+    pub(crate) state: Rc<SessionState>,
+}
+
+impl WtSession {
+    /// The session id (its CONNECT stream id; unique per connection).
+    pub fn session_id(&self) -> u64 {
+        self.state.id
+    }
+
+    /// The shard this session lives on.
+    pub fn shard(&self) -> usize {
+        self.shard.id
+    }
+
+    /// The request path (without query).
+    pub fn path(&self) -> &str {
+        &self.state.path
+    }
+
+    /// Query parameters in order (percent-decoded).
+    pub fn query(&self) -> Vec<(String, String)> {
+        http::parse_query(&self.state.query)
+    }
+
+    /// Every value of query parameter `key`, in order.
+    pub fn query_all(&self, key: &str) -> Vec<String> {
+        self.query()
+            .into_iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    /// The first value of query parameter `key`.
+    pub fn query_get(&self, key: &str) -> Option<String> {
+        self.query_all(key).into_iter().next()
+    }
+
+    /// The request's `Origin`, if it sent one.
+    pub fn origin(&self) -> Option<&str> {
+        self.state.origin.as_deref()
+    }
+
+    /// The client's UDP address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.state.conn.peer
+    }
+
+    /// The next stream or datagram the peer started; `None` once the session ended.
+    pub async fn next(&self) -> Option<WtIncoming> {
+        let ev = poll_fn(|cx| {
+            if let Some(ev) = self.state.inbox.borrow_mut().pop_front() {
+                return Poll::Ready(Some(ev));
+            }
+            if self.state.is_closed() {
+                return Poll::Ready(None);
+            }
+            self.state.waker.set(Some(cx.waker().clone()));
+            Poll::Pending
+        })
+        .await?;
+        Some(match ev {
+            Incoming::Stream { id, bidi: true } => WtIncoming::Bi(WtStream::new(&self.state.conn, id)),
+            Incoming::Stream { id, bidi: false } => {
+                WtIncoming::Uni(WtRecvStream::new(StreamGuard::new(&self.state.conn, id)))
+            }
+            Incoming::Datagram(d) => WtIncoming::Datagram(d),
+        })
+    }
+
+    /// Send a datagram on this session.
+    pub fn send_datagram(&self, data: &[u8]) -> Result<(), WtError> {
+        if self.state.is_closed() {
+            return Err(WtError::Closed);
+        }
+        let sent = self.state.conn.with(|inner| {
+            let (conn, wt) = (&mut inner.conn, &mut inner.wt);
+            wt.send_datagram(conn, self.state.id, data, None)
+        });
+        self.state.conn.mark_dirty();
+        match sent {
+            Some(Ok(())) => Ok(()),
+            Some(Err(quiche::Error::BufferTooShort | quiche::Error::InvalidState)) => {
+                Err(WtError::DatagramTooLarge)
+            }
+            // A full send queue drops the datagram: datagrams are unreliable.
+            Some(Err(_)) => Ok(()),
+            None => Err(WtError::Closed),
+        }
+    }
+
+    async fn open(&self, bidi: bool) -> Result<u64, WtError> {
+        loop {
+            if self.state.is_closed() {
+                return Err(WtError::Closed);
+            }
+            let opened = self.state.conn.with(|inner| {
+                let (conn, wt) = (&mut inner.conn, &mut inner.wt);
+                wt.open_stream(conn, self.state.id, bidi)
+            });
+            match opened {
+                Some(Ok(id)) => {
+                    self.state.conn.mark_dirty();
+                    return Ok(id);
+                }
+                Some(Err(OpenError::StreamLimit)) => {
+                    // The peer grants more streams as old ones close.
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                Some(Err(OpenError::NoSession)) | None => return Err(WtError::Closed),
+            }
+        }
+    }
+
+    /// Open a unidirectional stream to the peer (waits for stream credit).
+    pub async fn open_uni(&self) -> Result<WtSendStream, WtError> {
+        let id = self.open(false).await?;
+        Ok(WtSendStream::new(StreamGuard::new(&self.state.conn, id)))
+    }
+
+    /// Open a bidirectional stream to the peer (waits for stream credit).
+    pub async fn open_bi(&self) -> Result<WtStream, WtError> {
+        let id = self.open(true).await?;
+        Ok(WtStream::new(&self.state.conn, id))
+    }
+
+    /// Join `room` with the given delivery; false if already a member or closed.
+    pub fn join_room(&self, room: &str, delivery: Delivery) -> bool {
+        if self.state.is_closed() || self.state.delivery_of(room).is_some() {
+            return false;
+        }
+        let name = self.shard.join_wt(room, &self.state);
+        self.state.rooms.borrow_mut().push((name, delivery));
+        true
+    }
+
+    /// Leave `room`.
+    pub fn leave_room(&self, room: &str) {
+        self.shard.leave_wt(room, &self.state);
+    }
+
+    /// The rooms this session is in, with their delivery.
+    pub fn rooms(&self) -> Vec<(String, Delivery)> {
+        self.state
+            .rooms
+            .borrow()
+            .iter()
+            .map(|(r, d)| (r.to_string(), *d))
+            .collect()
+    }
+
+    /// Publish `msg` to `room` (any member on any shard and transport receives it).
+    pub fn broadcast_to_room(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
+        self.shard.publish(room, msg)
+    }
+
+    /// Publish `msg` to every room this session is in.
+    pub fn broadcast_to_my_rooms(&self, msg: &Message) -> Result<(), BroadcastError> {
+        let rooms: Vec<Arc<str>> = self.state.rooms.borrow().iter().map(|(r, _)| r.clone()).collect();
+        let mut result = Ok(());
+        for r in rooms {
+            if let Err(e) = self.shard.publish(&r, msg.clone()) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Close the session with `code` and `reason` (CLOSE_WEBTRANSPORT_SESSION).
+    pub fn close(&self, code: u32, reason: &str) {
+        self.state.conn.close_session(&self.state, code, reason);
+    }
+
+    /// `(code, reason)` once the session has ended.
+    pub fn close_info(&self) -> Option<(u32, String)> {
+        self.state.closed.borrow().clone()
+    }
+}
+
+/// Forgets a stream in the session layer once every handle to it is dropped.
+pub(crate) struct StreamGuard {
+    pub(crate) conn: Rc<QuicConn>,
+    pub(crate) id: u64,
+}
+
+impl StreamGuard {
+    fn new(conn: &Rc<QuicConn>, id: u64) -> Rc<Self> {
+        Rc::new(Self {
+            conn: conn.clone(),
+            id,
+        })
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.conn.forget_stream(self.id);
+    }
+}
+
+/// The receiving half of a WebTransport stream.
+pub struct WtRecvStream {
+    guard: Rc<StreamGuard>,
+    fin: bool,
+}
+
+impl WtRecvStream {
+    fn new(guard: Rc<StreamGuard>) -> Self {
+        Self { guard, fin: false }
+    }
+
+    /// The QUIC stream id.
+    pub fn id(&self) -> u64 {
+        self.guard.id
+    }
+
+    /// The next chunk of data; `Ok(None)` at the end of the stream.
+    pub async fn read(&mut self) -> Result<Option<Bytes>, WtError> {
+        if self.fin {
+            return Ok(None);
+        }
+        let (conn, id) = (&self.guard.conn, self.guard.id);
+        let got = poll_fn(|cx| {
+            let mut buf = [0u8; 16 * 1024];
+            let r = conn.with(|inner| inner.conn.stream_recv(id, &mut buf));
+            match r {
+                None => Poll::Ready(Err(WtError::Closed)),
+                Some(Ok((n, fin))) => {
+                    conn.mark_dirty(); // flow-control credit may need to go out
+                    Poll::Ready(Ok((Bytes::copy_from_slice(&buf[..n]), fin)))
+                }
+                Some(Err(quiche::Error::Done)) => {
+                    if conn.is_gone() {
+                        return Poll::Ready(Err(WtError::Closed));
+                    }
+                    conn.set_read_waker(id, cx.waker().clone());
+                    Poll::Pending
+                }
+                Some(Err(quiche::Error::StreamReset(code))) => {
+                    Poll::Ready(Err(WtError::Reset(h3_to_app_code(code))))
+                }
+                Some(Err(_)) => Poll::Ready(Err(WtError::Closed)),
+            }
+        })
+        .await?;
+        let (data, fin) = got;
+        self.fin = fin;
+        if data.is_empty() && fin {
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
+    /// Read everything until the end of the stream, refusing more than `max` bytes.
+    pub async fn read_to_end(&mut self, max: usize) -> Result<Vec<u8>, WtError> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.read().await? {
+            if out.len() + chunk.len() > max {
+                self.stop(record::RESET_TOO_LARGE);
+                return Err(WtError::Closed);
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Ask the peer to stop sending (STOP_SENDING with WebTransport code `code`).
+    pub fn stop(&mut self, code: u32) {
+        let id = self.guard.id;
+        self.guard.conn.with(|inner| {
+            let _ = inner
+                .conn
+                .stream_shutdown(id, quiche::Shutdown::Read, app_code_to_h3(code));
+        });
+        self.guard.conn.mark_dirty();
+    }
+}
+
+/// The sending half of a WebTransport stream.
+pub struct WtSendStream {
+    guard: Rc<StreamGuard>,
+}
+
+impl WtSendStream {
+    fn new(guard: Rc<StreamGuard>) -> Self {
+        Self { guard }
+    }
+
+    /// The QUIC stream id.
+    pub fn id(&self) -> u64 {
+        self.guard.id
+    }
+
+    /// Write all of `data`, waiting for flow-control credit as needed.
+    pub async fn write_all(&mut self, data: &[u8]) -> Result<(), WtError> {
+        self.send(data, false).await
+    }
+
+    /// End the stream (FIN) after what was written.
+    pub async fn finish(&mut self) -> Result<(), WtError> {
+        self.send(&[], true).await
+    }
+
+    async fn send(&mut self, mut data: &[u8], fin: bool) -> Result<(), WtError> {
+        let (conn, id) = (self.guard.conn.clone(), self.guard.id);
+        poll_fn(|cx| loop {
+            let ready = conn.with(|inner| inner.wt.stream_ready(id));
+            let r = match ready {
+                None => return Poll::Ready(Err(WtError::Closed)),
+                // The stream's preamble is still queued: data must wait behind it.
+                Some(false) => Err(quiche::Error::Done),
+                Some(true) => conn
+                    .with(|inner| inner.conn.stream_send(id, data, fin))
+                    .unwrap_or(Err(quiche::Error::InvalidStreamState(id))),
+            };
+            match r {
+                Ok(n) => {
+                    conn.mark_dirty();
+                    data = &data[n..];
+                    if data.is_empty() {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Err(quiche::Error::Done) => {
+                    if conn.is_gone() {
+                        return Poll::Ready(Err(WtError::Closed));
+                    }
+                    conn.set_write_waker(id, cx.waker().clone());
+                    conn.mark_dirty();
+                    return Poll::Pending;
+                }
+                Err(quiche::Error::StreamStopped(code)) => {
+                    return Poll::Ready(Err(WtError::Stopped(h3_to_app_code(code))))
+                }
+                Err(_) => return Poll::Ready(Err(WtError::Closed)),
+            }
+        })
+        .await
+    }
+
+    /// Reset the stream with WebTransport code `code`.
+    pub fn reset(&mut self, code: u32) {
+        let id = self.guard.id;
+        self.guard.conn.with(|inner| {
+            let _ = inner
+                .conn
+                .stream_shutdown(id, quiche::Shutdown::Write, app_code_to_h3(code));
+        });
+        self.guard.conn.mark_dirty();
+    }
+}
+
+/// A bidirectional WebTransport stream: read from `recv`, write to `send`.
+pub struct WtStream {
+    /// The receiving half.
+    pub recv: WtRecvStream,
+    /// The sending half.
+    pub send: WtSendStream,
+}
+
+impl WtStream {
+    fn new(conn: &Rc<QuicConn>, id: u64) -> Self {
+        let guard = StreamGuard::new(conn, id);
+        Self {
+            recv: WtRecvStream::new(guard.clone()),
+            send: WtSendStream::new(guard),
+        }
+    }
+
+    /// The QUIC stream id.
+    pub fn id(&self) -> u64 {
+        self.recv.id()
+    }
+}
