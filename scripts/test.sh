@@ -103,6 +103,7 @@ fast_fail() {
     exit 1
   fi
 }
+fast_fail "build deps (cmake, clang)" "$LOGS/build-deps.log" bash scripts/build-deps.sh
 fast_fail "setup test deps" "$LOGS/setup.log" bash scripts/setup-test-deps.sh
 if [ "${SKIP_LINT:-0}" = "1" ] && [ -z "$CI" ]; then
   echo "SKIP_LINT=1: skipping cargo fmt --check and cargo clippy (never in CI)"

@@ -16,9 +16,9 @@ use super::conn::WsConn;
 use super::message::Message;
 use super::sse::SseStream;
 use super::wt::WtSession;
-use crate::net::quic::WtShared;
 use crate::config::{Config, EndpointKind};
 use crate::net::accept::accept_loop;
+use crate::net::quic::WtShared;
 use crate::net::shard::{BroadcastError, Shard, ShardMsg};
 use crate::proto::ws::deflate::DeflateSettings;
 use crate::stats::ShardStats;
@@ -293,8 +293,8 @@ impl Engine {
         }
         let (listeners, local_addr) = bind_listeners(self.config.listen, shards)?;
         let (wt, udp_sockets, wt_addr) = if self.config.webtransport.enabled {
-            let wt = crate::net::quic::prepare_tls(&self.config.webtransport)
-                .map_err(StartError)?;
+            let wt =
+                crate::net::quic::prepare_tls(&self.config.webtransport).map_err(StartError)?;
             let udp_addr = self.config.webtransport.listen.unwrap_or(local_addr);
             let (sockets, addr) = bind_udp(udp_addr, shards)?;
             (Some(wt), sockets, Some(addr))
@@ -355,7 +355,10 @@ impl Engine {
                 // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
                 let shard = Rc::new(Shard::new(i, shared.clone()));
-                let udp = boot.2.get(i).and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
+                let udp = boot
+                    .2
+                    .get(i)
+                    .and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
                 if let (Some(fd), Some(wt)) = (udp, shared.wt.as_ref()) {
                     // SAFETY: `fd` is a UDP socket we bound and handed to this shard only.
                     let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
@@ -418,7 +421,9 @@ fn bind_udp(
     let mut addr = addr;
     for _ in 0..shards {
         let s = bind_udp_reuseport(addr).map_err(|e| {
-            StartError(format!("webtransport: cannot bind UDP {addr}: {e} (set webtransport.listen)"))
+            StartError(format!(
+                "webtransport: cannot bind UDP {addr}: {e} (set webtransport.listen)"
+            ))
         })?;
         if addr.port() == 0 {
             addr = s

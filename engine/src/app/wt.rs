@@ -202,8 +202,11 @@ impl SessionState {
                     .is_err();
                 if full {
                     ShardStats::add(&stats.slow_consumers, 1);
-                    self.conn
-                        .close_session(self, CLOSE_SLOW_CONSUMER, "slow consumer: delivery queue full");
+                    self.conn.close_session(
+                        self,
+                        CLOSE_SLOW_CONSUMER,
+                        "slow consumer: delivery queue full",
+                    );
                     return;
                 }
                 self.conn.mark_dirty();
@@ -280,7 +283,9 @@ impl WtSession {
         })
         .await?;
         Some(match ev {
-            Incoming::Stream { id, bidi: true } => WtIncoming::Bi(WtStream::new(&self.state.conn, id)),
+            Incoming::Stream { id, bidi: true } => {
+                WtIncoming::Bi(WtStream::new(&self.state.conn, id))
+            }
             Incoming::Stream { id, bidi: false } => {
                 WtIncoming::Uni(WtRecvStream::new(StreamGuard::new(&self.state.conn, id)))
             }
@@ -376,7 +381,13 @@ impl WtSession {
 
     /// Publish `msg` to every room this session is in.
     pub fn broadcast_to_my_rooms(&self, msg: &Message) -> Result<(), BroadcastError> {
-        let rooms: Vec<Arc<str>> = self.state.rooms.borrow().iter().map(|(r, _)| r.clone()).collect();
+        let rooms: Vec<Arc<str>> = self
+            .state
+            .rooms
+            .borrow()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect();
         let mut result = Ok(());
         for r in rooms {
             if let Err(e) = self.shard.publish(&r, msg.clone()) {

@@ -64,15 +64,17 @@ async fn publish_records(
     loop {
         match recv.read().await {
             Ok(Some(chunk)) => {
-                if let Err(e) = reader.feed(&chunk, &mut records) {
+                let fed = reader.feed(&chunk, &mut records);
+                // Records before a bad one in the same chunk are still published.
+                for rec in records.drain(..) {
+                    let _ = session.broadcast_to_my_rooms(&to_message(rec));
+                }
+                if let Err(e) = fed {
                     recv.stop(e.reset_code());
                     if let Some(s) = send.as_mut() {
                         s.reset(e.reset_code());
                     }
                     return;
-                }
-                for rec in records.drain(..) {
-                    let _ = session.broadcast_to_my_rooms(&to_message(rec));
                 }
             }
             Ok(None) => {

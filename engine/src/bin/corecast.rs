@@ -198,8 +198,10 @@ fn serve(args: &[String]) -> ExitCode {
         endpoints.join(", "),
         running.local_addr()
     );
-    if let (Some(addr), Some(sha)) = (running.webtransport_addr(), running.webtransport_cert_sha256())
-    {
+    if let (Some(addr), Some(sha)) = (
+        running.webtransport_addr(),
+        running.webtransport_cert_sha256(),
+    ) {
         let paths: Vec<&str> = cfg_wt_paths.iter().map(String::as_str).collect();
         let _ = writeln!(
             std::io::stdout(),

@@ -87,7 +87,10 @@ impl QuicConn {
 
     /// Whether the connection has been torn down.
     pub(crate) fn is_gone(&self) -> bool {
-        self.inner.borrow().as_ref().is_none_or(|i| i.conn.is_closed())
+        self.inner
+            .borrow()
+            .as_ref()
+            .is_none_or(|i| i.conn.is_closed())
     }
 
     /// Something is queued: have the endpoint's sender visit this connection.
@@ -137,7 +140,11 @@ impl QuicConn {
             return;
         }
         let streams = self
-            .with(|inner| inner.wt.close_session(&mut inner.conn, state.id, code, reason))
+            .with(|inner| {
+                inner
+                    .wt
+                    .close_session(&mut inner.conn, state.id, code, reason)
+            })
             .unwrap_or_default();
         self.end_session(state.id, code, reason.to_string(), &streams);
         self.mark_dirty();
@@ -241,7 +248,8 @@ pub(crate) fn quiche_config(
         .map_err(|e| format!("webtransport.cert {}: {e}", wt.cert_path))?;
     q.load_priv_key_from_pem_file(&wt.key_path)
         .map_err(|e| format!("webtransport.key {}: {e}", wt.key_path))?;
-    q.set_application_protos(&[b"h3"]).map_err(|e| e.to_string())?;
+    q.set_application_protos(&[b"h3"])
+        .map_err(|e| e.to_string())?;
     q.set_max_idle_timeout(c.idle_timeout.0.as_millis() as u64);
     q.set_max_recv_udp_payload_size(1500);
     q.set_max_send_udp_payload_size(MAX_SEND);
@@ -428,10 +436,21 @@ impl Endpoint {
             quiche::accept_with_retry(&scid, ids, self.local, from, &mut self.qconfig.borrow_mut())
         } else {
             let scid = quiche::ConnectionId::from_ref(&scid);
-            quiche::accept(&scid, None, self.local, from, &mut self.qconfig.borrow_mut())
+            quiche::accept(
+                &scid,
+                None,
+                self.local,
+                from,
+                &mut self.qconfig.borrow_mut(),
+            )
         };
         let conn = conn.ok()?;
-        let max_sessions = self.shard.shared.config.webtransport.max_sessions_per_connection;
+        let max_sessions = self
+            .shard
+            .shared
+            .config
+            .webtransport
+            .max_sessions_per_connection;
         let mut cids = vec![conn.source_id().as_ref().to_vec()];
         if !retry {
             cids.push(hdr.dcid.as_ref().to_vec());
@@ -494,7 +513,12 @@ impl Endpoint {
                 bidi,
             } => {
                 let state = qc.sessions.borrow().get(&session).cloned();
-                let taken = state.is_some_and(|s| s.push(Incoming::Stream { id: stream_id, bidi }));
+                let taken = state.is_some_and(|s| {
+                    s.push(Incoming::Stream {
+                        id: stream_id,
+                        bidi,
+                    })
+                });
                 if !taken {
                     // The handler is not keeping up: refuse rather than buffer.
                     qc.with(|inner| {
@@ -541,7 +565,10 @@ impl Endpoint {
             ShardStats::add(&self.shard.stats.wt_rejected, 1);
         };
         if req.method != "CONNECT" || !req.is_webtransport() {
-            return reject(405, "only extended CONNECT with :protocol webtransport is served");
+            return reject(
+                405,
+                "only extended CONNECT with :protocol webtransport is served",
+            );
         }
         if req.authority.is_none() || req.path.is_none() || req.scheme.is_none() {
             return reject(400, "missing :authority, :path or :scheme");
@@ -549,13 +576,19 @@ impl Endpoint {
         let Some((index, handler)) = endpoint else {
             return reject(404, &format!("no WebTransport endpoint at {path}"));
         };
-        if !shared.config.webtransport.origin_allowed(req.origin.as_deref()) {
+        if !shared
+            .config
+            .webtransport
+            .origin_allowed(req.origin.as_deref())
+        {
             return reject(403, "origin not allowed");
         }
         if self.shard.draining.fired() {
             return reject(503, "server is shutting down");
         }
-        let open = qc.with(|inner| inner.wt.session_count()).unwrap_or(usize::MAX);
+        let open = qc
+            .with(|inner| inner.wt.session_count())
+            .unwrap_or(usize::MAX);
         if open >= shared.config.webtransport.max_sessions_per_connection {
             return reject(429, "too many sessions on this connection");
         }
@@ -585,7 +618,9 @@ impl Endpoint {
                 .await;
             if outcome.is_err() {
                 ShardStats::add(&stats.handler_panics, 1);
-                state.conn.close_session(&state, CLOSE_HANDLER_PANIC, "handler failed");
+                state
+                    .conn
+                    .close_session(&state, CLOSE_HANDLER_PANIC, "handler failed");
             } else {
                 state.conn.close_session(&state, 0, "");
             }
@@ -629,7 +664,11 @@ impl Endpoint {
                     }
                 }
                 // Flushing may have freed stream credit for the delivery queue.
-                if qc.sessions.borrow().values().any(|s| !s.delivery.borrow().queue.is_empty())
+                if qc
+                    .sessions
+                    .borrow()
+                    .values()
+                    .any(|s| !s.delivery.borrow().queue.is_empty())
                     && qc.with(|i| i.conn.stream_writable_next().is_some()) == Some(true)
                 {
                     qc.mark_dirty();
@@ -647,7 +686,10 @@ impl Endpoint {
         }
         let sent = udp::send_batch(self.fd, buf, packets);
         ShardStats::add(&self.shard.stats.wt_packets_out, sent as u64);
-        ShardStats::add(&self.shard.stats.wt_send_calls, packets.len().div_ceil(BATCH) as u64);
+        ShardStats::add(
+            &self.shard.stats.wt_send_calls,
+            packets.len().div_ceil(BATCH) as u64,
+        );
         packets.clear();
     }
 
@@ -794,7 +836,8 @@ pub(crate) fn prepare_tls(c: &crate::config::WebTransportConfig) -> Result<WtSha
     if c.cert != "auto" {
         let pem = std::fs::read_to_string(&c.cert)
             .map_err(|e| format!("webtransport.cert {}: cannot read: {e}", c.cert))?;
-        let sha = cert::sha256_of_pem(&pem).map_err(|e| format!("webtransport.cert {}: {e}", c.cert))?;
+        let sha =
+            cert::sha256_of_pem(&pem).map_err(|e| format!("webtransport.cert {}: {e}", c.cert))?;
         std::fs::metadata(&c.key).map_err(|e| format!("webtransport.key {}: {e}", c.key))?;
         return Ok(WtShared {
             cert_path: c.cert.clone(),

@@ -21,8 +21,8 @@ use super::notify::LocalNotify;
 use super::pending::{Pending, RoomCounts};
 use super::read::ReadArena;
 use crate::app::engine::Shared;
-use crate::app::wt::SessionState;
 use crate::app::message::Message;
+use crate::app::wt::SessionState;
 use crate::proto::ws::deflate::Deflater;
 use crate::proto::ws::{close, frame};
 use crate::stats::ShardStats;
@@ -612,10 +612,10 @@ impl Shard {
         if conn.state() == ConnState::Done {
             return false;
         }
-        let (change, room) = self
-            .rooms
-            .borrow_mut()
-            .join(room, u64::from(conn.id.slot), Member::Conn(conn.clone()));
+        let (change, room) =
+            self.rooms
+                .borrow_mut()
+                .join(room, u64::from(conn.id.slot), Member::Conn(conn.clone()));
         if change == Change::None {
             return false;
         }
@@ -660,7 +660,10 @@ impl Shard {
 
     /// Remove `conn` from `room`.
     pub(crate) fn leave(self: &Rc<Self>, room: &str, conn: &Conn) {
-        let change = self.rooms.borrow_mut().leave(room, &u64::from(conn.id.slot));
+        let change = self
+            .rooms
+            .borrow_mut()
+            .leave(room, &u64::from(conn.id.slot));
         if change == Change::None {
             return;
         }
@@ -718,7 +721,12 @@ impl Shard {
 
     /// Take a WebTransport session out of all its rooms.
     pub(crate) fn leave_all_wt(self: &Rc<Self>, session: &SessionState) {
-        let rooms: Vec<Arc<str>> = session.rooms.borrow().iter().map(|(r, _)| r.clone()).collect();
+        let rooms: Vec<Arc<str>> = session
+            .rooms
+            .borrow()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect();
         for room in rooms {
             self.leave_wt(&room, session);
         }

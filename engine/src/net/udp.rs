@@ -53,7 +53,10 @@ pub(crate) fn recv_batch(
     for i in 0..got as usize {
         if msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             // Larger than we allow peers to send: drop it.
-            out.push((0, to_socket_addr(&addrs[i]).unwrap_or(([0, 0, 0, 0], 0).into())));
+            out.push((
+                0,
+                to_socket_addr(&addrs[i]).unwrap_or(([0, 0, 0, 0], 0).into()),
+            ));
             continue;
         }
         if let Some(from) = to_socket_addr(&addrs[i]) {
@@ -153,7 +156,10 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         let mut rbuf = vec![0u8; BATCH * RECV_SIZE];
         let mut got = Vec::new();
-        assert_eq!(recv_batch(b.as_raw_fd(), &mut rbuf, &mut got).unwrap(), BATCH);
+        assert_eq!(
+            recv_batch(b.as_raw_fd(), &mut rbuf, &mut got).unwrap(),
+            BATCH
+        );
         assert_eq!(got[5].0, 105);
         assert_eq!(got[5].1, a.local_addr().unwrap());
         assert_eq!(rbuf[5 * RECV_SIZE], 5);

@@ -75,13 +75,12 @@ impl CapsuleReader {
                 return Ok(());
             }
             // Buffer only as much as the next header (and known capsule body) needs.
-            let take = data.len().min(MAX_BUFFERED.saturating_sub(self.buf.len()).max(1));
+            let take = data
+                .len()
+                .min(MAX_BUFFERED.saturating_sub(self.buf.len()).max(1));
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
-            loop {
-                let Some((ty, a)) = varint::decode(&self.buf) else {
-                    break;
-                };
+            while let Some((ty, a)) = varint::decode(&self.buf) {
                 let Some((len, b)) = varint::decode(&self.buf[a..]) else {
                     break;
                 };

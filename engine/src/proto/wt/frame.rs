@@ -122,7 +122,11 @@ pub fn encode_headers(fields: &[(&str, &str)]) -> Vec<u8> {
         .iter()
         .map(|(n, v)| quiche::h3::Header::new(n.as_bytes(), v.as_bytes()))
         .collect();
-    let room: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 8).sum::<usize>() + 16;
+    let room: usize = fields
+        .iter()
+        .map(|(n, v)| n.len() + v.len() + 8)
+        .sum::<usize>()
+        + 16;
     let mut block = vec![0u8; room];
     let mut encoder = quiche::h3::qpack::Encoder::new();
     // The buffer is sized for the worst case of literal fields, so this cannot fail;

@@ -66,7 +66,7 @@ pub fn app_code_to_h3(e: u32) -> u64 {
 /// "grease" points inside the range carry none).
 pub fn h3_to_app_code(h: u64) -> Option<u32> {
     let last = app_code_to_h3(u32::MAX);
-    if !(APP_CODE_FIRST..=last).contains(&h) || (h - 0x21) % 0x1f == 0 {
+    if !(APP_CODE_FIRST..=last).contains(&h) || (h - 0x21).is_multiple_of(0x1f) {
         return None;
     }
     let shifted = h - APP_CODE_FIRST;
@@ -295,8 +295,8 @@ impl WtConn {
     fn on_readable(&mut self, conn: &mut quiche::Connection, id: u64) {
         let state = match self.streams.remove(&id) {
             Some(s) => s,
-            None if id % 4 == 0 || id % 4 == 2 => Stream::Preamble(Preamble {
-                bidi: id % 4 == 0,
+            None if id.is_multiple_of(2) => Stream::Preamble(Preamble {
+                bidi: id.is_multiple_of(4),
                 partial: Vec::new(),
                 first: None,
             }),
@@ -501,7 +501,11 @@ impl WtConn {
         let (bytes, fin, _) = self.read_all(conn, id);
         let mut frames = Vec::new();
         if reader.feed(&bytes, &mut frames).is_err() {
-            self.fail(conn, H3_FRAME_ERROR, "oversized frame on the control stream");
+            self.fail(
+                conn,
+                H3_FRAME_ERROR,
+                "oversized frame on the control stream",
+            );
             return None;
         }
         for f in frames {
@@ -510,7 +514,11 @@ impl WtConn {
                 FrameEvent::Data(_) => frame::DATA,
             };
             if !settings && ty != frame::SETTINGS {
-                self.fail(conn, H3_MISSING_SETTINGS, "control stream must start with SETTINGS");
+                self.fail(
+                    conn,
+                    H3_MISSING_SETTINGS,
+                    "control stream must start with SETTINGS",
+                );
                 return None;
             }
             match f {
@@ -532,7 +540,11 @@ impl WtConn {
                     ..
                 } => {}
                 _ => {
-                    self.fail(conn, H3_FRAME_UNEXPECTED, "unexpected frame on the control stream");
+                    self.fail(
+                        conn,
+                        H3_FRAME_UNEXPECTED,
+                        "unexpected frame on the control stream",
+                    );
                     return None;
                 }
             }
@@ -630,12 +642,7 @@ impl WtConn {
             })
             .collect();
         for (id, bidi) in parked {
-            self.streams.insert(
-                id,
-                Stream::App {
-                    session: stream_id,
-                },
-            );
+            self.streams.insert(id, Stream::App { session: stream_id });
             self.attach(id, stream_id, bidi);
         }
         // Capsules that came with the request are read now.
@@ -651,7 +658,13 @@ impl WtConn {
     }
 
     /// Answer the request on `stream_id` with `status` and a text body, and end it.
-    pub fn reject(&mut self, conn: &mut quiche::Connection, stream_id: u64, status: u16, body: &str) {
+    pub fn reject(
+        &mut self,
+        conn: &mut quiche::Connection,
+        stream_id: u64,
+        status: u16,
+        body: &str,
+    ) {
         let status = status.to_string();
         let mut bytes = frame::encode_headers(&[
             (":status", status.as_str()),
@@ -677,9 +690,7 @@ impl WtConn {
 
     fn read_connect(&mut self, conn: &mut quiche::Connection, id: u64) -> Option<Stream> {
         let (bytes, fin, reset) = self.read_all(conn, id);
-        let Some(session) = self.sessions.get_mut(&id) else {
-            return None;
-        };
+        let session = self.sessions.get_mut(&id)?;
         let mut frames = Vec::new();
         let mut capsules = Vec::new();
         let mut broken = session.frames.feed(&bytes, &mut frames).is_err();
@@ -760,7 +771,11 @@ impl WtConn {
             return Vec::new();
         };
         let mut bytes = Vec::new();
-        frame::encode_frame(frame::DATA, &capsule::encode_close(code, reason), &mut bytes);
+        frame::encode_frame(
+            frame::DATA,
+            &capsule::encode_close(code, reason),
+            &mut bytes,
+        );
         self.send_all(conn, session, bytes, true);
         // Whatever else the peer sends on the CONNECT stream is dropped.
         self.streams.insert(session, Stream::Discard);
@@ -816,7 +831,10 @@ impl WtConn {
         let id = *next;
         *next += 4;
         let mut preamble = Vec::new();
-        varint::encode(if bidi { SIGNAL_WT_BIDI } else { STREAM_WT_UNI }, &mut preamble);
+        varint::encode(
+            if bidi { SIGNAL_WT_BIDI } else { STREAM_WT_UNI },
+            &mut preamble,
+        );
         varint::encode(session, &mut preamble);
         self.send_all(conn, id, preamble, false);
         if let Some(s) = self.sessions.get_mut(&session) {

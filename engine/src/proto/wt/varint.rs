@@ -51,7 +51,17 @@ mod tests {
 
     #[test]
     fn round_trips_every_length_class() {
-        for v in [0, 1, 63, 64, 16_383, 16_384, 1_073_741_823, 1_073_741_824, MAX] {
+        for v in [
+            0,
+            1,
+            63,
+            64,
+            16_383,
+            16_384,
+            1_073_741_823,
+            1_073_741_824,
+            MAX,
+        ] {
             let mut out = Vec::new();
             encode(v, &mut out);
             assert_eq!(out.len(), encoded_len(v));
