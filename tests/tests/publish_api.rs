@@ -343,7 +343,7 @@ async fn room_info_sums_members_over_shards_and_reports_the_position() {
     let v = room_info(addr, "empty").await;
     assert_eq!(
         v,
-        serde_json::json!({"room": "empty", "members": {"websocket": 0, "sse": 0, "total": 0},
+        serde_json::json!({"room": "empty", "members": {"websocket": 0, "sse": 0, "webtransport": 0, "total": 0},
                            "epoch": null, "seq": 0, "id": null})
     );
     let mut ws = Vec::new();
@@ -356,7 +356,8 @@ async fn room_info_sums_members_over_shards_and_reports_the_position() {
     }
     eventually(Duration::from_secs(10), "7 ws + 5 sse members", || async {
         let v = room_info(addr, "count").await;
-        v["members"] == serde_json::json!({"websocket": 7, "sse": 5, "total": 12})
+        v["members"]
+            == serde_json::json!({"websocket": 7, "sse": 5, "webtransport": 0, "total": 12})
     })
     .await;
     let per: Vec<u64> = server.stats().await["connections_per_shard"]
@@ -377,7 +378,7 @@ async fn room_info_sums_members_over_shards_and_reports_the_position() {
     sse.truncate(1);
     eventually(Duration::from_secs(10), "3 ws + 1 sse members", || async {
         room_info(addr, "count").await["members"]
-            == serde_json::json!({"websocket": 3, "sse": 1, "total": 4})
+            == serde_json::json!({"websocket": 3, "sse": 1, "webtransport": 0, "total": 4})
     })
     .await;
     assert_eq!(per.iter().sum::<u64>(), 12, "connections: {per:?}");

@@ -21,7 +21,7 @@ pub enum Capsule {
     Close {
         /// Application error code.
         code: u32,
-        /// Reason text (lossily decoded if not UTF-8).
+        /// Reason text.
         reason: String,
     },
     /// The peer asks us to wind the session down.
@@ -37,6 +37,8 @@ pub enum CapsuleError {
     ReasonTooLong,
     /// A drain capsule with a payload.
     DrainWithPayload,
+    /// A close reason that is not UTF-8.
+    ReasonNotUtf8,
 }
 
 impl std::fmt::Display for CapsuleError {
@@ -45,6 +47,7 @@ impl std::fmt::Display for CapsuleError {
             CapsuleError::ShortClose => "CLOSE_WEBTRANSPORT_SESSION capsule shorter than 4 bytes",
             CapsuleError::ReasonTooLong => "CLOSE_WEBTRANSPORT_SESSION reason over 1024 bytes",
             CapsuleError::DrainWithPayload => "DRAIN_WEBTRANSPORT_SESSION capsule with a payload",
+            CapsuleError::ReasonNotUtf8 => "CLOSE_WEBTRANSPORT_SESSION reason is not UTF-8",
         })
     }
 }
@@ -102,9 +105,11 @@ impl CapsuleReader {
                         }
                         out.push(if ty == CLOSE_SESSION {
                             let body = &self.buf[head..end];
+                            let reason = std::str::from_utf8(&body[4..])
+                                .map_err(|_| CapsuleError::ReasonNotUtf8)?;
                             Capsule::Close {
                                 code: u32::from_be_bytes([body[0], body[1], body[2], body[3]]),
-                                reason: String::from_utf8_lossy(&body[4..]).into_owned(),
+                                reason: reason.to_owned(),
                             }
                         } else {
                             Capsule::Drain
@@ -217,6 +222,11 @@ mod tests {
         varint::encode(CLOSE_SESSION, &mut long);
         varint::encode(4 + 1025, &mut long);
         assert_eq!(parse_bytewise(&long), Err(CapsuleError::ReasonTooLong));
+        let mut bad = Vec::new();
+        varint::encode(CLOSE_SESSION, &mut bad);
+        varint::encode(6, &mut bad);
+        bad.extend([0, 0, 0, 1, 0xc3, 0x28]);
+        assert_eq!(parse_bytewise(&bad), Err(CapsuleError::ReasonNotUtf8));
     }
 
     #[test]
