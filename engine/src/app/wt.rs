@@ -107,6 +107,8 @@ pub(crate) struct SessionState {
     pub(crate) closed: RefCell<Option<(u32, String)>>,
     pub(crate) rooms: RefCell<Vec<(Arc<str>, Delivery)>>,
     pub(crate) delivery: RefCell<DeliveryStream>,
+    /// Closed as a slow consumer (the close itself runs from a task).
+    evicted: Cell<bool>,
 }
 
 impl SessionState {
@@ -134,6 +136,7 @@ impl SessionState {
                 id: None,
                 queue: OutboundQueue::new(queue_cap),
             }),
+            evicted: Cell::new(false),
         }
     }
 
@@ -179,7 +182,7 @@ impl SessionState {
 
     /// Deliver a room message (its record made once per shard) to this member.
     pub(crate) fn deliver(self: &Rc<Self>, room: &str, rec: &ServerRecord, stats: &ShardStats) {
-        if self.is_closed() {
+        if self.is_closed() || self.evicted.get() {
             return;
         }
         match self.delivery_of(room) {
@@ -202,11 +205,19 @@ impl SessionState {
                     .is_err();
                 if full {
                     ShardStats::add(&stats.slow_consumers, 1);
-                    self.conn.close_session(
-                        self,
-                        CLOSE_SLOW_CONSUMER,
-                        "slow consumer: delivery queue full",
-                    );
+                    self.delivery.borrow_mut().queue.clear();
+                    self.evicted.set(true);
+                    // The caller is iterating the room table: close (which leaves
+                    // rooms) from a task, once it is done.
+                    let me = self.clone();
+                    glommio::spawn_local(async move {
+                        me.conn.close_session(
+                            &me,
+                            CLOSE_SLOW_CONSUMER,
+                            "slow consumer: delivery queue full",
+                        );
+                    })
+                    .detach();
                     return;
                 }
                 self.conn.mark_dirty();
@@ -286,9 +297,9 @@ impl WtSession {
             Incoming::Stream { id, bidi: true } => {
                 WtIncoming::Bi(WtStream::new(&self.state.conn, id))
             }
-            Incoming::Stream { id, bidi: false } => {
-                WtIncoming::Uni(WtRecvStream::new(StreamGuard::new(&self.state.conn, id)))
-            }
+            Incoming::Stream { id, bidi: false } => WtIncoming::Uni(WtRecvStream::new(
+                StreamGuard::new(&self.state.conn, id, false),
+            )),
             Incoming::Datagram(d) => WtIncoming::Datagram(d),
         })
     }
@@ -340,7 +351,11 @@ impl WtSession {
     /// Open a unidirectional stream to the peer (waits for stream credit).
     pub async fn open_uni(&self) -> Result<WtSendStream, WtError> {
         let id = self.open(false).await?;
-        Ok(WtSendStream::new(StreamGuard::new(&self.state.conn, id)))
+        Ok(WtSendStream::new(StreamGuard::new(
+            &self.state.conn,
+            id,
+            true,
+        )))
     }
 
     /// Open a bidirectional stream to the peer (waits for stream credit).
@@ -408,24 +423,28 @@ impl WtSession {
     }
 }
 
-/// Forgets a stream in the session layer once every handle to it is dropped.
+/// Forgets a stream in the session layer once every handle to it is dropped; a
+/// sending side dropped without `finish()` or `reset()` is reset (code 0).
 pub(crate) struct StreamGuard {
     pub(crate) conn: Rc<QuicConn>,
     pub(crate) id: u64,
+    /// A sending half exists and has not ended.
+    send_open: Cell<bool>,
 }
 
 impl StreamGuard {
-    fn new(conn: &Rc<QuicConn>, id: u64) -> Rc<Self> {
+    fn new(conn: &Rc<QuicConn>, id: u64, sends: bool) -> Rc<Self> {
         Rc::new(Self {
             conn: conn.clone(),
             id,
+            send_open: Cell::new(sends),
         })
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        self.conn.forget_stream(self.id);
+        self.conn.forget_stream(self.id, self.send_open.get());
     }
 }
 
@@ -529,7 +548,9 @@ impl WtSendStream {
 
     /// End the stream (FIN) after what was written.
     pub async fn finish(&mut self) -> Result<(), WtError> {
-        self.send(&[], true).await
+        let r = self.send(&[], true).await;
+        self.guard.send_open.set(false);
+        r
     }
 
     async fn send(&mut self, mut data: &[u8], fin: bool) -> Result<(), WtError> {
@@ -571,6 +592,7 @@ impl WtSendStream {
 
     /// Reset the stream with WebTransport code `code`.
     pub fn reset(&mut self, code: u32) {
+        self.guard.send_open.set(false);
         let id = self.guard.id;
         self.guard.conn.with(|inner| {
             let _ = inner
@@ -591,7 +613,7 @@ pub struct WtStream {
 
 impl WtStream {
     fn new(conn: &Rc<QuicConn>, id: u64) -> Self {
-        let guard = StreamGuard::new(conn, id);
+        let guard = StreamGuard::new(conn, id, true);
         Self {
             recv: WtRecvStream::new(guard.clone()),
             send: WtSendStream::new(guard),

@@ -128,10 +128,21 @@ impl QuicConn {
         }
     }
 
-    /// Every handle to stream `id` was dropped.
-    pub(crate) fn forget_stream(&self, id: u64) {
+    /// Every handle to stream `id` was dropped; `reset_send`: its sending side was
+    /// neither finished nor reset, so it is reset now (code 0).
+    pub(crate) fn forget_stream(&self, id: u64, reset_send: bool) {
         self.wakers.borrow_mut().remove(&id);
-        self.with(|inner| inner.wt.forget_stream(id));
+        self.with(|inner| {
+            if reset_send {
+                let _ = inner.conn.stream_shutdown(
+                    id,
+                    quiche::Shutdown::Write,
+                    crate::proto::wt::session::app_code_to_h3(0),
+                );
+            }
+            inner.wt.forget_stream(&mut inner.conn, id);
+        });
+        self.mark_dirty();
     }
 
     /// Close `state`'s session from our side (capsule + FIN) and end it here.
@@ -527,7 +538,7 @@ impl Endpoint {
                             quiche::Shutdown::Read,
                             crate::proto::wt::session::H3_REQUEST_CANCELLED,
                         );
-                        inner.wt.forget_stream(stream_id);
+                        inner.wt.forget_stream(&mut inner.conn, stream_id);
                     });
                 }
             }

@@ -8,3 +8,6 @@ pub mod frame;
 pub mod record;
 pub mod session;
 pub mod varint;
+
+#[cfg(test)]
+mod pair_tests;

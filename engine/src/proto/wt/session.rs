@@ -747,7 +747,7 @@ impl WtConn {
             return;
         };
         for s in &session.streams {
-            self.streams.remove(s);
+            self.streams.insert(*s, Stream::Discard);
             reset_stream(conn, *s, WT_SESSION_GONE);
         }
         self.events.push_back(WtEvent::SessionClosed {
@@ -780,7 +780,7 @@ impl WtConn {
         // Whatever else the peer sends on the CONNECT stream is dropped.
         self.streams.insert(session, Stream::Discard);
         for id in &s.streams {
-            self.streams.remove(id);
+            self.streams.insert(*id, Stream::Discard);
             reset_stream(conn, *id, WT_SESSION_GONE);
         }
         s.streams
@@ -844,13 +844,20 @@ impl WtConn {
         Ok(id)
     }
 
-    /// The application is done with stream `id` (both directions ended or reset).
-    pub fn forget_stream(&mut self, id: u64) {
-        if let Some(Stream::App { session }) = self.streams.remove(&id) {
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.streams.retain(|x| *x != id);
-            }
+    /// The application dropped stream `id`. Unread data is refused (STOP_SENDING
+    /// with WebTransport code 0) and whatever still arrives is drained, never
+    /// mistaken for a new stream's preamble.
+    pub fn forget_stream(&mut self, conn: &mut quiche::Connection, id: u64) {
+        let Some(Stream::App { session }) = self.streams.get(&id) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.streams.retain(|x| *x != id);
         }
+        if !conn.stream_finished(id) {
+            let _ = conn.stream_shutdown(id, Shutdown::Read, app_code_to_h3(0));
+        }
+        self.streams.insert(id, Stream::Discard);
     }
 
     /// Whether WebTransport stream `id`'s preamble has been fully written, so its
