@@ -4,6 +4,10 @@
 //! executor pinned to a core that owns its connections; rooms fan one message out to
 //! every member on every shard, sequenced by the room's owner shard.
 //!
+//! Transports: WebSocket and Server-Sent Events on the TCP listener, WebTransport
+//! over HTTP/3 on a UDP socket per shard ([`Engine::webtransport`], [`WtSession`]);
+//! members of one room receive each other's messages whatever their transport.
+//!
 //! Two handler styles share one driver: [`Engine::websocket`] runs an async handler
 //! per connection reading with [`WsConn::recv`]; [`Engine::websocket_callbacks`]
 //! takes [`WsCallbacks`] and costs no task per connection (the built-in `rooms` and
@@ -48,6 +52,7 @@ pub use app::connection::Connection;
 pub use app::engine::{Engine, EngineHandle, RunningEngine, StartError};
 pub use app::message::Message;
 pub use app::sse::{Event, SseStream};
+pub use app::wt::{Delivery, WtError, WtIncoming, WtRecvStream, WtSendStream, WtSession, WtStream};
 pub use config::Config;
 pub use net::conn::SendError;
 pub use net::shard::BroadcastError;
