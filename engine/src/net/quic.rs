@@ -603,7 +603,7 @@ impl Endpoint {
         if open >= shared.config.webtransport.max_sessions_per_connection {
             return reject(429, "too many sessions on this connection");
         }
-        qc.with(|inner| inner.wt.accept(&mut inner.conn, stream_id, req.draft02));
+        qc.with(|inner| inner.wt.accept(&mut inner.conn, stream_id));
         let key = self.next_member.get();
         self.next_member.set(key + 1);
         let state = Rc::new(SessionState::new(

@@ -180,7 +180,7 @@ fn settings_arrive_and_a_session_opens_with_streams_and_datagrams() {
     };
     assert!(request.is_webtransport() && request.draft02);
     assert_eq!(request.path.as_deref(), Some("/wt/chat?room=a"));
-    p.wt.accept(&mut p.server, 0, true);
+    p.wt.accept(&mut p.server, 0);
     p.pump();
     assert_eq!(p.status(0), "200");
 
@@ -230,7 +230,7 @@ fn settings_arrive_and_a_session_opens_with_streams_and_datagrams() {
 fn a_close_capsule_ends_the_session_and_resets_its_streams() {
     let mut p = Pair::new();
     p.connect(0, "/wt/echo");
-    p.wt.accept(&mut p.server, 0, true);
+    p.wt.accept(&mut p.server, 0);
     let mut bidi = Vec::new();
     varint::encode(SIGNAL_WT_BIDI, &mut bidi);
     varint::encode(0, &mut bidi);

@@ -611,10 +611,9 @@ impl WtConn {
     }
 
     /// Accept the request on `stream_id` as a WebTransport session.
-    pub fn accept(&mut self, conn: &mut quiche::Connection, stream_id: u64, draft02: bool) {
+    pub fn accept(&mut self, conn: &mut quiche::Connection, stream_id: u64) {
         // Sent whatever the client announced: draft-02 clients that omit their
         // header (aioquic) still look for ours, and others ignore it.
-        let _ = draft02;
         let head = frame::encode_headers(&[
             (":status", "200"),
             ("sec-webtransport-http3-draft", "draft02"),
