@@ -301,3 +301,28 @@ fn hostile_streams_are_refused_without_harm() {
     p.pump();
     assert_eq!(p.status(12), "404");
 }
+
+#[test]
+fn a_newer_datagram_of_a_room_replaces_the_queued_one() {
+    let mut p = Pair::new();
+    p.connect(0, "/wt/chat");
+    p.wt.accept(&mut p.server, 0);
+    p.pump();
+    let a1 = super::record::ServerRecord::new("a", super::record::TEXT, b"1");
+    let b1 = super::record::ServerRecord::new("b", super::record::TEXT, b"1");
+    let a2 = super::record::ServerRecord::new("a", super::record::TEXT, b"2");
+    for r in [&a1, &b1, &a2] {
+        p.wt
+            .send_datagram(&mut p.server, 0, r.body(), Some(r.room_prefix_len))
+            .unwrap();
+    }
+    p.pump();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = p.client.dgram_recv(&mut buf) {
+        // Quarter stream id 0, then the record body.
+        assert_eq!(buf[0], 0);
+        got.push(buf[1..n].to_vec());
+    }
+    assert_eq!(got, vec![b1.body().to_vec(), a2.body().to_vec()]);
+}
