@@ -479,15 +479,20 @@ impl WtRecvStream {
                     conn.mark_dirty(); // flow-control credit may need to go out
                     Poll::Ready(Ok((Bytes::copy_from_slice(&buf[..n]), fin)))
                 }
+                Some(Err(quiche::Error::StreamReset(code))) => {
+                    Poll::Ready(Err(WtError::Reset(h3_to_app_code(code))))
+                }
+                // The FIN may already have been taken with the stream's preamble
+                // (the session layer reads those bytes): then this is the end.
+                Some(Err(_)) if conn.with(|i| i.conn.stream_finished(id)) == Some(true) => {
+                    Poll::Ready(Ok((Bytes::new(), true)))
+                }
                 Some(Err(quiche::Error::Done)) => {
                     if conn.is_gone() {
                         return Poll::Ready(Err(WtError::Closed));
                     }
                     conn.set_read_waker(id, cx.waker().clone());
                     Poll::Pending
-                }
-                Some(Err(quiche::Error::StreamReset(code))) => {
-                    Poll::Ready(Err(WtError::Reset(h3_to_app_code(code))))
                 }
                 Some(Err(_)) => Poll::Ready(Err(WtError::Closed)),
             }

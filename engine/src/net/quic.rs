@@ -321,6 +321,7 @@ impl Endpoint {
         let mut bufs = vec![0u8; BATCH * RECV_SIZE];
         let mut got = Vec::with_capacity(BATCH);
         let mut peek = [0u8; 1];
+        let mut touched: Vec<Rc<QuicConn>> = Vec::with_capacity(BATCH);
         while !self.stopped.get() {
             // Readiness through io_uring; the datagrams are then taken in batches.
             if self.socket.peek_from(&mut peek).await.is_err() {
@@ -336,12 +337,22 @@ impl Endpoint {
                         break;
                     }
                 }
+                // Feed the whole batch first, then let each connection's session
+                // layer look once, however many of its packets arrived.
+                touched.clear();
                 for (i, (len, from)) in got.iter().enumerate() {
                     if *len == 0 {
                         continue;
                     }
                     let buf = &mut bufs[i * RECV_SIZE..i * RECV_SIZE + len];
-                    self.on_packet(buf, *from, false);
+                    if let Some(qc) = self.recv_packet(buf, *from, false) {
+                        if !touched.iter().any(|t: &Rc<QuicConn>| t.slot == qc.slot) {
+                            touched.push(qc);
+                        }
+                    }
+                }
+                for qc in touched.drain(..) {
+                    self.process(&qc);
                 }
                 if got.len() < BATCH {
                     break;
@@ -351,11 +362,23 @@ impl Endpoint {
         }
     }
 
-    /// A datagram from `from` (forwarded by another shard when `forwarded`).
-    pub(crate) fn on_packet(self: &Rc<Self>, buf: &mut [u8], from: SocketAddr, forwarded: bool) {
-        let Ok(hdr) = quiche::Header::from_slice(buf, CID_LEN) else {
-            return;
-        };
+    /// A datagram forwarded by another shard: feed it and process at once.
+    pub(crate) fn on_forwarded(self: &Rc<Self>, buf: &mut [u8], from: SocketAddr) {
+        if let Some(qc) = self.recv_packet(buf, from, true) {
+            self.process(&qc);
+        }
+    }
+
+    /// Feed a datagram from `from` to its connection (creating it, answering with a
+    /// Retry or version negotiation, or forwarding it to its shard as needed);
+    /// returns the connection it went to.
+    fn recv_packet(
+        self: &Rc<Self>,
+        buf: &mut [u8],
+        from: SocketAddr,
+        forwarded: bool,
+    ) -> Option<Rc<QuicConn>> {
+        let hdr = quiche::Header::from_slice(buf, CID_LEN).ok()?;
         let known = self.cids.borrow().get(hdr.dcid.as_ref()).copied();
         let slot = match known {
             Some(slot) => slot,
@@ -368,23 +391,18 @@ impl Endpoint {
                     && hdr.ty != quiche::Type::Initial
                 {
                     self.forward(owner, buf, from);
-                    return;
+                    return None;
                 }
-                match self.accept(&hdr, from) {
-                    Some(slot) => slot,
-                    None => return,
-                }
+                self.accept(&hdr, from)?
             }
         };
-        let Some(qc) = self.conns.borrow().get(slot).cloned() else {
-            return;
-        };
+        let qc = self.conns.borrow().get(slot).cloned()?;
         let info = quiche::RecvInfo {
             from,
             to: self.local,
         };
         let _ = qc.with(|inner| inner.conn.recv(buf, info));
-        self.process(&qc);
+        Some(qc)
     }
 
     fn forward(&self, owner: usize, buf: &[u8], from: SocketAddr) {

@@ -304,7 +304,7 @@ impl Shard {
             ShardMsg::QuicPacket { mut data, from } => {
                 let ep = self.quic.borrow().clone();
                 if let Some(ep) = ep {
-                    ep.on_packet(&mut data, from, true);
+                    ep.on_forwarded(&mut data, from);
                 }
             }
             ShardMsg::Shutdown => {}

@@ -312,8 +312,7 @@ fn a_newer_datagram_of_a_room_replaces_the_queued_one() {
     let b1 = super::record::ServerRecord::new("b", super::record::TEXT, b"1");
     let a2 = super::record::ServerRecord::new("a", super::record::TEXT, b"2");
     for r in [&a1, &b1, &a2] {
-        p.wt
-            .send_datagram(&mut p.server, 0, r.body(), Some(r.room_prefix_len))
+        p.wt.send_datagram(&mut p.server, 0, r.body(), Some(r.room_prefix_len))
             .unwrap();
     }
     p.pump();
@@ -325,4 +324,30 @@ fn a_newer_datagram_of_a_room_replaces_the_queued_one() {
         got.push(buf[1..n].to_vec());
     }
     assert_eq!(got, vec![b1.body().to_vec(), a2.body().to_vec()]);
+}
+
+#[test]
+fn a_stream_that_is_only_a_preamble_and_fin_reads_as_finished() {
+    // The session layer consumes the preamble, and with it the FIN: the
+    // application's read must learn the end from `stream_finished`.
+    let mut p = Pair::new();
+    p.connect(0, "/wt/echo");
+    p.wt.accept(&mut p.server, 0);
+    let mut bidi = Vec::new();
+    varint::encode(SIGNAL_WT_BIDI, &mut bidi);
+    varint::encode(0, &mut bidi);
+    p.client.stream_send(4, &bidi, true).unwrap();
+    p.pump();
+    let evs = p.take_events();
+    assert!(
+        evs.contains(&WtEvent::Stream {
+            session: 0,
+            stream_id: 4,
+            bidi: true
+        }),
+        "{evs:?}"
+    );
+    let mut buf = [0u8; 8];
+    assert!(p.server.stream_recv(4, &mut buf).is_err());
+    assert!(p.server.stream_finished(4));
 }
