@@ -116,13 +116,7 @@ impl Connection {
     /// Broadcast `msg` to every room this connection is in.
     pub fn broadcast_to_my_rooms(&self, msg: &Message) -> Result<(), BroadcastError> {
         let rooms = self.conn.rooms.borrow().clone();
-        let mut result = Ok(());
-        for room in rooms {
-            if let Err(e) = self.shard.publish(&room, msg.clone()) {
-                result = Err(e);
-            }
-        }
-        result
+        self.shard.publish_to_all(rooms, msg)
     }
 
     /// Start the close handshake with `code` and `reason`.

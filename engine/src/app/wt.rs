@@ -403,13 +403,7 @@ impl WtSession {
             .iter()
             .map(|(r, _)| r.clone())
             .collect();
-        let mut result = Ok(());
-        for r in rooms {
-            if let Err(e) = self.shard.publish(&r, msg.clone()) {
-                result = Err(e);
-            }
-        }
-        result
+        self.shard.publish_to_all(rooms, msg)
     }
 
     /// Close the session with `code` and `reason` (CLOSE_WEBTRANSPORT_SESSION).

@@ -354,6 +354,22 @@ impl Shard {
             })
     }
 
+    /// Publish `msg` to each of `rooms`; the last refusal, if any (the other rooms
+    /// still get it).
+    pub(crate) fn publish_to_all(
+        &self,
+        rooms: impl IntoIterator<Item = Arc<str>>,
+        msg: &Message,
+    ) -> Result<(), BroadcastError> {
+        let mut result = Ok(());
+        for room in rooms {
+            if let Err(e) = self.publish(&room, msg.clone()) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
     /// Publish and learn the position the owner gave the message.
     pub(crate) async fn publish_acked(
         self: &Rc<Self>,

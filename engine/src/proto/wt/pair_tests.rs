@@ -9,6 +9,14 @@ use super::session::{
 };
 use super::varint;
 
+/// The opening bytes of a client bidirectional WebTransport stream of `session`.
+fn bidi_preamble(session: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    varint::encode(SIGNAL_WT_BIDI, &mut out);
+    varint::encode(session, &mut out);
+    out
+}
+
 struct Pair {
     client: quiche::Connection,
     server: quiche::Connection,
@@ -186,9 +194,7 @@ fn settings_arrive_and_a_session_opens_with_streams_and_datagrams() {
 
     // A client bidirectional WebTransport stream: the preamble is consumed, the
     // data is left for the application.
-    let mut bidi = Vec::new();
-    varint::encode(SIGNAL_WT_BIDI, &mut bidi);
-    varint::encode(0, &mut bidi);
+    let mut bidi = bidi_preamble(0);
     bidi.extend_from_slice(b"hello");
     p.client.stream_send(4, &bidi, false).unwrap();
     // A datagram for the session (quarter stream id 0).
@@ -231,9 +237,7 @@ fn a_close_capsule_ends_the_session_and_resets_its_streams() {
     let mut p = Pair::new();
     p.connect(0, "/wt/echo");
     p.wt.accept(&mut p.server, 0);
-    let mut bidi = Vec::new();
-    varint::encode(SIGNAL_WT_BIDI, &mut bidi);
-    varint::encode(0, &mut bidi);
+    let bidi = bidi_preamble(0);
     p.client.stream_send(4, &bidi, false).unwrap();
     p.pump();
     p.take_events();
@@ -274,10 +278,7 @@ fn hostile_streams_are_refused_without_harm() {
     junk.extend_from_slice(&[0xff; 100]);
     p.client.stream_send(6, &junk, false).unwrap();
     // A WebTransport stream naming a session that does not exist.
-    let mut orphan = Vec::new();
-    varint::encode(SIGNAL_WT_BIDI, &mut orphan);
-    varint::encode(400, &mut orphan);
-    p.client.stream_send(4, &orphan, false).unwrap();
+    p.client.stream_send(4, &bidi_preamble(400), false).unwrap();
     // A request stream that starts with DATA.
     let mut data = Vec::new();
     frame::encode_frame(frame::DATA, b"zz", &mut data);
@@ -333,9 +334,7 @@ fn a_stream_that_is_only_a_preamble_and_fin_reads_as_finished() {
     let mut p = Pair::new();
     p.connect(0, "/wt/echo");
     p.wt.accept(&mut p.server, 0);
-    let mut bidi = Vec::new();
-    varint::encode(SIGNAL_WT_BIDI, &mut bidi);
-    varint::encode(0, &mut bidi);
+    let bidi = bidi_preamble(0);
     p.client.stream_send(4, &bidi, true).unwrap();
     p.pump();
     let evs = p.take_events();

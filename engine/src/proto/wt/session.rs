@@ -632,20 +632,23 @@ impl WtConn {
         );
         self.streams.insert(stream_id, Stream::Connect);
         // Streams that arrived before the answer belong to the session now.
-        let parked: Vec<(u64, bool)> = self
-            .streams
-            .iter()
-            .filter_map(|(id, s)| match s {
-                Stream::Parked { session, bidi } if *session == stream_id => Some((*id, *bidi)),
-                _ => None,
-            })
-            .collect();
-        for (id, bidi) in parked {
+        for (id, bidi) in self.parked_on(stream_id) {
             self.streams.insert(id, Stream::App { session: stream_id });
             self.attach(id, stream_id, bidi);
         }
         // Capsules that came with the request are read now.
         self.read_pending_connect(conn, stream_id);
+    }
+
+    /// Streams waiting for the answer to the request on `request`: `(id, bidi)`.
+    fn parked_on(&self, request: u64) -> Vec<(u64, bool)> {
+        self.streams
+            .iter()
+            .filter_map(|(id, s)| match s {
+                Stream::Parked { session, bidi } if *session == request => Some((*id, *bidi)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn read_pending_connect(&mut self, conn: &mut quiche::Connection, id: u64) {
@@ -673,15 +676,7 @@ impl WtConn {
         self.send_all(conn, stream_id, bytes, true);
         let _ = conn.stream_shutdown(stream_id, Shutdown::Read, H3_NO_ERROR);
         self.streams.remove(&stream_id);
-        let parked: Vec<(u64, bool)> = self
-            .streams
-            .iter()
-            .filter_map(|(id, s)| match s {
-                Stream::Parked { session, bidi } if *session == stream_id => Some((*id, *bidi)),
-                _ => None,
-            })
-            .collect();
-        for (id, bidi) in parked {
+        for (id, bidi) in self.parked_on(stream_id) {
             self.streams.remove(&id);
             refuse_stream(conn, id, bidi, WT_BUFFERED_STREAM_REJECTED);
         }
