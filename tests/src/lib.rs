@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 pub mod api;
 pub mod raw;
 pub mod sse;
+pub mod wt;
 
 /// How long a server may take from spawn to its `listening on` line.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -21,14 +21,31 @@ fn openssl_sha256(pem: &std::path::Path) -> Option<String> {
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
-    Some(text.split('=').nth(1)?.trim().replace(':', "").to_lowercase())
+    Some(
+        text.split('=')
+            .nth(1)?
+            .trim()
+            .replace(':', "")
+            .to_lowercase(),
+    )
 }
 
 #[test]
 fn cert_writes_a_pair_and_prints_the_hash_of_that_certificate() {
     let dir = std::env::temp_dir().join(format!("corecast-cert-cli-{}", std::process::id()));
-    let out = run_cert(&["--out", dir.to_str().unwrap(), "--days", "7", "--host", "localhost"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_cert(&[
+        "--out",
+        dir.to_str().unwrap(),
+        "--days",
+        "7",
+        "--host",
+        "localhost",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     let hex = stdout
         .lines()
@@ -40,7 +57,9 @@ fn cert_writes_a_pair_and_prints_the_hash_of_that_certificate() {
         .lines()
         .find_map(|l| l.strip_prefix("sha256 (base64): "))
         .expect("a base64 line");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
     let from_b64: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(from_b64, hex);
     let cert = std::fs::read_to_string(dir.join("cert.pem")).unwrap();

@@ -107,9 +107,11 @@ pub(crate) struct SessionState {
     pub(crate) closed: RefCell<Option<(u32, String)>>,
     pub(crate) rooms: RefCell<Vec<(Arc<str>, Delivery)>>,
     pub(crate) delivery: RefCell<DeliveryStream>,
-    /// Closed as a slow consumer (the close itself runs from a task).
-    evicted: Cell<bool>,
 }
+
+/// A reliable member's delivery queue overflowed: the caller closes the session
+/// (1008) once it no longer holds the room table.
+pub(crate) struct SlowConsumer;
 
 impl SessionState {
     pub(crate) fn new(
@@ -136,7 +138,6 @@ impl SessionState {
                 id: None,
                 queue: OutboundQueue::new(queue_cap),
             }),
-            evicted: Cell::new(false),
         }
     }
 
@@ -181,9 +182,14 @@ impl SessionState {
     }
 
     /// Deliver a room message (its record made once per shard) to this member.
-    pub(crate) fn deliver(self: &Rc<Self>, room: &str, rec: &ServerRecord, stats: &ShardStats) {
-        if self.is_closed() || self.evicted.get() {
-            return;
+    pub(crate) fn deliver(
+        &self,
+        room: &str,
+        rec: &ServerRecord,
+        stats: &ShardStats,
+    ) -> Result<(), SlowConsumer> {
+        if self.is_closed() {
+            return Ok(());
         }
         match self.delivery_of(room) {
             Some(Delivery::Datagram) => {
@@ -206,24 +212,22 @@ impl SessionState {
                 if full {
                     ShardStats::add(&stats.slow_consumers, 1);
                     self.delivery.borrow_mut().queue.clear();
-                    self.evicted.set(true);
-                    // The caller is iterating the room table: close (which leaves
-                    // rooms) from a task, once it is done.
-                    let me = self.clone();
-                    glommio::spawn_local(async move {
-                        me.conn.close_session(
-                            &me,
-                            CLOSE_SLOW_CONSUMER,
-                            "slow consumer: delivery queue full",
-                        );
-                    })
-                    .detach();
-                    return;
+                    return Err(SlowConsumer);
                 }
                 self.conn.mark_dirty();
             }
             None => {}
         }
+        Ok(())
+    }
+
+    /// Close a session whose delivery queue overflowed.
+    pub(crate) fn evict(self: &Rc<Self>) {
+        self.conn.close_session(
+            self,
+            CLOSE_SLOW_CONSUMER,
+            "slow consumer: delivery queue full",
+        );
     }
 }
 

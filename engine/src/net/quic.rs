@@ -41,15 +41,33 @@ const MAX_SEND: usize = 1350;
 /// Retry tokens live this long.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(30);
 
-/// A waker slot for one waiting task.
+/// A notification for one waiting task; a wake with nobody waiting is kept for
+/// the next wait.
 #[derive(Default)]
-struct WakeSlot(Cell<Option<Waker>>);
+struct WakeSlot {
+    waker: Cell<Option<Waker>>,
+    notified: Cell<bool>,
+}
 
 impl WakeSlot {
     fn wake(&self) {
-        if let Some(w) = self.0.take() {
+        self.notified.set(true);
+        if let Some(w) = self.waker.take() {
             w.wake();
         }
+    }
+
+    /// Wait for the next `wake` (or return at once if one came since the last wait).
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if self.notified.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
     }
 }
 
@@ -661,15 +679,9 @@ impl Endpoint {
         let mut buf = vec![0u8; BATCH * MAX_SEND];
         let mut packets: Vec<(std::ops::Range<usize>, SocketAddr)> = Vec::with_capacity(BATCH);
         loop {
-            std::future::poll_fn(|cx| {
-                if self.dirty.borrow().is_empty() {
-                    self.send_wake.0.set(Some(cx.waker().clone()));
-                    Poll::Pending
-                } else {
-                    Poll::Ready(())
-                }
-            })
-            .await;
+            while self.dirty.borrow().is_empty() {
+                self.send_wake.wait().await;
+            }
             let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
             let mut used = 0;
             for slot in dirty {
@@ -765,16 +777,15 @@ impl Endpoint {
     async fn timer_loop(self: Rc<Self>) {
         loop {
             let next = self.timers.borrow().peek().map(|Reverse((t, _))| *t);
-            let wait = std::future::poll_fn(|cx| {
-                self.timer_wake.0.set(Some(cx.waker().clone()));
-                Poll::<()>::Pending
-            });
             match next {
-                None => wait.await,
+                // Woken when a connection arms the first (or an earlier) timer.
+                None => self.timer_wake.wait().await,
                 Some(t) => {
                     let now = Instant::now();
                     if t > now {
-                        glommio::timer::sleep(t - now).or(wait).await;
+                        glommio::timer::sleep(t - now)
+                            .or(self.timer_wake.wait())
+                            .await;
                     }
                 }
             }

@@ -435,6 +435,21 @@ impl Shard {
     /// Fan a sequenced message out to local members: each transport's encoding is
     /// made once and the same bytes are queued for every member that uses it.
     fn deliver(&self, room: &str, pos: Position, msg: &Message) {
+        let mut slow: Vec<Rc<SessionState>> = Vec::new();
+        self.deliver_to_members(room, pos, msg, &mut slow);
+        // Closing leaves rooms: only now that the room table is no longer borrowed.
+        for session in slow {
+            session.evict();
+        }
+    }
+
+    fn deliver_to_members(
+        &self,
+        room: &str,
+        pos: Position,
+        msg: &Message,
+        slow: &mut Vec<Rc<SessionState>>,
+    ) {
         let rooms = self.rooms.borrow();
         let Some(members) = rooms.members(room) else {
             return;
@@ -445,7 +460,9 @@ impl Shard {
             let conn = match member {
                 Member::Conn(c) => c,
                 Member::Wt(session) => {
-                    session.deliver(room, enc.for_wt(), &self.stats);
+                    if session.deliver(room, enc.for_wt(), &self.stats).is_err() {
+                        slow.push(session.clone());
+                    }
                     delivered += 1;
                     continue;
                 }
