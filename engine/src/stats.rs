@@ -38,6 +38,8 @@ pub struct ShardStats {
     pub wt_retries: AtomicU64,
     /// Datagrams not sent (too large, queue full) or not taken (handler inbox full).
     pub wt_datagrams_dropped: AtomicU64,
+    /// Queued room datagrams replaced by a newer one of the same room (latest wins).
+    pub wt_datagrams_replaced: AtomicU64,
     /// UDP packets sent.
     pub wt_packets_out: AtomicU64,
     /// sendmmsg() calls.
@@ -76,7 +78,8 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
             "\"slow_consumers\":{},\"mesh_overflows\":{},\"handler_panics\":{},",
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
-            "\"wt_datagrams_dropped\":{},\"wt_packets_out\":{},\"wt_packets_per_send\":{:.2}}}"
+            "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
+            "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2}}}"
         ),
         shards.len(),
         sum(|s| &s.connections),
@@ -97,7 +100,9 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.wt_rejected),
         sum(|s| &s.wt_retries),
         sum(|s| &s.wt_datagrams_dropped),
+        sum(|s| &s.wt_datagrams_replaced),
         sum(|s| &s.wt_packets_out),
+        sum(|s| &s.wt_send_calls),
         ratio(sum(|s| &s.wt_packets_out), sum(|s| &s.wt_send_calls)),
     )
 }

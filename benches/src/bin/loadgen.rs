@@ -1,4 +1,5 @@
-//! `loadgen`: the corecast load generator (fan-out, SSE fan-out, echo and idle modes).
+//! `loadgen`: the corecast load generator (fan-out, SSE and WebTransport fan-out,
+//! echo and idle modes).
 //!
 //! Runs on a tokio current_thread runtime by default so it can be pinned to a
 //! single core (`taskset -c 1 loadgen ...`); `--threads N` switches to a
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
     let threads = match &cmd {
         Command::Fanout(c) => c.common.threads,
         Command::Sse(c) => c.fanout.common.threads,
+        Command::Wt(c) => c.fanout.common.threads,
         Command::Echo(c) => c.common.threads,
         Command::Idle(c) => c.common.threads,
         Command::Help => 1,
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
         match cmd {
             Command::Fanout(c) => loadgen::fanout::run(c).await,
             Command::Sse(c) => loadgen::sse::run(c).await,
+            Command::Wt(c) => loadgen::wt::run(c).await,
             Command::Echo(c) => loadgen::echo::run(c).await,
             Command::Idle(c) => loadgen::idle::run(c, nofile).await,
             Command::Help => unreachable!("handled above"),

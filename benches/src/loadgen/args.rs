@@ -9,11 +9,12 @@ use crate::loadgen::payload;
 
 /// Usage text.
 pub const USAGE: &str = "\
-loadgen: WebSocket and Server-Sent Events load generator for corecast benchmarks
+loadgen: WebSocket, Server-Sent Events and WebTransport load generator for corecast benchmarks
 
 USAGE:
   loadgen fanout [FLAGS]   publishers broadcast into one room, subscribers measure latency/loss
   loadgen sse    [FLAGS]   like fanout, but the subscribers are SSE streams (GET /sse?room=)
+  loadgen wt     [FLAGS]   like fanout, but the subscribers are WebTransport sessions (HTTP/3)
   loadgen echo   [FLAGS]   round trips against an echo endpoint
   loadgen idle   [FLAGS]   open N connections and hold them idle (for RSS measurements)
   loadgen --help
@@ -23,6 +24,7 @@ COMMON FLAGS:
   --targets A,B,...       several servers; connections go round-robin (overrides --addr)
   --path PATH             WebSocket path        [fanout, idle: /ws/chat; echo: /ws/echo]
                           (sse: the event-stream path                        [/sse])
+                          (wt: the WebTransport path                     [/wt/chat])
   --connect-rate N        new connections per second while ramping             [5000]
   --per-source N          connections per source address; on a 127.x target sources are
                           127.0.0.1, 127.0.0.2, ... (0 = let the kernel choose) [15000]
@@ -60,6 +62,18 @@ always use the hex text head and --size must be >= 44):
   --api-key KEY           X-API-Key for http publishers    [env CORECAST_API_KEY]
   --window N              as for fanout; with --publish http also caps concurrent
                           POSTs per publisher at a fixed --rate                    [64]
+
+WT FLAGS (plus every FANOUT flag; --text sends text, kind 0x00 records):
+  --delivery reliable|datagram
+                          reliable: /wt/chat?room=R, records on the server-opened
+                          unidirectional stream (loss must be 0); datagram: adds
+                          &datagram=R, one datagram per message (loss is counted,
+                          not an error; prefer a fixed --rate)              [reliable]
+  --ws-path PATH          WebSocket path of the publishers (room members, acked by
+                          their own message coming back)                    [/ws/chat]
+  The session's UDP port is the TCP port of --addr/--targets (the default
+  webtransport.listen); the certificate is trusted by the SHA-256 served at
+  GET /webtransport/cert-hash. One QUIC connection (and UDP socket) per session.
 
 IDLE FLAGS:
   --connections N         connections to open                                     [1000]
@@ -163,6 +177,36 @@ pub struct Sse {
     pub api_key: Option<String>,
 }
 
+/// How `loadgen wt` subscribers receive room messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WtDelivery {
+    /// Records on the server-opened unidirectional stream.
+    Reliable,
+    /// One datagram per message (`&datagram=ROOM`).
+    Datagram,
+}
+
+impl WtDelivery {
+    /// The flag value (`reliable` or `datagram`).
+    pub fn name(self) -> &'static str {
+        match self {
+            WtDelivery::Reliable => "reliable",
+            WtDelivery::Datagram => "datagram",
+        }
+    }
+}
+
+/// `loadgen wt` configuration: WebTransport subscribers, WebSocket publishers.
+#[derive(Debug, Clone)]
+pub struct Wt {
+    /// Shared flags and the fan-out shape (`common.path` is the WebTransport path).
+    pub fanout: Fanout,
+    /// Stream or datagram delivery.
+    pub delivery: WtDelivery,
+    /// WebSocket path of the publishers.
+    pub ws_path: String,
+}
+
 /// `loadgen echo` configuration.
 #[derive(Debug, Clone)]
 pub struct Echo {
@@ -204,6 +248,8 @@ pub enum Command {
     Fanout(Fanout),
     /// Fan-out to Server-Sent Events subscribers.
     Sse(Sse),
+    /// Fan-out to WebTransport subscribers.
+    Wt(Wt),
     /// Echo benchmark.
     Echo(Echo),
     /// Idle connections.
@@ -380,7 +426,7 @@ fn check_fanout(c: &Fanout, text_note: &str) -> Result<(), String> {
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
     let Some(mode) = args.first() else {
-        return Err("missing mode (fanout, sse, echo or idle)".into());
+        return Err("missing mode (fanout, sse, wt, echo or idle)".into());
     };
     let rest = &args[1..];
     if matches!(mode.as_str(), "--help" | "-h" | "help") {
@@ -459,6 +505,42 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             c.fanout.common = common;
             Ok(Command::Sse(c))
         }
+        "wt" => {
+            let mut c = Wt {
+                fanout: fanout_defaults(),
+                delivery: WtDelivery::Reliable,
+                ws_path: "/ws/chat".into(),
+            };
+            for (f, v) in &flags {
+                if common_flag(&mut common, f, v)? || fanout_flag(&mut c.fanout, f, v)? {
+                    continue;
+                }
+                match f.as_str() {
+                    "--delivery" => {
+                        c.delivery = match v.as_str() {
+                            "reliable" => WtDelivery::Reliable,
+                            "datagram" => WtDelivery::Datagram,
+                            _ => {
+                                return Err(format!(
+                                    "invalid value for {f}: '{v}' (expected reliable or datagram)"
+                                ))
+                            }
+                        }
+                    }
+                    "--ws-path" if !v.starts_with('/') => {
+                        return Err(format!(
+                            "invalid value for {f}: '{v}' (must start with '/')"
+                        ));
+                    }
+                    "--ws-path" => c.ws_path = v.clone(),
+                    "--text" => c.fanout.text = true,
+                    _ => return Err(format!("unknown flag '{f}' for mode wt")),
+                }
+            }
+            check_fanout(&c.fanout, " with --text")?;
+            c.fanout.common = common;
+            Ok(Command::Wt(c))
+        }
         "echo" => {
             let mut c = Echo {
                 common: Common::default(),
@@ -520,7 +602,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             Ok(Command::Idle(c))
         }
         other => Err(format!(
-            "unknown mode '{other}' (expected fanout, sse, echo or idle)"
+            "unknown mode '{other}' (expected fanout, sse, wt, echo or idle)"
         )),
     }
 }
@@ -571,6 +653,33 @@ mod tests {
         assert!(e.contains("--text"), "{e}");
         let e = p("fanout --publish ws").unwrap_err();
         assert!(e.contains("--publish"), "{e}");
+    }
+
+    #[test]
+    fn parses_wt() {
+        let Ok(Command::Wt(w)) = p("wt --subscribers 3 --delivery datagram --rate 100") else {
+            panic!("expected wt");
+        };
+        assert_eq!(w.fanout.subscribers, 3);
+        assert_eq!(w.delivery, WtDelivery::Datagram);
+        assert_eq!(w.ws_path, "/ws/chat");
+        assert!(!w.fanout.text);
+        let Ok(Command::Wt(w)) = p("wt --path /wt/x --ws-path /ws/x --text --size 44") else {
+            panic!("expected wt");
+        };
+        assert_eq!(w.delivery, WtDelivery::Reliable);
+        assert_eq!(w.fanout.common.path.as_deref(), Some("/wt/x"));
+        assert_eq!(w.ws_path, "/ws/x");
+        assert!(w.fanout.text);
+        for (bad, flag) in [
+            ("wt --delivery udp", "--delivery"),
+            ("wt --ws-path x", "--ws-path"),
+            ("wt --text --size 43", "--size"),
+            ("wt --publish ws", "--publish"),
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains(flag), "{bad}: {e}");
+        }
     }
 
     #[test]

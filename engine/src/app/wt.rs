@@ -197,8 +197,11 @@ impl SessionState {
                     let (conn, wt) = (&mut inner.conn, &mut inner.wt);
                     wt.send_datagram(conn, self.id, rec.body(), Some(rec.room_prefix_len))
                 });
-                if !matches!(sent, Some(Ok(()))) {
-                    ShardStats::add(&stats.wt_datagrams_dropped, 1);
+                match sent {
+                    Some(Ok(replaced)) => {
+                        ShardStats::add(&stats.wt_datagrams_replaced, replaced as u64)
+                    }
+                    _ => ShardStats::add(&stats.wt_datagrams_dropped, 1),
                 }
                 self.conn.mark_dirty();
             }
@@ -319,7 +322,7 @@ impl WtSession {
         });
         self.state.conn.mark_dirty();
         match sent {
-            Some(Ok(())) => Ok(()),
+            Some(Ok(_)) => Ok(()),
             Some(Err(quiche::Error::BufferTooShort | quiche::Error::InvalidState)) => {
                 Err(WtError::DatagramTooLarge)
             }

@@ -862,22 +862,26 @@ impl WtConn {
 
     /// Send a datagram on `session`. With `latest_prefix`, queued datagrams of the
     /// same session starting with that body prefix are dropped first (latest wins).
+    /// Returns how many queued datagrams were replaced.
     pub fn send_datagram(
         &mut self,
         conn: &mut quiche::Connection,
         session: u64,
         body: &[u8],
         latest_prefix: Option<usize>,
-    ) -> Result<(), quiche::Error> {
+    ) -> Result<usize, quiche::Error> {
         let mut dgram = Vec::with_capacity(body.len() + 8);
         varint::encode(session / 4, &mut dgram);
         let head = dgram.len();
         dgram.extend_from_slice(body);
+        let mut replaced = 0;
         if let Some(p) = latest_prefix {
             let prefix = &dgram[..head + p.min(body.len())];
+            let before = conn.dgram_send_queue_len();
             conn.dgram_purge_outgoing(|d| d.starts_with(prefix));
+            replaced = before - conn.dgram_send_queue_len();
         }
-        conn.dgram_send(&dgram)
+        conn.dgram_send(&dgram).map(|()| replaced)
     }
 
     fn recv_datagrams(&mut self, conn: &mut quiche::Connection) {
