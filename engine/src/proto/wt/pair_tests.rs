@@ -312,10 +312,14 @@ fn a_newer_datagram_of_a_room_replaces_the_queued_one() {
     let a1 = super::record::ServerRecord::new("a", super::record::TEXT, b"1");
     let b1 = super::record::ServerRecord::new("b", super::record::TEXT, b"1");
     let a2 = super::record::ServerRecord::new("a", super::record::TEXT, b"2");
-    for r in [&a1, &b1, &a2] {
-        p.wt.send_datagram(&mut p.server, 0, r.body(), Some(r.room_prefix_len))
-            .unwrap();
-    }
+    let replaced: Vec<usize> = [&a1, &b1, &a2]
+        .iter()
+        .map(|r| {
+            p.wt.send_datagram(&mut p.server, 0, r.body(), Some(r.room_prefix_len))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(replaced, vec![0, 0, 1]);
     p.pump();
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
