@@ -79,6 +79,10 @@ pub struct WebTransportConfig {
     /// Sessions one QUIC connection may hold at once.
     #[serde(default = "defaults::wt_sessions")]
     pub max_sessions_per_connection: usize,
+    /// QUIC connections one shard holds at once; more are closed right after their
+    /// handshake with H3_EXCESSIVE_LOAD.
+    #[serde(default = "defaults::wt_connections")]
+    pub max_connections_per_shard: usize,
     /// QUIC idle timeout.
     #[serde(default = "defaults::wt_idle")]
     pub idle_timeout: ConfigDuration,
@@ -100,6 +104,7 @@ impl Default for WebTransportConfig {
             key: String::new(),
             allowed_origins: Vec::new(),
             max_sessions_per_connection: defaults::wt_sessions(),
+            max_connections_per_shard: defaults::wt_connections(),
             idle_timeout: defaults::wt_idle(),
             retry: true,
             endpoints: Vec::new(),
@@ -500,6 +505,9 @@ mod defaults {
     pub fn wt_sessions() -> usize {
         16
     }
+    pub fn wt_connections() -> usize {
+        10_000
+    }
     pub fn wt_idle() -> super::ConfigDuration {
         super::ConfigDuration(std::time::Duration::from_secs(30))
     }
@@ -595,6 +603,9 @@ impl Config {
 
     fn validate_webtransport(&self) -> Result<(), String> {
         let wt = &self.webtransport;
+        if wt.max_connections_per_shard == 0 {
+            return Err("webtransport.max_connections_per_shard must be greater than 0".into());
+        }
         if wt.max_sessions_per_connection == 0 {
             return Err("webtransport.max_sessions_per_connection must be greater than 0".into());
         }

@@ -457,6 +457,26 @@ async def test_sessions_per_connection_limit_is_429():
             await assert_echo_works(b)
 
 
+@run
+async def test_connections_per_shard_limit_refuses_with_excessive_load():
+    with Server(shards=1, webtransport__max_connections_per_shard="2") as server:
+        async with Clients(server) as cl:
+            first = await cl.session("/wt/echo")
+            await cl.session("/wt/echo")
+            # The third QUIC connection is closed after its handshake with
+            # H3_EXCESSIVE_LOAD (0x107), before any session.
+            third = await cl.conn()
+            await third.wait_until(lambda: third.terminated, STEP, "the refusal")
+            assert third.close_error is not None and third.close_error.error_code == 0x107, (
+                third.close_error
+            )
+            # Those already in are unaffected, and closing one makes room again.
+            await assert_echo_works(first)
+            await cl.conns[0].aclose()
+            await asyncio.sleep(0.5)
+            await assert_echo_works(await cl.session("/wt/echo"))
+
+
 # --- echo -------------------------------------------------------------------
 
 

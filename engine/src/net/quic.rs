@@ -30,7 +30,7 @@ use super::shard::{Shard, ShardMsg};
 use super::udp::{self, BATCH, RECV_SIZE};
 use crate::app::wt::{Incoming, SessionState, WtSession, CLOSE_GOING_AWAY, CLOSE_HANDLER_PANIC};
 use crate::proto::quic_token::RetryTokens;
-use crate::proto::wt::session::{WtConn, WtEvent, H3_NO_ERROR};
+use crate::proto::wt::session::{WtConn, WtEvent, H3_EXCESSIVE_LOAD, H3_NO_ERROR};
 use crate::stats::ShardStats;
 
 /// Our connection ids: 16 bytes, the first naming the owning shard.
@@ -95,6 +95,9 @@ pub(crate) struct QuicConn {
     armed: Cell<Option<Instant>>,
     cids: RefCell<Vec<Vec<u8>>>,
     endpoint: Weak<Endpoint>,
+    /// Counted against `max_connections_per_shard` (decided once the handshake is
+    /// done: before that a refusal cannot be sent protected).
+    admitted: Cell<Option<bool>>,
 }
 
 impl QuicConn {
@@ -264,6 +267,8 @@ pub(crate) struct Endpoint {
     timer_wake: WakeSlot,
     next_member: Cell<u64>,
     stopped: Cell<bool>,
+    /// Connections admitted past their handshake (see `admit`).
+    admitted: Cell<usize>,
 }
 
 /// Build the quiche configuration shared by a shard's connections.
@@ -317,6 +322,7 @@ impl Endpoint {
             timers: RefCell::new(BinaryHeap::new()),
             timer_wake: WakeSlot::default(),
             next_member: Cell::new(1 << 63),
+            admitted: Cell::new(0),
             stopped: Cell::new(false),
         }))
     }
@@ -518,6 +524,7 @@ impl Endpoint {
             armed: Cell::new(None),
             cids: RefCell::new(cids.clone()),
             endpoint: Rc::downgrade(self),
+            admitted: Cell::new(None),
         }));
         let mut map = self.cids.borrow_mut();
         for c in cids {
@@ -527,8 +534,41 @@ impl Endpoint {
         Some(slot)
     }
 
+    /// Once the handshake is done, admit the connection or refuse it (the shard is
+    /// at `max_connections_per_shard`) with H3_EXCESSIVE_LOAD.
+    fn admit(&self, qc: &QuicConn) {
+        if qc.admitted.get().is_some() || qc.with(|i| i.conn.is_established()) != Some(true) {
+            return;
+        }
+        let max = self
+            .shard
+            .shared
+            .config
+            .webtransport
+            .max_connections_per_shard;
+        let admitted = self.admitted.get() < max;
+        qc.admitted.set(Some(admitted));
+        if admitted {
+            self.admitted.set(self.admitted.get() + 1);
+        } else {
+            ShardStats::add(&self.shard.stats.wt_rejected, 1);
+            qc.with(|i| {
+                i.conn.close(
+                    true,
+                    H3_EXCESSIVE_LOAD,
+                    b"server at webtransport.max_connections_per_shard",
+                )
+            });
+        }
+    }
+
     /// Let the session layer read what arrived, act on its events, wake streams.
     fn process(self: &Rc<Self>, qc: &Rc<QuicConn>) {
+        self.admit(qc);
+        if qc.admitted.get() == Some(false) {
+            qc.mark_dirty();
+            return;
+        }
         let events = qc
             .with(|inner| {
                 let (conn, wt) = (&mut inner.conn, &mut inner.wt);
@@ -767,6 +807,9 @@ impl Endpoint {
         let mut map = self.cids.borrow_mut();
         for c in qc.cids.borrow().iter() {
             map.remove(c);
+        }
+        if qc.admitted.get() == Some(true) {
+            self.admitted.set(self.admitted.get() - 1);
         }
         if self.conns.borrow_mut().try_remove(qc.slot).is_some() {
             ShardStats::sub(&self.shard.stats.wt_connections, 1);
