@@ -227,19 +227,32 @@ impl QuicConn {
         if !inner.wt.stream_ready(id) {
             return;
         }
-        while let Some(front) = d.queue.front() {
-            match inner.conn.stream_send(id, front, false) {
-                Ok(n) => {
-                    let full = n == front.len();
-                    d.queue.consume(n);
-                    if !full {
-                        break;
-                    }
-                }
-                Err(_) => break,
-            }
+        // One stream_send for everything queued that flow control admits: quiche
+        // copies (and allocates) per call, so records go in together, not one by one.
+        let room = inner.conn.stream_capacity(id).unwrap_or(0);
+        if room == 0 || d.queue.is_empty() {
+            return;
         }
+        GATHER.with(|g| {
+            let mut buf = g.borrow_mut();
+            buf.clear();
+            for frame in d.queue.frames() {
+                let take = frame.len().min(room - buf.len());
+                buf.extend_from_slice(&frame[..take]);
+                if buf.len() == room {
+                    break;
+                }
+            }
+            if let Ok(n) = inner.conn.stream_send(id, &buf, false) {
+                d.queue.consume(n);
+            }
+        });
     }
+}
+
+thread_local! {
+    /// Scratch for gathering a session's queued records into one stream write.
+    static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The WebTransport side of the engine every shard shares.
@@ -269,6 +282,7 @@ pub(crate) struct Endpoint {
     stopped: Cell<bool>,
     /// Connections admitted past their handshake (see `admit`).
     admitted: Cell<usize>,
+    flush_delay: Duration,
 }
 
 /// Build the quiche configuration shared by a shard's connections.
@@ -307,6 +321,7 @@ impl Endpoint {
     ) -> Result<Rc<Self>, String> {
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let tokens = RetryTokens::new(TOKEN_LIFETIME).map_err(|e| e.to_string())?;
+        let flush_delay = shard.shared.config.runtime.flush_delay.0;
         Ok(Rc::new(Self {
             fd: socket.as_raw_fd(),
             shard,
@@ -323,6 +338,7 @@ impl Endpoint {
             timer_wake: WakeSlot::default(),
             next_member: Cell::new(1 << 63),
             admitted: Cell::new(0),
+            flush_delay,
             stopped: Cell::new(false),
         }))
     }
@@ -721,6 +737,11 @@ impl Endpoint {
         loop {
             while self.dirty.borrow().is_empty() {
                 self.send_wake.wait().await;
+            }
+            // `runtime.flush_delay`, as for TCP: let more records share each packet
+            // (and each packet its sendmmsg) at the price of latency.
+            if !self.flush_delay.is_zero() && !self.shard.draining.fired() {
+                glommio::timer::sleep(self.flush_delay).await;
             }
             let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
             let mut used = 0;
