@@ -332,7 +332,7 @@ async fn sse_handshake(
 }
 
 /// Counts a finished connection attempt (success or failure).
-fn finish_attempt<T>(result: Result<T, ConnError>, target: &Target) -> Option<T> {
+pub(crate) fn finish_attempt<T>(result: Result<T, ConnError>, target: &Target) -> Option<T> {
     COUNTERS.attempts_done.fetch_add(1, Relaxed);
     match result {
         Ok(c) => {

@@ -406,22 +406,6 @@ impl RecordReader {
     }
 }
 
-/// Counts a finished session attempt like `net`'s WebSocket and SSE opens.
-fn finish_attempt<T>(result: Result<T, ConnError>, target: &Target) -> Option<T> {
-    COUNTERS.attempts_done.fetch_add(1, Relaxed);
-    match result {
-        Ok(c) => {
-            COUNTERS.connected.fetch_add(1, Relaxed);
-            COUNTERS.live.fetch_add(1, Relaxed);
-            Some(c)
-        }
-        Err(e) => {
-            net::record_failure(&e, target);
-            None
-        }
-    }
-}
-
 /// Opens a client endpoint (own UDP socket, bound to `source` if given) and a
 /// session to `url` trusting only `hash`, within `timeout`.
 async fn open(
@@ -452,7 +436,7 @@ async fn open(
         }
     }
     .await;
-    finish_attempt(result, target)
+    net::finish_attempt(result, target)
 }
 
 /// How a session ended, from the error its connection reports.

@@ -54,11 +54,7 @@ impl Connection {
 
     /// Every value of query parameter `key`, in order.
     pub fn query_all(&self, key: &str) -> Vec<String> {
-        http::parse_query(&self.conn.query)
-            .into_iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v)
-            .collect()
+        http::query_values(&self.conn.query, key)
     }
 
     /// The first value of query parameter `key`.

@@ -265,11 +265,7 @@ impl WtSession {
 
     /// Every value of query parameter `key`, in order.
     pub fn query_all(&self, key: &str) -> Vec<String> {
-        self.query()
-            .into_iter()
-            .filter(|(k, _)| k == key)
-            .map(|(_, v)| v)
-            .collect()
+        http::query_values(&self.state.query, key)
     }
 
     /// The first value of query parameter `key`.

@@ -126,6 +126,15 @@ impl Request {
     }
 }
 
+/// Every value of `key` in a query string, in order (percent-decoded).
+pub fn query_values(query: &str, key: &str) -> Vec<String> {
+    parse_query(query)
+        .into_iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v)
+        .collect()
+}
+
 /// Split and percent-decode a query string (`+` is a space).
 pub fn parse_query(query: &str) -> Vec<(String, String)> {
     query
