@@ -198,16 +198,14 @@ impl QuicConn {
     }
 
     /// Push the sessions' queued room records into their delivery streams.
+    /// What stays queued waits for flow-control or stream credit: the peer's
+    /// MAX_STREAM_DATA / MAX_STREAMS arrive as packets, and processing them marks
+    /// the connection dirty again.
     fn flush_deliveries(&self) {
-        let sessions: Vec<Rc<SessionState>> = self
-            .sessions
-            .borrow()
-            .values()
-            .filter(|s| !s.delivery.borrow().queue.is_empty())
-            .cloned()
-            .collect();
-        for s in sessions {
-            self.flush_delivery(&s);
+        for s in self.sessions.borrow().values() {
+            if !s.delivery.borrow().queue.is_empty() {
+                self.flush_delivery(s);
+            }
         }
     }
 
@@ -764,16 +762,6 @@ impl Endpoint {
                         }
                         _ => break,
                     }
-                }
-                // Flushing may have freed stream credit for the delivery queue.
-                if qc
-                    .sessions
-                    .borrow()
-                    .values()
-                    .any(|s| !s.delivery.borrow().queue.is_empty())
-                    && qc.with(|i| i.conn.stream_writable_next().is_some()) == Some(true)
-                {
-                    qc.mark_dirty();
                 }
                 self.after_io(&qc);
             }
