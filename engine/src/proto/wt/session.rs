@@ -887,8 +887,15 @@ impl WtConn {
     }
 
     fn recv_datagrams(&mut self, conn: &mut quiche::Connection) {
-        let mut buf = [0u8; 65_536];
-        while let Ok(n) = conn.dgram_recv(&mut buf) {
+        loop {
+            let n = match conn.dgram_recv(&mut self.scratch) {
+                Ok(n) => n,
+                // Larger than our scratch (we advertise 1500-byte UDP payloads, so
+                // only a misbehaving peer): quiche has dropped it; go on.
+                Err(quiche::Error::BufferTooShort) => continue,
+                Err(_) => return,
+            };
+            let buf = &self.scratch;
             let Some((qsid, len)) = varint::decode(&buf[..n]) else {
                 continue;
             };
