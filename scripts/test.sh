@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's single test command (also what CI runs via .ci/run):
-#   1. scripts/setup-test-deps.sh   Python venv (websockets, kosoku, pytest), tests/node
+#   0. scripts/build-deps.sh        cmake, clang, libclang (quiche's BoringSSL build)
+#   1. scripts/setup-test-deps.sh   Python venv (websockets, aioquic, kosoku, pytest), tests/node
 #                                   node_modules (npm ci), Debian's chromium
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
 #   3. cargo build --release corecast + examples        (used by every suite)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
-#   5. pytest tests/python          the websockets library against the server
-#   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume)
+#   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
+#   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume,
+#                                   WebTransport)
 #   7. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json
 # Stages 4-7 all run even if one fails; the summary at the end lists each.
 # Environment: TEST_THREADS (default 4) for cargo test; AUTOBAHN_FULL=1 runs
