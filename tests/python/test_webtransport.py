@@ -530,6 +530,23 @@ async def test_uni_echo_comes_back_on_server_opened_uni_stream():
 
 
 @run
+async def test_more_uni_echoes_than_the_client_allows_at_once_all_come_back():
+    # aioquic lets the server open 128 unidirectional streams at a time (the H3
+    # control stream takes one): the echoes past that wait for MAX_STREAMS.
+    with Server() as server:
+        async with Clients(server) as cl:
+            sess = await cl.session("/wt/echo")
+            n = 200
+            for i in range(n):
+                sess.open_uni().send(b"u%03d" % i, end=True)
+            got = set()
+            for i in range(n):
+                back = await sess.accept_uni(i, STEP)
+                got.add(await back.read_to_fin(STEP))
+            assert got == {b"u%03d" % i for i in range(n)}
+
+
+@run
 async def test_datagram_echo():
     with Server() as server:
         async with Clients(server) as cl:

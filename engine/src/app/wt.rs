@@ -329,9 +329,9 @@ impl WtSession {
     }
 
     async fn open(&self, bidi: bool) -> Result<u64, WtError> {
-        loop {
+        poll_fn(|cx| {
             if self.state.is_closed() {
-                return Err(WtError::Closed);
+                return Poll::Ready(Err(WtError::Closed));
             }
             let opened = self.state.conn.with(|inner| {
                 let (conn, wt) = (&mut inner.conn, &mut inner.wt);
@@ -340,15 +340,18 @@ impl WtSession {
             match opened {
                 Some(Ok(id)) => {
                     self.state.conn.mark_dirty();
-                    return Ok(id);
+                    Poll::Ready(Ok(id))
                 }
                 Some(Err(OpenError::StreamLimit)) => {
-                    // The peer grants more streams as old ones close.
-                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                    // The peer grants more streams (MAX_STREAMS) as old ones close;
+                    // every batch of packets from it wakes us to try again.
+                    self.state.conn.wait_for_credit(cx.waker().clone());
+                    Poll::Pending
                 }
-                Some(Err(OpenError::NoSession)) | None => return Err(WtError::Closed),
+                Some(Err(OpenError::NoSession)) | None => Poll::Ready(Err(WtError::Closed)),
             }
-        }
+        })
+        .await
     }
 
     /// Open a unidirectional stream to the peer (waits for stream credit).

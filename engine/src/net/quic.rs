@@ -90,6 +90,8 @@ pub(crate) struct QuicConn {
     inner: RefCell<Option<QuicInner>>,
     sessions: RefCell<HashMap<u64, Rc<SessionState>>>,
     wakers: RefCell<HashMap<u64, StreamWakers>>,
+    /// Tasks waiting for the peer to allow more streams.
+    credit_waiters: RefCell<Vec<Waker>>,
     dirty: Cell<bool>,
     /// The earliest timer entry queued for this connection.
     armed: Cell<Option<Instant>>,
@@ -131,6 +133,21 @@ impl QuicConn {
 
     pub(crate) fn set_write_waker(&self, id: u64, w: Waker) {
         self.wakers.borrow_mut().entry(id).or_default().write = Some(w);
+    }
+
+    /// Wake `w` after the next batch of packets (or when the connection goes).
+    pub(crate) fn wait_for_credit(&self, w: Waker) {
+        let mut waiters = self.credit_waiters.borrow_mut();
+        if !waiters.iter().any(|x| x.will_wake(&w)) {
+            waiters.push(w);
+        }
+    }
+
+    fn wake_credit_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.credit_waiters.borrow_mut());
+        for w in waiters {
+            w.wake();
+        }
     }
 
     fn wake_stream(&self, id: u64, read: bool, write: bool) {
@@ -195,6 +212,8 @@ impl QuicConn {
         for s in streams {
             self.wake_stream(*s, true, true);
         }
+        // An `open_uni`/`open_bi` of this session waiting for credit must see the end.
+        self.wake_credit_waiters();
     }
 
     /// Push the sessions' queued room records into their delivery streams.
@@ -534,6 +553,7 @@ impl Endpoint {
             })),
             sessions: RefCell::new(HashMap::new()),
             wakers: RefCell::new(HashMap::new()),
+            credit_waiters: RefCell::new(Vec::new()),
             dirty: Cell::new(false),
             armed: Cell::new(None),
             cids: RefCell::new(cids.clone()),
@@ -602,6 +622,7 @@ impl Endpoint {
         for id in writable {
             qc.wake_stream(id, false, true);
         }
+        qc.wake_credit_waiters();
         qc.mark_dirty();
     }
 
@@ -813,6 +834,7 @@ impl Endpoint {
         for id in wakers {
             qc.wake_stream(id, true, true);
         }
+        qc.wake_credit_waiters();
         let mut map = self.cids.borrow_mut();
         for c in qc.cids.borrow().iter() {
             map.remove(c);
