@@ -224,6 +224,25 @@ impl HistoryConfig {
     }
 }
 
+/// Every `SECTION.endpoints[i].path` starts with '/' and appears once.
+fn check_endpoint_paths(section: &str, endpoints: &[EndpointConfig]) -> Result<(), String> {
+    for (i, ep) in endpoints.iter().enumerate() {
+        if !ep.path.starts_with('/') {
+            return Err(format!(
+                "{section}.endpoints[{i}].path must start with '/', got {:?}",
+                ep.path
+            ));
+        }
+        if endpoints[..i].iter().any(|e| e.path == ep.path) {
+            return Err(format!(
+                "{section}.endpoints[{i}].path {:?} is listed twice",
+                ep.path
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Glob match with `*` only.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();
@@ -584,20 +603,7 @@ impl Config {
                 ));
             }
         }
-        for (i, ep) in ws.endpoints.iter().enumerate() {
-            if !ep.path.starts_with('/') {
-                return Err(format!(
-                    "websocket.endpoints[{i}].path must start with '/', got {:?}",
-                    ep.path
-                ));
-            }
-            if ws.endpoints[..i].iter().any(|e| e.path == ep.path) {
-                return Err(format!(
-                    "websocket.endpoints[{i}].path {:?} is listed twice",
-                    ep.path
-                ));
-            }
-        }
+        check_endpoint_paths("websocket", &ws.endpoints)?;
         self.validate_webtransport()
     }
 
@@ -615,21 +621,7 @@ impl Config {
         if wt.cert != "auto" && wt.key.is_empty() {
             return Err("webtransport.key is required when webtransport.cert is a file".into());
         }
-        for (i, ep) in wt.endpoints.iter().enumerate() {
-            if !ep.path.starts_with('/') {
-                return Err(format!(
-                    "webtransport.endpoints[{i}].path must start with '/', got {:?}",
-                    ep.path
-                ));
-            }
-            if wt.endpoints[..i].iter().any(|e| e.path == ep.path) {
-                return Err(format!(
-                    "webtransport.endpoints[{i}].path {:?} is listed twice",
-                    ep.path
-                ));
-            }
-        }
-        Ok(())
+        check_endpoint_paths("webtransport", &wt.endpoints)
     }
 }
 

@@ -821,8 +821,30 @@ impl Endpoint {
                 if earliest.is_none_or(|e| t < e) {
                     self.timer_wake.wake();
                 }
+                self.compact_timers();
             }
         }
+    }
+
+    /// Entries superseded by an earlier deadline stay queued until they come due
+    /// (up to the idle timeout). Under load that is many per connection, so once
+    /// the heap outgrows the connections it is rebuilt from each one's deadline.
+    fn compact_timers(&self) {
+        let conns = self.conns.borrow();
+        if self.timers.borrow().len() <= 2 * conns.len() + 64 {
+            return;
+        }
+        let mut timers = self.timers.borrow_mut();
+        timers.clear();
+        for (slot, qc) in conns.iter() {
+            let t = qc.with(|i| i.conn.timeout_instant()).flatten();
+            qc.armed.set(t);
+            if let Some(t) = t {
+                timers.push(Reverse((t, slot)));
+            }
+        }
+        drop(timers);
+        self.timer_wake.wake();
     }
 
     fn remove(&self, qc: &Rc<QuicConn>) {

@@ -151,6 +151,12 @@ impl Pair {
         evs.remove(0)
     }
 
+    /// A session on client stream `id`, accepted by the server.
+    fn open_session(&mut self, id: u64) {
+        self.connect(id, "/wt/echo");
+        self.wt.accept(&mut self.server, id);
+    }
+
     /// The `:status` the client got on stream `id`.
     fn status(&mut self, id: u64) -> String {
         let mut buf = [0u8; 4096];
@@ -235,8 +241,7 @@ fn settings_arrive_and_a_session_opens_with_streams_and_datagrams() {
 #[test]
 fn a_close_capsule_ends_the_session_and_resets_its_streams() {
     let mut p = Pair::new();
-    p.connect(0, "/wt/echo");
-    p.wt.accept(&mut p.server, 0);
+    p.open_session(0);
     let bidi = bidi_preamble(0);
     p.client.stream_send(4, &bidi, false).unwrap();
     p.pump();
@@ -306,8 +311,7 @@ fn hostile_streams_are_refused_without_harm() {
 #[test]
 fn a_newer_datagram_of_a_room_replaces_the_queued_one() {
     let mut p = Pair::new();
-    p.connect(0, "/wt/chat");
-    p.wt.accept(&mut p.server, 0);
+    p.open_session(0);
     p.pump();
     let a1 = super::record::ServerRecord::new("a", super::record::TEXT, b"1");
     let b1 = super::record::ServerRecord::new("b", super::record::TEXT, b"1");
@@ -336,8 +340,7 @@ fn a_stream_that_is_only_a_preamble_and_fin_reads_as_finished() {
     // The session layer consumes the preamble, and with it the FIN: the
     // application's read must learn the end from `stream_finished`.
     let mut p = Pair::new();
-    p.connect(0, "/wt/echo");
-    p.wt.accept(&mut p.server, 0);
+    p.open_session(0);
     let bidi = bidi_preamble(0);
     p.client.stream_send(4, &bidi, true).unwrap();
     p.pump();
