@@ -25,7 +25,7 @@ fn main() {
         let name = conn
             .query_get("name")
             .unwrap_or_else(|| "anonymous".to_string());
-        conn.set_meta("name", name.clone());
+        let _ = conn.set_meta("name", &name);
         let rooms = conn.query_all("room");
         for room in &rooms {
             conn.join_room(room);

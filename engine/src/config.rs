@@ -54,6 +54,38 @@ pub struct Config {
     /// WebTransport over HTTP/3 (QUIC on UDP).
     #[serde(default)]
     pub webtransport: WebTransportConfig,
+    /// Rooms whose members are announced to each other.
+    #[serde(default)]
+    pub presence: PresenceConfig,
+}
+
+/// Presence: member lists and join/leave events for matching rooms.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Rules by room pattern; the first match wins. No match: no presence.
+    #[serde(default)]
+    pub rooms: Vec<PresenceRule>,
+}
+
+/// Presence for rooms whose name matches `pattern`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceRule {
+    /// Room name glob (`*` matches any run of characters).
+    pub pattern: String,
+    /// Metadata keys shown in member lists and events (others stay private).
+    #[serde(default)]
+    pub meta: Vec<String>,
+}
+
+impl PresenceConfig {
+    /// The rule for `room`, if it has presence.
+    pub fn rule_for(&self, room: &str) -> Option<&PresenceRule> {
+        self.rooms
+            .iter()
+            .find(|r| pattern_matches(&r.pattern, room))
+    }
 }
 
 /// WebTransport over HTTP/3.
@@ -434,6 +466,11 @@ pub struct WebSocketConfig {
     /// Outbound queue cap per connection, bytes.
     #[serde(default = "defaults::outbound_queue_bytes")]
     pub outbound_queue_bytes: usize,
+    /// A WebSocket connection silent this long is pinged; silent for twice as long
+    /// (no pong, no data) it is dropped and its rooms and registry entry freed
+    /// (half-open sockets, killed clients). `0s` disables.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: ConfigDuration,
     /// Built-in endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
@@ -448,6 +485,7 @@ impl Default for WebSocketConfig {
             max_message_size: defaults::max_message_size(),
             max_frame_size: defaults::max_message_size(),
             outbound_queue_bytes: defaults::outbound_queue_bytes(),
+            idle_timeout: defaults::idle_timeout(),
             endpoints: Vec::new(),
         }
     }
@@ -502,6 +540,9 @@ mod defaults {
     }
     pub fn outbound_queue_bytes() -> usize {
         4 << 20
+    }
+    pub fn idle_timeout() -> super::ConfigDuration {
+        super::ConfigDuration(std::time::Duration::from_secs(60))
     }
     pub fn drain_timeout_ms() -> u64 {
         5000

@@ -51,6 +51,15 @@ pub use app::conn::WsConn;
 pub use app::connection::Connection;
 pub use app::engine::{Engine, EngineHandle, RunningEngine, StartError};
 pub use app::message::Message;
+pub use app::meta::{Meta, MetaError};
+pub use app::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
+pub use app::router::{Connecting, Ctx, Middleware, Reject, RouteError, Router};
+pub use corecast_shards::ConnId;
+
+/// Action routing (re-exported from `app::router`).
+pub mod router {
+    pub use crate::app::router::*;
+}
 pub use app::sse::{Event, SseStream};
 pub use app::wt::{Delivery, WtError, WtIncoming, WtRecvStream, WtSendStream, WtSession, WtStream};
 pub use config::Config;

@@ -28,6 +28,14 @@ pub struct ShardStats {
     pub mesh_overflows: AtomicU64,
     /// Handlers that panicked (their connection was closed with 1011).
     pub handler_panics: AtomicU64,
+    /// Route handlers that returned an internal error (connection closed 1011).
+    pub handler_errors: AtomicU64,
+    /// Connection attempts refused by `$connect` or middleware (401/403/...).
+    pub connect_rejected: AtomicU64,
+    /// WebSocket connections dropped after `websocket.idle_timeout` x 2 of silence.
+    pub idle_timeouts: AtomicU64,
+    /// `send_to` messages whose connection had gone.
+    pub send_to_missed: AtomicU64,
     /// Live QUIC connections.
     pub wt_connections: AtomicU64,
     /// Live WebTransport sessions.

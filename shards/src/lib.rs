@@ -16,7 +16,7 @@ pub mod pool;
 pub mod queue;
 pub mod room;
 
-pub use conn::{ConnId, ConnSlab};
+pub use conn::{ConnId, ConnSlab, ParseConnIdError};
 pub use mesh::{Inbox, LocalInbox, Mesh, MeshSender};
 pub use pool::{PoolConfig, PoolError, ShardPool};
 pub use queue::{OutboundQueue, QueueFull};

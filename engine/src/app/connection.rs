@@ -1,7 +1,5 @@
 //! [`Connection`]: a handle to one WebSocket connection on its shard.
 
-use std::any::Any;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -9,15 +7,12 @@ use std::sync::Arc;
 use corecast_shards::ConnId;
 
 use super::message::Message;
+use super::meta::{Meta, MetaError};
+use super::registry::{ConnInfo, LookupError, TransportKind};
 use crate::net::conn::{Conn, ConnState, SendError};
 use crate::net::driver::WRITE;
 use crate::net::shard::{BroadcastError, Shard};
 use crate::proto::http;
-use crate::proto::ws::frame;
-
-/// Payloads at least this big are compressed for clients that negotiated
-/// permessage-deflate; smaller ones are not worth the CPU.
-const COMPRESS_MIN: usize = 64;
 
 /// A handle to one WebSocket connection, usable on the connection's shard.
 /// Callback handlers receive `&Connection`; async handlers get a
@@ -25,6 +20,15 @@ const COMPRESS_MIN: usize = 64;
 pub struct Connection {
     pub(crate) shard: Rc<Shard>,
     pub(crate) conn: Rc<Conn>,
+}
+
+impl Clone for Connection {
+    fn clone(&self) -> Self {
+        Self {
+            shard: self.shard.clone(),
+            conn: self.conn.clone(),
+        }
+    }
 }
 
 impl Connection {
@@ -62,22 +66,73 @@ impl Connection {
         self.query_all(key).into_iter().next()
     }
 
-    /// The client's address (asked of the socket: idle connections don't store it).
+    /// The client's address.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.conn.stream.borrow().peer_addr().ok()
+        self.conn.remote
+    }
+
+    /// When the connection was opened.
+    pub fn connected_at(&self) -> std::time::SystemTime {
+        self.conn.connected_at
+    }
+
+    /// WebSocket or SSE.
+    pub fn transport(&self) -> TransportKind {
+        if self.conn.is_sse() {
+            TransportKind::Sse
+        } else {
+            TransportKind::WebSocket
+        }
     }
 
     /// Queue a message to this client (written by the shard's driver, coalesced with
-    /// whatever else is queued).
+    /// whatever else is queued). On an SSE stream it becomes an event without an id.
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
-        let f = if self.conn.compressed && msg.as_bytes().len() >= COMPRESS_MIN {
-            self.shard.compress_frame(msg.opcode(), msg.as_bytes())
-        } else {
-            frame::encode(msg.opcode(), false, msg.as_bytes())
-        };
+        let f = crate::net::fanout::direct_frame(&self.shard, &self.conn, &msg);
         let queued = self.conn.enqueue(f, &self.shard.stats);
         self.shard.schedule(&self.conn, WRITE);
         queued
+    }
+
+    /// Send `msg` to connection `to`, on any shard and of any transport
+    /// (fire-and-forget: an id that has gone is counted, not reported).
+    pub fn send_to(&self, to: ConnId, msg: Message) -> Result<(), BroadcastError> {
+        self.shard.send_to(to, msg)
+    }
+
+    /// Broadcast `msg` to every member of `room` except this connection.
+    pub fn broadcast_to_room_except_me(
+        &self,
+        room: &str,
+        msg: Message,
+    ) -> Result<(), BroadcastError> {
+        self.shard.publish_except(room, msg, Some(self.conn.id))
+    }
+
+    /// Send `msg` to every connection and session of the server, on every shard
+    /// (not sequenced, not kept in history).
+    pub fn broadcast_to_all(&self, msg: Message) -> Result<(), BroadcastError> {
+        self.shard.broadcast_all(msg)
+    }
+
+    /// This connection as the registry shows it.
+    pub fn info(&self) -> ConnInfo {
+        self.shard.conn_info(&self.conn)
+    }
+
+    /// Look up a live connection by id, on any shard.
+    pub async fn lookup(&self, id: ConnId) -> Result<Option<ConnInfo>, LookupError> {
+        self.shard.lookup_conn(id).await
+    }
+
+    /// Live members of `room` on every shard (at most `limit`); the flag says
+    /// whether there were more.
+    pub async fn room_members(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<(Vec<ConnInfo>, bool), LookupError> {
+        self.shard.lookup_room(room, limit).await
     }
 
     /// Join `room`: broadcasts to it reach this connection.
@@ -125,33 +180,25 @@ impl Connection {
         self.conn.state() != ConnState::Open
     }
 
-    /// Attach a value to this connection under `key`.
-    pub fn set_meta<T: Any>(&self, key: &str, value: T) {
-        self.conn
-            .meta
-            .borrow_mut()
-            .get_or_insert_with(|| Box::new(HashMap::new()))
-            .insert(key.to_string(), Box::new(value));
+    /// Attach `value` (anything that serializes to JSON) under `key`; the registry
+    /// and presence show it on every shard.
+    pub fn set_meta<T: serde::Serialize>(&self, key: &str, value: T) -> Result<(), MetaError> {
+        self.conn.meta.set(key, value)
     }
 
-    /// A copy of the value under `key`, if present and of type `T`.
-    pub fn meta<T: Any + Clone>(&self, key: &str) -> Option<T> {
-        self.conn
-            .meta
-            .borrow()
-            .as_ref()
-            .and_then(|m| m.get(key))
-            .and_then(|v| v.downcast_ref::<T>())
-            .cloned()
+    /// The value under `key` as a `T`, if present and of that shape.
+    pub fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.conn.meta.get(key)
     }
 
     /// Remove the value under `key`.
     pub fn remove_meta(&self, key: &str) -> bool {
-        self.conn
-            .meta
-            .borrow_mut()
-            .as_mut()
-            .is_some_and(|m| m.remove(key).is_some())
+        self.conn.meta.remove(key)
+    }
+
+    /// A copy of all metadata.
+    pub fn meta_all(&self) -> Meta {
+        self.conn.meta.snapshot()
     }
 }
 

@@ -14,6 +14,7 @@ use super::builtin;
 use super::callbacks::WsCallbacks;
 use super::conn::WsConn;
 use super::message::Message;
+use super::router::Router;
 use super::sse::SseStream;
 use super::wt::WtSession;
 use crate::config::{Config, EndpointKind};
@@ -56,6 +57,18 @@ pub(crate) struct Endpoint {
     pub(crate) handler: EndpointHandler,
     pub(crate) protocols: Vec<String>,
     pub(crate) transport: EndpointTransport,
+    /// A routed endpoint's router: its `$connect` runs before the upgrade.
+    pub(crate) router: Option<Arc<Router>>,
+}
+
+/// A WebTransport endpoint.
+#[derive(Clone)]
+pub(crate) struct WtEndpoint {
+    pub(crate) path: String,
+    pub(crate) handler: WtHandler,
+    /// A routed endpoint's router: its `$connect` runs before the session is
+    /// accepted.
+    pub(crate) router: Option<Arc<Router>>,
 }
 
 /// State every shard shares (read-only after start, apart from atomics).
@@ -72,7 +85,7 @@ pub(crate) struct Shared {
     /// The publish API key, if the API is enabled.
     pub(crate) api_key: Option<String>,
     /// WebTransport endpoints by path.
-    pub(crate) wt_endpoints: Vec<(String, WtHandler)>,
+    pub(crate) wt_endpoints: Vec<WtEndpoint>,
     /// Certificate and key when WebTransport is on.
     pub(crate) wt: Option<WtShared>,
 }
@@ -87,13 +100,9 @@ impl Shared {
             .map(|(i, (_, e))| (i, e))
     }
 
-    /// The WebTransport endpoint at `path` and its index.
-    pub(crate) fn wt_endpoint(&self, path: &str) -> Option<(usize, WtHandler)> {
-        self.wt_endpoints
-            .iter()
-            .enumerate()
-            .find(|(_, (p, _))| p == path)
-            .map(|(i, (_, h))| (i, h.clone()))
+    /// The WebTransport endpoint at `path`.
+    pub(crate) fn wt_endpoint(&self, path: &str) -> Option<&WtEndpoint> {
+        self.wt_endpoints.iter().find(|e| e.path == path)
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -117,7 +126,7 @@ impl std::error::Error for StartError {}
 pub struct Engine {
     config: Config,
     endpoints: Vec<(String, Endpoint)>,
-    wt_endpoints: Vec<(String, WtHandler)>,
+    wt_endpoints: Vec<WtEndpoint>,
 }
 
 impl Engine {
@@ -193,6 +202,7 @@ impl Engine {
             handler,
             protocols: protocols.iter().map(|p| p.to_string()).collect(),
             transport,
+            router: None,
         };
         self.endpoints.retain(|(p, _)| p != path);
         self.endpoints.push((path.to_string(), endpoint));
@@ -272,14 +282,58 @@ impl Engine {
         Fut: Future<Output = ()> + 'static,
     {
         let handler: WtHandler = Arc::new(move |s| Box::pin(handler(s)) as HandlerFuture);
-        self.wt_endpoints.retain(|(p, _)| p != path);
-        self.wt_endpoints.push((path.to_string(), handler));
+        self.add_wt_endpoint(path, handler, None)
+    }
+
+    fn add_wt_endpoint(
+        &mut self,
+        path: &str,
+        handler: WtHandler,
+        router: Option<Arc<Router>>,
+    ) -> &mut Self {
+        self.wt_endpoints.retain(|e| e.path != path);
+        self.wt_endpoints.push(WtEndpoint {
+            path: path.to_string(),
+            handler,
+            router,
+        });
         self
     }
 
     /// The WebTransport endpoint paths registered so far.
     pub fn webtransport_paths(&self) -> Vec<String> {
-        self.wt_endpoints.iter().map(|(p, _)| p.clone()).collect()
+        self.wt_endpoints.iter().map(|e| e.path.clone()).collect()
+    }
+
+    /// Serve WebSocket connections on `path` with `router`: JSON messages are routed
+    /// by action, `$connect` runs before the upgrade (see [`Router`]). The same
+    /// router (an `Arc`) can also serve a WebTransport path.
+    pub fn websocket_router(&mut self, path: &str, router: impl Into<Arc<Router>>) -> &mut Self {
+        let router = router.into();
+        let callbacks = super::router::RoutedWs {
+            router: router.clone(),
+        };
+        self.add_endpoint(
+            path,
+            &[],
+            EndpointHandler::Callbacks(Arc::new(callbacks)),
+            EndpointTransport::WebSocket,
+        );
+        if let Some((_, ep)) = self.endpoints.iter_mut().find(|(p, _)| p == path) {
+            ep.router = Some(router);
+        }
+        self
+    }
+
+    /// Serve WebTransport sessions on `path` with `router`: each text record the
+    /// client sends (on any stream, or as a datagram) is routed; replies arrive on
+    /// the session's delivery stream as records with an empty room name.
+    pub fn webtransport_router(&mut self, path: &str, router: impl Into<Arc<Router>>) -> &mut Self {
+        let router = router.into();
+        let r = router.clone();
+        let handler: WtHandler =
+            Arc::new(move |s| Box::pin(super::router::serve_wt(s, r.clone())) as HandlerFuture);
+        self.add_wt_endpoint(path, handler, Some(router))
     }
 
     /// Bind the listeners and start the shards.
@@ -375,6 +429,7 @@ impl Engine {
                 glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
                 glommio::spawn_local(shard.clone().run_driver()).detach();
                 glommio::spawn_local(shard.clone().run_sweeper()).detach();
+                glommio::spawn_local(shard.clone().run_idle_sweeper()).detach();
                 glommio::spawn_local(shard.clone().run_keepalive()).detach();
                 glommio::spawn_local(shard.clone().run_flusher()).detach();
                 shard.run_inbox(inbox).await;
@@ -545,7 +600,21 @@ impl EngineHandle {
                 room: Arc::from(room),
                 msg,
                 ack: None,
+                except: None,
             })
+            .map_err(|_| BroadcastError::Overloaded)
+    }
+
+    /// Send `msg` to connection `to` (any shard, any transport) from any thread.
+    pub fn send_to(&self, to: corecast_shards::ConnId, msg: Message) -> Result<(), BroadcastError> {
+        let shard = usize::from(to.shard);
+        let sender = self
+            .shared
+            .senders
+            .get(shard)
+            .ok_or(BroadcastError::Overloaded)?;
+        sender
+            .send(ShardMsg::SendTo { to, msg, ack: None })
             .map_err(|_| BroadcastError::Overloaded)
     }
 

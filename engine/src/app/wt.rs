@@ -107,6 +107,19 @@ pub(crate) struct SessionState {
     pub(crate) closed: RefCell<Option<(u32, String)>>,
     pub(crate) rooms: RefCell<Vec<(Arc<str>, Delivery)>>,
     pub(crate) delivery: RefCell<DeliveryStream>,
+    /// Registry id (its own slot range on the shard).
+    pub(crate) reg_id: corecast_shards::ConnId,
+    pub(crate) meta: super::meta::MetaCell,
+    pub(crate) connected_at: std::time::SystemTime,
+    pub(crate) remote: SocketAddr,
+}
+
+/// Where a new session comes from, for [`SessionState::new`].
+pub(crate) struct SessionOrigin<'a> {
+    pub(crate) reg_id: corecast_shards::ConnId,
+    pub(crate) path: &'a str,
+    pub(crate) query: &'a str,
+    pub(crate) origin: Option<String>,
 }
 
 /// A reliable member's delivery queue overflowed: the caller closes the session
@@ -118,18 +131,21 @@ impl SessionState {
         id: u64,
         member_key: u64,
         conn: Rc<QuicConn>,
-        path: &str,
-        query: &str,
-        origin: Option<String>,
+        from: SessionOrigin<'_>,
         queue_cap: usize,
     ) -> Self {
+        let remote = conn.peer;
         Self {
             id,
             member_key,
             conn,
-            path: path.into(),
-            query: query.into(),
-            origin,
+            path: from.path.into(),
+            query: from.query.into(),
+            origin: from.origin,
+            reg_id: from.reg_id,
+            meta: Default::default(),
+            connected_at: std::time::SystemTime::now(),
+            remote,
             inbox: RefCell::new(VecDeque::new()),
             waker: Cell::new(None),
             closed: RefCell::new(None),
@@ -221,6 +237,31 @@ impl SessionState {
             }
             None => {}
         }
+        Ok(())
+    }
+
+    /// Queue a message for this session alone (a reply, a `send_to`): a record
+    /// with an empty room name on the delivery stream.
+    pub(crate) fn send_direct(
+        &self,
+        msg: &Message,
+        stats: &ShardStats,
+    ) -> Result<(), SlowConsumer> {
+        if self.is_closed() {
+            return Ok(());
+        }
+        let kind = match msg {
+            Message::Text(_) => record::TEXT,
+            Message::Binary(_) => record::BINARY,
+        };
+        let rec = ServerRecord::new("", kind, msg.as_bytes());
+        let full = self.delivery.borrow_mut().queue.push(rec.bytes).is_err();
+        if full {
+            ShardStats::add(&stats.slow_consumers, 1);
+            self.delivery.borrow_mut().queue.clear();
+            return Err(SlowConsumer);
+        }
+        self.conn.mark_dirty();
         Ok(())
     }
 

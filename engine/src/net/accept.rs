@@ -16,6 +16,8 @@ use super::shard::Shard;
 use crate::app::conn::WsConn;
 use crate::app::connection::Connection;
 use crate::app::engine::{EndpointHandler, EndpointTransport};
+use crate::app::registry::TransportKind;
+use crate::app::router::Connecting;
 use crate::proto::http::{self, Request};
 use crate::proto::sse::{parse_stream_cursor, StreamCursor};
 use crate::proto::ws::deflate::Inflater;
@@ -164,6 +166,7 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         }
     };
     let ws = &shard.shared.config.websocket;
+    let mut admitted = None;
     let (decoder, compressed, transport) = match endpoint.transport {
         EndpointTransport::Sse => {
             if let Err(resp) = sse_preflight(&req) {
@@ -197,6 +200,20 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
                     return;
                 }
             };
+            // `$connect` and middleware decide before the 101 is written.
+            if let Some(router) = &endpoint.router {
+                let connecting =
+                    Connecting::new(&req, stream.peer_addr().ok(), TransportKind::WebSocket);
+                match router.admit(connecting) {
+                    Ok(a) => admitted = Some(a),
+                    Err(r) => {
+                        ShardStats::add(&shard.stats.connect_rejected, 1);
+                        let resp = http::response(r.status, r.phrase(), &[], &r.reason);
+                        let _ = stream.write_all(&resp).await;
+                        return;
+                    }
+                }
+            }
             if stream
                 .write_all(&handshake::response(&accepted))
                 .await
@@ -227,6 +244,7 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             )
         }
     };
+    let remote = stream.peer_addr().ok();
     let parts = ConnParts {
         stream,
         decoder,
@@ -240,6 +258,8 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             EndpointHandler::Async(_) => Handler::Task(Box::default()),
         },
         transport,
+        remote,
+        now: shard.clock.get(),
     };
     let conn = {
         let mut conns = shard.conns.borrow_mut();
@@ -247,6 +267,12 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         conns.get(id).cloned().expect("just inserted")
     };
     ShardStats::add(&shard.stats.connections, 1);
+    if let Some(a) = admitted {
+        conn.meta.extend(a.meta);
+        if let Some(at) = a.expires_at {
+            crate::app::router::arm_expiry(&shard, conn.id, at);
+        }
+    }
     if let Some(c) = cursor {
         if let (Transport::SseMultiRoom, StreamCursor::PerRoom(list)) = (transport, &c) {
             // The stream's ids name every room it resumes from the first event on.

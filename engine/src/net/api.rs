@@ -21,6 +21,7 @@ use super::read::read_into;
 use super::shard::Shard;
 use crate::app::message::Message;
 use crate::proto::http::{self, Request};
+use corecast_shards::ConnId;
 
 /// How long a publish waits for the owner shard's acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +51,17 @@ async fn respond(
             "the publish API is disabled (set api.key)",
         );
     };
+    if !authorized(req, key) {
+        return http::response(
+            401,
+            "Unauthorized",
+            &[("WWW-Authenticate", "Bearer")],
+            "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
+        );
+    }
+    if let Some(rest) = req.path.strip_prefix("/api/connections/") {
+        return connections(shard, stream, req, pending, rest).await;
+    }
     let Some(rest) = req.path.strip_prefix("/api/rooms/") else {
         return http::response(404, "Not Found", &[], &format!("no API route {}", req.path));
     };
@@ -61,27 +73,151 @@ async fn respond(
     if room.is_empty() || room.len() > MAX_ROOM_NAME {
         return http::response(400, "Bad Request", &[], "room name must be 1 to 256 bytes");
     }
-    if !authorized(req, key) {
-        return http::response(
-            401,
-            "Unauthorized",
-            &[("WWW-Authenticate", "Bearer")],
-            "missing or wrong API key (Authorization: Bearer KEY or X-API-Key: KEY)",
-        );
-    }
     match (req.method.as_str(), action) {
         ("POST", Some("publish")) => publish(shard, stream, req, pending, &room).await,
         ("GET", None) => room_info(shard, &room).await,
+        ("GET", Some("connections")) => room_connections(shard, req, &room).await,
+        ("GET", Some("presence")) => room_presence(shard, &room).await,
         (_, Some("publish")) => http::response(
             405,
             "Method Not Allowed",
             &[("Allow", "POST")],
             "publish with POST",
         ),
-        (_, None) => http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET"),
+        (_, None | Some("connections" | "presence")) => {
+            http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")
+        }
         (_, Some(other)) => {
             http::response(404, "Not Found", &[], &format!("no API action {other:?}"))
         }
+    }
+}
+
+fn json_response(status: u16, value: &serde_json::Value) -> Vec<u8> {
+    let phrase = match status {
+        200 => "OK",
+        202 => "Accepted",
+        _ => "Not Found",
+    };
+    let mut body = value.to_string();
+    body.push('\n');
+    http::response_with_type(status, phrase, &[], "application/json", body.as_bytes())
+}
+
+fn lookup_failed(e: crate::app::registry::LookupError) -> Vec<u8> {
+    http::response(
+        503,
+        "Service Unavailable",
+        &[("Retry-After", "1")],
+        &e.to_string(),
+    )
+}
+
+/// `GET /api/connections/{id}` and `POST /api/connections/{id}/send`.
+async fn connections(
+    shard: &Rc<Shard>,
+    stream: &RefCell<TcpStream>,
+    req: &Request,
+    pending: BytesMut,
+    rest: &str,
+) -> Vec<u8> {
+    let (raw_id, action) = match rest.split_once('/') {
+        Some((id, action)) => (id, Some(action)),
+        None => (rest, None),
+    };
+    let Ok(id) = raw_id.parse::<ConnId>() else {
+        return http::response(
+            400,
+            "Bad Request",
+            &[],
+            &format!("invalid connection id {raw_id:?}: ids look like SHARD.SLOT.GENERATION, e.g. 0.12.3"),
+        );
+    };
+    match (req.method.as_str(), action) {
+        ("GET", None) => match shard.lookup_conn(id).await {
+            Ok(Some(info)) => json_response(200, &info.to_json()),
+            Ok(None) => http::response(404, "Not Found", &[], &format!("no live connection {id}")),
+            Err(e) => lookup_failed(e),
+        },
+        ("POST", Some("send")) => {
+            let body = match read_message_body(shard, stream, req, pending).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            match shard.send_to_acked(id, body).await {
+                Ok(true) => json_response(
+                    202,
+                    &serde_json::json!({"id": id.to_string(), "queued": true}),
+                ),
+                Ok(false) => {
+                    http::response(404, "Not Found", &[], &format!("no live connection {id}"))
+                }
+                Err(e) => lookup_failed(e),
+            }
+        }
+        (_, None) => http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET"),
+        (_, Some("send")) => http::response(
+            405,
+            "Method Not Allowed",
+            &[("Allow", "POST")],
+            "send with POST",
+        ),
+        (_, Some(other)) => {
+            http::response(404, "Not Found", &[], &format!("no API action {other:?}"))
+        }
+    }
+}
+
+/// Largest `?limit=` for a room's connection list.
+const MAX_LIST: usize = 10_000;
+
+/// `GET /api/rooms/{room}/connections?limit=N` (default 1000).
+async fn room_connections(shard: &Rc<Shard>, req: &Request, room: &str) -> Vec<u8> {
+    let limit = match http::query_values(&req.query, "limit").first() {
+        None => 1000,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST).contains(&n) => n,
+            _ => {
+                return http::response(
+                    400,
+                    "Bad Request",
+                    &[],
+                    &format!("limit must be 1 to {MAX_LIST}, got {v:?}"),
+                )
+            }
+        },
+    };
+    match shard.lookup_room(room, limit).await {
+        Ok((infos, truncated)) => {
+            let list: Vec<serde_json::Value> = infos.iter().map(|i| i.to_json()).collect();
+            json_response(
+                200,
+                &serde_json::json!({"room": room, "connections": list, "truncated": truncated}),
+            )
+        }
+        Err(e) => lookup_failed(e),
+    }
+}
+
+/// `GET /api/rooms/{room}/presence`.
+async fn room_presence(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
+    if shard.shared.config.presence.rule_for(room).is_none() {
+        return http::response(
+            404,
+            "Not Found",
+            &[],
+            &format!("room {room:?} has no presence (no presence.rooms pattern matches it)"),
+        );
+    }
+    match shard.presence_list(room).await {
+        Ok(members) => {
+            let list: Vec<serde_json::Value> = members.iter().map(|m| m.to_json()).collect();
+            json_response(
+                200,
+                &serde_json::json!({"room": room, "count": list.len(), "members": list}),
+            )
+        }
+        Err(e) => lookup_failed(e),
     }
 }
 
@@ -105,41 +241,9 @@ async fn publish(
     pending: BytesMut,
     room: &str,
 ) -> Vec<u8> {
-    if req.header("transfer-encoding").is_some() {
-        return http::response(
-            411,
-            "Length Required",
-            &[],
-            "send the body with Content-Length",
-        );
-    }
-    let Some(len) = req
-        .header("content-length")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    else {
-        return http::response(411, "Length Required", &[], "Content-Length is required");
-    };
-    let max = shard.shared.config.websocket.max_message_size;
-    if len > max {
-        return http::response(
-            413,
-            "Content Too Large",
-            &[],
-            &format!("body of {len} bytes is over websocket.max_message_size ({max})"),
-        );
-    }
-    let Some(body) = read_body(shard, stream, pending, len).await else {
-        return http::response(
-            400,
-            "Bad Request",
-            &[],
-            "body ended before Content-Length bytes",
-        );
-    };
-    let msg = match std::str::from_utf8(&body) {
-        Ok(_) => Message::Text(body),
-        Err(_) => Message::Binary(body),
+    let msg = match read_message_body(shard, stream, req, pending).await {
+        Ok(m) => m,
+        Err(resp) => return resp,
     };
     match shard.publish_acked(room, msg, ACK_TIMEOUT).await {
         Ok(pos) => {
@@ -159,6 +263,58 @@ async fn publish(
             &e.to_string(),
         ),
     }
+}
+
+/// The request body as a message (UTF-8 text, else binary), or the error response:
+/// Content-Length required (411), at most `websocket.max_message_size` (413).
+async fn read_message_body(
+    shard: &Shard,
+    stream: &RefCell<TcpStream>,
+    req: &Request,
+    pending: BytesMut,
+) -> Result<Message, Vec<u8>> {
+    if req.header("transfer-encoding").is_some() {
+        return Err(http::response(
+            411,
+            "Length Required",
+            &[],
+            "send the body with Content-Length",
+        ));
+    }
+    let Some(len) = req
+        .header("content-length")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    else {
+        return Err(http::response(
+            411,
+            "Length Required",
+            &[],
+            "Content-Length is required",
+        ));
+    };
+    let max = shard.shared.config.websocket.max_message_size;
+    if len > max {
+        return Err(http::response(
+            413,
+            "Content Too Large",
+            &[],
+            &format!("body of {len} bytes is over websocket.max_message_size ({max})"),
+        ));
+    }
+    let Some(body) = read_body(shard, stream, pending, len).await else {
+        return Err(http::response(
+            400,
+            "Bad Request",
+            &[],
+            "body ended before Content-Length bytes",
+        ));
+    };
+    let msg = match std::str::from_utf8(&body) {
+        Ok(_) => Message::Text(body),
+        Err(_) => Message::Binary(body),
+    };
+    Ok(msg)
 }
 
 /// The first `len` body bytes: what came with the head, then reads until complete.

@@ -3,9 +3,8 @@
 //! [`driver`](super::driver) reads and writes it when its socket or queue is ready,
 //! so an idle connection costs only this struct and the socket's armed poll.
 
-use std::any::Any;
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 
@@ -15,6 +14,7 @@ use glommio::net::TcpStream;
 
 use crate::app::callbacks::WsCallbacks;
 use crate::app::message::Message;
+use crate::app::meta::MetaCell;
 use crate::proto::ws::{close, frame, Decoder};
 use crate::stats::ShardStats;
 
@@ -87,9 +87,6 @@ impl TaskInbox {
     }
 }
 
-/// Typed per-connection values, allocated on first use.
-pub(crate) type Metadata = Option<Box<HashMap<String, Box<dyn Any>>>>;
-
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -124,6 +121,8 @@ pub(crate) struct Conn {
     pub(crate) fail_fast: Cell<bool>,
     /// A close-reply timer is running.
     pub(crate) close_timer: Cell<bool>,
+    /// Shard clock (seconds) of the last bytes read; idle sweeps compare it.
+    pub(crate) last_read: Cell<u32>,
     /// Ready-list bits already queued for this connection (see `driver`).
     pub(crate) scheduled: Cell<u8>,
     /// Room broadcasts go to this connection compressed.
@@ -134,7 +133,11 @@ pub(crate) struct Conn {
     /// Raw query string; parsed on demand (idle connections keep one small string).
     pub(crate) query: Box<str>,
     pub(crate) handler: Handler,
-    pub(crate) meta: RefCell<Metadata>,
+    pub(crate) meta: MetaCell,
+    /// When the handshake completed (registry).
+    pub(crate) connected_at: std::time::SystemTime,
+    /// The client's address (registry; asked once at accept).
+    pub(crate) remote: Option<std::net::SocketAddr>,
     pub(crate) transport: Transport,
     pub(crate) resume: RefCell<Option<Box<ResumeState>>>,
 }
@@ -150,6 +153,9 @@ pub(crate) struct ConnParts {
     pub(crate) query: Box<str>,
     pub(crate) handler: Handler,
     pub(crate) transport: Transport,
+    pub(crate) remote: Option<std::net::SocketAddr>,
+    /// The shard clock at accept.
+    pub(crate) now: u32,
 }
 
 impl Conn {
@@ -164,13 +170,16 @@ impl Conn {
             read_done: Cell::new(false),
             fail_fast: Cell::new(false),
             close_timer: Cell::new(false),
+            last_read: Cell::new(p.now),
             scheduled: Cell::new(0),
             compressed: p.compressed,
             rooms: RefCell::new(Vec::new()),
             endpoint: p.endpoint,
             query: p.query,
             handler: p.handler,
-            meta: RefCell::new(None),
+            meta: MetaCell::default(),
+            connected_at: std::time::SystemTime::now(),
+            remote: p.remote,
             transport: p.transport,
             resume: RefCell::new(None),
         }

@@ -93,6 +93,22 @@ impl<'a> Encodings<'a> {
     }
 }
 
+/// A message for one connection only (a reply, a `send_to`), framed for its
+/// transport: a WebSocket frame (compressed when negotiated and worth it), or an
+/// SSE event without an id (it is not a room position).
+pub(crate) fn direct_frame(shard: &Shard, conn: &Conn, msg: &Message) -> Bytes {
+    /// Smaller payloads are not worth compressing.
+    const COMPRESS_MIN: usize = 64;
+    if conn.is_sse() {
+        return sse_event_without_id(msg);
+    }
+    if conn.compressed && msg.as_bytes().len() >= COMPRESS_MIN {
+        shard.compress_frame(msg.opcode(), msg.as_bytes())
+    } else {
+        frame::encode(msg.opcode(), false, msg.as_bytes())
+    }
+}
+
 /// `{"room":..,"id":..,"data":..}` (binary data base64 with `"encoding":"base64"`).
 fn envelope(room: &str, pos: Position, msg: &Message) -> String {
     let room = serde_json::to_string(room).unwrap_or_default();
@@ -111,8 +127,16 @@ fn envelope(room: &str, pos: Position, msg: &Message) -> String {
     }
 }
 
+fn sse_event_without_id(msg: &Message) -> Bytes {
+    sse_event_with(msg, None)
+}
+
 /// A room message as an SSE event: text as `data`, binary base64 as `event: binary`.
 fn sse_event(msg: &Message, id: String) -> Bytes {
+    sse_event_with(msg, Some(id))
+}
+
+fn sse_event_with(msg: &Message, id: Option<String>) -> Bytes {
     let (ty, data) = match msg {
         Message::Text(b) => (None, b.clone()),
         Message::Binary(b) => (
@@ -123,7 +147,7 @@ fn sse_event(msg: &Message, id: String) -> Bytes {
     let event = sse::Event {
         ty,
         data,
-        id: Some(id),
+        id,
         retry: None,
     };
     // Ids we format never hold a newline or NUL, so encoding cannot fail.

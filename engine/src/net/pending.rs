@@ -10,6 +10,8 @@ use std::task::{Poll, Waker};
 
 use corecast_shards::Position;
 
+use crate::app::registry::{ConnInfo, PresenceMember};
+
 /// Members of a room by transport, and the room's position (from its owner).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RoomCounts {
@@ -61,12 +63,25 @@ struct InfoGather {
     done: Rc<Slot<RoomCounts>>,
 }
 
+/// Registry entries gathered from several shards.
+pub(crate) type ConnList = (Vec<ConnInfo>, bool);
+
+struct ListGather {
+    remaining: Cell<usize>,
+    limit: usize,
+    items: RefCell<ConnList>,
+    done: Rc<Slot<ConnList>>,
+}
+
 /// A shard's outstanding requests, by token.
 #[derive(Default)]
 pub(crate) struct Pending {
     next: Cell<u64>,
     acks: RefCell<HashMap<u64, Rc<Slot<Position>>>>,
     infos: RefCell<HashMap<u64, InfoGather>>,
+    lists: RefCell<HashMap<u64, ListGather>>,
+    flags: RefCell<HashMap<u64, Rc<Slot<bool>>>>,
+    presence: RefCell<HashMap<u64, Rc<Slot<Vec<PresenceMember>>>>>,
 }
 
 impl Pending {
@@ -129,9 +144,85 @@ impl Pending {
         }
     }
 
+    /// Register a gather of `shards` registry replies, keeping at most `limit`
+    /// entries.
+    pub(crate) fn new_list(&self, shards: usize, limit: usize) -> (u64, Rc<Slot<ConnList>>) {
+        let token = self.token();
+        let done = Rc::new(Slot::default());
+        self.lists.borrow_mut().insert(
+            token,
+            ListGather {
+                remaining: Cell::new(shards),
+                limit,
+                items: RefCell::new((Vec::new(), false)),
+                done: done.clone(),
+            },
+        );
+        (token, done)
+    }
+
+    /// One shard's registry reply arrived.
+    pub(crate) fn list_reply(&self, token: u64, infos: Vec<ConnInfo>, truncated: bool) {
+        let finished = {
+            let lists = self.lists.borrow();
+            let Some(g) = lists.get(&token) else {
+                return;
+            };
+            let mut items = g.items.borrow_mut();
+            items.1 |= truncated;
+            for info in infos {
+                if items.0.len() < g.limit {
+                    items.0.push(info);
+                } else {
+                    items.1 = true;
+                }
+            }
+            g.remaining.set(g.remaining.get().saturating_sub(1));
+            g.remaining.get() == 0
+        };
+        if finished {
+            if let Some(g) = self.lists.borrow_mut().remove(&token) {
+                g.done.fill(g.items.into_inner());
+            }
+        }
+    }
+
+    /// Register a yes/no answer to wait for (did a `send_to` find its connection).
+    pub(crate) fn new_flag(&self) -> (u64, Rc<Slot<bool>>) {
+        let token = self.token();
+        let slot = Rc::new(Slot::default());
+        self.flags.borrow_mut().insert(token, slot.clone());
+        (token, slot)
+    }
+
+    /// A yes/no answer arrived.
+    pub(crate) fn flag_reply(&self, token: u64, value: bool) {
+        if let Some(slot) = self.flags.borrow_mut().remove(&token) {
+            slot.fill(value);
+        }
+    }
+
+    /// Register a presence list to wait for.
+    pub(crate) fn new_presence(&self) -> (u64, Rc<Slot<Vec<PresenceMember>>>) {
+        let token = self.token();
+        let slot = Rc::new(Slot::default());
+        self.presence.borrow_mut().insert(token, slot.clone());
+        (token, slot)
+    }
+
+    /// A presence list arrived.
+    pub(crate) fn presence_reply(&self, token: u64, members: Vec<PresenceMember>) {
+        if let Some(slot) = self.presence.borrow_mut().remove(&token) {
+            slot.fill(members);
+        }
+    }
+
     /// Drop a request whose waiter is gone.
     pub(crate) fn forget(&self, token: u64) {
         self.acks.borrow_mut().remove(&token);
         self.infos.borrow_mut().remove(&token);
+        self.lists.borrow_mut().remove(&token);
+        self.flags.borrow_mut().remove(&token);
+        self.presence.borrow_mut().remove(&token);
     }
 }

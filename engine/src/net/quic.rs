@@ -28,7 +28,9 @@ use slab::Slab;
 
 use super::shard::{Shard, ShardMsg};
 use super::udp::{self, BATCH, RECV_SIZE};
-use crate::app::wt::{Incoming, SessionState, WtSession, CLOSE_GOING_AWAY, CLOSE_HANDLER_PANIC};
+use crate::app::wt::{
+    Incoming, SessionOrigin, SessionState, WtSession, CLOSE_GOING_AWAY, CLOSE_HANDLER_PANIC,
+};
 use crate::proto::quic_token::RetryTokens;
 use crate::proto::wt::session::{WtConn, WtEvent, H3_EXCESSIVE_LOAD, H3_NO_ERROR};
 use crate::stats::ShardStats;
@@ -206,6 +208,7 @@ impl QuicConn {
         };
         state.mark_closed(code, reason);
         if let Some(ep) = self.endpoint.upgrade() {
+            ep.shard.wt_sessions.borrow_mut().remove(state.reg_id);
             ep.shard.leave_all_wt(&state);
             ShardStats::sub(&ep.shard.stats.wt_sessions, 1);
         }
@@ -695,7 +698,7 @@ impl Endpoint {
         if req.authority.is_none() || req.path.is_none() || req.scheme.is_none() {
             return reject(400, "missing :authority, :path or :scheme");
         }
-        let Some((index, handler)) = endpoint else {
+        let Some(endpoint) = endpoint else {
             return reject(404, &format!("no WebTransport endpoint at {path}"));
         };
         if !shared
@@ -714,18 +717,61 @@ impl Endpoint {
         if open >= shared.config.webtransport.max_sessions_per_connection {
             return reject(429, "too many sessions on this connection");
         }
+        let admitted = match &endpoint.router {
+            Some(router) => {
+                let head = crate::proto::http::Request {
+                    method: req.method.clone(),
+                    path: path.to_string(),
+                    query: query.to_string(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                        .collect(),
+                };
+                let connecting = crate::app::router::Connecting::new(
+                    &head,
+                    Some(qc.peer),
+                    crate::app::registry::TransportKind::WebTransport,
+                );
+                match router.admit(connecting) {
+                    Ok(a) => Some(a),
+                    Err(r) => {
+                        ShardStats::add(&self.shard.stats.connect_rejected, 1);
+                        return reject(r.status, &r.reason);
+                    }
+                }
+            }
+            None => None,
+        };
+        let handler = endpoint.handler.clone();
         qc.with(|inner| inner.wt.accept(&mut inner.conn, stream_id));
         let key = self.next_member.get();
         self.next_member.set(key + 1);
-        let state = Rc::new(SessionState::new(
-            stream_id,
-            key,
-            qc.clone(),
-            &shared.wt_endpoints[index].0,
-            query,
-            req.origin.clone(),
-            shared.config.websocket.outbound_queue_bytes,
-        ));
+        let state = {
+            let mut slab = self.shard.wt_sessions.borrow_mut();
+            let id = slab.insert_with(|reg_id| {
+                Rc::new(SessionState::new(
+                    stream_id,
+                    key,
+                    qc.clone(),
+                    SessionOrigin {
+                        reg_id,
+                        path: &endpoint.path,
+                        query,
+                        origin: req.origin.clone(),
+                    },
+                    shared.config.websocket.outbound_queue_bytes,
+                ))
+            });
+            slab.get(id).cloned().expect("just inserted")
+        };
+        if let Some(a) = admitted {
+            state.meta.extend(a.meta);
+            if let Some(at) = a.expires_at {
+                crate::app::router::arm_expiry(&self.shard, state.reg_id, at);
+            }
+        }
         qc.sessions.borrow_mut().insert(stream_id, state.clone());
         ShardStats::add(&self.shard.stats.wt_sessions, 1);
         let session = WtSession {

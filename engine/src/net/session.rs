@@ -72,7 +72,7 @@ impl Shard {
                         &mut cx,
                     );
                     match polled {
-                        Poll::Ready(Ok(n)) if n > 0 => {}
+                        Poll::Ready(Ok(n)) if n > 0 => conn.last_read.set(self.clock.get()),
                         Poll::Ready(_) => {
                             // EOF or reset: nobody is left to read a close frame.
                             conn.read_done.set(true);

@@ -27,6 +27,10 @@ use crate::proto::ws::deflate::Deflater;
 use crate::proto::ws::{close, frame};
 use crate::stats::ShardStats;
 
+/// Registry ids of WebTransport sessions have slots from here up, so they never
+/// equal a TCP connection's.
+pub(crate) const WT_SLOT_BASE: u32 = 1 << 31;
+
 /// Where to report the position a published message was given.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AckTo {
@@ -42,12 +46,15 @@ pub(crate) enum ShardMsg {
         room: Arc<str>,
         msg: Message,
         ack: Option<AckTo>,
+        /// A member not to deliver to (the sender, for "everyone but me").
+        except: Option<ConnId>,
     },
     /// From the owner: deliver message `pos` of `room` to local members.
     Deliver {
         room: Arc<str>,
         pos: Position,
         msg: Message,
+        except: Option<ConnId>,
     },
     /// To the owner: shard `shard` now has (or no longer has) members of `room`.
     Interest {
@@ -85,6 +92,46 @@ pub(crate) enum ShardMsg {
         data: Vec<u8>,
         from: std::net::SocketAddr,
     },
+    /// Registry question for this shard's connections.
+    Lookup {
+        query: super::registry::Lookup,
+        token: u64,
+        reply_to: usize,
+    },
+    /// One shard's answer to `Lookup`.
+    LookupReply {
+        token: u64,
+        infos: Vec<crate::app::registry::ConnInfo>,
+        truncated: bool,
+    },
+    /// A message for one connection (or session) of this shard.
+    SendTo {
+        to: ConnId,
+        msg: Message,
+        ack: Option<AckTo>,
+    },
+    /// Whether a `SendTo` with `ack` found its connection.
+    SendToAck { token: u64, delivered: bool },
+    /// To every shard: send `msg` to every local connection and session.
+    BroadcastAll { msg: Message },
+    /// To a presence room's owner: `member` joined `room`.
+    PresenceJoin {
+        room: Arc<str>,
+        member: crate::app::registry::PresenceMember,
+    },
+    /// To a presence room's owner: `member` left `room`.
+    PresenceLeave { room: Arc<str>, member: ConnId },
+    /// To a presence room's owner: list its members.
+    PresenceList {
+        room: Arc<str>,
+        token: u64,
+        reply_to: usize,
+    },
+    /// The owner's answer to `PresenceList`.
+    PresenceListReply {
+        token: u64,
+        members: Vec<crate::app::registry::PresenceMember>,
+    },
     /// Look at the shutdown flag.
     Shutdown,
 }
@@ -97,6 +144,16 @@ pub(crate) enum Member {
     Conn(Rc<Conn>),
     /// WebTransport session.
     Wt(Rc<SessionState>),
+}
+
+impl Member {
+    /// Its registry id.
+    pub(crate) fn id(&self) -> ConnId {
+        match self {
+            Member::Conn(c) => c.id,
+            Member::Wt(s) => s.reg_id,
+        }
+    }
 }
 
 /// Why a broadcast was not accepted.
@@ -119,7 +176,7 @@ pub(crate) struct Shard {
     pub(crate) id: usize,
     pub(crate) shared: Arc<Shared>,
     pub(crate) stats: Arc<ShardStats>,
-    rooms: RefCell<RoomTable<u64, Member>>,
+    pub(crate) rooms: RefCell<RoomTable<u64, Member>>,
     interest: RefCell<InterestTable<Message>>,
     pub(crate) pending: Pending,
     pub(crate) conns: RefCell<ConnSlab<Rc<Conn>>>,
@@ -136,6 +193,13 @@ pub(crate) struct Shard {
     drain_started: Cell<bool>,
     /// This shard's QUIC endpoint, when WebTransport is on.
     pub(crate) quic: RefCell<Option<Rc<super::quic::Endpoint>>>,
+    /// Live WebTransport sessions by registry id (slots above TCP connections').
+    pub(crate) wt_sessions: RefCell<ConnSlab<Rc<SessionState>>>,
+    /// Coarse clock in seconds since the shard started, ticked by the idle sweeper
+    /// (reads stamp connections with it without a clock call).
+    pub(crate) clock: Cell<u32>,
+    /// As owner of presence-enabled rooms: their members.
+    pub(crate) presence: RefCell<super::presence::PresenceTable>,
 }
 
 impl Shard {
@@ -158,6 +222,9 @@ impl Shard {
             idle: LocalNotify::default(),
             drain_started: Cell::new(false),
             quic: RefCell::new(None),
+            wt_sessions: RefCell::new(ConnSlab::with_slot_base(id as u16, WT_SLOT_BASE)),
+            presence: RefCell::new(Default::default()),
+            clock: Cell::new(0),
             shared,
         }
     }
@@ -261,8 +328,13 @@ impl Shard {
 
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish { room, msg, ack } => {
-                let pos = self.sequence(&room, msg);
+            ShardMsg::Publish {
+                room,
+                msg,
+                ack,
+                except,
+            } => {
+                let pos = self.sequence(&room, msg, except);
                 if let Some(ack) = ack {
                     self.send_reliable(
                         ack.shard,
@@ -273,7 +345,12 @@ impl Shard {
                     );
                 }
             }
-            ShardMsg::Deliver { room, pos, msg } => self.deliver(&room, pos, &msg),
+            ShardMsg::Deliver {
+                room,
+                pos,
+                msg,
+                except,
+            } => self.deliver(&room, pos, &msg, except),
             ShardMsg::Interest {
                 room,
                 shard,
@@ -307,6 +384,53 @@ impl Shard {
                     ep.on_forwarded(&mut data, from);
                 }
             }
+            ShardMsg::Lookup {
+                query,
+                token,
+                reply_to,
+            } => {
+                let (infos, truncated) = self.local_lookup(&query);
+                self.send_reliable(
+                    reply_to,
+                    ShardMsg::LookupReply {
+                        token,
+                        infos,
+                        truncated,
+                    },
+                );
+            }
+            ShardMsg::LookupReply {
+                token,
+                infos,
+                truncated,
+            } => self.pending.list_reply(token, infos, truncated),
+            ShardMsg::SendTo { to, msg, ack } => {
+                let delivered = self.deliver_direct(to, &msg);
+                if let Some(ack) = ack {
+                    self.send_reliable(
+                        ack.shard,
+                        ShardMsg::SendToAck {
+                            token: ack.token,
+                            delivered,
+                        },
+                    );
+                }
+            }
+            ShardMsg::SendToAck { token, delivered } => self.pending.flag_reply(token, delivered),
+            ShardMsg::BroadcastAll { msg } => self.deliver_to_everyone(&msg),
+            ShardMsg::PresenceJoin { room, member } => self.presence_join(room, member),
+            ShardMsg::PresenceLeave { room, member } => self.presence_leave(room, member),
+            ShardMsg::PresenceList {
+                room,
+                token,
+                reply_to,
+            } => {
+                let members = self.presence_members(&room);
+                self.send_reliable(reply_to, ShardMsg::PresenceListReply { token, members });
+            }
+            ShardMsg::PresenceListReply { token, members } => {
+                self.pending.presence_reply(token, members)
+            }
             ShardMsg::Shutdown => {}
         }
     }
@@ -337,9 +461,19 @@ impl Shard {
 
     /// Publish `msg` to `room` from this shard.
     pub(crate) fn publish(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
+        self.publish_except(room, msg, None)
+    }
+
+    /// Publish `msg` to `room`, skipping member `except` (if it is one).
+    pub(crate) fn publish_except(
+        &self,
+        room: &str,
+        msg: Message,
+        except: Option<ConnId>,
+    ) -> Result<(), BroadcastError> {
         let owner = owner_of(room, self.senders().len());
         if owner == self.id {
-            self.sequence(room, msg);
+            self.sequence(room, msg, except);
             return Ok(());
         }
         self.senders()[owner]
@@ -347,6 +481,7 @@ impl Shard {
                 room: Arc::from(room),
                 msg,
                 ack: None,
+                except,
             })
             .map_err(|_| {
                 ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -379,7 +514,7 @@ impl Shard {
     ) -> Result<Position, BroadcastError> {
         let owner = owner_of(room, self.senders().len());
         if owner == self.id {
-            return Ok(self.sequence(room, msg));
+            return Ok(self.sequence(room, msg, None));
         }
         let (token, slot) = self.pending.new_ack();
         let sent = self.senders()[owner].send(ShardMsg::Publish {
@@ -389,6 +524,7 @@ impl Shard {
                 shard: self.id,
                 token,
             }),
+            except: None,
         });
         if sent.is_err() {
             self.pending.forget(token);
@@ -406,7 +542,7 @@ impl Shard {
 
     /// As the room's owner: assign the position, keep the message in history and
     /// hand it to every interested shard, in sequence order.
-    fn sequence(&self, room: &str, msg: Message) -> Position {
+    pub(crate) fn sequence(&self, room: &str, msg: Message, except: Option<ConnId>) -> Position {
         let limits = self.shared.config.history.limits_for(room);
         let (room, pos, mut shards) =
             self.interest
@@ -417,12 +553,13 @@ impl Shard {
             let s = shards.trailing_zeros() as usize;
             shards &= shards - 1;
             if s == self.id {
-                self.deliver(&room, pos, &msg);
+                self.deliver(&room, pos, &msg, except);
             } else {
                 let sent = self.senders()[s].send(ShardMsg::Deliver {
                     room: room.clone(),
                     pos,
                     msg: msg.clone(),
+                    except,
                 });
                 if sent.is_err() {
                     ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -434,9 +571,9 @@ impl Shard {
 
     /// Fan a sequenced message out to local members: each transport's encoding is
     /// made once and the same bytes are queued for every member that uses it.
-    fn deliver(&self, room: &str, pos: Position, msg: &Message) {
+    fn deliver(&self, room: &str, pos: Position, msg: &Message, except: Option<ConnId>) {
         let mut slow: Vec<Rc<SessionState>> = Vec::new();
-        self.deliver_to_members(room, pos, msg, &mut slow);
+        self.deliver_to_members(room, pos, msg, except, &mut slow);
         // Closing leaves rooms: only now that the room table is no longer borrowed.
         for session in slow {
             session.evict();
@@ -448,6 +585,7 @@ impl Shard {
         room: &str,
         pos: Position,
         msg: &Message,
+        except: Option<ConnId>,
         slow: &mut Vec<Rc<SessionState>>,
     ) {
         let rooms = self.rooms.borrow();
@@ -457,6 +595,9 @@ impl Shard {
         let mut enc = Encodings::new(self, room, pos, msg);
         let mut delivered = 0u64;
         for (_, member) in members.iter() {
+            if except.is_some_and(|id| member.id() == id) {
+                continue;
+            }
             let conn = match member {
                 Member::Conn(c) => c,
                 Member::Wt(session) => {
@@ -623,6 +764,42 @@ impl Shard {
         }
     }
 
+    /// Tick the shard clock each second; ping WebSocket connections silent for
+    /// `websocket.idle_timeout` and drop those silent for twice that.
+    pub(crate) async fn run_idle_sweeper(self: Rc<Self>) {
+        let idle = self.shared.config.websocket.idle_timeout.0.as_secs() as u32;
+        let start = std::time::Instant::now();
+        let ping = frame::encode(frame::OpCode::Ping, false, b"idle");
+        loop {
+            glommio::timer::sleep(Duration::from_secs(1)).await;
+            let now = start.elapsed().as_secs() as u32;
+            self.clock.set(now);
+            if idle == 0 || now % idle.div_ceil(4).max(1) != 0 {
+                continue;
+            }
+            let (mut to_ping, mut to_drop) = (Vec::new(), Vec::new());
+            for c in self.conns.borrow().iter() {
+                if c.is_sse() || c.state() == ConnState::Done {
+                    continue;
+                }
+                let silent = now.saturating_sub(c.last_read.get());
+                if silent >= 2 * idle {
+                    to_drop.push(c.clone());
+                } else if silent >= idle && c.state() == ConnState::Open {
+                    to_ping.push(c.clone());
+                }
+            }
+            for c in to_ping {
+                let _ = c.enqueue(ping.clone(), &self.stats);
+                self.schedule(&c, WRITE);
+            }
+            for c in to_drop {
+                ShardStats::add(&self.stats.idle_timeouts, 1);
+                self.finish(&c);
+            }
+        }
+    }
+
     /// Forget expired history and idle room records; runs every few seconds.
     pub(crate) async fn run_sweeper(self: Rc<Self>) {
         loop {
@@ -657,6 +834,7 @@ impl Shard {
         if change == Change::FirstJoined {
             self.set_interest(&room, true);
         }
+        self.announce_presence(&room, conn.id, &conn.meta, true);
         true
     }
 
@@ -706,6 +884,7 @@ impl Shard {
         };
         let room = rooms.swap_remove(pos);
         drop(rooms);
+        self.announce_presence(&room, conn.id, &conn.meta, false);
         if change == Change::LastLeft {
             self.set_interest(&room, false);
         }
@@ -740,6 +919,9 @@ impl Shard {
         if change == Change::FirstJoined {
             self.set_interest(&name, true);
         }
+        if change != Change::None {
+            self.announce_presence(&name, session.reg_id, &session.meta, true);
+        }
         name
     }
 
@@ -747,8 +929,13 @@ impl Shard {
     pub(crate) fn leave_wt(self: &Rc<Self>, room: &str, session: &SessionState) {
         let change = self.rooms.borrow_mut().leave(room, &session.member_key);
         session.rooms.borrow_mut().retain(|(r, _)| &**r != room);
+        if change == Change::None {
+            return;
+        }
+        let room: Arc<str> = Arc::from(room);
+        self.announce_presence(&room, session.reg_id, &session.meta, false);
         if change == Change::LastLeft {
-            self.set_interest(&Arc::from(room), false);
+            self.set_interest(&room, false);
         }
     }
 

@@ -92,6 +92,8 @@ pub struct Request {
     pub origin: Option<String>,
     /// The client sent `sec-webtransport-http3-draft02: 1`.
     pub draft02: bool,
+    /// Every regular (non-pseudo) header field, in order.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Request {
@@ -107,6 +109,9 @@ impl Request {
                 "origin" => r.origin = Some(value.clone()),
                 "sec-webtransport-http3-draft02" => r.draft02 = true,
                 _ => {}
+            }
+            if !name.starts_with(':') {
+                r.headers.push((name.clone(), value.clone()));
             }
         }
         r

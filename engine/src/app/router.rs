@@ -1,0 +1,937 @@
+//! Action routing: JSON messages on WebSocket and WebTransport select a handler by
+//! their route key (the `action` field unless configured otherwise), AWS API
+//! Gateway style.
+//!
+//! ```
+//! use corecast::router::{Router, RouteError};
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Say { room: String, text: String }
+//!
+//! let mut router = Router::new();
+//! router
+//!     .on_connect(|c| {
+//!         let name = c.query_get("name").unwrap_or_else(|| "anonymous".into());
+//!         c.set_meta("name", name)?;
+//!         Ok(())
+//!     })
+//!     .route("room.join", |ctx, body: serde_json::Value| {
+//!         let room = body["room"].as_str().ok_or_else(|| RouteError::client("invalid_body", "room: missing"))?;
+//!         ctx.join(room)
+//!     })
+//!     .route("chat.message", |ctx, say: Say| {
+//!         let from: String = ctx.meta("name").unwrap_or_default();
+//!         ctx.broadcast(&say.room, &serde_json::json!({"type": "chat", "from": from, "text": say.text}))
+//!     })
+//!     .on_disconnect(|ctx| println!("{} left", ctx.id()));
+//! ```
+//!
+//! - `$connect` ([`Router::on_connect`]) runs before the upgrade completes: it can
+//!   reject with an HTTP status and reason, or attach metadata.
+//! - `$disconnect` ([`Router::on_disconnect`]) runs exactly once per connection,
+//!   whatever ended it.
+//! - `$default` ([`Router::on_default`]) takes unknown actions; without it they get
+//!   an `unknown_action` error frame.
+//! - Messages that are not JSON objects with a string route key get an error frame
+//!   (or, with [`Router::close_on_bad_message`], close 1008).
+//! - A handler's [`RouteError::client`] becomes an error frame; any other error or
+//!   a panic closes only that connection with 1011 and is counted.
+//!
+//! Error frames: `{"type":"error","error":CODE,"message":TEXT}` plus the request's
+//! `action` and `id` when it had them (see docs/PROTOCOL.md).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use corecast_shards::ConnId;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::connection::Connection;
+use super::message::Message;
+use super::meta::{Meta, MetaError};
+use super::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
+use super::wt::{Delivery, WtSession};
+use crate::net::shard::{BroadcastError, Shard};
+use crate::proto::http;
+use crate::stats::ShardStats;
+
+/// Close code for a connection whose token expired while it was open.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+/// Close code for a handler that returned an internal error or panicked.
+pub const CLOSE_HANDLER_ERROR: u16 = 1011;
+/// Close code for a message that cannot be routed, with
+/// [`Router::close_on_bad_message`].
+pub const CLOSE_BAD_MESSAGE: u16 = 1008;
+
+/// A refusal of a connection attempt: the HTTP status and reason it is answered
+/// with (before any upgrade).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// HTTP status, e.g. 401.
+    pub status: u16,
+    /// Plain-text reason sent as the body.
+    pub reason: String,
+}
+
+impl Reject {
+    /// A refusal with `status` and `reason`.
+    pub fn new(status: u16, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+        }
+    }
+
+    /// 400 Bad Request.
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        Self::new(400, reason)
+    }
+
+    /// 401 Unauthorized.
+    pub fn unauthorized(reason: impl Into<String>) -> Self {
+        Self::new(401, reason)
+    }
+
+    /// 403 Forbidden.
+    pub fn forbidden(reason: impl Into<String>) -> Self {
+        Self::new(403, reason)
+    }
+
+    /// The standard reason phrase for the status.
+    pub fn phrase(&self) -> &'static str {
+        match self.status {
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            409 => "Conflict",
+            429 => "Too Many Requests",
+            503 => "Service Unavailable",
+            s if s >= 500 => "Internal Server Error",
+            _ => "Refused",
+        }
+    }
+}
+
+impl From<MetaError> for Reject {
+    fn from(e: MetaError) -> Self {
+        Reject::new(500, e.to_string())
+    }
+}
+
+/// What a handler can fail with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    /// The client's fault (bad body, unknown stream, not allowed): answered with an
+    /// error frame; the connection stays.
+    Client {
+        /// Machine-readable code, e.g. `invalid_body`.
+        code: String,
+        /// What was wrong, naming the field where there is one.
+        message: String,
+    },
+    /// The server's fault: the connection is closed with 1011 and the error counted.
+    Internal(String),
+}
+
+impl RouteError {
+    /// A client error answered with an error frame.
+    pub fn client(code: impl Into<String>, message: impl Into<String>) -> Self {
+        RouteError::Client {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An internal error: closes the connection (1011).
+    pub fn internal(message: impl Into<String>) -> Self {
+        RouteError::Internal(message.into())
+    }
+}
+
+impl std::fmt::Display for RouteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteError::Client { code, message } => write!(f, "{code}: {message}"),
+            RouteError::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+/// Any other error a handler `?`-propagates is internal.
+impl<E: std::error::Error> From<E> for RouteError {
+    fn from(e: E) -> Self {
+        RouteError::Internal(e.to_string())
+    }
+}
+
+/// Parse a message body (or part of one) into `T`; a mismatch is a client error
+/// (`invalid_body`) naming the field serde could not read.
+pub fn parse_body<T: DeserializeOwned>(body: Value) -> Result<T, RouteError> {
+    serde_json::from_value(body).map_err(|e| RouteError::client("invalid_body", e.to_string()))
+}
+
+/// A connection attempt being decided by `$connect` and middleware: the request,
+/// and the metadata the connection will start with.
+pub struct Connecting<'a> {
+    req: &'a http::Request,
+    remote: Option<SocketAddr>,
+    transport: TransportKind,
+    meta: Meta,
+    expires_at: Option<SystemTime>,
+}
+
+impl<'a> Connecting<'a> {
+    pub(crate) fn new(
+        req: &'a http::Request,
+        remote: Option<SocketAddr>,
+        transport: TransportKind,
+    ) -> Self {
+        Self {
+            req,
+            remote,
+            transport,
+            meta: Meta::new(),
+            expires_at: None,
+        }
+    }
+
+    /// The HTTP request (WebTransport: its CONNECT head as a request).
+    pub fn request(&self) -> &http::Request {
+        self.req
+    }
+
+    /// The request path.
+    pub fn path(&self) -> &str {
+        &self.req.path
+    }
+
+    /// The first value of query parameter `key` (percent-decoded).
+    pub fn query_get(&self, key: &str) -> Option<String> {
+        http::query_values(&self.req.query, key).into_iter().next()
+    }
+
+    /// A request header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.req
+            .header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The client's address.
+    pub fn remote_addr(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    /// WebSocket or WebTransport.
+    pub fn transport(&self) -> TransportKind {
+        self.transport
+    }
+
+    /// Attach `value` under `key` to the connection-to-be.
+    pub fn set_meta<T: Serialize>(&mut self, key: &str, value: T) -> Result<(), MetaError> {
+        let v = serde_json::to_value(value).map_err(|e| MetaError(e.to_string()))?;
+        self.meta.insert(key.to_string(), v);
+        Ok(())
+    }
+
+    /// A value set by an earlier step (e.g. the auth middleware's `claims`).
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.meta.get(key).and_then(|v| T::deserialize(v).ok())
+    }
+
+    /// Close the connection at `at` (e.g. its token's expiry); the earliest of
+    /// several calls wins.
+    pub fn expire_at(&mut self, at: SystemTime) {
+        self.expires_at = Some(self.expires_at.map_or(at, |e| e.min(at)));
+    }
+}
+
+/// What `$connect` decided for an accepted connection.
+pub(crate) struct Admitted {
+    pub(crate) meta: Meta,
+    pub(crate) expires_at: Option<SystemTime>,
+}
+
+/// Ordered hooks around connections and messages; global ([`Router::middleware`])
+/// or per route ([`Router::route_with`]). Every method has a pass-through default.
+pub trait Middleware: Send + Sync + 'static {
+    /// Before `$connect`, in registration order (global middleware only); an `Err`
+    /// refuses the connection.
+    fn on_connect(&self, c: &mut Connecting<'_>) -> Result<(), Reject> {
+        let _ = c;
+        Ok(())
+    }
+
+    /// Before the route's handler; an `Err` is handled like the handler's own.
+    fn before(&self, ctx: &Ctx, action: &str, body: &Value) -> Result<(), RouteError> {
+        let _ = (ctx, action, body);
+        Ok(())
+    }
+
+    /// Before [`Ctx::join`] (global middleware only): may this connection join `room`?
+    fn may_join(&self, ctx: &Ctx, room: &str) -> Result<(), RouteError> {
+        let _ = (ctx, room);
+        Ok(())
+    }
+}
+
+type Handler = Arc<dyn Fn(&Ctx, Value) -> Result<(), RouteError> + Send + Sync>;
+type ConnectFn = Arc<dyn Fn(&mut Connecting<'_>) -> Result<(), Reject> + Send + Sync>;
+type DisconnectFn = Arc<dyn Fn(&Ctx) + Send + Sync>;
+
+struct Route {
+    handler: Handler,
+    middleware: Vec<Arc<dyn Middleware>>,
+}
+
+/// Routes, hooks and middleware for one or more endpoints
+/// ([`Engine::websocket_router`](super::engine::Engine::websocket_router),
+/// [`Engine::webtransport_router`](super::engine::Engine::webtransport_router)).
+pub struct Router {
+    route_key: String,
+    routes: HashMap<String, Route>,
+    default: Option<Handler>,
+    connect: Option<ConnectFn>,
+    disconnect: Option<DisconnectFn>,
+    middleware: Vec<Arc<dyn Middleware>>,
+    close_on_bad_message: bool,
+}
+
+impl Default for Router {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut routes: Vec<&String> = self.routes.keys().collect();
+        routes.sort();
+        f.debug_struct("Router")
+            .field("route_key", &self.route_key)
+            .field("routes", &routes)
+            .finish()
+    }
+}
+
+impl Router {
+    /// A router keyed on the `action` field, with no routes.
+    pub fn new() -> Self {
+        Self {
+            route_key: "action".to_string(),
+            routes: HashMap::new(),
+            default: None,
+            connect: None,
+            disconnect: None,
+            middleware: Vec::new(),
+            close_on_bad_message: false,
+        }
+    }
+
+    /// Route on field `key` instead of `action`.
+    pub fn route_key(&mut self, key: &str) -> &mut Self {
+        self.route_key = key.to_string();
+        self
+    }
+
+    /// Handle messages whose route key is `action`. The body (the whole message
+    /// object) is parsed into `T` first (`serde_json::Value` takes it as is); a body
+    /// that does not fit is answered with an `invalid_body` error frame.
+    pub fn route<T, F>(&mut self, action: &str, handler: F) -> &mut Self
+    where
+        T: DeserializeOwned + 'static,
+        F: Fn(&Ctx, T) -> Result<(), RouteError> + Send + Sync + 'static,
+    {
+        self.route_with(action, Vec::new(), handler)
+    }
+
+    /// As [`Router::route`], with middleware that runs (in order, after the global
+    /// middleware) only for this route.
+    pub fn route_with<T, F>(
+        &mut self,
+        action: &str,
+        middleware: Vec<Arc<dyn Middleware>>,
+        handler: F,
+    ) -> &mut Self
+    where
+        T: DeserializeOwned + 'static,
+        F: Fn(&Ctx, T) -> Result<(), RouteError> + Send + Sync + 'static,
+    {
+        let handler: Handler = Arc::new(move |ctx, body| handler(ctx, parse_body(body)?));
+        self.routes.insert(
+            action.to_string(),
+            Route {
+                handler,
+                middleware,
+            },
+        );
+        self
+    }
+
+    /// `$default`: handle messages whose action has no route.
+    pub fn on_default<F>(&mut self, handler: F) -> &mut Self
+    where
+        F: Fn(&Ctx, Value) -> Result<(), RouteError> + Send + Sync + 'static,
+    {
+        self.default = Some(Arc::new(handler));
+        self
+    }
+
+    /// `$connect`: decide a connection attempt before the upgrade completes (after
+    /// the global middleware's `on_connect`).
+    pub fn on_connect<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(&mut Connecting<'_>) -> Result<(), Reject> + Send + Sync + 'static,
+    {
+        self.connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// `$disconnect`: runs exactly once per connection that `$connect` admitted,
+    /// whatever ended it (close, error, timeout, reset, shutdown). The connection
+    /// has already left its rooms.
+    pub fn on_disconnect<F>(&mut self, hook: F) -> &mut Self
+    where
+        F: Fn(&Ctx) + Send + Sync + 'static,
+    {
+        self.disconnect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Add global middleware (runs in the order added).
+    pub fn middleware(&mut self, m: impl Middleware) -> &mut Self {
+        self.middleware.push(Arc::new(m));
+        self
+    }
+
+    /// Close (1008) instead of answering an error frame when a message is not a
+    /// JSON object with a route key.
+    pub fn close_on_bad_message(&mut self, close: bool) -> &mut Self {
+        self.close_on_bad_message = close;
+        self
+    }
+
+    /// The routes declared, sorted.
+    pub fn actions(&self) -> Vec<String> {
+        let mut a: Vec<String> = self.routes.keys().cloned().collect();
+        a.sort();
+        a
+    }
+
+    /// Run the middleware and `$connect` for a connection attempt.
+    pub(crate) fn admit(&self, mut c: Connecting<'_>) -> Result<Admitted, Reject> {
+        for m in &self.middleware {
+            m.on_connect(&mut c)?;
+        }
+        if let Some(hook) = &self.connect {
+            hook(&mut c)?;
+        }
+        Ok(Admitted {
+            meta: c.meta,
+            expires_at: c.expires_at,
+        })
+    }
+
+    /// Route one message from `ctx`'s connection. Never panics: handler panics are
+    /// caught here and close only that connection.
+    pub(crate) fn dispatch(&self, ctx: &Ctx, msg: Message) {
+        let (action, request_id, body) = match self.decode(&msg) {
+            Ok(parts) => parts,
+            Err((code, message)) => {
+                if self.close_on_bad_message {
+                    ctx.close(CLOSE_BAD_MESSAGE, &message);
+                } else {
+                    ctx.send_error_frame(code, &message, None, None);
+                }
+                return;
+            }
+        };
+        let route = self.routes.get(&action);
+        let handler = match (route, &self.default) {
+            (Some(r), _) => r.handler.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => {
+                let message = format!("no route for action {action:?}");
+                ctx.send_error_frame(
+                    "unknown_action",
+                    &message,
+                    Some(&action),
+                    request_id.as_ref(),
+                );
+                return;
+            }
+        };
+        let route_name = if route.is_some() {
+            action.as_str()
+        } else {
+            "$default"
+        };
+        let _span = tracing::debug_span!(
+            "action",
+            conn = %ctx.id(),
+            route = route_name,
+            shard = ctx.shard()
+        )
+        .entered();
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            for m in &self.middleware {
+                m.before(ctx, &action, &body)?;
+            }
+            if let Some(r) = route {
+                for m in &r.middleware {
+                    m.before(ctx, &action, &body)?;
+                }
+            }
+            handler(ctx, body)
+        }));
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(RouteError::Client { code, message })) => {
+                ctx.send_error_frame(&code, &message, Some(&action), request_id.as_ref());
+            }
+            Ok(Err(RouteError::Internal(why))) => {
+                ShardStats::add(&ctx.shard_state().stats.handler_errors, 1);
+                tracing::warn!(conn = %ctx.id(), route = route_name, error = %why, "handler error; closing the connection");
+                ctx.close(CLOSE_HANDLER_ERROR, "handler error");
+            }
+            Err(_) => {
+                ShardStats::add(&ctx.shard_state().stats.handler_panics, 1);
+                tracing::warn!(conn = %ctx.id(), route = route_name, "handler panicked; closing the connection");
+                ctx.close(CLOSE_HANDLER_ERROR, "handler failed");
+            }
+        }
+    }
+
+    /// The action, request id and body of a message, or the error frame's code and
+    /// message.
+    #[allow(clippy::type_complexity)]
+    fn decode(
+        &self,
+        msg: &Message,
+    ) -> Result<(String, Option<Value>, Value), (&'static str, String)> {
+        let Some(text) = msg.as_text() else {
+            return Err((
+                "binary_not_routed",
+                "binary messages are not routed: send a JSON text message".to_string(),
+            ));
+        };
+        let body: Value = serde_json::from_str(text)
+            .map_err(|e| ("invalid_json", format!("message is not valid JSON: {e}")))?;
+        let Value::Object(obj) = &body else {
+            return Err((
+                "invalid_message",
+                "message must be a JSON object".to_string(),
+            ));
+        };
+        let action = match obj.get(&self.route_key) {
+            Some(Value::String(a)) => a.clone(),
+            Some(_) => {
+                return Err((
+                    "missing_route",
+                    format!("field {:?} must be a string", self.route_key),
+                ))
+            }
+            None => {
+                return Err((
+                    "missing_route",
+                    format!("message has no {:?} field", self.route_key),
+                ))
+            }
+        };
+        let request_id = obj.get("id").cloned();
+        Ok((action, request_id, body))
+    }
+
+    /// `$disconnect`, with panics caught and counted.
+    pub(crate) fn disconnected(&self, ctx: &Ctx) {
+        let Some(hook) = &self.disconnect else {
+            return;
+        };
+        if std::panic::catch_unwind(AssertUnwindSafe(|| hook(ctx))).is_err() {
+            ShardStats::add(&ctx.shard_state().stats.handler_panics, 1);
+        }
+    }
+
+    /// Global middleware's verdict on joining `room`.
+    fn may_join(&self, ctx: &Ctx, room: &str) -> Result<(), RouteError> {
+        for m in &self.middleware {
+            m.may_join(ctx, room)?;
+        }
+        Ok(())
+    }
+}
+
+enum Peer {
+    Ws(Connection),
+    Wt(WtSession),
+}
+
+/// What a route handler gets: the connection (WebSocket or WebTransport session)
+/// and everything it can do — reply, send to any connection, rooms, metadata.
+pub struct Ctx {
+    peer: Peer,
+    router: Arc<Router>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx").field("id", &self.id()).finish()
+    }
+}
+
+fn to_message<T: Serialize + ?Sized>(value: &T) -> Result<Message, RouteError> {
+    serde_json::to_string(value)
+        .map(Message::text)
+        .map_err(|e| RouteError::internal(format!("reply is not JSON: {e}")))
+}
+
+fn overloaded(e: BroadcastError) -> RouteError {
+    RouteError::client("overloaded", e.to_string())
+}
+
+impl Ctx {
+    pub(crate) fn ws(conn: Connection, router: Arc<Router>) -> Self {
+        Self {
+            peer: Peer::Ws(conn),
+            router,
+        }
+    }
+
+    pub(crate) fn wt(session: WtSession, router: Arc<Router>) -> Self {
+        Self {
+            peer: Peer::Wt(session),
+            router,
+        }
+    }
+
+    fn shard_state(&self) -> &std::rc::Rc<Shard> {
+        match &self.peer {
+            Peer::Ws(c) => &c.shard,
+            Peer::Wt(s) => &s.shard,
+        }
+    }
+
+    /// The connection's registry id.
+    pub fn id(&self) -> ConnId {
+        match &self.peer {
+            Peer::Ws(c) => c.id(),
+            Peer::Wt(s) => s.state.reg_id,
+        }
+    }
+
+    /// The shard the connection lives on.
+    pub fn shard(&self) -> usize {
+        self.shard_state().id
+    }
+
+    /// WebSocket or WebTransport.
+    pub fn transport(&self) -> TransportKind {
+        match &self.peer {
+            Peer::Ws(c) => c.transport(),
+            Peer::Wt(_) => TransportKind::WebTransport,
+        }
+    }
+
+    /// The WebSocket connection, for transport-specific calls.
+    pub fn connection(&self) -> Option<&Connection> {
+        match &self.peer {
+            Peer::Ws(c) => Some(c),
+            Peer::Wt(_) => None,
+        }
+    }
+
+    /// The WebTransport session, for transport-specific calls.
+    pub fn session(&self) -> Option<&WtSession> {
+        match &self.peer {
+            Peer::Ws(_) => None,
+            Peer::Wt(s) => Some(s),
+        }
+    }
+
+    fn meta_cell(&self) -> &super::meta::MetaCell {
+        match &self.peer {
+            Peer::Ws(c) => &c.conn.meta,
+            Peer::Wt(s) => &s.state.meta,
+        }
+    }
+
+    /// The metadata value under `key` as a `T`.
+    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.meta_cell().get(key)
+    }
+
+    /// Set metadata `key` (visible to the registry and, for presence keys, in
+    /// later joins).
+    pub fn set_meta<T: Serialize>(&self, key: &str, value: T) -> Result<(), MetaError> {
+        self.meta_cell().set(key, value)
+    }
+
+    /// Remove metadata `key`.
+    pub fn remove_meta(&self, key: &str) -> bool {
+        self.meta_cell().remove(key)
+    }
+
+    /// All metadata.
+    pub fn meta_all(&self) -> Meta {
+        self.meta_cell().snapshot()
+    }
+
+    /// This connection as the registry shows it.
+    pub fn info(&self) -> ConnInfo {
+        match &self.peer {
+            Peer::Ws(c) => c.info(),
+            Peer::Wt(s) => s.shard.session_info(&s.state),
+        }
+    }
+
+    fn send_message(&self, msg: Message) -> Result<(), RouteError> {
+        match &self.peer {
+            Peer::Ws(c) => c
+                .send(msg)
+                .map_err(|e| RouteError::client("send_failed", e.to_string())),
+            Peer::Wt(s) => {
+                if s.state.send_direct(&msg, &s.shard.stats).is_err() {
+                    s.state.evict();
+                    return Err(RouteError::client(
+                        "send_failed",
+                        "slow consumer: delivery queue full",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Send `value` as JSON to this connection.
+    pub fn reply<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), RouteError> {
+        self.send_message(to_message(value)?)
+    }
+
+    /// Send a raw message to this connection.
+    pub fn reply_message(&self, msg: Message) -> Result<(), RouteError> {
+        self.send_message(msg)
+    }
+
+    /// Send an error frame to this connection (the connection stays).
+    pub fn reply_error(&self, code: &str, message: &str) {
+        self.send_error_frame(code, message, None, None);
+    }
+
+    fn send_error_frame(
+        &self,
+        code: &str,
+        message: &str,
+        action: Option<&str>,
+        request_id: Option<&Value>,
+    ) {
+        let mut frame = Map::new();
+        frame.insert("type".into(), json!("error"));
+        frame.insert("error".into(), json!(code));
+        frame.insert("message".into(), json!(message));
+        if let Some(a) = action {
+            frame.insert("action".into(), json!(a));
+        }
+        if let Some(id) = request_id {
+            frame.insert("id".into(), id.clone());
+        }
+        let _ = self.send_message(Message::text(Value::Object(frame).to_string()));
+    }
+
+    /// Send `value` as JSON to connection `to` on any shard (fire-and-forget).
+    pub fn send_to<T: Serialize + ?Sized>(&self, to: ConnId, value: &T) -> Result<(), RouteError> {
+        self.shard_state()
+            .send_to(to, to_message(value)?)
+            .map_err(overloaded)
+    }
+
+    /// Join `room` (after the global middleware's `may_join`, e.g. the auth
+    /// middleware's room rules: a refusal is a `forbidden` client error).
+    /// WebTransport sessions receive the room on their reliable delivery stream.
+    pub fn join(&self, room: &str) -> Result<(), RouteError> {
+        if room.is_empty() || room.len() > 256 {
+            return Err(RouteError::client(
+                "invalid_room",
+                "room names are 1 to 256 bytes",
+            ));
+        }
+        self.router.may_join(self, room)?;
+        match &self.peer {
+            Peer::Ws(c) => c.join_room(room),
+            Peer::Wt(s) => {
+                s.join_room(room, Delivery::Reliable);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leave `room`.
+    pub fn leave(&self, room: &str) {
+        match &self.peer {
+            Peer::Ws(c) => c.leave_room(room),
+            Peer::Wt(s) => s.leave_room(room),
+        }
+    }
+
+    /// Rooms this connection is in.
+    pub fn rooms(&self) -> Vec<String> {
+        match &self.peer {
+            Peer::Ws(c) => c.rooms().iter().map(|r| r.to_string()).collect(),
+            Peer::Wt(s) => s.rooms().into_iter().map(|(r, _)| r).collect(),
+        }
+    }
+
+    /// True if this connection is in `room`.
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms().iter().any(|r| r == room)
+    }
+
+    /// Broadcast `value` as JSON to every member of `room` on every shard.
+    pub fn broadcast<T: Serialize + ?Sized>(
+        &self,
+        room: &str,
+        value: &T,
+    ) -> Result<(), RouteError> {
+        self.shard_state()
+            .publish(room, to_message(value)?)
+            .map_err(overloaded)
+    }
+
+    /// Broadcast `value` to every member of `room` except this connection.
+    pub fn broadcast_except_me<T: Serialize + ?Sized>(
+        &self,
+        room: &str,
+        value: &T,
+    ) -> Result<(), RouteError> {
+        self.shard_state()
+            .publish_except(room, to_message(value)?, Some(self.id()))
+            .map_err(overloaded)
+    }
+
+    /// Send `value` to every connection and session of the server.
+    pub fn broadcast_all<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), RouteError> {
+        self.shard_state()
+            .broadcast_all(to_message(value)?)
+            .map_err(overloaded)
+    }
+
+    /// Close the connection (WebSocket close code; WebTransport session error code).
+    pub fn close(&self, code: u16, reason: &str) {
+        match &self.peer {
+            Peer::Ws(c) => c.close(code, reason),
+            Peer::Wt(s) => s.close(u32::from(code), reason),
+        }
+    }
+
+    /// Look up any live connection by id.
+    pub async fn lookup(&self, id: ConnId) -> Result<Option<ConnInfo>, LookupError> {
+        self.shard_state().lookup_conn(id).await
+    }
+
+    /// Live members of `room` on every shard (at most `limit`; the flag: more
+    /// exist).
+    pub async fn room_members(
+        &self,
+        room: &str,
+        limit: usize,
+    ) -> Result<(Vec<ConnInfo>, bool), LookupError> {
+        self.shard_state().lookup_room(room, limit).await
+    }
+
+    /// The presence list of `room` (empty unless `presence.rooms` covers it).
+    pub async fn presence(&self, room: &str) -> Result<Vec<PresenceMember>, LookupError> {
+        self.shard_state().presence_list(room).await
+    }
+}
+
+/// The callbacks that serve a routed WebSocket endpoint.
+pub(crate) struct RoutedWs {
+    pub(crate) router: Arc<Router>,
+}
+
+impl super::callbacks::WsCallbacks for RoutedWs {
+    fn on_message(&self, conn: &Connection, msg: Message) {
+        let ctx = Ctx::ws(conn.clone(), self.router.clone());
+        self.router.dispatch(&ctx, msg);
+    }
+
+    fn on_close(&self, conn: &Connection) {
+        let ctx = Ctx::ws(conn.clone(), self.router.clone());
+        self.router.disconnected(&ctx);
+    }
+}
+
+/// Serve a routed WebTransport session: every text record (on any client stream
+/// or datagram) is a message to route; replies go on the session's delivery stream
+/// as records with an empty room name. `$disconnect` runs when the session ends.
+pub(crate) async fn serve_wt(session: WtSession, router: Arc<Router>) {
+    use super::wt::WtIncoming;
+    use crate::proto::wt::record::{self, RecordReader};
+    let max = session.shard.shared.config.websocket.max_message_size;
+    let to_message = |rec: record::ClientRecord| {
+        if rec.kind == record::TEXT {
+            Message::Text(rec.payload)
+        } else {
+            Message::Binary(rec.payload)
+        }
+    };
+    while let Some(incoming) = session.next().await {
+        let mut recv = match incoming {
+            WtIncoming::Datagram(d) => {
+                if let Ok(rec) = record::parse_body(&d, max) {
+                    router.dispatch(&Ctx::wt(session.clone(), router.clone()), to_message(rec));
+                }
+                continue;
+            }
+            WtIncoming::Uni(recv) => recv,
+            WtIncoming::Bi(stream) => stream.recv,
+        };
+        let (session, router) = (session.clone(), router.clone());
+        glommio::spawn_local(async move {
+            let ctx = Ctx::wt(session, router.clone());
+            let mut reader = RecordReader::new(max);
+            let mut records = Vec::new();
+            while let Ok(Some(chunk)) = recv.read().await {
+                let fed = reader.feed(&chunk, &mut records);
+                for rec in records.drain(..) {
+                    router.dispatch(&ctx, to_message(rec));
+                }
+                if let Err(e) = fed {
+                    recv.stop(e.reset_code());
+                    return;
+                }
+            }
+        })
+        .detach();
+    }
+    router.disconnected(&Ctx::wt(session, router.clone()));
+}
+
+/// Close connection `id` with [`CLOSE_TOKEN_EXPIRED`] at `at`, if it is still open
+/// then (one timer task per connection with an expiring token).
+pub(crate) fn arm_expiry(shard: &std::rc::Rc<Shard>, id: ConnId, at: SystemTime) {
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        let wait = at
+            .duration_since(SystemTime::now())
+            .unwrap_or(std::time::Duration::ZERO);
+        glommio::timer::sleep(wait).await;
+        match shard.member_by_id(id) {
+            Some(crate::net::shard::Member::Conn(c)) => {
+                shard.close(&c, CLOSE_TOKEN_EXPIRED, "token expired")
+            }
+            Some(crate::net::shard::Member::Wt(s)) => {
+                s.conn
+                    .close_session(&s, u32::from(CLOSE_TOKEN_EXPIRED), "token expired")
+            }
+            None => {}
+        }
+    })
+    .detach();
+}

@@ -1,0 +1,179 @@
+//! Presence: for rooms that match a `presence.rooms` rule, the room's owner shard
+//! keeps the member list (id + the rule's metadata keys) and publishes a `join` /
+//! `leave` event into the room as members come and go, in the room's own order. A
+//! member that joins also gets a `snapshot` of who is there.
+//!
+//! Members are announced from the shard they live on; because every join and leave
+//! goes through the same room-membership calls as delivery, a connection that ends
+//! (however it ends) leaves presence exactly when it leaves its rooms.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use corecast_shards::{owner_of, ConnId};
+use serde_json::json;
+
+use super::registry::with_timeout;
+use super::shard::{Shard, ShardMsg};
+use crate::app::message::Message;
+use crate::app::meta::{Meta, MetaCell};
+use crate::app::registry::{LookupError, PresenceMember};
+
+/// Members listed in a `snapshot` at most (the count is always exact).
+const SNAPSHOT_MAX: usize = 1000;
+
+/// As owner: members of each presence room.
+#[derive(Default)]
+pub(crate) struct PresenceTable {
+    rooms: HashMap<Arc<str>, BTreeMap<ConnId, Meta>>,
+}
+
+impl Shard {
+    /// Tell `room`'s owner that `id` joined or left, if the room has presence.
+    pub(crate) fn announce_presence(
+        self: &Rc<Self>,
+        room: &Arc<str>,
+        id: ConnId,
+        meta: &MetaCell,
+        joined: bool,
+    ) {
+        let Some(rule) = self.shared.config.presence.rule_for(room) else {
+            return;
+        };
+        let owner = owner_of(room, self.shared.senders.len());
+        let msg = if joined {
+            ShardMsg::PresenceJoin {
+                room: room.clone(),
+                member: PresenceMember {
+                    id,
+                    meta: meta.subset(&rule.meta),
+                },
+            }
+        } else {
+            ShardMsg::PresenceLeave {
+                room: room.clone(),
+                member: id,
+            }
+        };
+        self.send_reliable(owner, msg);
+    }
+
+    /// As owner: add a member, tell the room, show the newcomer who is there.
+    pub(crate) fn presence_join(self: &Rc<Self>, room: Arc<str>, member: PresenceMember) {
+        let (count, snapshot) = {
+            let mut table = self.presence.borrow_mut();
+            let members = table.rooms.entry(room.clone()).or_default();
+            members.insert(member.id, member.meta.clone());
+            let listed: Vec<_> = members
+                .iter()
+                .take(SNAPSHOT_MAX)
+                .map(|(id, meta)| {
+                    PresenceMember {
+                        id: *id,
+                        meta: meta.clone(),
+                    }
+                    .to_json()
+                })
+                .collect();
+            (members.len(), listed)
+        };
+        let snapshot = json!({
+            "type": "presence",
+            "event": "snapshot",
+            "room": &*room,
+            "members": snapshot,
+            "count": count,
+            "truncated": count > SNAPSHOT_MAX,
+        });
+        // Same mesh channel as the room's deliveries to that shard: the snapshot
+        // arrives before the join event below.
+        if usize::from(member.id.shard) == self.id {
+            self.deliver_direct(member.id, &Message::text(snapshot.to_string()));
+        } else {
+            self.send_reliable(
+                usize::from(member.id.shard),
+                ShardMsg::SendTo {
+                    to: member.id,
+                    msg: Message::text(snapshot.to_string()),
+                    ack: None,
+                },
+            );
+        }
+        let event = json!({
+            "type": "presence",
+            "event": "join",
+            "room": &*room,
+            "member": member.to_json(),
+            "count": count,
+        });
+        self.sequence(&room, Message::text(event.to_string()), None);
+    }
+
+    /// As owner: remove a member and tell the room.
+    pub(crate) fn presence_leave(self: &Rc<Self>, room: Arc<str>, id: ConnId) {
+        let left = {
+            let mut table = self.presence.borrow_mut();
+            let Some(members) = table.rooms.get_mut(&room) else {
+                return;
+            };
+            let meta = members.remove(&id);
+            let count = members.len();
+            if members.is_empty() {
+                table.rooms.remove(&room);
+            }
+            meta.map(|m| (m, count))
+        };
+        let Some((meta, count)) = left else {
+            return;
+        };
+        let event = json!({
+            "type": "presence",
+            "event": "leave",
+            "room": &*room,
+            "member": PresenceMember { id, meta }.to_json(),
+            "count": count,
+        });
+        self.sequence(&room, Message::text(event.to_string()), None);
+    }
+
+    /// As owner: the members of `room`.
+    pub(crate) fn presence_members(&self, room: &str) -> Vec<PresenceMember> {
+        self.presence
+            .borrow()
+            .rooms
+            .get(room)
+            .map(|m| {
+                m.iter()
+                    .map(|(id, meta)| PresenceMember {
+                        id: *id,
+                        meta: meta.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The members of presence room `room`, asked of its owner.
+    pub(crate) async fn presence_list(
+        self: &Rc<Self>,
+        room: &str,
+    ) -> Result<Vec<PresenceMember>, LookupError> {
+        let owner = owner_of(room, self.shared.senders.len());
+        if owner == self.id {
+            return Ok(self.presence_members(room));
+        }
+        let (token, slot) = self.pending.new_presence();
+        self.send_reliable(
+            owner,
+            ShardMsg::PresenceList {
+                room: Arc::from(room),
+                token,
+                reply_to: self.id,
+            },
+        );
+        let got = with_timeout(slot.wait(), super::registry::LOOKUP_TIMEOUT).await;
+        self.pending.forget(token);
+        got.ok_or(LookupError::Timeout)
+    }
+}
