@@ -109,6 +109,9 @@ impl Algorithm {
     }
 }
 
+/// Largest `auth.leeway` accepted.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Family {
     Hmac,
@@ -141,7 +144,7 @@ pub struct AuthConfig {
     #[serde(default)]
     pub audience: Option<String>,
     /// Clock skew allowed on `exp` and `nbf` (seconds as a number, or `"30s"`);
-    /// whole seconds count.
+    /// whole seconds count; at most [`MAX_LEEWAY`].
     #[serde(default = "defaults::leeway")]
     pub leeway: ConfigDuration,
     /// Refuse tokens without an `exp` claim.
@@ -500,6 +503,14 @@ impl JwtAuth {
                     "auth.{name} must not be empty (leave it out to skip the check)"
                 ));
             }
+        }
+        // jsonwebtoken computes `now - leeway` unchecked: keep it far from underflow.
+        if config.leeway.0 > MAX_LEEWAY {
+            return Err(format!(
+                "auth.leeway must be at most {}s, got {}s",
+                MAX_LEEWAY.as_secs(),
+                config.leeway.0.as_secs()
+            ));
         }
         for (i, rule) in config.room_rules.iter().enumerate() {
             if rule.pattern.is_empty() {

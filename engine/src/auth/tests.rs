@@ -936,4 +936,17 @@ fn mixed_up_and_empty_settings_are_refused() {
         ..hs_config()
     });
     assert_eq!(e, "auth.room_rules[0].claim must not be empty");
+    let e = config_err(&AuthConfig {
+        leeway: ConfigDuration(Duration::from_secs(u64::MAX / 2)),
+        ..hs_config()
+    });
+    assert!(e.starts_with("auth.leeway must be at most 86400s"), "{e}");
+}
+
+#[test]
+fn jwt_auth_can_be_shared_across_shards() {
+    fn send_sync<T: Send + Sync + Clone + 'static>() {}
+    send_sync::<JwtAuth>();
+    send_sync::<AuthConfig>();
+    send_sync::<AuthError>();
 }
