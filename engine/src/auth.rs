@@ -542,6 +542,14 @@ impl JwtAuth {
         }
 
         let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+        if non_empty(&config.query_param).is_none()
+            && !config.header
+            && non_empty(&config.cookie).is_none()
+        {
+            return Err(
+                "auth: query_param, header and cookie are all off; no token could be found".into(),
+            );
+        }
         Ok(JwtAuth {
             algorithm: alg,
             key,

@@ -941,6 +941,13 @@ fn mixed_up_and_empty_settings_are_refused() {
         ..hs_config()
     });
     assert!(e.starts_with("auth.leeway must be at most 86400s"), "{e}");
+    let e = config_err(&AuthConfig {
+        query_param: Some(String::new()),
+        header: false,
+        cookie: None,
+        ..hs_config()
+    });
+    assert!(e.contains("all off"), "{e}");
 }
 
 #[test]
