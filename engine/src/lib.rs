@@ -40,6 +40,7 @@
 //! ```
 
 pub mod app;
+pub mod auth;
 pub mod cert;
 pub mod config;
 pub(crate) mod net;
