@@ -50,7 +50,7 @@ pub mod stats;
 pub use app::callbacks::WsCallbacks;
 pub use app::conn::WsConn;
 pub use app::connection::Connection;
-pub use app::engine::{Engine, EngineHandle, RunningEngine, StartError};
+pub use app::engine::{Engine, EngineHandle, HttpResponse, RunningEngine, StartError};
 pub use app::message::Message;
 pub use app::meta::{Meta, MetaError};
 pub use app::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};

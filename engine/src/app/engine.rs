@@ -33,6 +33,64 @@ pub type WsHandler = Arc<dyn Fn(WsConn) -> HandlerFuture + Send + Sync>;
 /// A WebTransport session handler shared by every shard.
 pub type WtHandler = Arc<dyn Fn(WtSession) -> HandlerFuture + Send + Sync>;
 
+/// A plain HTTP response from an [`Engine::http_get`] handler.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: String,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// 200 with `content_type` and `body`.
+    pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        Self {
+            status: 200,
+            content_type: content_type.to_string(),
+            body: body.into(),
+        }
+    }
+
+    /// `status` with a plain-text body.
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8".to_string(),
+            body: body.into().into_bytes(),
+        }
+    }
+
+    /// 200 with a JSON body.
+    pub fn json(value: &serde_json::Value) -> Self {
+        Self::ok("application/json", value.to_string())
+    }
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let phrase = match self.status {
+            200 => "OK",
+            400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
+            404 => "Not Found",
+            _ => "Response",
+        };
+        crate::proto::http::response_with_type(
+            self.status,
+            phrase,
+            &[("Cache-Control", "no-store")],
+            &self.content_type,
+            &self.body,
+        )
+    }
+}
+
+/// A plain HTTP GET handler.
+pub type HttpHandler =
+    Arc<dyn Fn(&crate::proto::http::Request) -> HttpResponse + Send + Sync + 'static>;
+
 /// How an endpoint serves its connections.
 #[derive(Clone)]
 pub(crate) enum EndpointHandler {
@@ -88,6 +146,8 @@ pub(crate) struct Shared {
     pub(crate) wt_endpoints: Vec<WtEndpoint>,
     /// Certificate and key when WebTransport is on.
     pub(crate) wt: Option<WtShared>,
+    /// Plain HTTP GET routes (pages, small JSON answers).
+    pub(crate) http_routes: Vec<(String, HttpHandler)>,
 }
 
 impl Shared {
@@ -127,6 +187,7 @@ pub struct Engine {
     config: Config,
     endpoints: Vec<(String, Endpoint)>,
     wt_endpoints: Vec<WtEndpoint>,
+    http_routes: Vec<(String, HttpHandler)>,
 }
 
 impl Engine {
@@ -136,6 +197,7 @@ impl Engine {
             config,
             endpoints: Vec::new(),
             wt_endpoints: Vec::new(),
+            http_routes: Vec::new(),
         };
         for ep in engine.config.webtransport.endpoints.clone() {
             match ep.kind {
@@ -300,6 +362,17 @@ impl Engine {
         self
     }
 
+    /// Answer plain `GET` (and `HEAD`) requests for `path` with `handler` — a page,
+    /// a script, a small JSON answer. Runs on the shard: keep it quick.
+    pub fn http_get<F>(&mut self, path: &str, handler: F) -> &mut Self
+    where
+        F: Fn(&crate::proto::http::Request) -> HttpResponse + Send + Sync + 'static,
+    {
+        self.http_routes.retain(|(p, _)| p != path);
+        self.http_routes.push((path.to_string(), Arc::new(handler)));
+        self
+    }
+
     /// The WebTransport endpoint paths registered so far.
     pub fn webtransport_paths(&self) -> Vec<String> {
         self.wt_endpoints.iter().map(|e| e.path.clone()).collect()
@@ -374,6 +447,7 @@ impl Engine {
                 .map_or(1, |d| d.as_millis() as u64),
             api_key: self.config.api.resolved_key(),
             wt_endpoints: self.wt_endpoints,
+            http_routes: self.http_routes,
             wt,
             config: self.config,
         });

@@ -137,6 +137,27 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         super::api::serve(shard, stream, req, pending).await;
         return;
     }
+    if let Some((_, handler)) = shard
+        .shared
+        .http_routes
+        .iter()
+        .find(|(p, _)| *p == req.path)
+    {
+        let resp = if req.method == "GET" || req.method == "HEAD" {
+            let handler = handler.clone();
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req))) {
+                Ok(r) => r.encode(),
+                Err(_) => {
+                    ShardStats::add(&shard.stats.handler_panics, 1);
+                    http::response(500, "Internal Server Error", &[], "handler failed")
+                }
+            }
+        } else {
+            http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")
+        };
+        let _ = stream.write_all(&resp).await;
+        return;
+    }
     let Some((endpoint_index, endpoint)) = shard.shared.endpoint(&req.path) else {
         let body = format!("no endpoint at {}", req.path);
         let _ = stream
