@@ -280,7 +280,9 @@ pub struct Claims {
 }
 
 impl Claims {
-    fn from_map(all: Map<String, Value>) -> Self {
+    /// Claims from their JSON object (e.g. the `claims` metadata the middleware
+    /// stored).
+    pub fn from_map(all: Map<String, Value>) -> Self {
         let sub = all.get("sub").and_then(Value::as_str).map(str::to_owned);
         let exp = all.get("exp").and_then(numeric_date);
         Claims { sub, exp, all }
@@ -876,6 +878,72 @@ fn claim_has_value(claim: Option<&Value>, want: &str) -> bool {
         Some(Value::Array(items)) => items.iter().any(|v| scalar_is(v, want)),
         Some(v) => scalar_is(v, want),
         None => false,
+    }
+}
+
+/// The auth middleware for routed endpoints: verifies the token before the
+/// upgrade (401 with the reason, or 403 when a `?room=` of the request is not
+/// allowed), stores the claims as metadata (`claims`: every claim, `sub`), closes
+/// the connection with [`CLOSE_TOKEN_EXPIRED`](crate::router::CLOSE_TOKEN_EXPIRED)
+/// when the token expires, and checks every [`Ctx::join`](crate::Ctx::join) against
+/// the room rules (a `forbidden` error frame).
+#[derive(Debug, Clone)]
+pub struct JwtMiddleware {
+    auth: JwtAuth,
+}
+
+impl JwtMiddleware {
+    /// Middleware around a verifier.
+    pub fn new(auth: JwtAuth) -> Self {
+        Self { auth }
+    }
+
+    /// Middleware from an `auth:` config section.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, String> {
+        JwtAuth::from_config(config).map(Self::new)
+    }
+
+    /// The verifier.
+    pub fn auth(&self) -> &JwtAuth {
+        &self.auth
+    }
+}
+
+impl crate::router::Middleware for JwtMiddleware {
+    fn on_connect(
+        &self,
+        c: &mut crate::router::Connecting<'_>,
+    ) -> Result<(), crate::router::Reject> {
+        use crate::router::Reject;
+        let claims = self
+            .auth
+            .authenticate(c.request())
+            .map_err(|e| Reject::new(e.status(), e.reason()))?;
+        for room in crate::proto::http::query_values(&c.request().query, "room") {
+            if let Err(e) = self.auth.check_join(&claims, &room) {
+                return Err(Reject::new(e.status(), format!("{}: {room:?}", e.reason())));
+            }
+        }
+        if let Some(at) = claims.expires_at() {
+            c.expire_at(at);
+        }
+        if let Some(sub) = &claims.sub {
+            c.set_meta("sub", sub)?;
+        }
+        c.set_meta("claims", &claims.all)?;
+        Ok(())
+    }
+
+    fn may_join(
+        &self,
+        ctx: &crate::router::Ctx,
+        room: &str,
+    ) -> Result<(), crate::router::RouteError> {
+        let all: Map<String, Value> = ctx.meta("claims").unwrap_or_default();
+        let claims = Claims::from_map(all);
+        self.auth.check_join(&claims, room).map_err(|e| {
+            crate::router::RouteError::client("forbidden", format!("{}: {room:?}", e.reason()))
+        })
     }
 }
 

@@ -85,6 +85,7 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "\"messages_in\":{},\"broadcasts\":{},\"deliveries\":{},\"frames_written\":{},",
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
             "\"slow_consumers\":{},\"mesh_overflows\":{},\"handler_panics\":{},",
+            "\"handler_errors\":{},\"connect_rejected\":{},\"idle_timeouts\":{},\"send_to_missed\":{},",
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
             "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
             "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2}}}"
@@ -103,6 +104,10 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.slow_consumers),
         sum(|s| &s.mesh_overflows),
         sum(|s| &s.handler_panics),
+        sum(|s| &s.handler_errors),
+        sum(|s| &s.connect_rejected),
+        sum(|s| &s.idle_timeouts),
+        sum(|s| &s.send_to_missed),
         sum(|s| &s.wt_connections),
         sum(|s| &s.wt_sessions),
         sum(|s| &s.wt_rejected),
