@@ -68,12 +68,12 @@ impl Connection {
 
     /// The client's address.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.conn.remote
+        self.conn.remote()
     }
 
-    /// When the connection was opened.
+    /// When the connection was opened (second precision).
     pub fn connected_at(&self) -> std::time::SystemTime {
-        self.conn.connected_at
+        self.conn.connected_at()
     }
 
     /// WebSocket or SSE.

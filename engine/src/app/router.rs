@@ -935,3 +935,125 @@ pub(crate) fn arm_expiry(shard: &std::rc::Rc<Shard>, id: ConnId, at: SystemTime)
     })
     .detach();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Message {
+        Message::text(s)
+    }
+
+    #[test]
+    fn decode_finds_the_route_key_and_request_id() {
+        let r = Router::new();
+        let (action, id, body) = r
+            .decode(&text(r#"{"action":"chat.message","id":7,"text":"hi"}"#))
+            .unwrap();
+        assert_eq!(action, "chat.message");
+        assert_eq!(id, Some(json!(7)));
+        assert_eq!(body["text"], "hi");
+    }
+
+    #[test]
+    fn decode_errors_name_the_problem() {
+        let r = Router::new();
+        let code = |m: Message| r.decode(&m).unwrap_err();
+        assert_eq!(code(text("not json")).0, "invalid_json");
+        assert_eq!(code(text("[1,2]")).0, "invalid_message");
+        assert_eq!(code(text("{}")).0, "missing_route");
+        assert!(code(text("{}")).1.contains("\"action\""));
+        assert_eq!(code(text(r#"{"action":5}"#)).0, "missing_route");
+        assert_eq!(code(Message::binary(&b"\x00"[..])).0, "binary_not_routed");
+    }
+
+    #[test]
+    fn a_custom_route_key_is_used() {
+        let mut r = Router::new();
+        r.route_key("type");
+        let (action, _, _) = r.decode(&text(r#"{"type":"ping"}"#)).unwrap();
+        assert_eq!(action, "ping");
+        assert!(r.decode(&text(r#"{"action":"ping"}"#)).is_err());
+    }
+
+    #[test]
+    fn typed_bodies_report_the_missing_field() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Start {
+            title: String,
+        }
+        let err = parse_body::<Start>(json!({"action": "stream.start"})).unwrap_err();
+        match err {
+            RouteError::Client { code, message } => {
+                assert_eq!(code, "invalid_body");
+                assert!(message.contains("title"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    struct Stamp(&'static str);
+
+    impl Middleware for Stamp {
+        fn on_connect(&self, c: &mut Connecting<'_>) -> Result<(), Reject> {
+            let mut seen: Vec<String> = c.meta("order").unwrap_or_default();
+            seen.push(self.0.to_string());
+            c.set_meta("order", seen)?;
+            if c.query_get("deny").as_deref() == Some(self.0) {
+                return Err(Reject::forbidden(format!("denied by {}", self.0)));
+            }
+            Ok(())
+        }
+    }
+
+    fn request(query: &str) -> http::Request {
+        http::Request {
+            method: "GET".into(),
+            path: "/ws".into(),
+            query: query.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn admit_runs_middleware_in_order_then_connect() {
+        let mut r = Router::new();
+        r.middleware(Stamp("a"))
+            .middleware(Stamp("b"))
+            .on_connect(|c| {
+                let order: Vec<String> = c.meta("order").unwrap_or_default();
+                assert_eq!(order, ["a", "b"]);
+                c.set_meta("name", c.query_get("name"))?;
+                c.expire_at(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(20));
+                c.expire_at(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(10));
+                Ok(())
+            });
+        let req = request("name=ada");
+        let a = r
+            .admit(Connecting::new(&req, None, TransportKind::WebSocket))
+            .unwrap();
+        assert_eq!(a.meta["name"], "ada");
+        assert_eq!(
+            a.expires_at,
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(10))
+        );
+        let req = request("deny=a");
+        let e = r
+            .admit(Connecting::new(&req, None, TransportKind::WebSocket))
+            .err()
+            .unwrap();
+        assert_eq!((e.status, e.reason.as_str()), (403, "denied by a"));
+        assert_eq!(e.phrase(), "Forbidden");
+    }
+
+    #[test]
+    fn other_errors_are_internal() {
+        fn fails() -> Result<(), RouteError> {
+            let n: u32 = "x".parse()?;
+            let _ = n;
+            Ok(())
+        }
+        assert!(matches!(fails(), Err(RouteError::Internal(_))));
+    }
+}

@@ -265,7 +265,6 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             )
         }
     };
-    let remote = stream.peer_addr().ok();
     let parts = ConnParts {
         stream,
         decoder,
@@ -279,7 +278,6 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             EndpointHandler::Async(_) => Handler::Task(Box::default()),
         },
         transport,
-        remote,
         now: shard.clock.get(),
     };
     let conn = {

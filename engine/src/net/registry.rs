@@ -39,8 +39,8 @@ impl Shard {
                 TransportKind::WebSocket
             },
             path: self.shared.endpoints[usize::from(c.endpoint)].0.clone(),
-            remote: c.remote,
-            connected_at: c.connected_at,
+            remote: c.remote(),
+            connected_at: c.connected_at(),
             rooms: c.rooms.borrow().iter().map(|r| r.to_string()).collect(),
             meta: c.meta.snapshot(),
         }
