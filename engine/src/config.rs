@@ -57,6 +57,10 @@ pub struct Config {
     /// Rooms whose members are announced to each other.
     #[serde(default)]
     pub presence: PresenceConfig,
+    /// JWT verification for endpoints with `auth: true` (and for applications'
+    /// `JwtMiddleware::from_config`); see docs/AUTH.md.
+    #[serde(default)]
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// Presence: member lists and join/leave events for matching rooms.
@@ -301,6 +305,9 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
 pub struct SseEndpointConfig {
     /// URL path, e.g. `/sse`; streams join `?room=` rooms (repeatable).
     pub path: String,
+    /// Require a valid JWT (the `auth:` section) before the stream starts.
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// Server-Sent Events settings.
@@ -442,6 +449,10 @@ pub struct EndpointConfig {
     pub path: String,
     /// Behaviour.
     pub kind: EndpointKind,
+    /// Require a valid JWT (the `auth:` section) before the upgrade; `?room=`
+    /// joins are checked against the token's room rules (403).
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// WebSocket settings.
@@ -645,6 +656,26 @@ impl Config {
             }
         }
         check_endpoint_paths("websocket", &ws.endpoints)?;
+        let wants_auth = [
+            (
+                "websocket",
+                ws.endpoints.iter().map(|e| e.auth).collect::<Vec<_>>(),
+            ),
+            ("sse", self.sse.endpoints.iter().map(|e| e.auth).collect()),
+            (
+                "webtransport",
+                self.webtransport.endpoints.iter().map(|e| e.auth).collect(),
+            ),
+        ];
+        for (section, flags) in wants_auth {
+            if let Some(i) = flags.iter().position(|a| *a) {
+                if self.auth.is_none() {
+                    return Err(format!(
+                        "{section}.endpoints[{i}].auth is true but there is no auth: section"
+                    ));
+                }
+            }
+        }
         self.validate_webtransport()
     }
 

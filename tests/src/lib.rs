@@ -204,6 +204,11 @@ pub struct ServerOptions {
     /// the inherited environment unless set here, so the publish API is off
     /// unless a test turns it on.
     pub env: Vec<(String, String)>,
+    /// Literal `(from, to)` replacements applied to the config text after the
+    /// key edits (for nested values `set` cannot reach, e.g. an endpoint flag).
+    pub replacements: Vec<(String, String)>,
+    /// YAML appended to the config (new top-level sections).
+    pub append: String,
 }
 
 impl Default for ServerOptions {
@@ -212,6 +217,8 @@ impl Default for ServerOptions {
             shards: 1,
             overrides: Vec::new(),
             env: Vec::new(),
+            replacements: Vec::new(),
+            append: String::new(),
         }
     }
 }
@@ -237,6 +244,18 @@ impl ServerOptions {
         self
     }
 
+    /// Replaces `from` (which must occur) with `to` in the config text.
+    pub fn replace(mut self, from: &str, to: &str) -> ServerOptions {
+        self.replacements.push((from.to_string(), to.to_string()));
+        self
+    }
+
+    /// Appends `yaml` (top-level sections) to the config.
+    pub fn append(mut self, yaml: &str) -> ServerOptions {
+        self.append.push_str(yaml);
+        self
+    }
+
     /// Enables the publish API with [`TEST_API_KEY`] (via `CORECAST_API_KEY`).
     pub fn api_key(self) -> ServerOptions {
         self.env("CORECAST_API_KEY", TEST_API_KEY)
@@ -251,6 +270,11 @@ impl ServerOptions {
         for (key, value) in &self.overrides {
             yaml = set_yaml_value(&yaml, key, value);
         }
+        for (from, to) in &self.replacements {
+            assert!(yaml.contains(from.as_str()), "config text has no {from:?}");
+            yaml = yaml.replacen(from.as_str(), to, 1);
+        }
+        yaml.push_str(&self.append);
         yaml
     }
 }

@@ -188,6 +188,8 @@ pub struct Engine {
     endpoints: Vec<(String, Endpoint)>,
     wt_endpoints: Vec<WtEndpoint>,
     http_routes: Vec<(String, HttpHandler)>,
+    /// A configuration problem found while registering (reported by `start`).
+    setup_error: Option<String>,
 }
 
 impl Engine {
@@ -198,18 +200,42 @@ impl Engine {
             endpoints: Vec::new(),
             wt_endpoints: Vec::new(),
             http_routes: Vec::new(),
+            setup_error: None,
         };
+        // Built-in endpoints with `auth: true` get a router with only the JWT
+        // middleware: it decides before the upgrade; their behaviour is unchanged.
+        let auth_router = match engine.config.auth.as_ref() {
+            Some(a) => match crate::auth::JwtMiddleware::from_config(a) {
+                Ok(m) => {
+                    let mut r = Router::new();
+                    r.middleware(m);
+                    Some(Arc::new(r))
+                }
+                Err(e) => {
+                    engine.setup_error = Some(format!("auth: {e}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let guard = |auth: bool| if auth { auth_router.clone() } else { None };
         for ep in engine.config.webtransport.endpoints.clone() {
-            match ep.kind {
-                EndpointKind::Rooms => engine.webtransport(&ep.path, super::wt_builtin::rooms),
-                EndpointKind::Echo => engine.webtransport(&ep.path, super::wt_builtin::echo),
+            let handler: WtHandler = match ep.kind {
+                EndpointKind::Rooms => {
+                    Arc::new(|s| Box::pin(super::wt_builtin::rooms(s)) as HandlerFuture)
+                }
+                EndpointKind::Echo => {
+                    Arc::new(|s| Box::pin(super::wt_builtin::echo(s)) as HandlerFuture)
+                }
             };
+            engine.add_wt_endpoint(&ep.path, handler, guard(ep.auth));
         }
         for ep in engine.config.websocket.endpoints.clone() {
             match ep.kind {
                 EndpointKind::Rooms => engine.websocket_callbacks(&ep.path, builtin::Rooms),
                 EndpointKind::Echo => engine.websocket_callbacks(&ep.path, builtin::Echo),
             };
+            engine.set_endpoint_router(&ep.path, guard(ep.auth));
         }
         for ep in engine.config.sse.endpoints.clone() {
             engine.add_endpoint(
@@ -218,8 +244,15 @@ impl Engine {
                 EndpointHandler::Callbacks(Arc::new(builtin::Rooms)),
                 EndpointTransport::Sse,
             );
+            engine.set_endpoint_router(&ep.path, guard(ep.auth));
         }
         engine
+    }
+
+    fn set_endpoint_router(&mut self, path: &str, router: Option<Arc<Router>>) {
+        if let Some((_, ep)) = self.endpoints.iter_mut().find(|(p, _)| p == path) {
+            ep.router = router;
+        }
     }
 
     /// The configuration.
@@ -392,9 +425,7 @@ impl Engine {
             EndpointHandler::Callbacks(Arc::new(callbacks)),
             EndpointTransport::WebSocket,
         );
-        if let Some((_, ep)) = self.endpoints.iter_mut().find(|(p, _)| p == path) {
-            ep.router = Some(router);
-        }
+        self.set_endpoint_router(path, Some(router));
         self
     }
 
@@ -411,6 +442,9 @@ impl Engine {
 
     /// Bind the listeners and start the shards.
     pub fn start(self) -> Result<RunningEngine, StartError> {
+        if let Some(e) = &self.setup_error {
+            return Err(StartError(e.clone()));
+        }
         let shards = self.config.shard_count();
         if shards > corecast_shards::room::MAX_SHARDS {
             return Err(StartError(format!(

@@ -187,12 +187,19 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         }
     };
     let ws = &shard.shared.config.websocket;
-    let mut admitted = None;
+    let admitted;
     let (decoder, compressed, transport) = match endpoint.transport {
         EndpointTransport::Sse => {
             if let Err(resp) = sse_preflight(&req) {
                 let _ = stream.write_all(&resp).await;
                 return;
+            }
+            match admit(&shard, endpoint, &req, &stream, TransportKind::Sse) {
+                Ok(a) => admitted = a,
+                Err(resp) => {
+                    let _ = stream.write_all(&resp).await;
+                    return;
+                }
             }
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
             if stream.write_all(head.as_bytes()).await.is_err() {
@@ -222,17 +229,11 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
                 }
             };
             // `$connect` and middleware decide before the 101 is written.
-            if let Some(router) = &endpoint.router {
-                let connecting =
-                    Connecting::new(&req, stream.peer_addr().ok(), TransportKind::WebSocket);
-                match router.admit(connecting) {
-                    Ok(a) => admitted = Some(a),
-                    Err(r) => {
-                        ShardStats::add(&shard.stats.connect_rejected, 1);
-                        let resp = http::response(r.status, r.phrase(), &[], &r.reason);
-                        let _ = stream.write_all(&resp).await;
-                        return;
-                    }
+            match admit(&shard, endpoint, &req, &stream, TransportKind::WebSocket) {
+                Ok(a) => admitted = a,
+                Err(resp) => {
+                    let _ = stream.write_all(&resp).await;
+                    return;
                 }
             }
             if stream
@@ -344,6 +345,29 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             }
         }
     }
+}
+
+/// Run the endpoint's `$connect` (middleware, then the router's hook), if it has
+/// one: what to attach to the connection, or the refusal to answer with.
+fn admit(
+    shard: &Shard,
+    endpoint: &crate::app::engine::Endpoint,
+    req: &Request,
+    stream: &TcpStream,
+    transport: TransportKind,
+) -> Result<Option<crate::app::router::Admitted>, Vec<u8>> {
+    let Some(router) = &endpoint.router else {
+        return Ok(None);
+    };
+    let connecting = Connecting::new(req, stream.peer_addr().ok(), transport);
+    router.admit(connecting).map(Some).map_err(|r| {
+        ShardStats::add(&shard.stats.connect_rejected, 1);
+        let mut headers = Vec::new();
+        if r.status == 401 {
+            headers.push(("WWW-Authenticate", "Bearer"));
+        }
+        http::response(r.status, r.phrase(), &headers, &r.reason)
+    })
 }
 
 /// The resume cursor a request carries: SSE `Last-Event-ID` (header, or
