@@ -44,6 +44,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -289,6 +290,68 @@ type DisconnectFn = Arc<dyn Fn(&Ctx) + Send + Sync>;
 struct Route {
     handler: Handler,
     middleware: Vec<Arc<dyn Middleware>>,
+    stats: RouteStats,
+}
+
+/// One shard's counters of one route, on a cache line of its own (shards never
+/// write the same line).
+#[derive(Default)]
+#[repr(align(64))]
+struct ShardRouteCounters {
+    calls: AtomicU64,
+    client_errors: AtomicU64,
+    internal_errors: AtomicU64,
+    panics: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// Per-route counters, per shard (the metrics middleware that is always on).
+struct RouteStats(Box<[ShardRouteCounters]>);
+
+impl Default for RouteStats {
+    fn default() -> Self {
+        Self(
+            (0..corecast_shards::room::MAX_SHARDS)
+                .map(|_| ShardRouteCounters::default())
+                .collect(),
+        )
+    }
+}
+
+impl RouteStats {
+    fn shard(&self, shard: usize) -> &ShardRouteCounters {
+        &self.0[shard.min(self.0.len() - 1)]
+    }
+
+    fn totals(&self) -> RouteTotals {
+        let sum = |f: fn(&ShardRouteCounters) -> &AtomicU64| -> u64 {
+            self.0.iter().map(|c| f(c).load(Ordering::Relaxed)).sum()
+        };
+        RouteTotals {
+            calls: sum(|c| &c.calls),
+            client_errors: sum(|c| &c.client_errors),
+            internal_errors: sum(|c| &c.internal_errors),
+            panics: sum(|c| &c.panics),
+            handler_seconds: sum(|c| &c.nanos) as f64 / 1e9,
+        }
+    }
+}
+
+/// A route's counters summed over shards (`/metrics`:
+/// `corecast_route_messages_total`, `corecast_route_errors_total`,
+/// `corecast_route_handler_seconds_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteTotals {
+    /// Messages routed to it.
+    pub calls: u64,
+    /// Answered with an error frame (`RouteError::client`, middleware refusals).
+    pub client_errors: u64,
+    /// Internal errors (connection closed 1011).
+    pub internal_errors: u64,
+    /// Panics (connection closed 1011).
+    pub panics: u64,
+    /// Time spent in middleware and the handler.
+    pub handler_seconds: f64,
 }
 
 /// Routes, hooks and middleware for one or more endpoints
@@ -302,6 +365,10 @@ pub struct Router {
     disconnect: Option<DisconnectFn>,
     middleware: Vec<Arc<dyn Middleware>>,
     close_on_bad_message: bool,
+    /// Counters of `$default`, and of messages no route took (unknown action or
+    /// unroutable input).
+    default_stats: RouteStats,
+    unrouted_stats: RouteStats,
 }
 
 impl Default for Router {
@@ -332,6 +399,8 @@ impl Router {
             disconnect: None,
             middleware: Vec::new(),
             close_on_bad_message: false,
+            default_stats: RouteStats::default(),
+            unrouted_stats: RouteStats::default(),
         }
     }
 
@@ -370,6 +439,7 @@ impl Router {
             Route {
                 handler,
                 middleware,
+                stats: RouteStats::default(),
             },
         );
         self
@@ -425,6 +495,20 @@ impl Router {
         a
     }
 
+    /// Counters of every route (sorted), then `$default` and `$unrouted` (unknown
+    /// actions and messages that could not be routed).
+    pub fn route_totals(&self) -> Vec<(String, RouteTotals)> {
+        let mut out: Vec<(String, RouteTotals)> = self
+            .routes
+            .iter()
+            .map(|(name, r)| (name.clone(), r.stats.totals()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push(("$default".into(), self.default_stats.totals()));
+        out.push(("$unrouted".into(), self.unrouted_stats.totals()));
+        out
+    }
+
     /// Run the middleware and `$connect` for a connection attempt.
     pub(crate) fn admit(&self, mut c: Connecting<'_>) -> Result<Admitted, Reject> {
         for m in &self.middleware {
@@ -442,9 +526,13 @@ impl Router {
     /// Route one message from `ctx`'s connection. Never panics: handler panics are
     /// caught here and close only that connection.
     pub(crate) fn dispatch(&self, ctx: &Ctx, msg: Message) {
+        let shard = ctx.shard();
         let (action, request_id, body) = match self.decode(&msg) {
             Ok(parts) => parts,
             Err((code, message)) => {
+                let c = self.unrouted_stats.shard(shard);
+                c.calls.fetch_add(1, Ordering::Relaxed);
+                c.client_errors.fetch_add(1, Ordering::Relaxed);
                 if self.close_on_bad_message {
                     ctx.close(CLOSE_BAD_MESSAGE, &message);
                 } else {
@@ -454,10 +542,13 @@ impl Router {
             }
         };
         let route = self.routes.get(&action);
-        let handler = match (route, &self.default) {
-            (Some(r), _) => r.handler.clone(),
-            (None, Some(d)) => d.clone(),
+        let (handler, stats) = match (route, &self.default) {
+            (Some(r), _) => (r.handler.clone(), &r.stats),
+            (None, Some(d)) => (d.clone(), &self.default_stats),
             (None, None) => {
+                let c = self.unrouted_stats.shard(shard);
+                c.calls.fetch_add(1, Ordering::Relaxed);
+                c.client_errors.fetch_add(1, Ordering::Relaxed);
                 let message = format!("no route for action {action:?}");
                 ctx.send_error_frame(
                     "unknown_action",
@@ -468,18 +559,16 @@ impl Router {
                 return;
             }
         };
+        let counters = stats.shard(shard);
+        counters.calls.fetch_add(1, Ordering::Relaxed);
         let route_name = if route.is_some() {
             action.as_str()
         } else {
             "$default"
         };
-        let _span = tracing::debug_span!(
-            "action",
-            conn = %ctx.id(),
-            route = route_name,
-            shard = ctx.shard()
-        )
-        .entered();
+        let _span =
+            tracing::debug_span!("action", conn = %ctx.id(), route = route_name, shard).entered();
+        let started = std::time::Instant::now();
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             for m in &self.middleware {
                 m.before(ctx, &action, &body)?;
@@ -491,17 +580,23 @@ impl Router {
             }
             handler(ctx, body)
         }));
+        counters
+            .nanos
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(RouteError::Client { code, message })) => {
+                counters.client_errors.fetch_add(1, Ordering::Relaxed);
                 ctx.send_error_frame(&code, &message, Some(&action), request_id.as_ref());
             }
             Ok(Err(RouteError::Internal(why))) => {
+                counters.internal_errors.fetch_add(1, Ordering::Relaxed);
                 ShardStats::add(&ctx.shard_state().stats.handler_errors, 1);
                 tracing::warn!(conn = %ctx.id(), route = route_name, error = %why, "handler error; closing the connection");
                 ctx.close(CLOSE_HANDLER_ERROR, "handler error");
             }
             Err(_) => {
+                counters.panics.fetch_add(1, Ordering::Relaxed);
                 ShardStats::add(&ctx.shard_state().stats.handler_panics, 1);
                 tracing::warn!(conn = %ctx.id(), route = route_name, "handler panicked; closing the connection");
                 ctx.close(CLOSE_HANDLER_ERROR, "handler failed");
