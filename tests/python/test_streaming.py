@@ -331,10 +331,14 @@ async def test_stream_start_validation(example):
         assert e["message"].startswith("description:"), e
         await c.send("stream.start", title="bad\u0007title")
         assert (await c.error("invalid_body"))["message"].startswith("title:")
+        await c.send("stream.start", title="ok", description="bell\u0007")
+        assert (await c.error("invalid_body"))["message"].startswith("description:")
         # Limits are characters, not bytes; surrounding space is trimmed.
-        await c.send("stream.start", title=" " + "é" * 100 + " ", description="ü" * 500)
+        # Descriptions may have several lines (500 characters here).
+        await c.send("stream.start", title=" " + "é" * 100 + " ", description="ü" * 491 + "\nline\ttwo")
         started = await c.expect_type("stream.started")
         assert started["title"] == "é" * 100
+        assert started["description"] == "ü" * 491 + "\nline\ttwo"
         await c.send("stream.start", title="second")
         await c.error("already_broadcasting")
     finally:

@@ -118,9 +118,25 @@ fn invalid(field: &str, what: &str) -> RouteError {
     RouteError::client("invalid_body", format!("{field}: {what}"))
 }
 
+/// How much of the control range a text field accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// One line: no control characters at all (titles, chat messages).
+    One,
+    /// Several lines: newlines and tabs, no other control characters (descriptions).
+    Many,
+}
+
 /// Check that `value` has between `min` and `max` characters (after trimming
-/// surrounding whitespace) and return it trimmed.
-fn checked_text(field: &str, value: &str, min: usize, max: usize) -> Result<String, RouteError> {
+/// surrounding whitespace) and only the control characters `lines` allows; return
+/// it trimmed. Errors are `invalid_body` naming `field`.
+fn checked_text(
+    field: &str,
+    value: &str,
+    min: usize,
+    max: usize,
+    lines: Lines,
+) -> Result<String, RouteError> {
     let value = value.trim();
     let n = value.chars().count();
     if n < min || n > max {
@@ -131,7 +147,8 @@ fn checked_text(field: &str, value: &str, min: usize, max: usize) -> Result<Stri
         };
         return Err(invalid(field, &format!("must be {range} (got {n})")));
     }
-    if value.chars().any(char::is_control) && field != "description" {
+    let allowed = |c: char| lines == Lines::Many && matches!(c, '\n' | '\r' | '\t');
+    if value.chars().any(|c| c.is_control() && !allowed(c)) {
         return Err(invalid(field, "must not contain control characters"));
     }
     Ok(value.to_string())
@@ -196,8 +213,14 @@ fn router(streams: &Streams) -> Router {
 
     let s = streams.clone();
     r.route("stream.start", move |ctx, body: StartBody| {
-        let title = checked_text("title", &body.title, 1, MAX_TITLE_CHARS)?;
-        let description = checked_text("description", &body.description, 0, MAX_DESCRIPTION_CHARS)?;
+        let title = checked_text("title", &body.title, 1, MAX_TITLE_CHARS, Lines::One)?;
+        let description = checked_text(
+            "description",
+            &body.description,
+            0,
+            MAX_DESCRIPTION_CHARS,
+            Lines::Many,
+        )?;
         let name = name_of(ctx);
         let stream_id = new_stream_id()?;
         {
@@ -275,7 +298,7 @@ fn router(streams: &Streams) -> Router {
         if !ctx.in_room(&body.stream_id) {
             return Err(not_in_stream(&body.stream_id));
         }
-        let message = checked_text("message", &body.message, 1, MAX_MESSAGE_CHARS)?;
+        let message = checked_text("message", &body.message, 1, MAX_MESSAGE_CHARS, Lines::One)?;
         ctx.broadcast(
             &body.stream_id,
             &json!({
