@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's single test command (also what CI runs via .ci/run):
 #   0. scripts/build-deps.sh        cmake, clang, libclang (quiche's BoringSSL build)
-#   1. scripts/setup-test-deps.sh   Python venv (websockets, aioquic, kosoku, pytest), tests/node
+#   1. scripts/setup-test-deps.sh   Python venv (websockets, aioquic, kosoku, pytest, pyjwt), tests/node
 #                                   node_modules (npm ci), Debian's chromium
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
 #   3. cargo build --release corecast + examples        (used by every suite)
