@@ -572,6 +572,11 @@ impl JwtAuth {
         self.algorithm
     }
 
+    /// How far past `exp` (and before `nbf`) a token is still accepted.
+    pub fn leeway(&self) -> Duration {
+        Duration::from_secs(self.validation.leeway)
+    }
+
     /// Find the token in `req` and verify it. Sources are tried in order — the
     /// `auth.query_param` parameter (percent-decoded), `Authorization: Bearer`, the
     /// `auth.cookie` cookie — and the first one present is the only one verified.
@@ -924,8 +929,9 @@ impl crate::router::Middleware for JwtMiddleware {
                 return Err(Reject::new(e.status(), format!("{}: {room:?}", e.reason())));
             }
         }
+        // Accepted up to `exp` + leeway, so closed then too (not at `exp`).
         if let Some(at) = claims.expires_at() {
-            c.expire_at(at);
+            c.expire_at(at + self.auth.leeway());
         }
         if let Some(sub) = &claims.sub {
             c.set_meta("sub", sub)?;

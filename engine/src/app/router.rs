@@ -175,7 +175,15 @@ impl<E: std::error::Error> From<E> for RouteError {
 /// Parse a message body (or part of one) into `T`; a mismatch is a client error
 /// (`invalid_body`) naming the field serde could not read.
 pub fn parse_body<T: DeserializeOwned>(body: Value) -> Result<T, RouteError> {
-    serde_json::from_value(body).map_err(|e| RouteError::client("invalid_body", e.to_string()))
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let message = if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        };
+        RouteError::client("invalid_body", message)
+    })
 }
 
 /// A connection attempt being decided by `$connect` and middleware: the request,
@@ -1078,13 +1086,17 @@ mod tests {
         struct Start {
             title: String,
         }
-        let err = parse_body::<Start>(json!({"action": "stream.start"})).unwrap_err();
-        match err {
-            RouteError::Client { code, message } => {
-                assert_eq!(code, "invalid_body");
-                assert!(message.contains("title"), "{message}");
+        for body in [
+            json!({"action": "stream.start"}),
+            json!({"action": "stream.start", "title": 5}),
+        ] {
+            match parse_body::<Start>(body).unwrap_err() {
+                RouteError::Client { code, message } => {
+                    assert_eq!(code, "invalid_body");
+                    assert!(message.contains("title"), "{message}");
+                }
+                other => panic!("{other:?}"),
             }
-            other => panic!("{other:?}"),
         }
     }
 
