@@ -42,6 +42,8 @@
 pub mod app;
 pub mod cert;
 pub mod config;
+pub mod logging;
+pub mod metrics;
 pub(crate) mod net;
 pub mod proto;
 pub mod stats;

@@ -99,6 +99,12 @@ impl Shared {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
     }
+
+    /// The path the main listener serves metrics at, if it does.
+    pub(crate) fn main_metrics_path(&self) -> Option<&str> {
+        let m = &self.config.metrics;
+        (m.enabled && m.listen.is_none()).then_some(m.path.as_str())
+    }
 }
 
 /// Why the engine could not start.
@@ -301,6 +307,22 @@ impl Engine {
         } else {
             (None, Vec::new(), None)
         };
+        // The process-wide clock base of the latency histogram, fixed before any shard.
+        let _ = crate::stats::clock_base();
+        let stats: Vec<Arc<ShardStats>> = (0..shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect();
+        let metrics = match self.config.metrics.listen {
+            Some(addr) if self.config.metrics.enabled => Some(
+                crate::metrics::MetricsServer::start(
+                    addr,
+                    self.config.metrics.path.clone(),
+                    stats.clone(),
+                )
+                .map_err(|e| StartError(format!("metrics: cannot listen on {addr}: {e}")))?,
+            ),
+            _ => None,
+        };
         let mut mesh = Mesh::new(shards, self.config.runtime.mesh_capacity)
             .map_err(|e| StartError(format!("cannot build the shard mesh: {e}")))?;
         let deflate = DeflateSettings {
@@ -311,9 +333,7 @@ impl Engine {
             deflate,
             endpoints: self.endpoints,
             senders: mesh.senders(),
-            stats: (0..shards)
-                .map(|_| Arc::new(ShardStats::default()))
-                .collect(),
+            stats,
             shutdown: AtomicBool::new(false),
             epoch_base: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -369,7 +389,7 @@ impl Engine {
                             ep.spawn();
                             *shard.quic.borrow_mut() = Some(ep);
                         }
-                        Err(e) => eprintln!("shard {i}: WebTransport disabled: {e}"),
+                        Err(e) => tracing::error!(shard = i, error = %e, "WebTransport disabled"),
                     }
                 }
                 glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
@@ -386,6 +406,7 @@ impl Engine {
             handle: EngineHandle { shared },
             local_addr,
             wt_addr,
+            metrics,
         })
     }
 }
@@ -565,6 +586,12 @@ impl EngineHandle {
         crate::stats::to_json(&self.shared.stats)
     }
 
+    /// Per-shard metrics in the Prometheus text format 0.0.4 (the body of
+    /// `GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.shared.stats)
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.shared.senders.len()
@@ -577,6 +604,7 @@ pub struct RunningEngine {
     handle: EngineHandle,
     local_addr: SocketAddr,
     wt_addr: Option<SocketAddr>,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl RunningEngine {
@@ -588,6 +616,11 @@ impl RunningEngine {
     /// The UDP address WebTransport is served on, when enabled.
     pub fn webtransport_addr(&self) -> Option<SocketAddr> {
         self.wt_addr
+    }
+
+    /// The separate metrics address (`metrics.listen`), when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
     }
 
     /// SHA-256 of the WebTransport certificate (for `serverCertificateHashes`).
@@ -602,10 +635,14 @@ impl RunningEngine {
 
     /// Wait until every shard has finished (after [`EngineHandle::shutdown`]).
     pub fn wait(mut self) -> Result<(), StartError> {
-        match self.pool.take() {
+        let joined = match self.pool.take() {
             Some(pool) => pool.join().map_err(|e| StartError(e.to_string())),
             None => Ok(()),
+        };
+        if let Some(mut m) = self.metrics.take() {
+            m.stop();
         }
+        joined
     }
 
     /// Shut down gracefully and wait for the shards.

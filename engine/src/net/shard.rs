@@ -44,10 +44,12 @@ pub(crate) enum ShardMsg {
         ack: Option<AckTo>,
     },
     /// From the owner: deliver message `pos` of `room` to local members.
+    /// `published`: when the owner sequenced it ([`crate::stats::clock_ns`]).
     Deliver {
         room: Arc<str>,
         pos: Position,
         msg: Message,
+        published: u64,
     },
     /// To the owner: shard `shard` now has (or no longer has) members of `room`.
     Interest {
@@ -273,7 +275,12 @@ impl Shard {
                     );
                 }
             }
-            ShardMsg::Deliver { room, pos, msg } => self.deliver(&room, pos, &msg),
+            ShardMsg::Deliver {
+                room,
+                pos,
+                msg,
+                published,
+            } => self.deliver(&room, pos, &msg, published),
             ShardMsg::Interest {
                 room,
                 shard,
@@ -408,21 +415,25 @@ impl Shard {
     /// hand it to every interested shard, in sequence order.
     fn sequence(&self, room: &str, msg: Message) -> Position {
         let limits = self.shared.config.history.limits_for(room);
+        let now = std::time::Instant::now();
+        // The history's clock read doubles as the publish time of the latency metric.
+        let published = crate::stats::instant_ns(now);
         let (room, pos, mut shards) =
             self.interest
                 .borrow_mut()
-                .append(room, msg.clone(), std::time::Instant::now(), limits);
+                .append(room, msg.clone(), now, limits);
         ShardStats::add(&self.stats.broadcasts, 1);
         while shards != 0 {
             let s = shards.trailing_zeros() as usize;
             shards &= shards - 1;
             if s == self.id {
-                self.deliver(&room, pos, &msg);
+                self.deliver(&room, pos, &msg, published);
             } else {
                 let sent = self.senders()[s].send(ShardMsg::Deliver {
                     room: room.clone(),
                     pos,
                     msg: msg.clone(),
+                    published,
                 });
                 if sent.is_err() {
                     ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -434,9 +445,9 @@ impl Shard {
 
     /// Fan a sequenced message out to local members: each transport's encoding is
     /// made once and the same bytes are queued for every member that uses it.
-    fn deliver(&self, room: &str, pos: Position, msg: &Message) {
+    fn deliver(&self, room: &str, pos: Position, msg: &Message, published: u64) {
         let mut slow: Vec<Rc<SessionState>> = Vec::new();
-        self.deliver_to_members(room, pos, msg, &mut slow);
+        self.deliver_to_members(room, pos, msg, published, &mut slow);
         // Closing leaves rooms: only now that the room table is no longer borrowed.
         for session in slow {
             session.evict();
@@ -448,6 +459,7 @@ impl Shard {
         room: &str,
         pos: Position,
         msg: &Message,
+        published: u64,
         slow: &mut Vec<Rc<SessionState>>,
     ) {
         let rooms = self.rooms.borrow();
@@ -472,7 +484,7 @@ impl Shard {
                 continue;
             }
             let f = enc.for_conn(conn);
-            let _ = conn.enqueue(f, &self.stats);
+            let _ = conn.enqueue_published(f, published, &self.stats);
             // Queue now, write later: the driver flushes each member once per batch.
             self.schedule(conn, WRITE);
             delivered += 1;
@@ -769,6 +781,14 @@ impl Shard {
     pub(crate) fn forget(&self, conn: &Conn) {
         if self.conns.borrow_mut().remove(conn.id).is_some() {
             ShardStats::sub(&self.stats.connections, 1);
+            ShardStats::sub(
+                if conn.is_sse() {
+                    &self.stats.sse_connections
+                } else {
+                    &self.stats.ws_connections
+                },
+                1,
+            );
         }
         if self.drain_started.get() && self.conns.borrow().is_empty() {
             self.idle.fire();
@@ -814,7 +834,7 @@ impl Shard {
         if timed_out {
             let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
             for c in &conns {
-                self.finish(c);
+                self.finish(c, "shutdown timeout");
             }
         }
     }
