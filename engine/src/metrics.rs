@@ -19,19 +19,18 @@ use crate::stats::{ShardStats, LATENCY_BUCKETS_NS};
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Where a metric lives in a shard's stats.
+type Field = fn(&ShardStats) -> &AtomicU64;
+
 /// One counter or gauge read from every shard.
 struct Family {
     name: &'static str,
     kind: &'static str,
     help: &'static str,
-    field: fn(&ShardStats) -> &AtomicU64,
+    field: Field,
 }
 
-const fn counter(
-    name: &'static str,
-    help: &'static str,
-    field: fn(&ShardStats) -> &AtomicU64,
-) -> Family {
+const fn counter(name: &'static str, help: &'static str, field: Field) -> Family {
     Family {
         name,
         kind: "counter",
@@ -40,11 +39,7 @@ const fn counter(
     }
 }
 
-const fn gauge(
-    name: &'static str,
-    help: &'static str,
-    field: fn(&ShardStats) -> &AtomicU64,
-) -> Family {
+const fn gauge(name: &'static str, help: &'static str, field: Field) -> Family {
     Family {
         name,
         kind: "gauge",
@@ -163,7 +158,7 @@ const FAMILIES: &[Family] = &[
 ];
 
 /// The connection gauge's transports and where each is counted.
-const TRANSPORTS: [(&str, fn(&ShardStats) -> &AtomicU64); 3] = [
+const TRANSPORTS: [(&str, Field); 3] = [
     ("websocket", |s| &s.ws_connections),
     ("sse", |s| &s.sse_connections),
     ("webtransport", |s| &s.wt_sessions),
