@@ -57,12 +57,13 @@ pub struct LatencyHistogram {
 }
 
 impl LatencyHistogram {
-    /// Record one observation of `ns` nanoseconds.
+    /// Record one observation of `ns` nanoseconds. Only the owning shard's thread
+    /// observes (plain loads and stores, no locked read-modify-write).
     #[inline]
     pub fn observe_ns(&self, ns: u64) {
         let i = LATENCY_BUCKETS_NS.partition_point(|&le| le < ns);
-        self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_ns.fetch_add(ns, Relaxed);
+        ShardStats::add_local(&self.buckets[i], 1);
+        ShardStats::add_local(&self.sum_ns, ns);
     }
 
     /// Observations so far (the sum of the buckets).
@@ -140,6 +141,21 @@ impl ShardStats {
     #[inline]
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Relaxed);
+    }
+
+    /// Add `n` to a counter only this shard's thread writes: a plain load and
+    /// store (no locked read-modify-write), for per-delivery paths. Readers on
+    /// other threads still see whole values.
+    #[inline]
+    pub fn add_local(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtract `n` from a gauge only this shard's thread writes (see
+    /// [`ShardStats::add_local`]).
+    #[inline]
+    pub fn sub_local(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 }
 

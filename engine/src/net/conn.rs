@@ -234,7 +234,7 @@ impl Conn {
         let len = frame.len() as u64;
         let pushed = self.queue.borrow_mut().push(frame);
         if pushed.is_ok() {
-            ShardStats::add(&stats.outbound_queued_bytes, len);
+            ShardStats::add_local(&stats.outbound_queued_bytes, len);
             return Ok(());
         }
         ShardStats::add(&stats.slow_consumers, 1);
@@ -242,7 +242,7 @@ impl Conn {
             let mut q = self.queue.borrow_mut();
             let before = q.len_bytes();
             q.drop_unsent();
-            ShardStats::sub(
+            ShardStats::sub_local(
                 &stats.outbound_queued_bytes,
                 (before - q.len_bytes()) as u64,
             );
@@ -281,7 +281,7 @@ impl Conn {
         let mut q = self.queue.borrow_mut();
         let before = q.len_bytes();
         let frames = q.consume(n);
-        ShardStats::sub(
+        ShardStats::sub_local(
             &stats.outbound_queued_bytes,
             (before - q.len_bytes()) as u64,
         );
@@ -291,14 +291,14 @@ impl Conn {
     /// Drop everything queued (the connection is finished).
     pub(crate) fn clear_queue(&self, stats: &ShardStats) {
         let mut q = self.queue.borrow_mut();
-        ShardStats::sub(&stats.outbound_queued_bytes, q.len_bytes() as u64);
+        ShardStats::sub_local(&stats.outbound_queued_bytes, q.len_bytes() as u64);
         q.clear();
         self.oldest_publish.set(0);
     }
 
     /// Append to the queue past its cap (close frames).
     fn push_unbounded(&self, frame: Bytes, stats: &ShardStats) {
-        ShardStats::add(&stats.outbound_queued_bytes, frame.len() as u64);
+        ShardStats::add_local(&stats.outbound_queued_bytes, frame.len() as u64);
         self.queue.borrow_mut().push_unbounded(frame);
     }
 
