@@ -3,8 +3,9 @@
 # without asking anything (safe under CI=true with no stdin):
 #   - a Python 3 with the venv module (Debian's python3-venv only if it is missing),
 #   - tests/python/.venv with pinned websockets, kosoku (Autobahn cases), pytest,
-#     aioquic (the WebTransport client of tests/python/test_webtransport.py) and
-#     pyjwt (tokens for tests/python/test_streaming.py),
+#     aioquic (the WebTransport client of tests/python/test_webtransport.py),
+#     pyjwt (tokens for the router and streaming tests) and prometheus_client (its
+#     exposition parser checks GET /metrics),
 #   - tests/node/node_modules from tests/node/package-lock.json (`npm ci`: pinned
 #     eventsource, ws, playwright-core) with the machine's Node.js (>= 20; Debian's
 #     nodejs + npm are installed only when node is missing altogether),
@@ -22,7 +23,7 @@ export PIP_NO_INPUT=1
 
 # Pinned Python test dependencies (bump deliberately; the marker file below
 # makes the venv reinstall when this list changes).
-PY_PKGS=(websockets==17.4 kosoku==0.1.0 pytest==9.2.0 aioquic==1.7.2 pyjwt==2.15.1)
+PY_PKGS=(websockets==17.4 kosoku==0.1.0 pytest==9.2.0 aioquic==1.7.2 pyjwt==2.15.1 prometheus_client==0.26.0)
 
 log() { printf '[setup-test-deps] %s\n' "$*"; }
 
@@ -78,7 +79,7 @@ log "python: $PY ($("$PY" --version 2>&1))"
 MARKER="$VENV/.corecast-deps"
 WANT="${PY_PKGS[*]}"
 if [ -x "$VENV/bin/python" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$WANT" ] &&
-  "$VENV/bin/python" -c 'import websockets, kosoku, pytest, aioquic, jwt' >/dev/null 2>&1; then
+  "$VENV/bin/python" -c 'import websockets, kosoku, pytest, aioquic, jwt, prometheus_client' >/dev/null 2>&1; then
   log "venv up to date: $VENV ($WANT)"
 else
   if [ ! -x "$VENV/bin/python" ]; then
@@ -92,7 +93,7 @@ fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 print("[setup-test-deps] venv packages: " + ", ".join(
-    f"{n}=={md.version(n)}" for n in ("websockets", "kosoku", "pytest", "aioquic", "pyjwt")))
+    f"{n}=={md.version(n)}" for n in ("websockets", "kosoku", "pytest", "aioquic", "pyjwt", "prometheus_client")))
 PY
 # 3. Node.js test dependencies.
 NODE_DIR="$ROOT/tests/node"

@@ -4,6 +4,7 @@
 #   1. scripts/setup-test-deps.sh   Python venv (websockets, aioquic, kosoku, pytest, pyjwt), tests/node
 #                                   node_modules (npm ci), Debian's chromium
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
+#      cargo check -p corecast --features otlp         (CI, or OTLP_CHECK=1)
 #   3. cargo build --release corecast + examples        (used by every suite)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
 #   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
@@ -113,6 +114,12 @@ else
   fast_fail "cargo fmt --check" "$LOGS/fmt.log" cargo fmt --all -- --check
   fast_fail "cargo clippy -D warnings" "$LOGS/clippy.log" \
     cargo clippy --workspace --all-targets -- -D warnings
+fi
+# The `otlp` feature (OpenTelemetry span export) is off by default; make sure it
+# still compiles. A check, not a build: in CI, or locally with OTLP_CHECK=1.
+if [ -n "$CI" ] || [ "${OTLP_CHECK:-0}" = "1" ]; then
+  fast_fail "cargo check --features otlp" "$LOGS/otlp-check.log" \
+    cargo check -p corecast --features otlp
 fi
 fast_fail "cargo build --release corecast" "$LOGS/build.log" \
   cargo build --release -p corecast --bin corecast --examples

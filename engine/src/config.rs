@@ -61,6 +61,77 @@ pub struct Config {
     /// `JwtMiddleware::from_config`); see docs/AUTH.md.
     #[serde(default)]
     pub auth: Option<crate::auth::AuthConfig>,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Logs and traces (read by [`crate::logging::init`]).
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines: time, level, target, message, fields.
+    #[default]
+    Pretty,
+    /// One JSON object per line (fields at the top level, with the current span).
+    Json,
+}
+
+/// Logs (to stderr) and, with the `otlp` cargo feature, span export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive string, e.g. `info` or
+    /// `info,corecast::conn=debug`. `RUST_LOG`, when set, replaces it.
+    #[serde(default = "defaults::log_level")]
+    pub level: String,
+    /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); used only
+    /// by builds with the `otlp` feature (others warn at start and ignore it).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: defaults::log_level(),
+            otlp_endpoint: None,
+        }
+    }
+}
+
+/// Prometheus metrics (`GET /metrics`, text format 0.0.4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve metrics at all.
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// URL path of the metrics (GET only).
+    #[serde(default = "defaults::metrics_path")]
+    pub path: String,
+    /// A separate address to serve metrics on (e.g. `127.0.0.1:9100`), from its own
+    /// thread; when set, the main listener does not serve them. `None`: the main
+    /// listener serves `path`.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: defaults::metrics_path(),
+            listen: None,
+        }
+    }
 }
 
 /// Presence: member lists and join/leave events for matching rooms.
@@ -579,6 +650,12 @@ mod defaults {
     pub fn wt_connections() -> usize {
         10_000
     }
+    pub fn log_level() -> String {
+        "info".into()
+    }
+    pub fn metrics_path() -> String {
+        "/metrics".into()
+    }
     pub fn wt_idle() -> super::ConfigDuration {
         super::ConfigDuration(std::time::Duration::from_secs(30))
     }
@@ -676,7 +753,47 @@ impl Config {
                 }
             }
         }
+        self.validate_metrics()?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(format!(
+                "log.level {:?} is not a valid filter: {e}",
+                self.log.level
+            ));
+        }
+        if self
+            .log
+            .otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| !(e.starts_with("http://") || e.starts_with("https://")))
+        {
+            return Err("log.otlp_endpoint must be an http:// or https:// URL".into());
+        }
         self.validate_webtransport()
+    }
+
+    fn validate_metrics(&self) -> Result<(), String> {
+        let path = &self.metrics.path;
+        if !path.starts_with('/') {
+            return Err(format!("metrics.path must start with '/', got {path:?}"));
+        }
+        if path.contains('?') || path.contains(char::is_whitespace) {
+            return Err(format!(
+                "metrics.path must be a plain path (no query, no spaces), got {path:?}"
+            ));
+        }
+        if !self.metrics.enabled || self.metrics.listen.is_some() {
+            return Ok(());
+        }
+        let taken = path == "/stats"
+            || path.starts_with("/api/")
+            || self.websocket.endpoints.iter().any(|e| &e.path == path)
+            || self.sse.endpoints.iter().any(|e| &e.path == path);
+        if taken {
+            return Err(format!(
+                "metrics.path {path:?} is already served on the main listener"
+            ));
+        }
+        Ok(())
     }
 
     fn validate_webtransport(&self) -> Result<(), String> {
@@ -759,6 +876,45 @@ mod tests {
         ] {
             assert_eq!(pattern_matches(p, n), m, "{p} ~ {n}");
         }
+    }
+
+    #[test]
+    fn metrics_section_defaults_and_validation() {
+        let c = Config::default();
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.path, "/metrics");
+        assert_eq!(c.metrics.listen, None);
+        let c = Config::from_yaml(
+            "metrics:\n  path: /prom\n  listen: 127.0.0.1:9100\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.metrics.path, "/prom");
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9100".parse().unwrap()));
+        let e = Config::from_yaml("metrics:\n  path: metrics\n", "t.yaml").unwrap_err();
+        assert!(e.0.contains("metrics.path must start with '/'"), "{e}");
+        let e = Config::from_yaml("metrics:\n  path: /stats\n", "t.yaml").unwrap_err();
+        assert!(e.0.contains("already served"), "{e}");
+        let e = Config::from_yaml("metrics:\n  bogus: 1\n", "t.yaml").unwrap_err();
+        assert!(e.0.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn log_section_defaults_and_validation() {
+        let c = Config::default();
+        assert_eq!(c.log.format, LogFormat::Pretty);
+        assert_eq!(c.log.level, "info");
+        let c = Config::from_yaml(
+            "log:\n  format: json\n  level: info,corecast::conn=debug\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.log.format, LogFormat::Json);
+        assert!(Config::from_yaml("log:\n  format: xml\n", "t.yaml").is_err());
+        let e = Config::from_yaml("log:\n  level: \"info,[\"\n", "t.yaml").unwrap_err();
+        assert!(e.0.contains("log.level"), "{e}");
+        let e = Config::from_yaml("log:\n  otlp_endpoint: localhost:4318\n", "t.yaml").unwrap_err();
+        assert!(e.0.contains("otlp_endpoint"), "{e}");
     }
 
     #[test]

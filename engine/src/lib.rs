@@ -43,6 +43,8 @@ pub mod app;
 pub mod auth;
 pub mod cert;
 pub mod config;
+pub mod logging;
+pub mod metrics;
 pub(crate) mod net;
 pub mod proto;
 pub mod stats;

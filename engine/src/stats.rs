@@ -1,17 +1,92 @@
 //! Per-shard counters, written by their shard with relaxed atomics and summed for
-//! `GET /stats`. Frames per write is the figure that decides fan-out speed here.
+//! `GET /stats` (and exported per shard by [`crate::metrics`]). Frames per write is
+//! the figure that decides fan-out speed here.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// The process-wide time base of [`clock_ns`].
+static CLOCK_BASE: OnceLock<Instant> = OnceLock::new();
+
+/// The process-wide time base (the first call fixes it).
+pub(crate) fn clock_base() -> Instant {
+    *CLOCK_BASE.get_or_init(Instant::now)
+}
+
+/// `at` as nanoseconds since the process-wide base, never 0 (0 means "none").
+#[inline]
+pub(crate) fn instant_ns(at: Instant) -> u64 {
+    let ns = at.saturating_duration_since(clock_base()).as_nanos();
+    u64::try_from(ns).unwrap_or(u64::MAX).max(1)
+}
+
+/// Now, as nanoseconds since the process-wide base (a vDSO clock read, no syscall).
+#[inline]
+pub(crate) fn clock_ns() -> u64 {
+    instant_ns(Instant::now())
+}
+
+/// Upper bounds of the latency histogram's buckets, nanoseconds (`+Inf` follows).
+pub const LATENCY_BUCKETS_NS: [u64; 14] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+];
+
+/// A lock-free latency histogram with fixed buckets ([`LATENCY_BUCKETS_NS`] and
+/// `+Inf`), written by one shard with relaxed atomics. Buckets are stored
+/// non-cumulatively; readers add them up.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket; the last one is `+Inf`.
+    pub buckets: [AtomicU64; LATENCY_BUCKETS_NS.len() + 1],
+    /// Sum of all observations, nanoseconds.
+    pub sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Record one observation of `ns` nanoseconds. Only the owning shard's thread
+    /// observes (plain loads and stores, no locked read-modify-write).
+    #[inline]
+    pub fn observe_ns(&self, ns: u64) {
+        let i = LATENCY_BUCKETS_NS.partition_point(|&le| le < ns);
+        ShardStats::add_local(&self.buckets[i], 1);
+        ShardStats::add_local(&self.sum_ns, ns);
+    }
+
+    /// Observations so far (the sum of the buckets).
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Relaxed)).sum()
+    }
+}
 
 /// Counters of one shard.
 #[derive(Debug, Default)]
 pub struct ShardStats {
-    /// Live connections (WebSocket sessions).
+    /// Live TCP connections (WebSocket and SSE).
     pub connections: AtomicU64,
+    /// Live WebSocket connections.
+    pub ws_connections: AtomicU64,
+    /// Live Server-Sent Events streams.
+    pub sse_connections: AtomicU64,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
     /// Data messages received from clients.
     pub messages_in: AtomicU64,
+    /// Bytes read from TCP connections after their request head.
+    pub bytes_in: AtomicU64,
     /// Room messages sequenced by this shard as owner.
     pub broadcasts: AtomicU64,
     /// Frames queued to local members by room fan-out.
@@ -36,6 +111,13 @@ pub struct ShardStats {
     pub idle_timeouts: AtomicU64,
     /// `send_to` messages whose connection had gone.
     pub send_to_missed: AtomicU64,
+    /// Requests refused for failed authentication (counted by the application layer).
+    pub auth_failures: AtomicU64,
+    /// Bytes queued on this shard's TCP connections, not yet written (a gauge).
+    pub outbound_queued_bytes: AtomicU64,
+    /// Time from a room message's sequencing by its owner shard to the write that
+    /// emptied a member's queue with it (one observation per such write).
+    pub publish_to_write: LatencyHistogram,
     /// Live QUIC connections.
     pub wt_connections: AtomicU64,
     /// Live WebTransport sessions.
@@ -65,6 +147,21 @@ impl ShardStats {
     #[inline]
     pub fn sub(counter: &AtomicU64, n: u64) {
         counter.fetch_sub(n, Relaxed);
+    }
+
+    /// Add `n` to a counter only this shard's thread writes: a plain load and
+    /// store (no locked read-modify-write), for per-delivery paths. Readers on
+    /// other threads still see whole values.
+    #[inline]
+    pub fn add_local(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtract `n` from a gauge only this shard's thread writes (see
+    /// [`ShardStats::add_local`]).
+    #[inline]
+    pub fn sub_local(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 }
 

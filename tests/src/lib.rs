@@ -478,6 +478,16 @@ impl Server {
         )
     }
 
+    /// Everything the server wrote to stderr so far (its logs).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr buf").clone()
+    }
+
+    /// Everything the server wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().expect("stdout buf").clone()
+    }
+
     /// Sends `signal` (e.g. `libc::SIGTERM`) to this server's process only.
     pub fn signal(&mut self, signal: libc::c_int) {
         assert!(self.exit.is_none(), "server already exited");

@@ -153,6 +153,8 @@ pub(crate) struct Shared {
     pub(crate) wt: Option<WtShared>,
     /// Plain HTTP GET routes (pages, small JSON answers).
     pub(crate) http_routes: Vec<(String, HttpHandler)>,
+    /// Routed endpoints, for the per-route metrics.
+    pub(crate) routers: Vec<crate::metrics::RoutedEndpoint>,
 }
 
 impl Shared {
@@ -172,6 +174,12 @@ impl Shared {
 
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutdown.load(Ordering::Acquire)
+    }
+
+    /// The path the main listener serves metrics at, if it does.
+    pub(crate) fn main_metrics_path(&self) -> Option<&str> {
+        let m = &self.config.metrics;
+        (m.enabled && m.listen.is_none()).then_some(m.path.as_str())
     }
 }
 
@@ -467,6 +475,41 @@ impl Engine {
         } else {
             (None, Vec::new(), None)
         };
+        // The process-wide clock base of the latency histogram, fixed before any shard.
+        let _ = crate::stats::clock_base();
+        let stats: Vec<Arc<ShardStats>> = (0..shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect();
+        // Routed endpoints with declared routes (not the auth-only guards of the
+        // built-in endpoints), each router once, for the per-route metrics.
+        let mut routers: Vec<crate::metrics::RoutedEndpoint> = Vec::new();
+        let routed = self
+            .endpoints
+            .iter()
+            .filter_map(|(p, e)| e.router.as_ref().map(|r| (p, r)))
+            .chain(
+                self.wt_endpoints
+                    .iter()
+                    .filter_map(|e| e.router.as_ref().map(|r| (&e.path, r))),
+            );
+        for (path, router) in routed {
+            if !router.actions().is_empty() && !routers.iter().any(|(_, r)| Arc::ptr_eq(r, router))
+            {
+                routers.push((path.clone(), router.clone()));
+            }
+        }
+        let metrics = match self.config.metrics.listen {
+            Some(addr) if self.config.metrics.enabled => Some(
+                crate::metrics::MetricsServer::start(
+                    addr,
+                    self.config.metrics.path.clone(),
+                    stats.clone(),
+                    routers.clone(),
+                )
+                .map_err(|e| StartError(format!("metrics: cannot listen on {addr}: {e}")))?,
+            ),
+            _ => None,
+        };
         let mut mesh = Mesh::new(shards, self.config.runtime.mesh_capacity)
             .map_err(|e| StartError(format!("cannot build the shard mesh: {e}")))?;
         let deflate = DeflateSettings {
@@ -477,9 +520,7 @@ impl Engine {
             deflate,
             endpoints: self.endpoints,
             senders: mesh.senders(),
-            stats: (0..shards)
-                .map(|_| Arc::new(ShardStats::default()))
-                .collect(),
+            stats,
             shutdown: AtomicBool::new(false),
             epoch_base: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -487,6 +528,7 @@ impl Engine {
             api_key: self.config.api.resolved_key(),
             wt_endpoints: self.wt_endpoints,
             http_routes: self.http_routes,
+            routers,
             wt,
             config: self.config,
         });
@@ -536,7 +578,7 @@ impl Engine {
                             ep.spawn();
                             *shard.quic.borrow_mut() = Some(ep);
                         }
-                        Err(e) => eprintln!("shard {i}: WebTransport disabled: {e}"),
+                        Err(e) => tracing::error!(shard = i, error = %e, "WebTransport disabled"),
                     }
                 }
                 glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
@@ -554,6 +596,7 @@ impl Engine {
             handle: EngineHandle { shared },
             local_addr,
             wt_addr,
+            metrics,
         })
     }
 }
@@ -747,6 +790,12 @@ impl EngineHandle {
         crate::stats::to_json(&self.shared.stats)
     }
 
+    /// Per-shard metrics in the Prometheus text format 0.0.4 (the body of
+    /// `GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&self.shared.stats, &self.shared.routers)
+    }
+
     /// Number of shards.
     pub fn shards(&self) -> usize {
         self.shared.senders.len()
@@ -759,6 +808,7 @@ pub struct RunningEngine {
     handle: EngineHandle,
     local_addr: SocketAddr,
     wt_addr: Option<SocketAddr>,
+    metrics: Option<crate::metrics::MetricsServer>,
 }
 
 impl RunningEngine {
@@ -770,6 +820,11 @@ impl RunningEngine {
     /// The UDP address WebTransport is served on, when enabled.
     pub fn webtransport_addr(&self) -> Option<SocketAddr> {
         self.wt_addr
+    }
+
+    /// The separate metrics address (`metrics.listen`), when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr())
     }
 
     /// SHA-256 of the WebTransport certificate (for `serverCertificateHashes`).
@@ -784,10 +839,14 @@ impl RunningEngine {
 
     /// Wait until every shard has finished (after [`EngineHandle::shutdown`]).
     pub fn wait(mut self) -> Result<(), StartError> {
-        match self.pool.take() {
+        let joined = match self.pool.take() {
             Some(pool) => pool.join().map_err(|e| StartError(e.to_string())),
             None => Ok(()),
+        };
+        if let Some(mut m) = self.metrics.take() {
+            m.stop();
         }
+        joined
     }
 
     /// Shut down gracefully and wait for the shards.

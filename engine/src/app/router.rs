@@ -864,7 +864,10 @@ impl Ctx {
                 "room names are 1 to 256 bytes",
             ));
         }
-        self.router.may_join(self, room)?;
+        if let Err(e) = self.router.may_join(self, room) {
+            ShardStats::add(&self.shard_state().stats.auth_failures, 1);
+            return Err(e);
+        }
         match &self.peer {
             Peer::Ws(c) => c.join_room(room),
             Peer::Wt(s) => {

@@ -162,6 +162,14 @@ fn serve(args: &[String]) -> ExitCode {
             },
         };
     }
+    // Logs from here on go through tracing (stderr), as the `log:` section says.
+    let _log_guard = match corecast::logging::init(&config.log) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("corecast: cannot set up logging: {e}");
+            return ExitCode::from(1);
+        }
+    };
     let engine = Engine::new(config);
     let cfg = engine.config();
     let mut endpoints: Vec<String> = cfg
@@ -176,6 +184,7 @@ fn serve(args: &[String]) -> ExitCode {
         None => "api disabled (no api.key)".to_string(),
     });
     let cfg_wt_paths: Vec<String> = engine.webtransport_paths();
+    let metrics_path = cfg.metrics.enabled.then(|| cfg.metrics.path.clone());
     let running = match engine.start() {
         Ok(r) => r,
         Err(e) => {
@@ -186,17 +195,30 @@ fn serve(args: &[String]) -> ExitCode {
     let handle = running.handle();
     // Handlers first: a signal right after the "listening" line must drain, not kill.
     if let Err(e) = install_signal_handler(handle.clone()) {
-        eprintln!("corecast: cannot install signal handlers: {e}");
+        tracing::error!(error = %e, "cannot install signal handlers");
         return ExitCode::from(1);
     }
+    let metrics = match (metrics_path, running.metrics_addr()) {
+        (None, _) => "off".to_string(),
+        (Some(path), Some(addr)) => format!("http://{addr}{path}"),
+        (Some(path), None) => format!("http://{}{path}", running.local_addr()),
+    };
+    tracing::info!(
+        addr = %running.local_addr(),
+        shards = handle.shards(),
+        endpoints = %endpoints.join(", "),
+        metrics = %metrics,
+        "listening"
+    );
     // A closed stdout (e.g. piped into `head`) must not take the server down.
     let _ = writeln!(
         std::io::stdout(),
-        "corecast listening on ws://{} ({} shards; endpoints: {}; stats: http://{}/stats)",
+        "corecast listening on ws://{} ({} shards; endpoints: {}; stats: http://{}/stats; metrics: {})",
         running.local_addr(),
         handle.shards(),
         endpoints.join(", "),
-        running.local_addr()
+        running.local_addr(),
+        metrics
     );
     if let (Some(addr), Some(sha)) = (
         running.webtransport_addr(),
@@ -213,11 +235,12 @@ fn serve(args: &[String]) -> ExitCode {
     let _ = std::io::stdout().flush();
     match running.wait() {
         Ok(()) => {
+            tracing::info!("shut down cleanly");
             let _ = writeln!(std::io::stdout(), "corecast: shut down cleanly");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("corecast: {e}");
+            tracing::error!(error = %e, "shards failed");
             ExitCode::from(1)
         }
     }
@@ -234,10 +257,10 @@ fn install_signal_handler(handle: corecast::EngineHandle) -> std::io::Result<()>
             for sig in signals.forever() {
                 seen += 1;
                 if seen == 1 {
-                    eprintln!("corecast: signal {sig}: draining (again to exit now)");
+                    tracing::info!(signal = sig, "draining (signal again to exit now)");
                     handle.shutdown();
                 } else {
-                    eprintln!("corecast: second signal: exiting now");
+                    tracing::warn!(signal = sig, "second signal: exiting now");
                     std::process::exit(130);
                 }
             }

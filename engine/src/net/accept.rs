@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::net::{TcpListener, TcpStream};
 
-use super::conn::{Conn, ConnParts, Handler, Transport};
+use super::conn::{Conn, ConnLog, ConnParts, Handler, Transport};
 use super::driver::{READ, WRITE};
 use super::read::{read_into, settle};
 use super::shard::Shard;
@@ -44,7 +44,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
             Some(Err(e)) => {
                 // Usually EMFILE: back off briefly instead of spinning.
-                eprintln!("shard {}: accept failed: {e}", shard.id);
+                tracing::warn!(shard = shard.id, error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -99,6 +99,12 @@ async fn read_head(
 }
 
 async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: BytesMut) {
+    if shard.shared.main_metrics_path() == Some(req.path.as_str()) {
+        let resp =
+            crate::metrics::http_response(&req.method, &shard.shared.stats, &shard.shared.routers);
+        let _ = stream.write_all(&resp).await;
+        return;
+    }
     if req.path == "/stats" {
         let resp = if req.method == "GET" {
             http::response_with_type(
@@ -266,7 +272,11 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             )
         }
     };
+    // Connection events cost nothing unless enabled: no peer lookup, no allocation.
+    let log = tracing::enabled!(target: crate::logging::CONN_TARGET, tracing::Level::DEBUG)
+        .then(|| Box::new(ConnLog::new(stream.peer_addr().ok())));
     let parts = ConnParts {
+        log,
         stream,
         decoder,
         pending,
@@ -286,6 +296,18 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         let id = conns.insert_with(|id| Rc::new(Conn::new(id, parts)));
         conns.get(id).cloned().expect("just inserted")
     };
+    if let Some(l) = conn.log.as_deref() {
+        tracing::debug!(
+            target: crate::logging::CONN_TARGET,
+            conn_id = %conn.id,
+            shard = shard.id,
+            transport = conn.transport_name(),
+            path = req.path.as_str(),
+            query = %crate::logging::redact_query(&conn.query),
+            remote = %l.remote,
+            "connection opened"
+        );
+    }
     ShardStats::add(&shard.stats.connections, 1);
     if let Some(a) = admitted {
         conn.meta.extend(a.meta);
@@ -293,6 +315,14 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             crate::app::router::arm_expiry(&shard, conn.id, at);
         }
     }
+    ShardStats::add(
+        if conn.is_sse() {
+            &shard.stats.sse_connections
+        } else {
+            &shard.stats.ws_connections
+        },
+        1,
+    );
     if let Some(c) = cursor {
         if let (Transport::SseMultiRoom, StreamCursor::PerRoom(list)) = (transport, &c) {
             // The stream's ids name every room it resumes from the first event on.
@@ -332,9 +362,20 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             shard.schedule(&conn, READ);
         }
         EndpointHandler::Async(handler) => {
+            use tracing::Instrument as _;
             shard.schedule(&conn, READ);
             let ws_conn = WsConn::new(Connection::new(shard.clone(), conn.clone()));
-            let outcome = std::panic::AssertUnwindSafe(handler(ws_conn))
+            // Events the handler emits carry the connection's fields.
+            let span = tracing::debug_span!(
+                target: crate::logging::CONN_TARGET,
+                "connection",
+                conn_id = %conn.id,
+                shard = shard.id,
+                transport = conn.transport_name(),
+                path = req.path.as_str(),
+                remote = conn.log.as_deref().map_or("-", |l| l.remote.as_str()),
+            );
+            let outcome = std::panic::AssertUnwindSafe(handler(ws_conn).instrument(span))
                 .catch_unwind()
                 .await;
             if outcome.is_err() {
@@ -362,6 +403,9 @@ fn admit(
     let connecting = Connecting::new(req, stream.peer_addr().ok(), transport);
     router.admit(connecting).map(Some).map_err(|r| {
         ShardStats::add(&shard.stats.connect_rejected, 1);
+        if matches!(r.status, 401 | 403) {
+            ShardStats::add(&shard.stats.auth_failures, 1);
+        }
         let mut headers = Vec::new();
         if r.status == 401 {
             headers.push(("WWW-Authenticate", "Bearer"));

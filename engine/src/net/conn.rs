@@ -87,6 +87,38 @@ impl TaskInbox {
     }
 }
 
+/// What the connection open/close events report, kept only while connection events
+/// are enabled (`corecast::conn` at debug): otherwise a connection pays 8 bytes.
+#[derive(Debug)]
+pub(crate) struct ConnLog {
+    pub(crate) opened: std::time::Instant,
+    /// The client's address (`-` if the socket could not tell).
+    pub(crate) remote: String,
+    /// The first close code sent or received (0: none).
+    pub(crate) close_code: Cell<u16>,
+    /// Who sent that close code first: `server` or `client`.
+    pub(crate) closed_by: Cell<&'static str>,
+}
+
+impl ConnLog {
+    pub(crate) fn new(remote: Option<std::net::SocketAddr>) -> Self {
+        Self {
+            opened: std::time::Instant::now(),
+            remote: remote.map_or_else(|| "-".to_string(), |a| a.to_string()),
+            close_code: Cell::new(0),
+            closed_by: Cell::new(""),
+        }
+    }
+
+    /// Remember the first close code and who sent it.
+    pub(crate) fn record_close(&self, code: u16, by: &'static str) {
+        if self.close_code.get() == 0 {
+            self.close_code.set(code);
+            self.closed_by.set(by);
+        }
+    }
+}
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -139,6 +171,12 @@ pub(crate) struct Conn {
     pub(crate) connected_at: u32,
     pub(crate) transport: Transport,
     pub(crate) resume: RefCell<Option<Box<ResumeState>>>,
+    /// When the oldest room message queued since the queue was last empty was
+    /// sequenced ([`crate::stats::clock_ns`]); 0: none. Feeds the publish-to-write
+    /// histogram when a write empties the queue.
+    pub(crate) oldest_publish: Cell<u64>,
+    /// Open/close event details, when those events are enabled.
+    pub(crate) log: Option<Box<ConnLog>>,
 }
 
 /// What the accept path hands over to build a [`Conn`].
@@ -154,6 +192,7 @@ pub(crate) struct ConnParts {
     pub(crate) transport: Transport,
     /// The shard clock at accept.
     pub(crate) now: u32,
+    pub(crate) log: Option<Box<ConnLog>>,
 }
 
 impl Conn {
@@ -192,6 +231,8 @@ impl Conn {
                 .map_or(0, |d| d.as_secs() as u32),
             transport: p.transport,
             resume: RefCell::new(None),
+            oldest_publish: Cell::new(0),
+            log: p.log,
         }
     }
 
@@ -209,23 +250,85 @@ impl Conn {
         if self.state.get() != ConnState::Open {
             return Err(SendError::Closed);
         }
+        let len = frame.len() as u64;
         let pushed = self.queue.borrow_mut().push(frame);
         if pushed.is_ok() {
+            ShardStats::add_local(&stats.outbound_queued_bytes, len);
             return Ok(());
         }
         ShardStats::add(&stats.slow_consumers, 1);
-        self.queue.borrow_mut().drop_unsent();
+        {
+            let mut q = self.queue.borrow_mut();
+            let before = q.len_bytes();
+            q.drop_unsent();
+            ShardStats::sub_local(
+                &stats.outbound_queued_bytes,
+                (before - q.len_bytes()) as u64,
+            );
+        }
+        // What it was waiting for is gone: the close frame is not a room message.
+        self.oldest_publish.set(0);
         self.fail_fast.set(true);
         self.enqueue_close(
             close::POLICY_VIOLATION,
             "slow consumer: outbound queue full",
+            stats,
         );
         Err(SendError::SlowConsumer)
     }
 
+    /// Queue a room message sequenced at `published` ([`crate::stats::clock_ns`]):
+    /// as [`Conn::enqueue`], and remembered for the publish-to-write histogram if it
+    /// is the oldest one queued.
+    #[inline]
+    pub(crate) fn enqueue_published(
+        &self,
+        frame: Bytes,
+        published: u64,
+        stats: &ShardStats,
+    ) -> Result<(), SendError> {
+        self.enqueue(frame, stats)?;
+        if self.oldest_publish.get() == 0 {
+            self.oldest_publish.set(published);
+        }
+        Ok(())
+    }
+
+    /// Remove `n` written bytes from the queue (see [`OutboundQueue::consume`]);
+    /// returns the frames completed.
+    pub(crate) fn consume_written(&self, n: usize, stats: &ShardStats) -> usize {
+        let mut q = self.queue.borrow_mut();
+        let before = q.len_bytes();
+        let frames = q.consume(n);
+        ShardStats::sub_local(
+            &stats.outbound_queued_bytes,
+            (before - q.len_bytes()) as u64,
+        );
+        frames
+    }
+
+    /// Drop everything queued (the connection is finished).
+    pub(crate) fn clear_queue(&self, stats: &ShardStats) {
+        let mut q = self.queue.borrow_mut();
+        ShardStats::sub_local(&stats.outbound_queued_bytes, q.len_bytes() as u64);
+        q.clear();
+        self.oldest_publish.set(0);
+    }
+
+    /// Append to the queue past its cap (close frames).
+    fn push_unbounded(&self, frame: Bytes, stats: &ShardStats) {
+        ShardStats::add_local(&stats.outbound_queued_bytes, frame.len() as u64);
+        self.queue.borrow_mut().push_unbounded(frame);
+    }
+
     /// Queue our close frame after everything queued. Returns false if a close was
     /// already under way.
-    pub(crate) fn enqueue_close(&self, code: close::CloseCode, reason: &str) -> bool {
+    pub(crate) fn enqueue_close(
+        &self,
+        code: close::CloseCode,
+        reason: &str,
+        stats: &ShardStats,
+    ) -> bool {
         if self.state.get() != ConnState::Open {
             return false;
         }
@@ -236,23 +339,28 @@ impl Conn {
             self.state.set(ConnState::Closing);
             return true;
         }
-        self.queue
-            .borrow_mut()
-            .push_unbounded(frame::encode_close(code, reason));
+        self.push_unbounded(frame::encode_close(code, reason), stats);
         self.state.set(ConnState::Closing);
         true
     }
 
     /// Reply to a close frame that carried no status code.
-    pub(crate) fn enqueue_empty_close(&self) -> bool {
+    pub(crate) fn enqueue_empty_close(&self, stats: &ShardStats) -> bool {
         if self.state.get() != ConnState::Open {
             return false;
         }
-        self.queue
-            .borrow_mut()
-            .push_unbounded(frame::encode(frame::OpCode::Close, false, &[]));
+        self.push_unbounded(frame::encode(frame::OpCode::Close, false, &[]), stats);
         self.state.set(ConnState::Closing);
         true
+    }
+
+    /// The transport's name in logs and metrics labels.
+    pub(crate) fn transport_name(&self) -> &'static str {
+        if self.is_sse() {
+            "sse"
+        } else {
+            "websocket"
+        }
     }
 
     /// True for Server-Sent Events streams.
@@ -353,7 +461,8 @@ mod tests {
     #[test]
     fn conn_struct_stays_small() {
         let size = std::mem::size_of::<super::Conn>();
-        // 400 until issue 5 added the connect time and the idle clock (8 bytes).
-        assert!(size <= 408, "Conn grew to {size} bytes");
+        // 400 + the publish-to-write timestamp (8) + the boxed log details (8) +
+        // the connect time and idle clock (8).
+        assert!(size <= 424, "Conn grew to {size} bytes");
     }
 }

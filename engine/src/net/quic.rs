@@ -206,6 +206,13 @@ impl QuicConn {
         let Some(state) = self.sessions.borrow_mut().remove(&id) else {
             return;
         };
+        tracing::debug!(
+            target: crate::logging::CONN_TARGET,
+            session_id = id,
+            transport = "webtransport",
+            close_code = code,
+            "session closed"
+        );
         state.mark_closed(code, reason);
         if let Some(ep) = self.endpoint.upgrade() {
             ep.shard.wt_sessions.borrow_mut().remove(state.reg_id);
@@ -392,7 +399,7 @@ impl Endpoint {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) => {
-                        eprintln!("shard {}: udp recv failed: {e}", self.shard.id);
+                        tracing::warn!(shard = self.shard.id, error = %e, "udp recv failed");
                         glommio::timer::sleep(Duration::from_millis(10)).await;
                         break;
                     }
@@ -738,6 +745,9 @@ impl Endpoint {
                     Ok(a) => Some(a),
                     Err(r) => {
                         ShardStats::add(&self.shard.stats.connect_rejected, 1);
+                        if matches!(r.status, 401 | 403) {
+                            ShardStats::add(&self.shard.stats.auth_failures, 1);
+                        }
                         return reject(r.status, &r.reason);
                     }
                 }
@@ -774,6 +784,24 @@ impl Endpoint {
         }
         qc.sessions.borrow_mut().insert(stream_id, state.clone());
         ShardStats::add(&self.shard.stats.wt_sessions, 1);
+        tracing::debug!(
+            target: crate::logging::CONN_TARGET,
+            session_id = stream_id,
+            shard = self.shard.id,
+            transport = "webtransport",
+            path,
+            query = %crate::logging::redact_query(query),
+            origin = req.origin.as_deref().unwrap_or("-"),
+            "session opened"
+        );
+        let span = tracing::debug_span!(
+            target: crate::logging::CONN_TARGET,
+            "connection",
+            session_id = stream_id,
+            shard = self.shard.id,
+            transport = "webtransport",
+            path,
+        );
         let session = WtSession {
             shard: self.shard.clone(),
             state: state.clone(),
@@ -781,7 +809,8 @@ impl Endpoint {
         let stats = self.shard.stats.clone();
         glommio::spawn_local(async move {
             use futures_lite::FutureExt as _;
-            let outcome = std::panic::AssertUnwindSafe(handler(session))
+            use tracing::Instrument as _;
+            let outcome = std::panic::AssertUnwindSafe(handler(session).instrument(span))
                 .catch_unwind()
                 .await;
             if outcome.is_err() {

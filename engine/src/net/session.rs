@@ -72,11 +72,14 @@ impl Shard {
                         &mut cx,
                     );
                     match polled {
-                        Poll::Ready(Ok(n)) if n > 0 => conn.last_read.set(self.clock.get()),
+                        Poll::Ready(Ok(n)) if n > 0 => {
+                            conn.last_read.set(self.clock.get());
+                            ShardStats::add(&self.stats.bytes_in, n as u64);
+                        }
                         Poll::Ready(_) => {
                             // EOF or reset: nobody is left to read a close frame.
                             conn.read_done.set(true);
-                            self.finish(conn);
+                            self.finish(conn, "connection lost");
                             return;
                         }
                         Poll::Pending => return,
@@ -108,15 +111,18 @@ impl Shard {
             Incoming::Pong(_) => {}
             Incoming::Close(c) => {
                 conn.read_done.set(true);
+                if let Some(l) = conn.log.as_deref() {
+                    l.record_close(c.as_ref().map_or(1005, |(code, _)| *code), "client");
+                }
                 let echoed = match c {
-                    Some((code, _)) => conn.enqueue_close(code, ""),
-                    None => conn.enqueue_empty_close(),
+                    Some((code, _)) => conn.enqueue_close(code, "", &self.stats),
+                    None => conn.enqueue_empty_close(&self.stats),
                 };
                 if echoed || !conn.queue.borrow().is_empty() {
                     self.schedule(conn, WRITE);
                 } else {
                     // Our close was already written: the handshake is complete.
-                    self.finish(conn);
+                    self.finish(conn, "close handshake");
                 }
             }
         }
@@ -162,7 +168,7 @@ impl Shard {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(_)) => {
                     conn.read_done.set(true);
-                    self.finish(conn);
+                    self.finish(conn, "write failed");
                     return;
                 }
                 Poll::Pending => return,
@@ -200,7 +206,16 @@ impl Shard {
         match polled {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
             Poll::Ready(Ok(n)) => {
-                let frames = conn.queue.borrow_mut().consume(n);
+                let frames = conn.consume_written(n, &self.stats);
+                let oldest = conn.oldest_publish.get();
+                if oldest != 0 && conn.queue.borrow().is_empty() {
+                    // One clock read per write that drains the queue, not per frame.
+                    let now = crate::stats::clock_ns();
+                    self.stats
+                        .publish_to_write
+                        .observe_ns(now.saturating_sub(oldest));
+                    conn.oldest_publish.set(0);
+                }
                 ShardStats::add(&self.stats.writes, 1);
                 ShardStats::add(&self.stats.frames_written, frames as u64);
                 ShardStats::add(&self.stats.bytes_written, n as u64);
@@ -214,7 +229,14 @@ impl Shard {
     /// this was an error; otherwise the client has until the close timer to reply.
     fn close_written(self: &Rc<Self>, conn: &Rc<Conn>) {
         if conn.read_done.get() || conn.fail_fast.get() {
-            self.finish(conn);
+            self.finish(
+                conn,
+                if conn.fail_fast.get() {
+                    "closed by server"
+                } else {
+                    "close handshake"
+                },
+            );
             return;
         }
         // The client's reply may already be waiting to be read.
@@ -233,7 +255,7 @@ impl Shard {
             glommio::timer::sleep(CLOSE_TIMEOUT).await;
             let conn = shard.conns.borrow().get(id).cloned();
             if let Some(conn) = conn {
-                shard.finish(&conn);
+                shard.finish(&conn, "close timeout");
             }
         })
         .detach();
@@ -241,7 +263,10 @@ impl Shard {
 
     /// Start a graceful close (the client is expected to answer).
     pub(crate) fn close(&self, conn: &Conn, code: close::CloseCode, reason: &str) {
-        if conn.enqueue_close(code, reason) {
+        if let Some(l) = conn.log.as_deref() {
+            l.record_close(code, "server");
+        }
+        if conn.enqueue_close(code, reason, &self.stats) {
             self.schedule(conn, WRITE);
         }
     }
@@ -250,19 +275,38 @@ impl Shard {
     pub(crate) fn fail(&self, conn: &Conn, code: close::CloseCode, reason: &str) {
         conn.fail_fast.set(true);
         conn.read_done.set(true);
-        conn.enqueue_close(code, reason);
+        if let Some(l) = conn.log.as_deref() {
+            l.record_close(code, "server");
+        }
+        conn.enqueue_close(code, reason, &self.stats);
         self.schedule(conn, WRITE);
     }
 
-    /// The connection is over: leave rooms, tell the handler, free the slot. The
-    /// socket closes when the last reference (slab, async handler) is dropped.
-    pub(crate) fn finish(self: &Rc<Self>, conn: &Rc<Conn>) {
+    /// The connection is over (`why`, for the close event): leave rooms, tell the
+    /// handler, free the slot. The socket closes when the last reference (slab,
+    /// async handler) is dropped.
+    pub(crate) fn finish(self: &Rc<Self>, conn: &Rc<Conn>, why: &'static str) {
         if conn.state() == ConnState::Done {
             return;
         }
+        if let Some(l) = conn.log.as_deref() {
+            tracing::debug!(
+                target: crate::logging::CONN_TARGET,
+                conn_id = %conn.id,
+                shard = self.id,
+                transport = conn.transport_name(),
+                path = self.shared.endpoints[usize::from(conn.endpoint)].0.as_str(),
+                remote = %l.remote,
+                duration_ms = l.opened.elapsed().as_millis() as u64,
+                reason = why,
+                close_code = l.close_code.get(),
+                closed_by = l.closed_by.get(),
+                "connection closed"
+            );
+        }
         conn.set_state(ConnState::Done);
         conn.read_done.set(true);
-        conn.queue.borrow_mut().clear();
+        conn.clear_queue(&self.stats);
         self.leave_all(conn);
         match &conn.handler {
             Handler::Callbacks(cb) => {

@@ -50,11 +50,13 @@ pub(crate) enum ShardMsg {
         except: Option<ConnId>,
     },
     /// From the owner: deliver message `pos` of `room` to local members.
+    /// `published`: when the owner sequenced it ([`crate::stats::clock_ns`]).
     Deliver {
         room: Arc<str>,
         pos: Position,
         msg: Message,
         except: Option<ConnId>,
+        published: u64,
     },
     /// To the owner: shard `shard` now has (or no longer has) members of `room`.
     Interest {
@@ -350,7 +352,8 @@ impl Shard {
                 pos,
                 msg,
                 except,
-            } => self.deliver(&room, pos, &msg, except),
+                published,
+            } => self.deliver(&room, pos, &msg, except, published),
             ShardMsg::Interest {
                 room,
                 shard,
@@ -544,22 +547,26 @@ impl Shard {
     /// hand it to every interested shard, in sequence order.
     pub(crate) fn sequence(&self, room: &str, msg: Message, except: Option<ConnId>) -> Position {
         let limits = self.shared.config.history.limits_for(room);
+        let now = std::time::Instant::now();
+        // The history's clock read doubles as the publish time of the latency metric.
+        let published = crate::stats::instant_ns(now);
         let (room, pos, mut shards) =
             self.interest
                 .borrow_mut()
-                .append(room, msg.clone(), std::time::Instant::now(), limits);
+                .append(room, msg.clone(), now, limits);
         ShardStats::add(&self.stats.broadcasts, 1);
         while shards != 0 {
             let s = shards.trailing_zeros() as usize;
             shards &= shards - 1;
             if s == self.id {
-                self.deliver(&room, pos, &msg, except);
+                self.deliver(&room, pos, &msg, except, published);
             } else {
                 let sent = self.senders()[s].send(ShardMsg::Deliver {
                     room: room.clone(),
                     pos,
                     msg: msg.clone(),
                     except,
+                    published,
                 });
                 if sent.is_err() {
                     ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -571,9 +578,16 @@ impl Shard {
 
     /// Fan a sequenced message out to local members: each transport's encoding is
     /// made once and the same bytes are queued for every member that uses it.
-    fn deliver(&self, room: &str, pos: Position, msg: &Message, except: Option<ConnId>) {
+    fn deliver(
+        &self,
+        room: &str,
+        pos: Position,
+        msg: &Message,
+        except: Option<ConnId>,
+        published: u64,
+    ) {
         let mut slow: Vec<Rc<SessionState>> = Vec::new();
-        self.deliver_to_members(room, pos, msg, except, &mut slow);
+        self.deliver_to_members(room, pos, msg, except, published, &mut slow);
         // Closing leaves rooms: only now that the room table is no longer borrowed.
         for session in slow {
             session.evict();
@@ -586,6 +600,7 @@ impl Shard {
         pos: Position,
         msg: &Message,
         except: Option<ConnId>,
+        published: u64,
         slow: &mut Vec<Rc<SessionState>>,
     ) {
         let rooms = self.rooms.borrow();
@@ -613,7 +628,7 @@ impl Shard {
                 continue;
             }
             let f = enc.for_conn(conn);
-            let _ = conn.enqueue(f, &self.stats);
+            let _ = conn.enqueue_published(f, published, &self.stats);
             // Queue now, write later: the driver flushes each member once per batch.
             self.schedule(conn, WRITE);
             delivered += 1;
@@ -795,7 +810,7 @@ impl Shard {
             }
             for c in to_drop {
                 ShardStats::add(&self.stats.idle_timeouts, 1);
-                self.finish(&c);
+                self.finish(&c, "idle timeout");
             }
         }
     }
@@ -956,6 +971,14 @@ impl Shard {
     pub(crate) fn forget(&self, conn: &Conn) {
         if self.conns.borrow_mut().remove(conn.id).is_some() {
             ShardStats::sub(&self.stats.connections, 1);
+            ShardStats::sub(
+                if conn.is_sse() {
+                    &self.stats.sse_connections
+                } else {
+                    &self.stats.ws_connections
+                },
+                1,
+            );
         }
         if self.drain_started.get() && self.conns.borrow().is_empty() {
             self.idle.fire();
@@ -1001,7 +1024,7 @@ impl Shard {
         if timed_out {
             let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
             for c in &conns {
-                self.finish(c);
+                self.finish(c, "shutdown timeout");
             }
         }
     }

@@ -1,0 +1,551 @@
+//! Prometheus metrics: the per-shard [`ShardStats`] rendered in the text exposition
+//! format 0.0.4, served at `metrics.path` on the main listener or, with
+//! `metrics.listen`, by a small blocking HTTP/1.1 server on its own thread (off the
+//! shards, so a scrape never costs a shard anything but the relaxed loads).
+//!
+//! Every series carries a `shard` label; connection gauges also a `transport` label.
+//! The list of metrics, their types and labels is in docs/METRICS.md.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::stats::{ShardStats, LATENCY_BUCKETS_NS};
+
+/// The `Content-Type` of the exposition.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Where a metric lives in a shard's stats.
+type Field = fn(&ShardStats) -> &AtomicU64;
+
+/// One counter or gauge read from every shard.
+struct Family {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    field: Field,
+}
+
+const fn counter(name: &'static str, help: &'static str, field: Field) -> Family {
+    Family {
+        name,
+        kind: "counter",
+        help,
+        field,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str, field: Field) -> Family {
+    Family {
+        name,
+        kind: "gauge",
+        help,
+        field,
+    }
+}
+
+/// The plain per-shard families, in output order.
+const FAMILIES: &[Family] = &[
+    counter(
+        "corecast_accepted_total",
+        "TCP connections accepted.",
+        |s| &s.accepted,
+    ),
+    counter(
+        "corecast_messages_received_total",
+        "Data messages received from WebSocket clients.",
+        |s| &s.messages_in,
+    ),
+    counter(
+        "corecast_bytes_received_total",
+        "Bytes read from TCP connections after their request head.",
+        |s| &s.bytes_in,
+    ),
+    counter(
+        "corecast_messages_sent_total",
+        "Frames (WebSocket frames, SSE events) completely written to TCP connections.",
+        |s| &s.frames_written,
+    ),
+    counter(
+        "corecast_bytes_sent_total",
+        "Bytes written to TCP connections.",
+        |s| &s.bytes_written,
+    ),
+    counter(
+        "corecast_writes_total",
+        "send() calls on TCP connections that wrote something (frames per write = messages_sent / writes).",
+        |s| &s.writes,
+    ),
+    counter(
+        "corecast_broadcasts_total",
+        "Room messages sequenced by this shard as the room's owner.",
+        |s| &s.broadcasts,
+    ),
+    counter(
+        "corecast_deliveries_total",
+        "Room messages queued to local members (fan-out deliveries).",
+        |s| &s.deliveries,
+    ),
+    counter(
+        "corecast_slow_consumer_disconnects_total",
+        "Connections closed because their outbound queue hit its cap.",
+        |s| &s.slow_consumers,
+    ),
+    counter(
+        "corecast_mesh_overflows_total",
+        "Cross-shard messages dropped because the target shard's inbox was full.",
+        |s| &s.mesh_overflows,
+    ),
+    counter(
+        "corecast_handler_panics_total",
+        "Handlers that panicked (their connection or session was closed).",
+        |s| &s.handler_panics,
+    ),
+    counter(
+        "corecast_handler_errors_total",
+        "Errors reported by handlers.",
+        |s| &s.handler_errors,
+    ),
+    counter(
+        "corecast_auth_failures_total",
+        "Requests refused because authentication failed.",
+        |s| &s.auth_failures,
+    ),
+    gauge(
+        "corecast_outbound_queued_bytes",
+        "Bytes queued on TCP connections and not yet written.",
+        |s| &s.outbound_queued_bytes,
+    ),
+    gauge(
+        "corecast_quic_connections",
+        "Live QUIC connections.",
+        |s| &s.wt_connections,
+    ),
+    counter(
+        "corecast_wt_rejected_total",
+        "WebTransport session requests refused (4xx/5xx).",
+        |s| &s.wt_rejected,
+    ),
+    counter(
+        "corecast_quic_retries_total",
+        "QUIC Retry packets sent (address validation).",
+        |s| &s.wt_retries,
+    ),
+    counter(
+        "corecast_wt_datagrams_dropped_total",
+        "WebTransport datagrams not sent (too large, queue full) or not taken (handler inbox full).",
+        |s| &s.wt_datagrams_dropped,
+    ),
+    counter(
+        "corecast_wt_datagrams_replaced_total",
+        "Queued room datagrams replaced by a newer one of the same room.",
+        |s| &s.wt_datagrams_replaced,
+    ),
+    counter(
+        "corecast_quic_packets_sent_total",
+        "UDP packets sent.",
+        |s| &s.wt_packets_out,
+    ),
+    counter(
+        "corecast_quic_send_calls_total",
+        "sendmmsg() calls.",
+        |s| &s.wt_send_calls,
+    ),
+];
+
+/// The connection gauge's transports and where each is counted.
+const TRANSPORTS: [(&str, Field); 3] = [
+    ("websocket", |s| &s.ws_connections),
+    ("sse", |s| &s.sse_connections),
+    ("webtransport", |s| &s.wt_sessions),
+];
+
+/// Render every shard's statistics in the Prometheus text format 0.0.4.
+pub fn render(shards: &[Arc<ShardStats>], routers: &[RoutedEndpoint]) -> String {
+    let mut out = String::with_capacity(4096 + shards.len() * 2048);
+    let _ = writeln!(
+        out,
+        "# HELP corecast_shards Shards (one pinned executor each).\n# TYPE corecast_shards gauge\ncorecast_shards {}",
+        shards.len()
+    );
+    out.push_str("# HELP corecast_connections Live connections (WebTransport: sessions).\n");
+    out.push_str("# TYPE corecast_connections gauge\n");
+    for (transport, field) in TRANSPORTS {
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "corecast_connections{{transport=\"{transport}\",shard=\"{i}\"}} {}",
+                field(s).load(Relaxed)
+            );
+        }
+    }
+    for f in FAMILIES {
+        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
+        for (i, s) in shards.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{}{{shard=\"{i}\"}} {}",
+                f.name,
+                (f.field)(s).load(Relaxed)
+            );
+        }
+    }
+    render_latency(&mut out, shards);
+    render_routes(&mut out, routers);
+    out
+}
+
+/// A routed endpoint's path and router, for the per-route families.
+pub type RoutedEndpoint = (String, Arc<crate::app::router::Router>);
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Per-route counters of routed endpoints (labels come from the declared routes,
+/// never from client input: unknown actions count under `$unrouted`).
+fn render_routes(out: &mut String, routers: &[RoutedEndpoint]) {
+    if routers.is_empty() {
+        return;
+    }
+    let totals: Vec<(String, Vec<(String, crate::app::router::RouteTotals)>)> = routers
+        .iter()
+        .map(|(path, r)| (label(path), r.route_totals()))
+        .collect();
+    out.push_str("# HELP corecast_route_messages_total Messages routed, by endpoint and route ($default: the default handler; $unrouted: unknown actions and messages that are not routable).\n");
+    out.push_str("# TYPE corecast_route_messages_total counter\n");
+    for (ep, routes) in &totals {
+        for (route, t) in routes {
+            let _ = writeln!(
+                out,
+                "corecast_route_messages_total{{endpoint=\"{ep}\",route=\"{}\"}} {}",
+                label(route),
+                t.calls
+            );
+        }
+    }
+    out.push_str("# HELP corecast_route_errors_total Route outcomes other than success: client (error frame), internal and panic (connection closed 1011).\n");
+    out.push_str("# TYPE corecast_route_errors_total counter\n");
+    for (ep, routes) in &totals {
+        for (route, t) in routes {
+            let route = label(route);
+            for (kind, n) in [
+                ("client", t.client_errors),
+                ("internal", t.internal_errors),
+                ("panic", t.panics),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "corecast_route_errors_total{{endpoint=\"{ep}\",route=\"{route}\",kind=\"{kind}\"}} {n}"
+                );
+            }
+        }
+    }
+    out.push_str("# HELP corecast_route_handler_seconds_total Time spent in middleware and handlers, by route.\n");
+    out.push_str("# TYPE corecast_route_handler_seconds_total counter\n");
+    for (ep, routes) in &totals {
+        for (route, t) in routes {
+            let _ = writeln!(
+                out,
+                "corecast_route_handler_seconds_total{{endpoint=\"{ep}\",route=\"{}\"}} {:.9}",
+                label(route),
+                t.handler_seconds
+            );
+        }
+    }
+}
+
+fn render_latency(out: &mut String, shards: &[Arc<ShardStats>]) {
+    const NAME: &str = "corecast_publish_to_write_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} Time from a room message's sequencing by its owner shard to the write that emptied a member's queue with it (WebSocket, SSE)."
+    );
+    let _ = writeln!(out, "# TYPE {NAME} histogram");
+    for (i, s) in shards.iter().enumerate() {
+        let h = &s.publish_to_write;
+        // Read each bucket once: the cumulative counts and `_count` agree even while
+        // the shard keeps observing.
+        let mut cumulative = 0u64;
+        for (b, le) in LATENCY_BUCKETS_NS.iter().enumerate() {
+            cumulative += h.buckets[b].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{NAME}_bucket{{shard=\"{i}\",le=\"{}\"}} {cumulative}",
+                seconds(*le)
+            );
+        }
+        cumulative += h.buckets[LATENCY_BUCKETS_NS.len()].load(Relaxed);
+        let _ = writeln!(
+            out,
+            "{NAME}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "{NAME}_sum{{shard=\"{i}\"}} {}",
+            seconds(h.sum_ns.load(Relaxed))
+        );
+        let _ = writeln!(out, "{NAME}_count{{shard=\"{i}\"}} {cumulative}");
+    }
+}
+
+/// Nanoseconds as a decimal number of seconds, exactly (no float rounding noise).
+fn seconds(ns: u64) -> String {
+    let (whole, frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
+    if frac == 0 {
+        return format!("{whole}");
+    }
+    let frac = format!("{frac:09}");
+    format!("{whole}.{}", frac.trim_end_matches('0'))
+}
+
+/// The HTTP response for a request to the metrics path: 200 with the exposition
+/// for GET, 405 for any other method.
+pub(crate) fn http_response(
+    method: &str,
+    shards: &[Arc<ShardStats>],
+    routers: &[RoutedEndpoint],
+) -> Vec<u8> {
+    use crate::proto::http;
+    if method == "GET" {
+        http::response_with_type(
+            200,
+            "OK",
+            &[],
+            CONTENT_TYPE,
+            render(shards, routers).as_bytes(),
+        )
+    } else {
+        http::response(
+            405,
+            "Method Not Allowed",
+            &[("Allow", "GET")],
+            "metrics are read with GET",
+        )
+    }
+}
+
+/// The separate metrics listener (`metrics.listen`): one thread, one request per
+/// connection, blocking I/O with timeouts.
+pub(crate) struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Bind `addr` now (so errors surface at start) and serve `path` from a thread.
+    pub(crate) fn start(
+        addr: SocketAddr,
+        path: String,
+        shards: Vec<Arc<ShardStats>>,
+        routers: Vec<RoutedEndpoint>,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("corecast-metrics".into())
+            .spawn(move || {
+                for stream in listener.incoming() {
+                    if stop2.load(Relaxed) {
+                        break;
+                    }
+                    match stream {
+                        Ok(s) => serve_one(s, &path, &shards, &routers),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics listener: accept failed");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })?;
+        Ok(Self {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (the real port when configured with 0).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop the thread: set the flag and wake its blocking accept with a connection.
+    pub(crate) fn stop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Relaxed);
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if TcpStream::connect_timeout(&wake, Duration::from_secs(1)).is_ok() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Read one request head (bounded: 8 KiB, 5 s) and answer it.
+fn serve_one(
+    mut stream: TcpStream,
+    path: &str,
+    shards: &[Arc<ShardStats>],
+    routers: &[RoutedEndpoint],
+) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let head = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break Some(&buf[..end]);
+        }
+        if buf.len() > 8192 {
+            break None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let resp = match head.and_then(request_line) {
+        None => crate::proto::http::response(400, "Bad Request", &[], "bad request"),
+        Some((method, target)) => {
+            let target_path = target.split('?').next().unwrap_or_default();
+            if target_path == path {
+                http_response(method, shards, routers)
+            } else {
+                crate::proto::http::response(404, "Not Found", &[], "try the metrics path")
+            }
+        }
+    };
+    let _ = stream.write_all(&resp);
+}
+
+/// Method and target of an HTTP/1.x request head.
+fn request_line(head: &[u8]) -> Option<(&str, &str)> {
+    let line = head.split(|b| *b == b'\r').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    (version.starts_with("HTTP/1.") && parts.next().is_none()).then_some((method, target))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_are_exact_decimals() {
+        assert_eq!(seconds(50_000), "0.00005");
+        assert_eq!(seconds(2_500_000), "0.0025");
+        assert_eq!(seconds(1_000_000_000), "1");
+        assert_eq!(seconds(1_500_000_001), "1.500000001");
+        assert_eq!(seconds(0), "0");
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_end_at_the_count() {
+        let s = Arc::new(ShardStats::default());
+        for ns in [10_000, 60_000, 60_000, 3_000_000, 2_000_000_000] {
+            s.publish_to_write.observe_ns(ns);
+        }
+        let text = render(&[s.clone(), Arc::new(ShardStats::default())], &[]);
+        let line = |prefix: &str| -> u64 {
+            let l = text
+                .lines()
+                .find(|l| l.starts_with(prefix))
+                .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
+            l.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let b = "corecast_publish_to_write_seconds_bucket{shard=\"0\",";
+        assert_eq!(line(&format!("{b}le=\"0.00005\"}}")), 1);
+        assert_eq!(line(&format!("{b}le=\"0.0001\"}}")), 3);
+        assert_eq!(line(&format!("{b}le=\"0.005\"}}")), 4);
+        assert_eq!(line(&format!("{b}le=\"1\"}}")), 4);
+        assert_eq!(line(&format!("{b}le=\"+Inf\"}}")), 5);
+        assert_eq!(
+            line("corecast_publish_to_write_seconds_count{shard=\"0\"}"),
+            5
+        );
+        assert_eq!(
+            line("corecast_publish_to_write_seconds_count{shard=\"1\"}"),
+            0
+        );
+        assert!(text.contains("corecast_publish_to_write_seconds_sum{shard=\"0\"} 2.00313\n"));
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_one_series_per_shard() {
+        let shards = [
+            Arc::new(ShardStats::default()),
+            Arc::new(ShardStats::default()),
+        ];
+        ShardStats::add(&shards[1].ws_connections, 3);
+        let text = render(&shards, &[]);
+        assert!(text.contains("corecast_connections{transport=\"websocket\",shard=\"1\"} 3\n"));
+        for f in FAMILIES {
+            assert!(text.contains(&format!("# TYPE {} {}\n", f.name, f.kind)));
+            for i in 0..2 {
+                assert!(text.contains(&format!("{}{{shard=\"{i}\"}} 0\n", f.name)));
+            }
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn request_lines_are_parsed_strictly() {
+        assert_eq!(
+            request_line(b"GET /metrics?x=1 HTTP/1.1"),
+            Some(("GET", "/metrics?x=1"))
+        );
+        assert_eq!(request_line(b"GET /metrics"), None);
+        assert_eq!(request_line(b"GET /metrics HTTP/1.1 extra"), None);
+        assert_eq!(request_line(b"\xff\xfe HTTP/1.1"), None);
+    }
+
+    #[test]
+    fn other_methods_get_405() {
+        let resp = http_response("POST", &[], &[]);
+        assert!(resp.starts_with(b"HTTP/1.1 405"));
+        let resp = http_response("GET", &[], &[]);
+        assert!(resp.starts_with(b"HTTP/1.1 200"));
+    }
+
+    #[test]
+    fn routes_are_listed_with_escaped_labels() {
+        let mut r = crate::app::router::Router::new();
+        r.route("chat.message", |_ctx, _b: serde_json::Value| Ok(()));
+        let routers = vec![("/ws/\"app\"".to_string(), Arc::new(r))];
+        let text = render(&[Arc::new(ShardStats::default())], &routers);
+        assert!(text.contains(
+            "corecast_route_messages_total{endpoint=\"/ws/\\\"app\\\"\",route=\"chat.message\"} 0"
+        ), "{text}");
+        assert!(
+            text.contains("route=\"$unrouted\",kind=\"client\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE corecast_route_handler_seconds_total counter"));
+    }
+}
