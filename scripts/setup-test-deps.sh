@@ -21,7 +21,7 @@ export PIP_NO_INPUT=1
 
 # Pinned Python test dependencies (bump deliberately; the marker file below
 # makes the venv reinstall when this list changes).
-PY_PKGS=(websockets==17.4 kosoku==0.1.0 pytest==9.2.0 aioquic==1.7.2)
+PY_PKGS=(websockets==17.4 kosoku==0.1.0 pytest==9.2.0 aioquic==1.7.2 pyjwt==2.10.1)
 
 log() { printf '[setup-test-deps] %s\n' "$*"; }
 
@@ -77,7 +77,7 @@ log "python: $PY ($("$PY" --version 2>&1))"
 MARKER="$VENV/.corecast-deps"
 WANT="${PY_PKGS[*]}"
 if [ -x "$VENV/bin/python" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$WANT" ] &&
-  "$VENV/bin/python" -c 'import websockets, kosoku, pytest, aioquic' >/dev/null 2>&1; then
+  "$VENV/bin/python" -c 'import websockets, kosoku, pytest, aioquic, jwt' >/dev/null 2>&1; then
   log "venv up to date: $VENV ($WANT)"
 else
   if [ ! -x "$VENV/bin/python" ]; then
@@ -91,7 +91,7 @@ fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 print("[setup-test-deps] venv packages: " + ", ".join(
-    f"{n}=={md.version(n)}" for n in ("websockets", "kosoku", "pytest", "aioquic")))
+    f"{n}=={md.version(n)}" for n in ("websockets", "kosoku", "pytest", "aioquic", "pyjwt")))
 PY
 # 3. Node.js test dependencies.
 NODE_DIR="$ROOT/tests/node"

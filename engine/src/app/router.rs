@@ -568,6 +568,7 @@ impl Router {
     }
 }
 
+#[derive(Clone)]
 enum Peer {
     Ws(Connection),
     Wt(WtSession),
@@ -575,6 +576,11 @@ enum Peer {
 
 /// What a route handler gets: the connection (WebSocket or WebTransport session)
 /// and everything it can do — reply, send to any connection, rooms, metadata.
+///
+/// Cloning is cheap (handles to the same connection): move a clone into a task
+/// spawned on the shard (`glommio::spawn_local`) to await [`Ctx::lookup`],
+/// [`Ctx::room_members`] or [`Ctx::presence`] and reply afterwards.
+#[derive(Clone)]
 pub struct Ctx {
     peer: Peer,
     router: Arc<Router>,
