@@ -98,9 +98,7 @@ impl<T> ConnSlab<T> {
 
     /// The connection at `id`, unless it has gone.
     pub fn get(&self, id: ConnId) -> Option<&T> {
-        let Some(index) = id.slot.checked_sub(self.base) else {
-            return None;
-        };
+        let index = id.slot.checked_sub(self.base)?;
         match self.slots.get(index as usize) {
             Some((g, t)) if *g == id.generation && id.shard == self.shard => Some(t),
             _ => None,

@@ -774,7 +774,7 @@ impl Shard {
             glommio::timer::sleep(Duration::from_secs(1)).await;
             let now = start.elapsed().as_secs() as u32;
             self.clock.set(now);
-            if idle == 0 || now % idle.div_ceil(4).max(1) != 0 {
+            if idle == 0 || !now.is_multiple_of(idle.div_ceil(4).max(1)) {
                 continue;
             }
             let (mut to_ping, mut to_drop) = (Vec::new(), Vec::new());
