@@ -4,7 +4,8 @@
 #   1. scripts/setup-test-deps.sh   Python venv (websockets, aioquic, kosoku, pytest), tests/node
 #                                   node_modules (npm ci), Debian's chromium
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
-#   3. cargo build --release corecast + examples        (used by every suite)
+#   3. cargo build --release corecast + examples        (used by every suite), and
+#      route_probe (tests/src/bin: the router application test_router.py drives)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
 #   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
 #   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume,
@@ -116,9 +117,13 @@ else
 fi
 fast_fail "cargo build --release corecast" "$LOGS/build.log" \
   cargo build --release -p corecast --bin corecast --examples
+fast_fail "cargo build --release route_probe" "$LOGS/build-probe.log" \
+  cargo build --release -p corecast-tests --bin route_probe
 
 export CORECAST_BIN="$ROOT/target/release/corecast"
 echo "CORECAST_BIN=$CORECAST_BIN"
+export ROUTE_PROBE_BIN="$ROOT/target/release/route_probe"
+echo "ROUTE_PROBE_BIN=$ROUTE_PROBE_BIN"
 
 # --- test suites (all run; failures reported at the end) ---------------------
 run_stage "cargo test --workspace" "$LOGS/cargo-test.log" \

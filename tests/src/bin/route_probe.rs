@@ -203,7 +203,10 @@ fn build_router(default: bool, strict: bool, auth: Option<JwtMiddleware>) -> Rou
         panic!("the probe panics on request")
     })
     .route("client_error", |_, _: Value| {
-        Err(RouteError::client("probe_refused", "the probe refuses politely"))
+        Err(RouteError::client(
+            "probe_refused",
+            "the probe refuses politely",
+        ))
     });
     if default {
         r.on_default(|ctx, body| {
@@ -217,14 +220,13 @@ fn build_router(default: bool, strict: bool, auth: Option<JwtMiddleware>) -> Rou
 
 /// The corecast config and the optional `auth:` section from one YAML file.
 fn load(path: &Path) -> Result<(Config, Option<AuthConfig>), String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut doc: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let auth = match doc.as_mapping_mut().and_then(|m| m.remove("auth")) {
-        Some(v) => Some(
-            serde_yaml_ng::from_value::<AuthConfig>(v).map_err(|e| format!("auth: {e}"))?,
-        ),
+        Some(v) => {
+            Some(serde_yaml_ng::from_value::<AuthConfig>(v).map_err(|e| format!("auth: {e}"))?)
+        }
         None => None,
     };
     let rest = serde_yaml_ng::to_string(&doc).map_err(|e| e.to_string())?;
@@ -272,14 +274,13 @@ fn main() -> std::process::ExitCode {
         }
     };
     let handle = running.handle();
-    let mut signals =
-        match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("route_probe: signals: {e}");
-                return std::process::ExitCode::from(1);
-            }
-        };
+    let mut signals = match signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("route_probe: signals: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let h = handle.clone();
     std::thread::spawn(move || {
         let mut first = true;
