@@ -1097,3 +1097,81 @@ async def test_wt_send_to_and_from_websocket(probe):
             assert rec.room == "mixed"
     finally:
         await conn.aclose()
+
+
+async def wt_call_matching(sess, stream, msg: dict, typ: str) -> dict:
+    """Send `msg`, skip records (presence events) until one of `typ`."""
+    stream.send(wt_client.text_record(json.dumps(msg)))
+    rec = await sess.recv_record_matching(
+        lambda r: r.room == "" and json.loads(r.payload).get("type") == typ, STEP
+    )
+    return json.loads(rec.payload)
+
+
+@run
+async def test_wt_abrupt_connection_close_disconnect_once(probe):
+    """The QUIC connection goes away without a session close capsule."""
+    watcher = await joined_watched(probe)
+    baseline = probe.stats()["connections"]
+    conn, sess = await wt_client.connect(probe.host, probe.wt_port, "/wt/probe?name=gone")
+    try:
+        assert sess.status == 200
+        st = sess.open_bidi()
+        cid = (await wt_call(sess, st, {"action": "whoami"}))["id"]
+        for room in ("room-x", "lobby-x"):
+            await wt_call_matching(sess, st, {"action": "join", "room": room}, "joined")
+        info = probe.api_json(f"/api/connections/{cid}")
+        assert sorted(info["rooms"]) == ["lobby-x", "room-x"]
+    finally:
+        await conn.aclose()
+    await check_gone_after(probe, watcher, cid, baseline)
+    await watcher.close()
+
+
+@run
+async def test_wt_handler_error_closes_session_1011(probe):
+    conn, sess = await wt_client.connect(probe.host, probe.wt_port, "/wt/probe")
+    try:
+        assert sess.status == 200
+        st = sess.open_bidi()
+        cid = (await wt_call(sess, st, {"action": "whoami"}))["id"]
+        st.send(wt_client.text_record(json.dumps({"action": "fail"})))
+        await sess.wait_capsule(wt_client.CAPSULE_CLOSE, STEP)
+        assert sess.close_info == (1011, "handler error")
+        await probe.await_disconnect(cid)
+        assert_gone(probe, cid)
+        await asyncio.sleep(0.3)
+        assert probe.disconnects(cid) == 1
+    finally:
+        await conn.aclose()
+
+
+@run
+async def test_wt_jwt_refusal_join_rules_and_expiry_4001(probe):
+    conn, sess = await wt_client.connect(probe.host, probe.wt_port, "/wt/probe-auth")
+    try:
+        assert sess.status == 401
+    finally:
+        await conn.aclose()
+    t = mint(exp=int(time.time()) + 2)
+    conn = await wt_client.connect_quic(probe.host, probe.wt_port)
+    try:
+        sess = await conn.open_session(
+            "/wt/probe-auth", extra=[(b"authorization", f"Bearer {t}".encode())]
+        )
+        assert sess.status == 200
+        st = sess.open_bidi()
+        me = await wt_call(sess, st, {"action": "whoami"})
+        assert me["meta"]["sub"] == "user-42" and me["transport"] == "webtransport"
+        r = await wt_call(sess, st, {"action": "join", "room": "secret-room"})
+        assert r["error"] == "forbidden", r
+        assert (await wt_call(sess, st, {"action": "join", "room": "team-wt"}))["type"] == "joined"
+        await sess.wait_capsule(wt_client.CAPSULE_CLOSE, 8.0)
+        assert sess.close_info == (4001, "token expired")
+        await probe.await_disconnect(me["id"])
+        assert_gone(probe, me["id"], rooms=["team-wt"])
+        await asyncio.sleep(0.3)
+        assert probe.disconnects(me["id"]) == 1
+    finally:
+        await conn.aclose()
+    assert t not in probe.output()

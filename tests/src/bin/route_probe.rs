@@ -4,8 +4,8 @@
 //! - `/ws/probe` and WebTransport `/wt/probe` (the same `Arc<Router>`);
 //! - `/ws/probe-default`: the same routes plus `$default`;
 //! - `/ws/probe-strict`: the same routes with `close_on_bad_message`;
-//! - `/ws/probe-auth`: the same routes behind `JwtMiddleware` (the config's `auth:`
-//!   section; absent: the endpoint is not served).
+//! - `/ws/probe-auth` and WebTransport `/wt/probe-auth`: the same routes behind
+//!   `JwtMiddleware` (the config's `auth:` section; absent: not served).
 //!
 //! Usage: `route_probe CONFIG.yaml`. The config is a corecast config plus an
 //! optional top-level `auth:` section. The first stdout line is
@@ -264,7 +264,11 @@ fn main() -> std::process::ExitCode {
     engine.websocket_router("/ws/probe-default", build_router(true, false, None));
     engine.websocket_router("/ws/probe-strict", build_router(false, true, None));
     if let Some(m) = jwt {
-        engine.websocket_router("/ws/probe-auth", build_router(false, false, Some(m)));
+        let auth = Arc::new(build_router(false, false, Some(m)));
+        engine.websocket_router("/ws/probe-auth", auth.clone());
+        if wt_enabled {
+            engine.webtransport_router("/wt/probe-auth", auth);
+        }
     }
     let running = match engine.start() {
         Ok(r) => r,
