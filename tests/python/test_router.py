@@ -1175,3 +1175,36 @@ async def test_wt_jwt_refusal_join_rules_and_expiry_4001(probe):
     finally:
         await conn.aclose()
     assert t not in probe.output()
+
+
+@run
+async def test_connect_hook_panic_refuses_only_that_attempt(fresh_probe):
+    """A panic in `$connect` (application code) answers that attempt with a 500
+    (counted as a rejected connection); the shards keep serving WebSocket and
+    WebTransport. Before the fix the panic unwound through the shard and the
+    process died."""
+    probe = fresh_probe
+    for _ in range(4):  # attempts land on both shards
+        with pytest.raises(InvalidStatus) as e:
+            await ws_connect(probe.url("/ws/probe?panic=1"), open_timeout=STEP)
+        assert e.value.response.status_code == 500
+        assert b"connect handler failed" in e.value.response.body
+    for _ in range(2):
+        conn, sess = await wt_client.connect(probe.host, probe.wt_port, "/wt/probe?panic=1")
+        try:
+            assert sess.status == 500
+        finally:
+            await conn.aclose()
+    await probe.await_stats(lambda s: s["connect_rejected"] >= 6)
+    conns = await on_each_shard(probe)
+    for ws, _ in conns.values():
+        assert (await call(ws, "echo"))["type"] == "echo"
+        await ws.close()
+    conn, sess = await wt_client.connect(probe.host, probe.wt_port, "/wt/probe")
+    try:
+        assert sess.status == 200
+        st = sess.open_bidi()
+        assert (await wt_call(sess, st, {"action": "echo"}))["type"] == "echo"
+    finally:
+        await conn.aclose()
+    assert probe.proc.poll() is None

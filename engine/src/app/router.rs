@@ -425,18 +425,31 @@ impl Router {
         a
     }
 
-    /// Run the middleware and `$connect` for a connection attempt.
+    /// Run the middleware and `$connect` for a connection attempt. A panic in
+    /// either refuses only this attempt (500 "connect handler failed", counted by
+    /// the caller in `connect_rejected`): it runs on the shard's accept path, where
+    /// an unwinding panic would take the shard, and the process, down.
     pub(crate) fn admit(&self, mut c: Connecting<'_>) -> Result<Admitted, Reject> {
-        for m in &self.middleware {
-            m.on_connect(&mut c)?;
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            for m in &self.middleware {
+                m.on_connect(&mut c)?;
+            }
+            if let Some(hook) = &self.connect {
+                hook(&mut c)?;
+            }
+            Ok(())
+        }));
+        match outcome {
+            Ok(Ok(())) => Ok(Admitted {
+                meta: c.meta,
+                expires_at: c.expires_at,
+            }),
+            Ok(Err(reject)) => Err(reject),
+            Err(_) => {
+                tracing::warn!(path = %c.path(), "$connect panicked; refusing the connection");
+                Err(Reject::new(500, "connect handler failed"))
+            }
         }
-        if let Some(hook) = &self.connect {
-            hook(&mut c)?;
-        }
-        Ok(Admitted {
-            meta: c.meta,
-            expires_at: c.expires_at,
-        })
     }
 
     /// Route one message from `ctx`'s connection. Never panics: handler panics are

@@ -105,6 +105,9 @@ fn build_router(default: bool, strict: bool, auth: Option<JwtMiddleware>) -> Rou
         r.middleware(m);
     }
     r.on_connect(|c: &mut Connecting<'_>| {
+        if c.query_get("panic").is_some() {
+            panic!("the probe's $connect panics on request");
+        }
         if let Some(status) = c.query_get("reject") {
             let status: u16 = status.parse().unwrap_or(403);
             let reason = c
