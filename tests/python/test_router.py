@@ -629,6 +629,33 @@ async def test_presence_snapshot_events_and_api(probe):
     assert probe.api_json("/api/rooms/lobby-1/presence")["count"] == 0
 
 
+@run
+async def test_presence_join_and_leave_are_idempotent(probe):
+    """Joining a presence room twice announces one join; leaving twice one leave."""
+    async with ws_connect(probe.url("/ws/probe?name=w")) as w, ws_connect(
+        probe.url("/ws/probe?name=j")
+    ) as j:
+        await w.send(json.dumps({"action": "join", "room": "lobby-idem"}))
+        await recv_type(w, "joined")
+        j_id = (await whoami(j))["id"]
+        for _ in range(2):
+            await j.send(json.dumps({"action": "join", "room": "lobby-idem"}))
+            await recv_type(j, "joined")
+        for _ in range(2):
+            await call(j, "leave", room="lobby-idem")
+        events = []
+        try:
+            while True:
+                m = await recv_json(w, 0.5)
+                if m.get("type") == "presence" and m["member"]["id"] == j_id:
+                    events.append((m["event"], m["count"]))
+        except asyncio.TimeoutError:
+            pass
+        assert events == [("join", 2), ("leave", 1)], events
+        body = probe.api_json("/api/rooms/lobby-idem/presence")
+        assert body["count"] == 1 and body["members"][0]["meta"] == {"name": "w"}
+
+
 # --- $disconnect exactly once, nothing stale ---------------------------------
 
 
