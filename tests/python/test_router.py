@@ -647,7 +647,7 @@ async def test_presence_join_and_leave_are_idempotent(probe):
         try:
             while True:
                 m = await recv_json(w, 0.5)
-                if m.get("type") == "presence" and m["member"]["id"] == j_id:
+                if m.get("type") == "presence" and m.get("member", {}).get("id") == j_id:
                     events.append((m["event"], m["count"]))
         except asyncio.TimeoutError:
             pass
@@ -1122,6 +1122,14 @@ async def test_wt_send_to_and_from_websocket(probe):
             await ws.send(json.dumps({"action": "say", "room": "mixed", "text": "both"}))
             rec = await sess.recv_record_matching(lambda r: b'"said"' in r.payload, STEP)
             assert rec.room == "mixed"
+            # broadcast_all reaches WebTransport sessions too.
+            await ws.send(json.dumps({"action": "shout", "text": "everyone"}))
+            rec = await sess.recv_record_matching(lambda r: b'"shout"' in r.payload, STEP)
+            assert json.loads(rec.payload) == {"type": "shout", "from": ws_id, "text": "everyone"}
+            assert (await recv_type(ws, "shout"))["from"] == ws_id  # its own
+            # And a session shouting reaches WebSocket clients.
+            st.send(wt_client.text_record(json.dumps({"action": "shout", "text": "from wt"})))
+            assert (await recv_type(ws, "shout"))["from"] == wt_id
     finally:
         await conn.aclose()
 
@@ -1235,3 +1243,24 @@ async def test_connect_hook_panic_refuses_only_that_attempt(fresh_probe):
     finally:
         await conn.aclose()
     assert probe.proc.poll() is None
+
+
+@run
+async def test_disconnect_once_while_a_lookup_is_pending(probe):
+    """The client leaves right after asking for a cross-shard lookup: the late
+    reply goes nowhere, `$disconnect` runs once, the shard keeps serving."""
+    conns = await on_each_shard(probe)
+    (a, a_id), (b, b_id) = conns[0], conns[1]
+    for _ in range(5):
+        ws = await ws_connect(probe.url("/ws/probe"), open_timeout=STEP)
+        cid = (await whoami(ws))["id"]
+        await ws.send(json.dumps({"action": "lookup", "id": a_id}))
+        await ws.send(json.dumps({"action": "members", "room": "nowhere"}))
+        await ws.close()
+        await probe.await_disconnect(cid)
+        assert_gone(probe, cid)
+        await asyncio.sleep(0.1)
+        assert probe.disconnects(cid) == 1
+    for ws in (a, b):
+        assert (await call(ws, "lookup", id=b_id))["found"] is True
+        await ws.close()
