@@ -1049,6 +1049,9 @@ def test_jwt_tokens_never_logged(probe):
     signature, appears in the probe's stdout or stderr."""
     assert MINTED, "the JWT tests minted no token"
     out = probe.output()
+    if probe.stats()["handler_errors"]:
+        # The engine's warnings do reach the captured stderr (route_probe logs them).
+        assert "handler error; closing the connection" in out
     for t in MINTED:
         assert t not in out
         assert t.rsplit(".", 1)[1] not in out

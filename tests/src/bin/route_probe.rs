@@ -10,7 +10,8 @@
 //! Usage: `route_probe CONFIG.yaml`. The config is a corecast config plus an
 //! optional top-level `auth:` section. The first stdout line is
 //! `LISTENING <tcp addr> WT <udp addr|none>`; then one `DISCONNECT <id>` line per
-//! `$disconnect`, flushed at once. SIGTERM/SIGINT drain gracefully; the last line is
+//! `$disconnect`, flushed at once; the engine's tracing events (info and up) go
+//! to stderr. SIGTERM/SIGINT drain gracefully; the last line is
 //! `STOPPED`.
 
 use std::io::Write;
@@ -239,6 +240,11 @@ fn load(path: &Path) -> Result<(Config, Option<AuthConfig>), String> {
 }
 
 fn main() -> std::process::ExitCode {
+    // The engine's warnings (handler errors, panics, refusals) on stderr.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::INFO)
+        .init();
     let Some(path) = std::env::args().nth(1) else {
         eprintln!("usage: route_probe CONFIG.yaml");
         return std::process::ExitCode::from(2);
