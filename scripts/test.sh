@@ -5,7 +5,8 @@
 #                                   node_modules (npm ci), Debian's chromium
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
 #      cargo check -p corecast --features otlp         (CI, or OTLP_CHECK=1)
-#   3. cargo build --release corecast + examples        (used by every suite)
+#   3. cargo build --release corecast + examples        (used by every suite), and
+#      route_probe (tests/src/bin: the router application test_router.py drives)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
 #   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
 #   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume,
@@ -123,9 +124,13 @@ if [ -n "$CI" ] || [ "${OTLP_CHECK:-0}" = "1" ]; then
 fi
 fast_fail "cargo build --release corecast" "$LOGS/build.log" \
   cargo build --release -p corecast --bin corecast --examples
+fast_fail "cargo build --release route_probe" "$LOGS/build-probe.log" \
+  cargo build --release -p corecast-tests --bin route_probe
 
 export CORECAST_BIN="$ROOT/target/release/corecast"
 echo "CORECAST_BIN=$CORECAST_BIN"
+export ROUTE_PROBE_BIN="$ROOT/target/release/route_probe"
+echo "ROUTE_PROBE_BIN=$ROUTE_PROBE_BIN"
 
 # --- test suites (all run; failures reported at the end) ---------------------
 run_stage "cargo test --workspace" "$LOGS/cargo-test.log" \

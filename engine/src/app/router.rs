@@ -517,18 +517,31 @@ impl Router {
         out
     }
 
-    /// Run the middleware and `$connect` for a connection attempt.
+    /// Run the middleware and `$connect` for a connection attempt. A panic in
+    /// either refuses only this attempt (500 "connect handler failed", counted by
+    /// the caller in `connect_rejected`): it runs on the shard's accept path, where
+    /// an unwinding panic would take the shard, and the process, down.
     pub(crate) fn admit(&self, mut c: Connecting<'_>) -> Result<Admitted, Reject> {
-        for m in &self.middleware {
-            m.on_connect(&mut c)?;
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            for m in &self.middleware {
+                m.on_connect(&mut c)?;
+            }
+            if let Some(hook) = &self.connect {
+                hook(&mut c)?;
+            }
+            Ok(())
+        }));
+        match outcome {
+            Ok(Ok(())) => Ok(Admitted {
+                meta: c.meta,
+                expires_at: c.expires_at,
+            }),
+            Ok(Err(reject)) => Err(reject),
+            Err(_) => {
+                tracing::warn!(path = %c.path(), "$connect panicked; refusing the connection");
+                Err(Reject::new(500, "connect handler failed"))
+            }
         }
-        if let Some(hook) = &self.connect {
-            hook(&mut c)?;
-        }
-        Ok(Admitted {
-            meta: c.meta,
-            expires_at: c.expires_at,
-        })
     }
 
     /// Route one message from `ctx`'s connection. Never panics: handler panics are
@@ -671,6 +684,7 @@ impl Router {
     }
 }
 
+#[derive(Clone)]
 enum Peer {
     Ws(Connection),
     Wt(WtSession),
@@ -678,6 +692,11 @@ enum Peer {
 
 /// What a route handler gets: the connection (WebSocket or WebTransport session)
 /// and everything it can do — reply, send to any connection, rooms, metadata.
+///
+/// Cloning is cheap (handles to the same connection): move a clone into a task
+/// spawned on the shard (`glommio::spawn_local`) to await [`Ctx::lookup`],
+/// [`Ctx::room_members`] or [`Ctx::presence`] and reply afterwards.
+#[derive(Clone)]
 pub struct Ctx {
     peer: Peer,
     router: Arc<Router>,
