@@ -82,6 +82,51 @@ def set_yaml_value(text: str, key: str, value: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def spawn_and_wait(
+    argv: list[str],
+    ready_pattern: str,
+    output: list[str],
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `argv` (stdout and stderr merged into `output` by a reader thread) and
+    wait until a line matches `ready_pattern`; returns the process and the
+    pattern's first group. Raises RuntimeError (after killing the child, by its own
+    PID) when the child exits or the timeout passes first."""
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ready = threading.Event()
+    found: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            output.append(line)
+            m = re.search(ready_pattern, line)
+            if m and not ready.is_set():
+                found.append(m.group(1))
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + (STARTUP_TIMEOUT if timeout is None else timeout)
+    while not ready.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            time.sleep(0.1)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(10)
+            raise RuntimeError(
+                f"no line matching {ready_pattern!r} (exit {proc.poll()}):\n" + "".join(output)
+            )
+    return proc, found[0]
+
+
 class Server:
     """A running corecast server; use as a context manager."""
 
@@ -119,34 +164,12 @@ class Server:
         config = Path(self._dir.name) / "corecast.yaml"
         config.write_text(text)
         self.output = []
-        self.proc = subprocess.Popen(
+        self.proc, self.addr = spawn_and_wait(
             [str(corecast_bin()), "serve", "--config", str(config),
              "--listen", listen, "--shards", str(self.shards)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            r"listening on ws://(\S+)",
+            self.output,
         )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line)
-                m = re.search(r"listening on ws://(\S+)", line)
-                if m and not ready.is_set():
-                    self.addr = m.group(1)
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not ready.wait(0.05):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                time.sleep(0.1)
-                raise RuntimeError(
-                    f"no `listening on` line (exit {self.proc.poll()}):\n"
-                    + "".join(self.output)
-                )
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None and self.proc.poll() is None

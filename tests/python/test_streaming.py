@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from corecast_harness import ROOT, free_port
+from corecast_harness import ROOT, free_port, spawn_and_wait
 
 SECRET = "pytest-streaming-secret-5f0c2a-" + "0123456789abcdef" * 3
 TEST_TIMEOUT = 60.0
@@ -64,29 +63,16 @@ class Example:
 
     def __enter__(self) -> "Example":
         port = free_port()
-        self.proc = subprocess.Popen(
-            [str(streaming_bin()), f"127.0.0.1:{port}"],
-            env={**os.environ, **self.env},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc is not None and self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line)
-                m = re.search(r"listening on http://(\S+?)/", line)
-                if m and not ready.is_set():
-                    self.addr = m.group(1)
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(20):
-            self.__exit__()
-            raise RuntimeError("streaming example did not start:\n" + "".join(self.output))
+        try:
+            self.proc, self.addr = spawn_and_wait(
+                [str(streaming_bin()), f"127.0.0.1:{port}"],
+                r"listening on http://(\S+?)/",
+                self.output,
+                env={**os.environ, **self.env},
+                timeout=20,
+            )
+        except RuntimeError as e:
+            raise RuntimeError(f"streaming example did not start: {e}") from e
         return self
 
     def __exit__(self, *exc: object) -> None:
