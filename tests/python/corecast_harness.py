@@ -24,25 +24,30 @@ TEST_IO_MEMORY = 131072
 _used_ports: set[int] = set()
 
 
-def corecast_bin() -> Path:
-    env = os.environ.get("CORECAST_BIN")
+def find_binary(name: str, env_var: str, build_hint: str) -> Path:
+    """`$env_var` if set (relative: to the workspace root), else `name` under
+    `$CARGO_TARGET_DIR` or `target/`, release first."""
+    env = os.environ.get(env_var)
     if env:
         path = Path(env)
         if not path.is_absolute() and not path.is_file():
             path = ROOT / path
         if not path.is_file():
-            raise RuntimeError(f"CORECAST_BIN={env} does not exist")
+            raise RuntimeError(f"{env_var}={env} does not exist")
         return path
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
     if not target.is_absolute():
         target = ROOT / target
     for profile in ("release", "debug"):
-        path = target / profile / "corecast"
+        path = target / profile / name
         if path.is_file():
             return path
-    raise RuntimeError(
-        f"corecast binary not found under {target}: run "
-        "`cargo build --release -p corecast --bin corecast` or set CORECAST_BIN"
+    raise RuntimeError(f"{name} not found under {target}: run `{build_hint}` or set {env_var}")
+
+
+def corecast_bin() -> Path:
+    return find_binary(
+        "corecast", "CORECAST_BIN", "cargo build --release -p corecast --bin corecast"
     )
 
 

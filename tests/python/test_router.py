@@ -38,7 +38,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import wt_client
-from corecast_harness import ROOT
+from corecast_harness import find_binary
 
 TEST_TIMEOUT = 60.0
 STEP = 10.0
@@ -49,19 +49,10 @@ AUDIENCE = "probe-aud"
 
 
 def probe_bin() -> Path:
-    env = os.environ.get("ROUTE_PROBE_BIN")
-    if env:
-        return Path(env)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    if not target.is_absolute():
-        target = ROOT / target
-    for profile in ("release", "debug"):
-        p = target / profile / "route_probe"
-        if p.is_file():
-            return p
-    raise RuntimeError(
-        f"route_probe not found under {target}: run "
-        "`cargo build --release -p corecast-tests --bin route_probe` or set ROUTE_PROBE_BIN"
+    return find_binary(
+        "route_probe",
+        "ROUTE_PROBE_BIN",
+        "cargo build --release -p corecast-tests --bin route_probe",
     )
 
 
