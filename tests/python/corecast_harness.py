@@ -8,6 +8,8 @@ changed) and a free loopback port, and is killed (by its own PID) on exit.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import os
 import re
 import signal
@@ -49,6 +51,19 @@ def corecast_bin() -> Path:
     return find_binary(
         "corecast", "CORECAST_BIN", "cargo build --release -p corecast --bin corecast"
     )
+
+
+TEST_TIMEOUT = 60.0
+
+
+def run(fn):
+    """Run an async test to completion with an overall timeout (TEST_TIMEOUT s)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
+
+    return wrapper
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import os
 import signal
 import struct
@@ -19,20 +18,10 @@ from websockets.extensions.permessage_deflate import (
     PerMessageDeflate,
 )
 
-from corecast_harness import Server
+from corecast_harness import Server, run
 
-TEST_TIMEOUT = 60.0
 STEP = 10.0
 
-
-def run(fn):
-    """Run an async test with an overall timeout."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
-
-    return wrapper
 
 
 async def recv(ws):

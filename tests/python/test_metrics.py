@@ -6,7 +6,6 @@ traffic."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import urllib.error
 import urllib.request
@@ -15,18 +14,10 @@ from collections import defaultdict
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
-from corecast_harness import Server
+from corecast_harness import Server, run
 
-TEST_TIMEOUT = 60.0
 STEP = 10.0
 
-
-def run(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
-
-    return wrapper
 
 
 def fetch(addr: str, path: str = "/metrics", method: str = "GET"):

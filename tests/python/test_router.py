@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import json
 import os
 import signal
@@ -38,9 +37,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 import wt_client
-from corecast_harness import find_binary
+from corecast_harness import find_binary, run
 
-TEST_TIMEOUT = 60.0
 STEP = 10.0
 API_KEY = "probe-api-key"
 SECRET = "route-probe-secret-0123456789abcdef"  # HS256, 32+ bytes
@@ -215,13 +213,6 @@ def fresh_probe():
     finally:
         p.stop()
 
-
-def run(fn):
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
-
-    return wrapper
 
 
 async def recv_json(ws, timeout: float = STEP) -> dict:

@@ -6,7 +6,6 @@ by `stream.end` and by the broadcaster going away, and `GET /dev/token`."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import os
 import re
@@ -22,10 +21,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from corecast_harness import ROOT, free_port, spawn_and_wait
+from corecast_harness import ROOT, free_port, spawn_and_wait, run
 
 SECRET = "pytest-streaming-secret-5f0c2a-" + "0123456789abcdef" * 3
-TEST_TIMEOUT = 60.0
 STEP = 5.0
 
 
@@ -98,15 +96,6 @@ def example():
     with Example() as ex:
         yield ex
 
-
-def run(fn):
-    """Run an async test with an overall timeout."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return asyncio.run(asyncio.wait_for(fn(*args, **kwargs), TEST_TIMEOUT))
-
-    return wrapper
 
 
 def token(name: str | None = "ada", *, ttl: float = 600, secret: str = SECRET, **claims) -> str:
