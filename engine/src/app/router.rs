@@ -564,8 +564,8 @@ impl Router {
         };
         let route = self.routes.get(&action);
         let (handler, stats) = match (route, &self.default) {
-            (Some(r), _) => (r.handler.clone(), &r.stats),
-            (None, Some(d)) => (d.clone(), &self.default_stats),
+            (Some(r), _) => (&r.handler, &r.stats),
+            (None, Some(d)) => (d, &self.default_stats),
             (None, None) => {
                 let c = self.unrouted_stats.shard(shard);
                 c.calls.fetch_add(1, Ordering::Relaxed);
