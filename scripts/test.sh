@@ -11,7 +11,8 @@
 #   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
 #   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume,
 #                                   WebTransport)
-#   7. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json
+#   7. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json, strict,
+#                                   compression on (1-13) and off (1-10)
 # Stages 4-7 all run even if one fails; the summary at the end lists each.
 # Environment: TEST_THREADS (default 4) for cargo test; AUTOBAHN_FULL=1 runs
 # every Autobahn case instead of the CI selection; SKIP_LINT=1 skips fmt and
@@ -92,12 +93,12 @@ count_node() {
   FAILED_TESTS=$((FAILED_TESTS + ${f:-0} + ${c:-0}))
 }
 count_autobahn() {
-  local line p f
-  line=$(grep -E '^autobahn: [0-9]+ passed, [0-9]+ failed$' "$1" | tail -1 || true)
-  p=$(awk '{print $2}' <<<"$line")
-  f=$(awk '{print $4}' <<<"$line")
-  PASSED_TESTS=$((PASSED_TESTS + ${p:-0}))
-  FAILED_TESTS=$((FAILED_TESTS + ${f:-0}))
+  # One summary line per pass (compression on, compression off).
+  local p f
+  p=$(grep -E '^autobahn: [0-9]+ passed, [0-9]+ failed$' "$1" | awk '{s+=$2} END {print s+0}')
+  f=$(grep -E '^autobahn: [0-9]+ passed, [0-9]+ failed$' "$1" | awk '{s+=$4} END {print s+0}')
+  PASSED_TESTS=$((PASSED_TESTS + p))
+  FAILED_TESTS=$((FAILED_TESTS + f))
 }
 
 # --- fast-fail stages --------------------------------------------------------

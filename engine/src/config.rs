@@ -484,6 +484,11 @@ pub struct RuntimeConfig {
     /// Messages a shard's inbox holds before senders see it as full.
     #[serde(default = "defaults::mesh_capacity")]
     pub mesh_capacity: usize,
+    /// Messages a shard holds, per destination shard, while that shard's inbox is
+    /// full; they are sent in order as it frees up. Past this, publishes to rooms
+    /// that shard owns are refused and deliveries to it are lost (`mesh_overflows`).
+    #[serde(default = "defaults::mesh_capacity")]
+    pub mesh_outbox: usize,
     /// Hold write-ready connections up to this long before writing, so more frames
     /// share each send(): less CPU per delivery at a fixed rate, more latency.
     /// 0 writes as soon as frames are queued.
@@ -497,6 +502,7 @@ impl Default for RuntimeConfig {
             io_memory: defaults::io_memory(),
             ring_depth: defaults::ring_depth(),
             mesh_capacity: defaults::mesh_capacity(),
+            mesh_outbox: defaults::mesh_capacity(),
             flush_delay: defaults::flush_delay(),
         }
     }
@@ -704,6 +710,7 @@ impl Config {
             ("websocket.outbound_queue_bytes", ws.outbound_queue_bytes),
             ("runtime.ring_depth", self.runtime.ring_depth),
             ("runtime.mesh_capacity", self.runtime.mesh_capacity),
+            ("runtime.mesh_outbox", self.runtime.mesh_outbox),
         ];
         for (key, v) in positive {
             if v == 0 {

@@ -97,8 +97,18 @@ const FAMILIES: &[Family] = &[
     ),
     counter(
         "corecast_mesh_overflows_total",
-        "Cross-shard messages dropped because the target shard's inbox was full.",
+        "Cross-shard messages lost or refused: the target shard's inbox and this shard's outbox for it were both full.",
         |s| &s.mesh_overflows,
+    ),
+    counter(
+        "corecast_mesh_deferred_total",
+        "Cross-shard messages that found the target inbox full and waited in order in the sender's outbox.",
+        |s| &s.mesh_deferred,
+    ),
+    gauge(
+        "corecast_mesh_outbox_messages",
+        "Cross-shard messages waiting in this shard's outboxes for a full inbox.",
+        |s| &s.mesh_outbox_len,
     ),
     counter(
         "corecast_handler_panics_total",

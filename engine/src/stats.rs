@@ -101,6 +101,11 @@ pub struct ShardStats {
     pub slow_consumers: AtomicU64,
     /// Cross-shard messages refused because the target inbox was full.
     pub mesh_overflows: AtomicU64,
+    /// Cross-shard messages that found the target inbox full and waited, in order, in
+    /// the sending shard's outbox (not lost).
+    pub mesh_deferred: AtomicU64,
+    /// Messages waiting in this shard's outboxes right now (a gauge).
+    pub mesh_outbox_len: AtomicU64,
     /// Handlers that panicked (their connection was closed with 1011).
     pub handler_panics: AtomicU64,
     /// Route handlers that returned an internal error (connection closed 1011).
@@ -181,7 +186,7 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "{{\"shards\":{},\"connections\":{},\"connections_per_shard\":[{}],\"accepted\":{},",
             "\"messages_in\":{},\"broadcasts\":{},\"deliveries\":{},\"frames_written\":{},",
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
-            "\"slow_consumers\":{},\"mesh_overflows\":{},\"handler_panics\":{},",
+            "\"slow_consumers\":{},\"mesh_overflows\":{},\"mesh_deferred\":{},\"handler_panics\":{},",
             "\"handler_errors\":{},\"connect_rejected\":{},\"idle_timeouts\":{},\"send_to_missed\":{},",
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
             "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
@@ -200,6 +205,7 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         ratio(frames, writes),
         sum(|s| &s.slow_consumers),
         sum(|s| &s.mesh_overflows),
+        sum(|s| &s.mesh_deferred),
         sum(|s| &s.handler_panics),
         sum(|s| &s.handler_errors),
         sum(|s| &s.connect_rejected),

@@ -3,7 +3,9 @@
 # kosoku (PyPI; a Rust runner for the Autobahn testsuite case files, no Docker).
 #
 #   tests/autobahn/run.sh            CI selection: all cases minus CI_EXCLUDE
-#                                    (empty: the full suite takes ~3 min)
+#                                    (empty: the full suite takes ~3 min), with
+#                                    compression on, then cases 1-10 with it off
+#   tests/autobahn/run.sh --compression off   one pass only
 #   tests/autobahn/run.sh --full     every case, 1.* .. 13.*
 #   tests/autobahn/run.sh --update   re-record tests/autobahn/expected.json
 #                                    (combine with --full; review the diff!)
@@ -55,4 +57,15 @@ if [ -z "${CORECAST_BIN:-}" ]; then
 fi
 export CORECAST_BIN
 
-exec "$VENV_PY" "$ROOT/tests/autobahn/autobahn.py" "${ARGS[@]+"${ARGS[@]}"}"
+# Two passes, both strict: compression on (cases 1-13) and off (1-10; 12/13 need
+# permessage-deflate). --compression in ARGS runs only that pass.
+if printf '%s\n' "${ARGS[@]+"${ARGS[@]}"}" | grep -q -- '--compression'; then
+  exec "$VENV_PY" "$ROOT/tests/autobahn/autobahn.py" "${ARGS[@]+"${ARGS[@]}"}"
+fi
+rc=0
+"$VENV_PY" "$ROOT/tests/autobahn/autobahn.py" --compression on "${ARGS[@]+"${ARGS[@]}"}" || rc=1
+if printf '%s\n' "${ARGS[@]+"${ARGS[@]}"}" | grep -q -- '--update'; then
+  exit "$rc" # expected.json is recorded from the compression-on pass
+fi
+"$VENV_PY" "$ROOT/tests/autobahn/autobahn.py" --compression off "${ARGS[@]+"${ARGS[@]}"}" || rc=1
+exit "$rc"

@@ -422,6 +422,28 @@ impl WsConn {
         self.send_bytes(&frame.encode(None)).await
     }
 
+    /// Drops the connection with a TCP reset (SO_LINGER 0) instead of a FIN, as a
+    /// crashed host or a killed process behind a middlebox looks.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: a valid socket fd owned by `self.stream` and a correctly sized
+        // `linger` value; a zero linger never blocks on close.
+        unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            );
+        }
+        drop(self.stream);
+    }
+
     /// Writes raw bytes.
     pub async fn send_bytes(&mut self, bytes: &[u8]) -> io::Result<()> {
         match tokio::time::timeout(STEP_TIMEOUT, self.stream.write_all(bytes)).await {

@@ -9,6 +9,7 @@ pub(crate) mod conn;
 pub(crate) mod driver;
 pub(crate) mod fanout;
 pub(crate) mod notify;
+pub(crate) mod outbox;
 pub(crate) mod pending;
 pub(crate) mod presence;
 pub(crate) mod quic;

@@ -36,6 +36,10 @@ impl Shard {
             if conn.read_done.get() || conn.state() == ConnState::Done {
                 return;
             }
+            if self.quiescing.get() {
+                // Shutdown barrier: no new input; the drain schedules a read again.
+                return;
+            }
             if let Some(inbox) = conn.task_inbox() {
                 if inbox.messages.borrow().len() >= TASK_INBOX_CAP {
                     // Resumed by the handler's recv() (back-pressure, no unbounded inbox).

@@ -15,7 +15,7 @@ use corecast_shards::room::{Change, InterestTable, RoomTable};
 use corecast_shards::{owner_of, ConnId, ConnSlab, Inbox, MeshSender, Position, Replay};
 
 use super::conn::{Conn, ConnState};
-use super::driver::{self, Ready, WRITE};
+use super::driver::{self, Ready, READ, WRITE};
 use super::fanout::Encodings;
 use super::notify::LocalNotify;
 use super::pending::{Pending, RoomCounts};
@@ -136,6 +136,9 @@ pub(crate) enum ShardMsg {
     },
     /// Look at the shutdown flag.
     Shutdown,
+    /// Shutdown barrier marker (see [`Shard::run_inbox`]): the sender has stopped
+    /// taking client input and, for round 1, has handled every marker of round 0.
+    Quiesced { round: u8 },
 }
 
 /// A room member on this shard: a TCP connection (WebSocket, SSE) or a
@@ -202,6 +205,12 @@ pub(crate) struct Shard {
     pub(crate) clock: Cell<u32>,
     /// As owner of presence-enabled rooms: their members.
     pub(crate) presence: RefCell<super::presence::PresenceTable>,
+    /// Messages for shards whose inbox is full, in order (bounded).
+    outbox: Rc<super::outbox::Outbox>,
+    /// Shutdown has begun: client input is no longer read (until the drain).
+    pub(crate) quiescing: Cell<bool>,
+    /// `Quiesced` markers received per round.
+    quiesced: [Cell<usize>; 2],
 }
 
 impl Shard {
@@ -209,7 +218,7 @@ impl Shard {
         let stats = shared.stats[id].clone();
         Self {
             id,
-            stats,
+            stats: stats.clone(),
             rooms: RefCell::new(RoomTable::default()),
             interest: RefCell::new(InterestTable::new(shared.epoch_base)),
             pending: Pending::default(),
@@ -227,6 +236,13 @@ impl Shard {
             wt_sessions: RefCell::new(ConnSlab::with_slot_base(id as u16, WT_SLOT_BASE)),
             presence: RefCell::new(Default::default()),
             clock: Cell::new(0),
+            outbox: Rc::new(super::outbox::Outbox::new(
+                shared.senders.clone(),
+                shared.config.runtime.mesh_outbox,
+                stats.clone(),
+            )),
+            quiescing: Cell::new(false),
+            quiesced: [Cell::new(0), Cell::new(0)],
             shared,
         }
     }
@@ -310,15 +326,52 @@ impl Shard {
     }
 
     /// Serve the inbox until shutdown, then drain connections.
+    ///
+    /// Shutdown is a two-round barrier over the mesh so that a message sequenced before
+    /// it reaches every member, not only the owner's: each shard stops reading client
+    /// input and sends a round-0 marker to every other shard; a shard that has handled
+    /// all round-0 markers sends round 1. Inboxes and outboxes are FIFO per sender, so
+    /// once a shard has every round-1 marker, every publish made before the shutdown
+    /// (one hop to the owner) and its deliveries (one more hop) have been handled here.
+    /// Only then are connections flushed and closed with 1001. A shard that cannot
+    /// finish the barrier (a marker lost to a full outbox) gives up after half the
+    /// drain timeout.
     pub(crate) async fn run_inbox(self: Rc<Self>, inbox: Inbox<ShardMsg>) {
         let mut inbox = inbox.attach();
         let mut batch = Vec::with_capacity(256);
+        let mut give_up: Option<std::time::Instant> = None;
         loop {
-            if self.shared.is_shutting_down() {
+            if self.shared.is_shutting_down() && !self.quiescing.get() {
+                self.begin_quiesce();
+                let half = self.shared.config.shutdown.drain_timeout_ms / 2;
+                give_up = Some(std::time::Instant::now() + Duration::from_millis(half));
+            }
+            if self.quiescing.get() && self.quiesced[1].get() + 1 >= self.senders().len() {
                 break;
             }
-            if inbox.recv_batch(&mut batch, 256).await.is_err() {
-                break;
+            let received = match give_up {
+                None => inbox.recv_batch(&mut batch, 256).await.map(Some),
+                Some(at) => {
+                    futures_lite::future::or(
+                        async { inbox.recv_batch(&mut batch, 256).await.map(Some) },
+                        async {
+                            glommio::timer::sleep(
+                                at.saturating_duration_since(std::time::Instant::now()),
+                            )
+                            .await;
+                            Ok(None)
+                        },
+                    )
+                    .await
+                }
+            };
+            match received {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    tracing::warn!(shard = self.id, "shutdown barrier timed out; draining");
+                    break;
+                }
+                Err(_) => break,
             }
             for msg in batch.drain(..) {
                 self.handle(msg);
@@ -326,6 +379,32 @@ impl Shard {
             glommio::yield_if_needed().await;
         }
         self.drain().await;
+    }
+
+    /// Stop taking client input and tell every other shard (round 0 of the barrier).
+    fn begin_quiesce(self: &Rc<Self>) {
+        self.quiescing.set(true);
+        // Stops the accept loops and refuses new requests and sessions.
+        self.draining.fire();
+        for s in 0..self.senders().len() {
+            if s != self.id {
+                self.send_reliable(s, ShardMsg::Quiesced { round: 0 });
+            }
+        }
+        self.maybe_quiesce_round_1();
+    }
+
+    /// Once every round-0 marker is in (and this shard quiesced): round 1.
+    fn maybe_quiesce_round_1(self: &Rc<Self>) {
+        if self.quiescing.get() && self.quiesced[0].get() + 1 == self.senders().len() {
+            // Count past the total so this runs once.
+            self.quiesced[0].set(usize::MAX - 1);
+            for s in 0..self.senders().len() {
+                if s != self.id {
+                    self.send_reliable(s, ShardMsg::Quiesced { round: 1 });
+                }
+            }
+        }
     }
 
     fn handle(self: &Rc<Self>, msg: ShardMsg) {
@@ -435,30 +514,31 @@ impl Shard {
                 self.pending.presence_reply(token, members)
             }
             ShardMsg::Shutdown => {}
+            ShardMsg::Quiesced { round } => {
+                let seen = &self.quiesced[usize::from(round.min(1))];
+                seen.set(seen.get().saturating_add(1));
+                self.maybe_quiesce_round_1();
+            }
         }
     }
 
-    /// Send to `shard` (itself included, handled inline) without losing the message:
-    /// a full inbox is retried from a task. For control messages (interest, replay,
-    /// acks) whose loss would break a guarantee; broadcasts use plain `send`.
+    /// Send to `shard` (itself included, handled inline) in order with everything
+    /// else this shard sent it: a full inbox queues the message in the outbox (see
+    /// [`super::outbox`]). For control messages (interest, replay, acks, presence)
+    /// whose loss would break a guarantee; only a shard so far behind that its outbox
+    /// is full too loses one, counted in `mesh_overflows` and logged.
     pub(crate) fn send_reliable(self: &Rc<Self>, shard: usize, msg: ShardMsg) {
         if shard == self.id {
             self.handle(msg);
             return;
         }
-        if let Err(msg) = self.senders()[shard].send(msg) {
-            let sender = self.senders()[shard].clone();
-            glommio::spawn_local(async move {
-                let mut msg = msg;
-                loop {
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
-                    match sender.send(msg) {
-                        Ok(()) => break,
-                        Err(m) => msg = m,
-                    }
-                }
-            })
-            .detach();
+        if self.outbox.send(shard, msg).is_err() {
+            ShardStats::add(&self.stats.mesh_overflows, 1);
+            tracing::error!(
+                shard = self.id,
+                to = shard,
+                "cross-shard control message lost: the target shard's inbox and outbox are full"
+            );
         }
     }
 
@@ -479,13 +559,16 @@ impl Shard {
             self.sequence(room, msg, except);
             return Ok(());
         }
-        self.senders()[owner]
-            .send(ShardMsg::Publish {
-                room: Arc::from(room),
-                msg,
-                ack: None,
-                except,
-            })
+        self.outbox
+            .send(
+                owner,
+                ShardMsg::Publish {
+                    room: Arc::from(room),
+                    msg,
+                    ack: None,
+                    except,
+                },
+            )
             .map_err(|_| {
                 ShardStats::add(&self.stats.mesh_overflows, 1);
                 BroadcastError::Overloaded
@@ -520,15 +603,18 @@ impl Shard {
             return Ok(self.sequence(room, msg, None));
         }
         let (token, slot) = self.pending.new_ack();
-        let sent = self.senders()[owner].send(ShardMsg::Publish {
-            room: Arc::from(room),
-            msg,
-            ack: Some(AckTo {
-                shard: self.id,
-                token,
-            }),
-            except: None,
-        });
+        let sent = self.outbox.send(
+            owner,
+            ShardMsg::Publish {
+                room: Arc::from(room),
+                msg,
+                ack: Some(AckTo {
+                    shard: self.id,
+                    token,
+                }),
+                except: None,
+            },
+        );
         if sent.is_err() {
             self.pending.forget(token);
             ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -561,13 +647,16 @@ impl Shard {
             if s == self.id {
                 self.deliver(&room, pos, &msg, except, published);
             } else {
-                let sent = self.senders()[s].send(ShardMsg::Deliver {
-                    room: room.clone(),
-                    pos,
-                    msg: msg.clone(),
-                    except,
-                    published,
-                });
+                let sent = self.outbox.send(
+                    s,
+                    ShardMsg::Deliver {
+                        room: room.clone(),
+                        pos,
+                        msg: msg.clone(),
+                        except,
+                        published,
+                    },
+                );
                 if sent.is_err() {
                     ShardStats::add(&self.stats.mesh_overflows, 1);
                 }
@@ -1002,9 +1091,13 @@ impl Shard {
     async fn drain_tcp(self: &Rc<Self>) {
         self.drain_started.set(true);
         self.draining.fire();
+        // Reading resumes (it stopped while quiescing) for the clients' close replies;
+        // data they send after our close frame is ignored.
+        self.quiescing.set(false);
         let conns: Vec<Rc<Conn>> = self.conns.borrow().iter().cloned().collect();
         for c in &conns {
             self.close(c, close::GOING_AWAY, "server shutting down");
+            self.schedule(c, READ);
         }
         if self.conns.borrow().is_empty() {
             return;
