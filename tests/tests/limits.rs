@@ -586,10 +586,22 @@ async fn sse_origin_allow_list_answers_403_cors_and_preflight() {
     let (r, _) = request_from(
         localhost(),
         addr,
-        &sse_request("OPTIONS", Some("https://evil.example"), &[]),
+        &sse_request(
+            "OPTIONS",
+            Some("https://evil.example"),
+            &["Access-Control-Request-Method: GET"],
+        ),
     )
     .await;
     assert_eq!(r.status, 403, "{r:?}");
+    // OPTIONS that is not a preflight is still 405.
+    let (r, _) = request_from(
+        localhost(),
+        addr,
+        &sse_request("OPTIONS", Some("https://good.example"), &[]),
+    )
+    .await;
+    assert_eq!(r.status, 405, "{r:?}");
     // No Origin: a same-origin or non-browser client, no CORS headers.
     let (r, _s2) = request_from(localhost(), addr, &sse_request("GET", None, &[])).await;
     assert_eq!(r.status, 200, "{r:?}");

@@ -289,7 +289,11 @@ async fn route(
         }
         _ => None,
     };
-    if endpoint.transport == EndpointTransport::Sse && req.method == "OPTIONS" {
+    // A CORS preflight (with an allow-list to answer from); other OPTIONS get 405.
+    if cors.is_some()
+        && req.method == "OPTIONS"
+        && req.header("access-control-request-method").is_some()
+    {
         let _ = stream.write_all(&sse_cors_preflight(cors)).await;
         return;
     }
