@@ -626,3 +626,59 @@ async fn sse_wildcard_origin_is_reflected_without_credentials() {
     );
     assert_eq!(r.header("access-control-allow-credentials"), None);
 }
+
+/// `websocket.idle_timeout` T: a silent connection is pinged after T and dropped
+/// after 2T; one that answers the ping stays.
+#[tokio::test]
+async fn idle_connections_are_pinged_then_dropped_unless_they_answer() {
+    let server =
+        Server::start_with(ServerOptions::default().set("websocket.idle_timeout", "2s")).await;
+    let addr = server.addr();
+    let started = Instant::now();
+    let mut silent = WsConn::connect(addr, "/ws/echo").await;
+    let mut alive = WsConn::connect(addr, "/ws/echo").await;
+    let answer = tokio::spawn(async move {
+        // Answer every ping for 7 s, then show the connection still echoes.
+        let until = Instant::now() + Duration::from_secs(7);
+        let mut pings = 0;
+        while let Ok(Ok(Some(f))) = tokio::time::timeout_at(until.into(), alive.read_frame()).await
+        {
+            assert_eq!(f.opcode, raw::OP_PING, "{f:?}");
+            pings += 1;
+            alive
+                .send(&Frame::new(raw::OP_PONG, f.payload))
+                .await
+                .unwrap();
+        }
+        alive.send(&Frame::text("alive")).await.unwrap();
+        let (_, _, p) = alive.recv_message().await;
+        assert_eq!(p, b"alive");
+        pings
+    });
+    let ping = within(Duration::from_secs(5), "idle ping", silent.read_frame())
+        .await
+        .expect("read")
+        .expect("a frame");
+    assert_eq!(ping.opcode, raw::OP_PING, "{ping:?}");
+    let pinged_after = started.elapsed();
+    assert!(
+        pinged_after >= Duration::from_millis(1900),
+        "pinged after {pinged_after:?}, before idle_timeout"
+    );
+    // Not answered: the connection is dropped (no close frame) by 2T and a sweep.
+    // (Pinged again on every sweep meanwhile.)
+    within(Duration::from_secs(6), "idle drop", async {
+        while let Ok(Some(f)) = silent.read_frame().await {
+            assert_eq!(f.opcode, raw::OP_PING, "only pings until the drop: {f:?}");
+        }
+    })
+    .await;
+    let dropped_after = started.elapsed();
+    assert!(
+        dropped_after >= Duration::from_millis(3900),
+        "dropped after {dropped_after:?}, before 2 x idle_timeout"
+    );
+    let pings = answer.await.expect("answering client");
+    assert!(pings >= 1, "the answering client was never pinged");
+    assert_eq!(stat(&server.stats().await, "idle_timeouts"), 1);
+}
