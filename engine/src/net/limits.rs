@@ -224,15 +224,30 @@ impl TokenBucket {
 
 impl Shard {
     /// Answer a ping, unless `websocket.max_pending_pongs` pongs are still unwritten
-    /// (a client flooding pings without reading gets no more until it reads).
+    /// (a client flooding pings without reading gets no more until it reads). A
+    /// pong into an empty queue is not tracked (no allocation for keepalive
+    /// pings), so the bound is `max_pending_pongs + 1`.
     pub(crate) fn answer_ping(&self, conn: &Conn, payload: &[u8]) {
         let max = self.shared.config.websocket.max_pending_pongs;
+        let pong = frame::encode(frame::OpCode::Pong, false, payload);
+        if conn.queue.borrow().is_empty() {
+            // Nothing queued, so no pong is pending: the usual keepalive ping needs
+            // no bookkeeping (and no allocation) until pongs start to pile up.
+            if let Some(l) = conn.limits.get() {
+                l.pongs.set(0);
+            }
+            if conn.enqueue(pong, &self.stats).is_ok() {
+                self.schedule(conn, WRITE);
+            }
+            return;
+        }
+        // From here pongs are counted; an untracked one queued into an empty queue
+        // may still be pending, so at most `max + 1` are.
         let l = conn.limits.get_or_init(Box::default);
         if usize::from(l.pongs.get()) >= max {
             ShardStats::add(&self.stats.pongs_skipped, 1);
             return;
         }
-        let pong = frame::encode(frame::OpCode::Pong, false, payload);
         if conn.enqueue(pong, &self.stats).is_ok() {
             l.pongs.set(l.pongs.get() + 1);
             l.pong_end.set(conn.queue.borrow().len_bytes());
