@@ -271,7 +271,8 @@ async fn per_address_cap_answers_503_and_other_addresses_still_connect() {
         assert_eq!(r.status, 503, "{r:?}");
         assert_eq!(r.header("retry-after"), Some("1"), "{r:?}");
         assert!(
-            r.body_text().contains("limits.max_connections_per_ip"),
+            r.body_text()
+                .contains("connection limit reached: limits.max_connections_per_ip"),
             "{r:?}"
         );
     }

@@ -58,18 +58,14 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let Some(admission) = admit_connection(&shard, &stream) else {
-        refuse(
-            stream,
-            http::response(
-                503,
-                "Service Unavailable",
-                &[("Retry-After", "1")],
-                "connection limit reached (limits.max_connections_per_shard or limits.max_connections_per_ip)",
-            ),
-        )
-        .await;
-        return;
+    let admission = match admit_connection(&shard, &stream) {
+        Ok(a) => a,
+        Err(limit) => {
+            let body = format!("connection limit reached: {limit}");
+            let resp = http::response(503, "Service Unavailable", &[("Retry-After", "1")], &body);
+            refuse(stream, resp).await;
+            return;
+        }
     };
     let stream = std::cell::RefCell::new(stream);
     let mut pending = BytesMut::new();
@@ -95,30 +91,33 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     route(shard, stream, req, pending, admission).await;
 }
 
-/// Count a new connection against the shard's and its address's caps; `None`:
-/// over one of them (counted; the caller answers 503).
-fn admit_connection(shard: &Shard, stream: &TcpStream) -> Option<Admission> {
+/// Count a new connection against the shard's and its address's caps; `Err`:
+/// over one of them, named (counted; the caller answers 503).
+fn admit_connection(shard: &Shard, stream: &TcpStream) -> Result<Admission, &'static str> {
     use std::sync::atomic::Ordering::Relaxed;
     let limits = &shard.shared.config.limits;
     let live = shard.stats.connections.load(Relaxed) + shard.stats.handshaking.load(Relaxed);
     if live >= limits.max_connections_per_shard as u64 {
         ShardStats::add(&shard.stats.shard_limit_rejected, 1);
-        return None;
+        return Err("limits.max_connections_per_shard");
     }
     let ip = match &shard.shared.ip_table {
         None => None,
         Some(table) => {
-            let addr = stream.peer_addr().ok()?;
-            match table.try_acquire(addr.ip()) {
+            let ip = stream
+                .peer_addr()
+                .map_err(|_| "limits.max_connections_per_ip (no peer address)")?
+                .ip();
+            match table.try_acquire(ip) {
                 Some(slot) => Some(slot),
                 None => {
                     ShardStats::add(&shard.stats.ip_limit_rejected, 1);
-                    return None;
+                    return Err("limits.max_connections_per_ip");
                 }
             }
         }
     };
-    Some(Admission {
+    Ok(Admission {
         handshaking: Handshaking::new(&shard.stats),
         ip,
     })
