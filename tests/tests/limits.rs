@@ -683,3 +683,39 @@ async fn idle_connections_are_pinged_then_dropped_unless_they_answer() {
     assert!(pings >= 1, "the answering client was never pinged");
     assert_eq!(stat(&server.stats().await, "idle_timeouts"), 1);
 }
+
+/// The origin check comes before `$connect` and middleware: on an endpoint that
+/// requires a token, a disallowed origin gets 403 (not the middleware's 401) and
+/// the auth middleware never counts a failure; an allowed one reaches it (401).
+#[tokio::test]
+async fn origin_is_checked_before_connect_middleware() {
+    let server = Server::start_with(
+        ServerOptions::default()
+            .set("websocket.allowed_origins", "[\"https://good.example\"]")
+            .replace(
+                "    - path: /ws/chat\n      kind: rooms\n",
+                "    - path: /ws/chat\n      kind: rooms\n      auth: true\n",
+            )
+            .append("\nauth:\n  algorithm: HS256\n  secret: limits-test-secret\n"),
+    )
+    .await;
+    let addr = server.addr();
+    let req = |origin: &str| {
+        upgrade_request(
+            addr,
+            "/ws/chat?room=a",
+            &new_key(),
+            &[&format!("Origin: {origin}")],
+        )
+    };
+    let resp = raw::http_request(addr, &req("https://evil.example")).await;
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(resp.body_text().contains("origin"), "{resp:?}");
+    let stats = server.stats().await;
+    assert_eq!(stat(&stats, "connect_rejected"), 0, "{stats}");
+    let resp = raw::http_request(addr, &req("https://good.example")).await;
+    assert_eq!(resp.status, 401, "{resp:?}");
+    let stats = server.stats().await;
+    assert_eq!(stat(&stats, "connect_rejected"), 1, "{stats}");
+    assert_eq!(stat(&stats, "origin_rejected"), 1, "{stats}");
+}
