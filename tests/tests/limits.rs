@@ -719,3 +719,32 @@ async fn origin_is_checked_before_connect_middleware() {
     assert_eq!(stat(&stats, "connect_rejected"), 1, "{stats}");
     assert_eq!(stat(&stats, "origin_rejected"), 1, "{stats}");
 }
+
+/// What an incomplete (fragmented) message may hold is bounded by
+/// `websocket.max_message_size`: the fragment that would cross it closes 1009
+/// without the message ever completing.
+#[tokio::test]
+async fn incomplete_message_over_max_message_size_closes_1009() {
+    let server = Server::start_with(
+        ServerOptions::default()
+            .set("websocket.max_message_size", "4096")
+            .set("websocket.max_frame_size", "4096"),
+    )
+    .await;
+    let mut ws = WsConn::connect(server.addr(), "/ws/echo").await;
+    ws.send(&Frame::binary(vec![1u8; 3000]).fin(false))
+        .await
+        .unwrap();
+    ws.send(&Frame::cont(vec![2u8; 1096]).fin(false))
+        .await
+        .unwrap();
+    // 4096 bytes held: at the limit, still open (a ping is answered).
+    ws.send(&Frame::ping(b"p".to_vec())).await.unwrap();
+    let pong = ws.recv().await;
+    assert_eq!(pong.opcode, raw::OP_PONG, "{pong:?}");
+    // One more byte, no FIN: 1009 at once.
+    ws.send(&Frame::cont(vec![3u8; 1]).fin(false))
+        .await
+        .unwrap();
+    ws.expect_close_code(1009).await;
+}

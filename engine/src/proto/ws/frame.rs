@@ -317,15 +317,20 @@ impl Decoder {
             return Err(err(close::MESSAGE_TOO_BIG, "frame too big"));
         }
         let payload_len = payload_len as usize;
-        if let Some(p) = &self.partial {
-            if opcode == OpCode::Continuation && p.frames >= self.max_fragments {
-                return Err(err(close::MESSAGE_TOO_BIG, "too many fragments"));
+        match &self.partial {
+            // Control frames between fragments are not part of the message.
+            Some(p) if opcode == OpCode::Continuation => {
+                if p.frames >= self.max_fragments {
+                    return Err(err(close::MESSAGE_TOO_BIG, "too many fragments"));
+                }
+                if p.data.len() + payload_len > self.max_message as usize {
+                    return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
+                }
             }
-            if p.data.len() + payload_len > self.max_message as usize {
+            _ if payload_len > self.max_message as usize => {
                 return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
             }
-        } else if payload_len > self.max_message as usize {
-            return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
+            _ => {}
         }
         let header_len = 2 + len_bytes + 4;
         if buf.len() < header_len {
@@ -742,6 +747,24 @@ mod tests {
             raw.extend(encode_masked(OpCode::Continuation, true, false, b"y", MASK));
             assert_eq!(decode_all(&mut d, &raw).unwrap().len(), 1);
         }
+    }
+
+    #[test]
+    fn control_frames_between_fragments_do_not_count_toward_the_message() {
+        // 2000 bytes held (the limit), then a ping: answered, not 1009.
+        let mut raw = encode_masked(OpCode::Binary, false, false, &[1; 1000], MASK);
+        raw.extend(encode_masked(
+            OpCode::Continuation,
+            false,
+            false,
+            &[2; 1000],
+            MASK,
+        ));
+        raw.extend(encode_masked(OpCode::Ping, true, false, b"p", MASK));
+        raw.extend(encode_masked(OpCode::Continuation, true, false, b"", MASK));
+        let got = decode_all(&mut decoder(), &raw).unwrap();
+        assert_eq!(got[0], Incoming::Ping(Bytes::from_static(b"p")));
+        assert!(matches!(&got[1], Incoming::Binary(b) if b.len() == 2000));
     }
 
     #[test]
