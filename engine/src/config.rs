@@ -67,6 +67,86 @@ pub struct Config {
     /// Logs and traces (read by [`crate::logging::init`]).
     #[serde(default)]
     pub log: LogConfig,
+    /// Connection and request-head limits (docs/LIMITS.md).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// Connection and request-head limits for the TCP listener (WebSocket, SSE, HTTP).
+/// Every refusal is answered (431/400/503) and counted; see docs/LIMITS.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request head (request line + headers), bytes; 431 beyond it.
+    #[serde(default = "defaults::max_request_head_bytes")]
+    pub max_request_head_bytes: usize,
+    /// Most header lines in a request head; 431 beyond it.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// A connection that has not sent its complete request head this long after
+    /// being accepted is dropped (slowloris).
+    #[serde(default = "defaults::handshake_timeout")]
+    pub handshake_timeout: ConfigDuration,
+    /// TCP connections one shard holds at once: open WebSocket/SSE connections plus
+    /// those still sending their request head. More get 503 with `Retry-After`.
+    #[serde(default = "defaults::max_connections_per_shard")]
+    pub max_connections_per_shard: usize,
+    /// TCP connections one source IP address may hold at once across all shards
+    /// (503 with `Retry-After` beyond it); 0: no per-address limit.
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_head_bytes: defaults::max_request_head_bytes(),
+            max_headers: defaults::max_headers(),
+            handshake_timeout: defaults::handshake_timeout(),
+            max_connections_per_shard: defaults::max_connections_per_shard(),
+            max_connections_per_ip: 0,
+        }
+    }
+}
+
+/// What a connection over its inbound rate limit gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAction {
+    /// Drop the message and send an error frame
+    /// `{"type":"error","error":"rate_limited",...}`; the connection stays open.
+    #[default]
+    Error,
+    /// Close the connection with 1008 `rate limit`.
+    Close,
+}
+
+/// A per-connection inbound rate limit on WebSocket data messages (token buckets).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Data messages per second a connection may send (0: no message limit).
+    #[serde(default)]
+    pub messages_per_second: u32,
+    /// Payload bytes per second a connection may send (0: no byte limit).
+    #[serde(default)]
+    pub bytes_per_second: u64,
+    /// How much may be sent at once: each bucket holds `rate x burst`.
+    #[serde(default = "defaults::burst")]
+    pub burst: ConfigDuration,
+    /// `error` (drop the message, send an error frame) or `close` (1008).
+    #[serde(default)]
+    pub action: RateLimitAction,
+}
+
+/// Whether a request's `Origin` passes an allow-list: exact match or `"*"`; an empty
+/// list allows any, and a request without `Origin` (not a browser page) is allowed.
+/// WebSocket, SSE and WebTransport all use this one rule.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        Some(o) if !allowed.is_empty() => allowed.iter().any(|a| a == "*" || a == o),
+        _ => true,
+    }
 }
 
 /// How log lines are written.
@@ -223,12 +303,7 @@ impl WebTransportConfig {
     /// Whether `origin` may open a session (a request without one is allowed: it
     /// is not a browser page).
     pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
-        match origin {
-            Some(o) if !self.allowed_origins.is_empty() => {
-                self.allowed_origins.iter().any(|a| a == "*" || a == o)
-            }
-            _ => true,
-        }
+        origin_allowed(&self.allowed_origins, origin)
     }
 }
 
@@ -392,6 +467,10 @@ pub struct SseConfig {
     /// (0: don't send one).
     #[serde(default = "defaults::retry_ms")]
     pub retry_ms: u32,
+    /// Allowed `Origin` values (exact match, `"*"` for any); empty allows any.
+    /// Others get 403; allowed ones are reflected in `Access-Control-Allow-Origin`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Built-in room-stream endpoints.
     #[serde(default)]
     pub endpoints: Vec<SseEndpointConfig>,
@@ -402,6 +481,7 @@ impl Default for SseConfig {
         Self {
             keep_alive_interval: defaults::keep_alive(),
             retry_ms: defaults::retry_ms(),
+            allowed_origins: Vec::new(),
             endpoints: Vec::new(),
         }
     }
@@ -559,6 +639,23 @@ pub struct WebSocketConfig {
     /// (half-open sockets, killed clients). `0s` disables.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: ConfigDuration,
+    /// Most frames one fragmented message may arrive in (1009 beyond). The bytes an
+    /// incomplete message holds are bounded by `max_message_size`.
+    #[serde(default = "defaults::max_fragments")]
+    pub max_fragments: usize,
+    /// Pongs a connection may have queued and unwritten; pings beyond that are not
+    /// answered until the client reads (RFC 6455 5.5.3 lets a pong answer only the
+    /// latest ping), so a ping flood from a client that does not read costs bounded
+    /// memory.
+    #[serde(default = "defaults::max_pending_pongs")]
+    pub max_pending_pongs: usize,
+    /// Per-connection inbound rate limit; `null`: none.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Allowed `Origin` values (exact match, `"*"` for any); empty allows any.
+    /// Others get 403 before the upgrade and before any handler runs.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Built-in endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
@@ -574,6 +671,10 @@ impl Default for WebSocketConfig {
             max_frame_size: defaults::max_message_size(),
             outbound_queue_bytes: defaults::outbound_queue_bytes(),
             idle_timeout: defaults::idle_timeout(),
+            max_fragments: defaults::max_fragments(),
+            max_pending_pongs: defaults::max_pending_pongs(),
+            rate_limit: None,
+            allowed_origins: Vec::new(),
             endpoints: Vec::new(),
         }
     }
@@ -662,6 +763,27 @@ mod defaults {
     pub fn metrics_path() -> String {
         "/metrics".into()
     }
+    pub fn max_request_head_bytes() -> usize {
+        16 * 1024
+    }
+    pub fn max_headers() -> usize {
+        64
+    }
+    pub fn handshake_timeout() -> super::ConfigDuration {
+        super::ConfigDuration(std::time::Duration::from_secs(10))
+    }
+    pub fn max_connections_per_shard() -> usize {
+        100_000
+    }
+    pub fn max_fragments() -> usize {
+        65_536
+    }
+    pub fn max_pending_pongs() -> usize {
+        16
+    }
+    pub fn burst() -> super::ConfigDuration {
+        super::ConfigDuration(std::time::Duration::from_secs(1))
+    }
     pub fn wt_idle() -> super::ConfigDuration {
         super::ConfigDuration(std::time::Duration::from_secs(30))
     }
@@ -711,6 +833,8 @@ impl Config {
             ("runtime.ring_depth", self.runtime.ring_depth),
             ("runtime.mesh_capacity", self.runtime.mesh_capacity),
             ("runtime.mesh_outbox", self.runtime.mesh_outbox),
+            ("websocket.max_fragments", ws.max_fragments),
+            ("websocket.max_pending_pongs", ws.max_pending_pongs),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -761,6 +885,7 @@ impl Config {
             }
         }
         self.validate_metrics()?;
+        self.validate_limits()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(format!(
                 "log.level {:?} is not a valid filter: {e}",
@@ -799,6 +924,54 @@ impl Config {
             return Err(format!(
                 "metrics.path {path:?} is already served on the main listener"
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if !(1024..=1 << 20).contains(&l.max_request_head_bytes) {
+            return Err(format!(
+                "limits.max_request_head_bytes must be from 1024 to 1048576, got {}",
+                l.max_request_head_bytes
+            ));
+        }
+        if !(8..=1024).contains(&l.max_headers) {
+            return Err(format!(
+                "limits.max_headers must be from 8 to 1024, got {}",
+                l.max_headers
+            ));
+        }
+        if l.handshake_timeout.0 < Duration::from_millis(100) {
+            return Err("limits.handshake_timeout must be at least 100ms".into());
+        }
+        if l.max_connections_per_shard == 0 {
+            return Err("limits.max_connections_per_shard must be greater than 0".into());
+        }
+        if self.websocket.max_pending_pongs > 1024 {
+            return Err("websocket.max_pending_pongs must be at most 1024".into());
+        }
+        if let Some(r) = &self.websocket.rate_limit {
+            if r.messages_per_second == 0 && r.bytes_per_second == 0 {
+                return Err("websocket.rate_limit needs messages_per_second or bytes_per_second greater than 0 (or rate_limit: null)".into());
+            }
+            if r.burst.0 < Duration::from_millis(1) {
+                return Err("websocket.rate_limit.burst must be at least 1ms".into());
+            }
+        }
+        for (key, list) in [
+            ("websocket.allowed_origins", &self.websocket.allowed_origins),
+            ("sse.allowed_origins", &self.sse.allowed_origins),
+            (
+                "webtransport.allowed_origins",
+                &self.webtransport.allowed_origins,
+            ),
+        ] {
+            if let Some(o) = list.iter().find(|o| o.is_empty() || o.ends_with('/')) {
+                return Err(format!(
+                    "{key}: {o:?} is not an origin (scheme://host[:port], no trailing '/', or \"*\")"
+                ));
+            }
         }
         Ok(())
     }
@@ -922,6 +1095,82 @@ mod tests {
         assert!(e.0.contains("log.level"), "{e}");
         let e = Config::from_yaml("log:\n  otlp_endpoint: localhost:4318\n", "t.yaml").unwrap_err();
         assert!(e.0.contains("otlp_endpoint"), "{e}");
+    }
+
+    #[test]
+    fn limits_section_defaults_and_validation() {
+        let c = Config::default();
+        assert_eq!(c.limits.max_request_head_bytes, 16384);
+        assert_eq!(c.limits.max_headers, 64);
+        assert_eq!(c.limits.handshake_timeout.0, Duration::from_secs(10));
+        assert_eq!(c.limits.max_connections_per_shard, 100_000);
+        assert_eq!(c.limits.max_connections_per_ip, 0);
+        assert_eq!(c.websocket.max_fragments, 65_536);
+        assert_eq!(c.websocket.max_pending_pongs, 16);
+        assert!(c.websocket.rate_limit.is_none());
+        let c = Config::from_yaml(
+            "websocket:\n  rate_limit:\n    messages_per_second: 5\n    action: close\n  allowed_origins: [\"https://a.example\"]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let r = c.websocket.rate_limit.unwrap();
+        assert_eq!(
+            (
+                r.messages_per_second,
+                r.bytes_per_second,
+                r.burst.0,
+                r.action
+            ),
+            (5, 0, Duration::from_secs(1), RateLimitAction::Close)
+        );
+        for (yaml, key) in [
+            ("limits:\n  max_headers: 0\n", "limits.max_headers"),
+            (
+                "limits:\n  max_request_head_bytes: 10\n",
+                "limits.max_request_head_bytes",
+            ),
+            (
+                "limits:\n  handshake_timeout: 1ms\n",
+                "limits.handshake_timeout",
+            ),
+            (
+                "limits:\n  max_connections_per_shard: 0\n",
+                "limits.max_connections_per_shard",
+            ),
+            (
+                "websocket:\n  max_fragments: 0\n",
+                "websocket.max_fragments",
+            ),
+            ("websocket:\n  rate_limit: {}\n", "websocket.rate_limit"),
+            (
+                "websocket:\n  rate_limit:\n    messages_per_second: 1\n    action: kick\n",
+                "action",
+            ),
+            (
+                "sse:\n  allowed_origins: [\"https://a.example/\"]\n",
+                "sse.allowed_origins",
+            ),
+            ("limits:\n  bogus: 1\n", "bogus"),
+        ] {
+            let e = Config::from_yaml(yaml, "t.yaml").unwrap_err();
+            assert!(e.0.contains(key), "{yaml}: {e}");
+        }
+    }
+
+    #[test]
+    fn one_origin_rule_for_every_transport() {
+        let list = vec!["https://a.example".to_string()];
+        assert!(origin_allowed(&list, Some("https://a.example")));
+        assert!(!origin_allowed(&list, Some("https://a.example.evil")));
+        assert!(!origin_allowed(&list, Some("http://a.example")));
+        assert!(origin_allowed(&list, None));
+        assert!(origin_allowed(&[], Some("https://any.example")));
+        assert!(origin_allowed(&["*".to_string()], Some("null")));
+        let wt = WebTransportConfig {
+            allowed_origins: list,
+            ..WebTransportConfig::default()
+        };
+        assert!(!wt.origin_allowed(Some("https://b.example")));
     }
 
     #[test]

@@ -131,6 +131,51 @@ const FAMILIES: &[Family] = &[
         |s| &s.outbound_queued_bytes,
     ),
     gauge(
+        "corecast_handshaking_connections",
+        "TCP connections accepted whose request head is still being read.",
+        |s| &s.handshaking,
+    ),
+    counter(
+        "corecast_handshake_timeouts_total",
+        "Connections dropped for not sending their request head within limits.handshake_timeout.",
+        |s| &s.handshake_timeouts,
+    ),
+    counter(
+        "corecast_bad_requests_total",
+        "Request heads refused as malformed (400) or over a limits.* size (431).",
+        |s| &s.bad_requests,
+    ),
+    counter(
+        "corecast_shard_limit_rejections_total",
+        "Connections refused with 503 at limits.max_connections_per_shard.",
+        |s| &s.shard_limit_rejected,
+    ),
+    counter(
+        "corecast_ip_limit_rejections_total",
+        "Connections refused with 503 at limits.max_connections_per_ip.",
+        |s| &s.ip_limit_rejected,
+    ),
+    counter(
+        "corecast_origin_rejections_total",
+        "WebSocket and SSE requests refused with 403 for their Origin.",
+        |s| &s.origin_rejected,
+    ),
+    counter(
+        "corecast_rate_limited_total",
+        "Inbound WebSocket messages over websocket.rate_limit (dropped, or the connection closed 1008).",
+        |s| &s.rate_limited,
+    ),
+    counter(
+        "corecast_pongs_skipped_total",
+        "Pings not answered because websocket.max_pending_pongs pongs were still unwritten.",
+        |s| &s.pongs_skipped,
+    ),
+    counter(
+        "corecast_message_too_big_closes_total",
+        "WebSocket connections closed with 1009 (frame, message, inflated size or fragment limit).",
+        |s| &s.too_big_closes,
+    ),
+    gauge(
         "corecast_quic_connections",
         "Live QUIC connections.",
         |s| &s.wt_connections,

@@ -123,6 +123,26 @@ pub struct ShardStats {
     /// Time from a room message's sequencing by its owner shard to the write that
     /// emptied a member's queue with it (one observation per such write).
     pub publish_to_write: LatencyHistogram,
+    /// TCP connections accepted whose request head is still being read (a gauge);
+    /// they count against `limits.max_connections_per_shard`.
+    pub handshaking: AtomicU64,
+    /// Connections dropped for not sending a complete request head within
+    /// `limits.handshake_timeout`.
+    pub handshake_timeouts: AtomicU64,
+    /// Request heads refused as malformed (400) or over `limits.*` (431).
+    pub bad_requests: AtomicU64,
+    /// Connections refused with 503 at `limits.max_connections_per_shard`.
+    pub shard_limit_rejected: AtomicU64,
+    /// Connections refused with 503 at `limits.max_connections_per_ip`.
+    pub ip_limit_rejected: AtomicU64,
+    /// WebSocket/SSE requests (and SSE preflights) refused with 403 for their `Origin`.
+    pub origin_rejected: AtomicU64,
+    /// Inbound messages over `websocket.rate_limit` (dropped, or the connection closed).
+    pub rate_limited: AtomicU64,
+    /// Pings not answered because `websocket.max_pending_pongs` pongs were unwritten.
+    pub pongs_skipped: AtomicU64,
+    /// Connections closed with 1009 (frame, message, inflated size or fragment limit).
+    pub too_big_closes: AtomicU64,
     /// Live QUIC connections.
     pub wt_connections: AtomicU64,
     /// Live WebTransport sessions.
@@ -188,6 +208,9 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
             "\"slow_consumers\":{},\"mesh_overflows\":{},\"mesh_deferred\":{},\"handler_panics\":{},",
             "\"handler_errors\":{},\"connect_rejected\":{},\"idle_timeouts\":{},\"send_to_missed\":{},",
+            "\"handshaking\":{},\"handshake_timeouts\":{},\"bad_requests\":{},",
+            "\"shard_limit_rejected\":{},\"ip_limit_rejected\":{},\"origin_rejected\":{},",
+            "\"rate_limited\":{},\"pongs_skipped\":{},\"too_big_closes\":{},",
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
             "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
             "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2}}}"
@@ -211,6 +234,15 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.connect_rejected),
         sum(|s| &s.idle_timeouts),
         sum(|s| &s.send_to_missed),
+        sum(|s| &s.handshaking),
+        sum(|s| &s.handshake_timeouts),
+        sum(|s| &s.bad_requests),
+        sum(|s| &s.shard_limit_rejected),
+        sum(|s| &s.ip_limit_rejected),
+        sum(|s| &s.origin_rejected),
+        sum(|s| &s.rate_limited),
+        sum(|s| &s.pongs_skipped),
+        sum(|s| &s.too_big_closes),
         sum(|s| &s.wt_connections),
         sum(|s| &s.wt_sessions),
         sum(|s| &s.wt_rejected),

@@ -155,6 +155,9 @@ pub(crate) struct Shared {
     pub(crate) http_routes: Vec<(String, HttpHandler)>,
     /// Routed endpoints, for the per-route metrics.
     pub(crate) routers: Vec<crate::metrics::RoutedEndpoint>,
+    /// Live connections per source address, when `limits.max_connections_per_ip`
+    /// is set.
+    pub(crate) ip_table: Option<Arc<crate::net::limits::IpTable>>,
 }
 
 impl Shared {
@@ -530,6 +533,9 @@ impl Engine {
             http_routes: self.http_routes,
             routers,
             wt,
+            ip_table: (self.config.limits.max_connections_per_ip > 0).then(|| {
+                crate::net::limits::IpTable::new(self.config.limits.max_connections_per_ip)
+            }),
             config: self.config,
         });
         let udp_fds: Vec<Mutex<Option<i32>>> = udp_sockets

@@ -11,6 +11,7 @@ use glommio::net::{TcpListener, TcpStream};
 
 use super::conn::{Conn, ConnLog, ConnParts, Handler, Transport};
 use super::driver::{READ, WRITE};
+use super::limits::{Admission, ConnLimits, Handshaking};
 use super::read::{read_into, settle};
 use super::shard::Shard;
 use crate::app::conn::WsConn;
@@ -24,10 +25,9 @@ use crate::proto::ws::deflate::Inflater;
 use crate::proto::ws::{close, handshake, Decoder, Limits};
 use crate::stats::{self, ShardStats};
 
-/// How long a client has to send its complete request head.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accept until the shard starts draining.
+/// Accept until the shard starts draining. Each connection gets its own task at
+/// once: nothing here awaits a client, so a slow one (slowloris) never delays the
+/// next accept.
 pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     loop {
         let accepted = async { Some(listener.accept().await) }
@@ -51,26 +51,107 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// How long a refused connection's request is read (and discarded) after the
+/// refusal is written, so closing does not reset the connection before the client
+/// has read the response.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+
 async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
+    let admission = match admit_connection(&shard, &stream) {
+        Ok(a) => a,
+        Err(limit) => {
+            let body = format!("connection limit reached: {limit}");
+            let resp = http::response(503, "Service Unavailable", &[("Retry-After", "1")], &body);
+            refuse(stream, resp).await;
+            return;
+        }
+    };
     let stream = std::cell::RefCell::new(stream);
     let mut pending = BytesMut::new();
+    let timeout = shard.shared.config.limits.handshake_timeout.0;
     let head = read_head(&shard, &stream, &mut pending)
         .or(async {
-            glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+            glommio::timer::sleep(timeout).await;
+            ShardStats::add(&shard.stats.handshake_timeouts, 1);
             Err(None)
         })
         .await;
     let req = match head {
         Ok(req) => req,
         Err(Some(response)) => {
-            let _ = stream.into_inner().write_all(&response).await;
+            ShardStats::add(&shard.stats.bad_requests, 1);
+            drop(admission);
+            refuse(stream.into_inner(), response).await;
             return;
         }
         Err(None) => return,
     };
     let stream = stream.into_inner();
-    route(shard, stream, req, pending).await;
+    route(shard, stream, req, pending, admission).await;
+}
+
+/// Count a new connection against the shard's and its address's caps; `Err`:
+/// over one of them, named (counted; the caller answers 503).
+fn admit_connection(shard: &Shard, stream: &TcpStream) -> Result<Admission, &'static str> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let limits = &shard.shared.config.limits;
+    let live = shard.stats.connections.load(Relaxed) + shard.stats.handshaking.load(Relaxed);
+    if live >= limits.max_connections_per_shard as u64 {
+        ShardStats::add(&shard.stats.shard_limit_rejected, 1);
+        return Err("limits.max_connections_per_shard");
+    }
+    let ip = match &shard.shared.ip_table {
+        None => None,
+        Some(table) => {
+            let ip = stream
+                .peer_addr()
+                .map_err(|_| "limits.max_connections_per_ip (no peer address)")?
+                .ip();
+            match table.try_acquire(ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    ShardStats::add(&shard.stats.ip_limit_rejected, 1);
+                    return Err("limits.max_connections_per_ip");
+                }
+            }
+        }
+    };
+    Ok(Admission {
+        handshaking: Handshaking::new(&shard.stats),
+        ip,
+    })
+}
+
+/// Answer `response` and close: stop sending, then read and discard what the
+/// client sent for at most [`REFUSAL_LINGER`] (so the close does not reset the
+/// connection under a response the client has not read yet).
+async fn refuse(mut stream: TcpStream, response: Vec<u8>) {
+    use futures_lite::AsyncReadExt;
+    let written = stream
+        .write_all(&response)
+        .or(async {
+            glommio::timer::sleep(REFUSAL_LINGER).await;
+            Err(std::io::ErrorKind::TimedOut.into())
+        })
+        .await;
+    if written.is_err() || stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        for _ in 0..64 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    };
+    drain
+        .or(async {
+            glommio::timer::sleep(REFUSAL_LINGER).await;
+        })
+        .await;
 }
 
 /// Read until a complete request head is buffered. `Err(Some(resp))`: answer and
@@ -80,8 +161,12 @@ async fn read_head(
     stream: &std::cell::RefCell<TcpStream>,
     pending: &mut BytesMut,
 ) -> Result<Request, Option<Vec<u8>>> {
+    let limits = http::HeadLimits {
+        max_head_bytes: shard.shared.config.limits.max_request_head_bytes,
+        max_headers: shard.shared.config.limits.max_headers,
+    };
     loop {
-        match http::parse_request(pending) {
+        match http::parse_request_with(pending, limits) {
             Ok(Some((req, n))) => {
                 let _ = pending.split_to(n);
                 settle(pending);
@@ -98,7 +183,13 @@ async fn read_head(
     }
 }
 
-async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: BytesMut) {
+async fn route(
+    shard: Rc<Shard>,
+    mut stream: TcpStream,
+    req: Request,
+    pending: BytesMut,
+    admission: Admission,
+) {
     if shard.shared.main_metrics_path() == Some(req.path.as_str()) {
         let resp =
             crate::metrics::http_response(&req.method, &shard.shared.stats, &shard.shared.routers);
@@ -171,6 +262,40 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             .await;
         return;
     };
+    let origins = match endpoint.transport {
+        EndpointTransport::WebSocket => &shard.shared.config.websocket.allowed_origins,
+        EndpointTransport::Sse => &shard.shared.config.sse.allowed_origins,
+    };
+    let origin = req
+        .header("origin")
+        .map(|o| String::from_utf8_lossy(o).into_owned());
+    if !crate::config::origin_allowed(origins, origin.as_deref()) {
+        ShardStats::add(&shard.stats.origin_rejected, 1);
+        let body = format!(
+            "origin {:?} is not allowed",
+            origin.as_deref().unwrap_or_default()
+        );
+        let _ = stream
+            .write_all(&http::response(403, "Forbidden", &[], &body))
+            .await;
+        return;
+    }
+    // CORS for event streams: reflect an allowed origin (credentials only for an
+    // origin listed exactly, never for "*").
+    let cors = match (endpoint.transport, origin.as_deref()) {
+        (EndpointTransport::Sse, Some(o)) if !origins.is_empty() => {
+            Some((o, origins.iter().any(|a| a == o)))
+        }
+        _ => None,
+    };
+    // A CORS preflight (with an allow-list to answer from); other OPTIONS get 405.
+    if cors.is_some()
+        && req.method == "OPTIONS"
+        && req.header("access-control-request-method").is_some()
+    {
+        let _ = stream.write_all(&sse_cors_preflight(cors)).await;
+        return;
+    }
     if shard.draining.fired() {
         let _ = stream
             .write_all(&http::response(
@@ -207,7 +332,11 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
                     return;
                 }
             }
-            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
+            let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n");
+            for (k, v) in cors_headers(cors) {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
             if stream.write_all(head.as_bytes()).await.is_err() {
                 return;
             }
@@ -252,6 +381,7 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             let limits = Limits {
                 max_frame_size: ws.max_frame_size,
                 max_message_size: ws.max_message_size,
+                max_fragments: ws.max_fragments,
             };
             let envelope = query
                 .iter()
@@ -290,12 +420,25 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
         },
         transport,
         now: shard.clock.get(),
+        limits: ConnLimits::new(
+            admission.ip,
+            ws.rate_limit.as_ref().filter(|_| {
+                matches!(
+                    transport,
+                    Transport::WebSocket | Transport::WebSocketEnvelope
+                )
+            }),
+            crate::stats::clock_ns(),
+        ),
     };
     let conn = {
         let mut conns = shard.conns.borrow_mut();
         let id = conns.insert_with(|id| Rc::new(Conn::new(id, parts)));
         conns.get(id).cloned().expect("just inserted")
     };
+    ShardStats::add(&shard.stats.connections, 1);
+    // Counted as a connection now: no longer as a handshake.
+    drop(admission.handshaking);
     if let Some(l) = conn.log.as_deref() {
         tracing::debug!(
             target: crate::logging::CONN_TARGET,
@@ -308,7 +451,6 @@ async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: B
             "connection opened"
         );
     }
-    ShardStats::add(&shard.stats.connections, 1);
     if let Some(a) = admitted {
         conn.meta.extend(a.meta);
         if let Some(at) = a.expires_at {
@@ -450,6 +592,35 @@ fn requested_cursor(
             .map(Some)
             .map_err(|e| format!("invalid {name} {v:?}: {e}")),
     }
+}
+
+/// CORS response headers for an event stream: the allowed origin reflected, and
+/// credentials allowed when it is listed exactly.
+fn cors_headers(cors: Option<(&str, bool)>) -> Vec<(&'static str, &str)> {
+    let Some((origin, exact)) = cors else {
+        return Vec::new();
+    };
+    let mut h = vec![("Access-Control-Allow-Origin", origin), ("Vary", "Origin")];
+    if exact {
+        h.push(("Access-Control-Allow-Credentials", "true"));
+    }
+    h
+}
+
+/// The answer to a CORS preflight (`OPTIONS`) of an event stream whose origin
+/// passed the allow-list.
+fn sse_cors_preflight(cors: Option<(&str, bool)>) -> Vec<u8> {
+    let mut headers = cors_headers(cors);
+    headers.extend([
+        ("Access-Control-Allow-Methods", "GET"),
+        (
+            "Access-Control-Allow-Headers",
+            "Last-Event-ID, Authorization, Cache-Control, Accept",
+        ),
+        ("Access-Control-Max-Age", "600"),
+        ("Allow", "GET, OPTIONS"),
+    ]);
+    http::response(204, "No Content", &headers, "")
 }
 
 /// SSE requests must be GET and accept `text/event-stream`.

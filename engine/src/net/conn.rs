@@ -177,6 +177,10 @@ pub(crate) struct Conn {
     pub(crate) oldest_publish: Cell<u64>,
     /// Open/close event details, when those events are enabled.
     pub(crate) log: Option<Box<ConnLog>>,
+    /// Limit state (per-address slot, rate-limit buckets, pending pongs), allocated
+    /// only when one of those is in use: at accept when a per-address cap or a rate
+    /// limit is configured, else at the first ping.
+    pub(crate) limits: std::cell::OnceCell<Box<super::limits::ConnLimits>>,
 }
 
 /// What the accept path hands over to build a [`Conn`].
@@ -193,6 +197,7 @@ pub(crate) struct ConnParts {
     /// The shard clock at accept.
     pub(crate) now: u32,
     pub(crate) log: Option<Box<ConnLog>>,
+    pub(crate) limits: Option<Box<super::limits::ConnLimits>>,
 }
 
 impl Conn {
@@ -233,6 +238,7 @@ impl Conn {
             resume: RefCell::new(None),
             oldest_publish: Cell::new(0),
             log: p.log,
+            limits: p.limits.map(std::cell::OnceCell::from).unwrap_or_default(),
         }
     }
 
@@ -300,6 +306,9 @@ impl Conn {
         let mut q = self.queue.borrow_mut();
         let before = q.len_bytes();
         let frames = q.consume(n);
+        if let Some(l) = self.limits.get() {
+            l.pongs_written(n);
+        }
         ShardStats::sub_local(
             &stats.outbound_queued_bytes,
             (before - q.len_bytes()) as u64,
@@ -313,6 +322,9 @@ impl Conn {
         ShardStats::sub_local(&stats.outbound_queued_bytes, q.len_bytes() as u64);
         q.clear();
         self.oldest_publish.set(0);
+        if let Some(l) = self.limits.get() {
+            l.pongs_written(usize::MAX);
+        }
     }
 
     /// Append to the queue past its cap (close frames).
@@ -462,7 +474,9 @@ mod tests {
     fn conn_struct_stays_small() {
         let size = std::mem::size_of::<super::Conn>();
         // 400 + the publish-to-write timestamp (8) + the boxed log details (8) +
-        // the connect time and idle clock (8).
-        assert!(size <= 424, "Conn grew to {size} bytes");
+        // the connect time and idle clock (8) + the limit state (8: a OnceCell of a
+        // box, allocated only for per-address caps, rate limits or at the first
+        // ping) + the decoder's fragment limit (4, padded to 8).
+        assert!(size <= 440, "Conn grew to {size} bytes");
     }
 }

@@ -1,13 +1,14 @@
 //! The glue between sockets and the sans-IO codecs: per-shard state and the
 //! cross-shard protocol ([`shard`]), connections ([`conn`]) driven without a task each
 //! by the shard's [`driver`] ([`session`] holds what it does per connection), the read
-//! path with its per-shard arena ([`read`]) and the accept/handshake path ([`accept`]).
+//! path with its per-shard arena ([`read`]) the accept/handshake path ([`accept`]) and its limits ([`limits`]).
 
 pub(crate) mod accept;
 pub(crate) mod api;
 pub(crate) mod conn;
 pub(crate) mod driver;
 pub(crate) mod fanout;
+pub(crate) mod limits;
 pub(crate) mod notify;
 pub(crate) mod outbox;
 pub(crate) mod pending;

@@ -15,7 +15,7 @@ use super::read::{poll_read_into, settle};
 use super::shard::Shard;
 use crate::app::connection::Connection;
 use crate::app::message::Message;
-use crate::proto::ws::{close, frame, Incoming};
+use crate::proto::ws::{close, Incoming};
 use crate::stats::ShardStats;
 
 /// Frames decoded per turn before the driver moves on to other connections; large
@@ -90,6 +90,9 @@ impl Shard {
                     }
                 }
                 Err(e) => {
+                    if e.code == close::MESSAGE_TOO_BIG {
+                        ShardStats::add(&self.stats.too_big_closes, 1);
+                    }
                     self.fail(conn, e.code, e.reason);
                     return;
                 }
@@ -103,13 +106,19 @@ impl Shard {
         match incoming {
             // After our close frame, data is ignored (RFC 6455 section 5.5.1).
             Incoming::Text(_) | Incoming::Binary(_) if !open => {}
-            Incoming::Text(b) => self.dispatch(conn, Message::Text(b)),
-            Incoming::Binary(b) => self.dispatch(conn, Message::Binary(b)),
+            Incoming::Text(b) => {
+                if self.rate_admit(conn, b.len()) {
+                    self.dispatch(conn, Message::Text(b));
+                }
+            }
+            Incoming::Binary(b) => {
+                if self.rate_admit(conn, b.len()) {
+                    self.dispatch(conn, Message::Binary(b));
+                }
+            }
             Incoming::Ping(p) => {
                 if open {
-                    let _ =
-                        conn.enqueue(frame::encode(frame::OpCode::Pong, false, &p), &self.stats);
-                    self.schedule(conn, WRITE);
+                    self.answer_ping(conn, &p);
                 }
             }
             Incoming::Pong(_) => {}

@@ -2,10 +2,31 @@
 
 use std::fmt::Write as _;
 
-/// Largest request head we accept, bytes (431 beyond it).
+/// Largest request head accepted by default, bytes (431 beyond it;
+/// `limits.max_request_head_bytes`).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Most header lines we accept (431 beyond it).
+/// Most header lines accepted by default (431 beyond it; `limits.max_headers`).
 pub const MAX_HEADERS: usize = 64;
+/// Header slots parsed on the stack; a larger `max_headers` uses a heap array.
+const STACK_HEADERS: usize = 128;
+
+/// Request-head limits (431 beyond them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Largest request head, bytes.
+    pub max_head_bytes: usize,
+    /// Most header lines.
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: MAX_HEAD_BYTES,
+            max_headers: MAX_HEADERS,
+        }
+    }
+}
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +46,10 @@ pub struct Request {
 pub enum HeadError {
     /// Not valid HTTP/1.1 (400).
     Malformed(&'static str),
-    /// Head or header count over the limit (431).
-    TooLarge,
+    /// Head over `limits.max_request_head_bytes` (431); the limit, bytes.
+    TooLarge(usize),
+    /// More header lines than `limits.max_headers` (431); the limit.
+    TooManyHeaders(usize),
 }
 
 impl HeadError {
@@ -34,32 +57,63 @@ impl HeadError {
     pub fn response(&self) -> Vec<u8> {
         match self {
             HeadError::Malformed(why) => response(400, "Bad Request", &[], why),
-            HeadError::TooLarge => response(
+            HeadError::TooLarge(max) => response(
                 431,
                 "Request Header Fields Too Large",
                 &[],
-                "request head too large",
+                &format!("request head larger than limits.max_request_head_bytes ({max} bytes)"),
+            ),
+            HeadError::TooManyHeaders(max) => response(
+                431,
+                "Request Header Fields Too Large",
+                &[],
+                &format!("more header lines than limits.max_headers ({max})"),
             ),
         }
     }
 }
 
-/// Parse a request head from the start of `buf`. `Ok(None)`: need more bytes;
-/// `Ok(Some((req, n)))`: the head took `n` bytes.
+/// Parse a request head from the start of `buf` with the default [`HeadLimits`].
+/// `Ok(None)`: need more bytes; `Ok(Some((req, n)))`: the head took `n` bytes.
 pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(buf) {
+    parse_request_with(buf, HeadLimits::default())
+}
+
+/// [`parse_request`] with explicit limits.
+pub fn parse_request_with(
+    buf: &[u8],
+    limits: HeadLimits,
+) -> Result<Option<(Request, usize)>, HeadError> {
+    if limits.max_headers <= STACK_HEADERS {
+        let mut headers = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        parse_into(buf, limits, &mut headers[..limits.max_headers])
+    } else {
+        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        parse_into(buf, limits, &mut headers)
+    }
+}
+
+fn parse_into<'b>(
+    buf: &'b [u8],
+    limits: HeadLimits,
+    headers: &mut [httparse::Header<'b>],
+) -> Result<Option<(Request, usize)>, HeadError> {
+    let too_large = HeadError::TooLarge(limits.max_head_bytes);
+    let mut req = httparse::Request::new(headers);
+    // Only the first max_head_bytes + 1 bytes matter: a head not complete by then
+    // is too large (and pipelined bytes after a head do not count against it).
+    let window = &buf[..buf.len().min(limits.max_head_bytes + 1)];
+    match req.parse(window) {
         Ok(httparse::Status::Partial) => {
-            if buf.len() > MAX_HEAD_BYTES {
-                Err(HeadError::TooLarge)
+            if window.len() > limits.max_head_bytes {
+                Err(too_large)
             } else {
                 Ok(None)
             }
         }
         Ok(httparse::Status::Complete(n)) => {
-            if n > MAX_HEAD_BYTES {
-                return Err(HeadError::TooLarge);
+            if n > limits.max_head_bytes {
+                return Err(too_large);
             }
             if req.version != Some(1) {
                 return Err(HeadError::Malformed("HTTP/1.1 required"));
@@ -81,7 +135,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, HeadError> 
             };
             Ok(Some((request, n)))
         }
-        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooLarge),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders(limits.max_headers)),
         Err(e) => Err(HeadError::Malformed(match e {
             httparse::Error::HeaderName => "invalid header name",
             httparse::Error::HeaderValue => "invalid header value",
@@ -245,7 +299,61 @@ mod tests {
     fn oversized_head_is_refused() {
         let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
         raw.extend(std::iter::repeat_n(b'a', MAX_HEAD_BYTES + 1));
-        assert_eq!(parse_request(&raw), Err(HeadError::TooLarge));
+        assert_eq!(
+            parse_request(&raw),
+            Err(HeadError::TooLarge(MAX_HEAD_BYTES))
+        );
+    }
+
+    #[test]
+    fn configured_limits_name_themselves_in_the_431() {
+        let limits = HeadLimits {
+            max_head_bytes: 1024,
+            max_headers: 8,
+        };
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..9 {
+            raw.extend(format!("X-H{i}: v\r\n").bytes());
+        }
+        raw.extend(b"\r\n");
+        let e = parse_request_with(&raw, limits).unwrap_err();
+        assert_eq!(e, HeadError::TooManyHeaders(8));
+        let resp = String::from_utf8(e.response()).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+        assert!(resp.contains("limits.max_headers (8)"), "{resp}");
+        // Eight headers fit.
+        let eight: Vec<u8> = raw
+            .split(|b| *b == b'\n')
+            .take(9)
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .chain(*b"\r\n")
+            .collect();
+        assert!(parse_request_with(&eight, limits).unwrap().is_some());
+        // A head over the byte limit, complete or not.
+        let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', 1100));
+        let e = parse_request_with(&big, limits).unwrap_err();
+        assert_eq!(e, HeadError::TooLarge(1024));
+        assert!(String::from_utf8(e.response())
+            .unwrap()
+            .contains("limits.max_request_head_bytes (1024 bytes)"));
+        big.extend(b"\r\n\r\n");
+        assert_eq!(
+            parse_request_with(&big, limits).unwrap_err(),
+            HeadError::TooLarge(1024)
+        );
+        // A large head limit with many headers uses the heap array.
+        let many = HeadLimits {
+            max_head_bytes: 1 << 20,
+            max_headers: 1000,
+        };
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..500 {
+            raw.extend(format!("X-H{i}: v\r\n").bytes());
+        }
+        raw.extend(b"\r\n");
+        let (req, _) = parse_request_with(&raw, many).unwrap().unwrap();
+        assert_eq!(req.headers.len(), 500);
     }
 
     #[test]

@@ -64,8 +64,11 @@ impl OpCode {
 pub struct Limits {
     /// Largest payload of one frame, bytes.
     pub max_frame_size: usize,
-    /// Largest message after reassembly and decompression, bytes.
+    /// Largest message after reassembly and decompression, bytes. This also bounds
+    /// what an incomplete (fragmented) message holds, compressed or not.
     pub max_message_size: usize,
+    /// Most frames one message may arrive in (first frame and continuations).
+    pub max_fragments: usize,
 }
 
 impl Default for Limits {
@@ -73,6 +76,7 @@ impl Default for Limits {
         Self {
             max_frame_size: 1 << 20,
             max_message_size: 1 << 20,
+            max_fragments: 65_536,
         }
     }
 }
@@ -118,6 +122,8 @@ const fn err(code: CloseCode, reason: &'static str) -> ProtocolError {
 struct Partial {
     text: bool,
     compressed: bool,
+    /// Frames received so far (bounded by `Limits::max_fragments`).
+    frames: u32,
     data: BytesMut,
     utf8: Utf8Validator,
 }
@@ -140,6 +146,7 @@ pub struct Decoder {
     /// connections small.
     max_frame: u32,
     max_message: u32,
+    max_fragments: u32,
     inflater: Option<Inflater>,
     partial: Option<Box<Partial>>,
     inflight: Option<Box<InFlight>>,
@@ -162,6 +169,7 @@ impl Decoder {
         Self {
             max_frame: clamp(limits.max_frame_size),
             max_message: clamp(limits.max_message_size),
+            max_fragments: clamp(limits.max_fragments),
             inflater,
             partial: None,
             inflight: None,
@@ -309,12 +317,20 @@ impl Decoder {
             return Err(err(close::MESSAGE_TOO_BIG, "frame too big"));
         }
         let payload_len = payload_len as usize;
-        if let Some(p) = &self.partial {
-            if p.data.len() + payload_len > self.max_message as usize {
+        match &self.partial {
+            // Control frames between fragments are not part of the message.
+            Some(p) if opcode == OpCode::Continuation => {
+                if p.frames >= self.max_fragments {
+                    return Err(err(close::MESSAGE_TOO_BIG, "too many fragments"));
+                }
+                if p.data.len() + payload_len > self.max_message as usize {
+                    return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
+                }
+            }
+            _ if payload_len > self.max_message as usize => {
                 return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
             }
-        } else if payload_len > self.max_message as usize {
-            return Err(err(close::MESSAGE_TOO_BIG, "message too big"));
+            _ => {}
         }
         let header_len = 2 + len_bytes + 4;
         if buf.len() < header_len {
@@ -357,6 +373,7 @@ impl Decoder {
                 self.partial = Some(Box::new(Partial {
                     text,
                     compressed: h.rsv1,
+                    frames: 1,
                     data: payload,
                     utf8,
                 }));
@@ -368,6 +385,7 @@ impl Decoder {
                 };
                 // An uncompressed text continuation was validated as it arrived.
                 p.data.extend_from_slice(&payload);
+                p.frames += 1;
                 if !h.fin {
                     return Ok(None);
                 }
@@ -550,6 +568,7 @@ mod tests {
             Limits {
                 max_frame_size: 1000,
                 max_message_size: 2000,
+                max_fragments: 4,
             },
             None,
         )
@@ -690,6 +709,62 @@ mod tests {
         ));
         let e = decode_all(&mut decoder(), &raw).unwrap_err();
         assert_eq!(e.code, close::MESSAGE_TOO_BIG);
+    }
+
+    #[test]
+    fn fragments_over_the_limit_close_1009_before_their_payload() {
+        // Four frames (the limit) make a message, pings between them do not count.
+        let mut raw = encode_masked(OpCode::Text, false, false, b"a", MASK);
+        for i in 0..3 {
+            raw.extend(encode_masked(OpCode::Ping, true, false, b"p", MASK));
+            raw.extend(encode_masked(
+                OpCode::Continuation,
+                i == 2,
+                false,
+                b"b",
+                MASK,
+            ));
+        }
+        let got = decode_all(&mut decoder(), &raw).unwrap();
+        assert_eq!(
+            got.last(),
+            Some(&Incoming::Text(Bytes::from_static(b"abbb")))
+        );
+        // A fifth frame fails as soon as its header is there, even empty ones.
+        let mut raw = encode_masked(OpCode::Binary, false, false, b"", MASK);
+        for _ in 0..3 {
+            raw.extend(encode_masked(OpCode::Continuation, false, false, b"", MASK));
+        }
+        let header = encode_masked(OpCode::Continuation, true, false, &[0; 100], MASK);
+        raw.extend(&header[..8]);
+        let e = decode_all(&mut decoder(), &raw).unwrap_err();
+        assert_eq!(e.code, close::MESSAGE_TOO_BIG);
+        assert_eq!(e.reason, "too many fragments");
+        // The count starts again with the next message.
+        let mut d = decoder();
+        for _ in 0..3 {
+            let mut raw = encode_masked(OpCode::Binary, false, false, b"x", MASK);
+            raw.extend(encode_masked(OpCode::Continuation, true, false, b"y", MASK));
+            assert_eq!(decode_all(&mut d, &raw).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn control_frames_between_fragments_do_not_count_toward_the_message() {
+        // 2000 bytes held (the limit), then a ping: answered, not 1009.
+        let mut raw = encode_masked(OpCode::Binary, false, false, &[1; 1000], MASK);
+        raw.extend(encode_masked(
+            OpCode::Continuation,
+            false,
+            false,
+            &[2; 1000],
+            MASK,
+        ));
+        raw.extend(encode_masked(OpCode::Ping, true, false, b"p", MASK));
+        raw.extend(encode_masked(OpCode::Continuation, true, false, b"", MASK));
+        let got = decode_all(&mut decoder(), &raw).unwrap();
+        assert_eq!(got[0], Incoming::Ping(Bytes::from_static(b"p")));
+        assert!(matches!(&got[1], Incoming::Binary(b) if b.len() == 2000));
     }
 
     #[test]
