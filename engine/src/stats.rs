@@ -134,6 +134,10 @@ pub struct ShardStats {
     pub wt_packets_out: AtomicU64,
     /// sendmmsg() calls.
     pub wt_send_calls: AtomicU64,
+    /// TLS handshakes completed on the `tls.listen` listener.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or missed the handshake deadline.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl ShardStats {
@@ -185,7 +189,8 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "\"handler_errors\":{},\"connect_rejected\":{},\"idle_timeouts\":{},\"send_to_missed\":{},",
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
             "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
-            "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2}}}"
+            "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2},",
+            "\"tls_handshakes\":{},\"tls_handshake_failures\":{}}}"
         ),
         shards.len(),
         sum(|s| &s.connections),
@@ -214,6 +219,8 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.wt_packets_out),
         sum(|s| &s.wt_send_calls),
         ratio(sum(|s| &s.wt_packets_out), sum(|s| &s.wt_send_calls)),
+        sum(|s| &s.tls_handshakes),
+        sum(|s| &s.tls_handshake_failures),
     )
 }
 

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use super::conn::{Conn, ConnLog, ConnParts, Handler, Transport};
 use super::driver::{READ, WRITE};
 use super::read::{read_into, settle};
 use super::shard::Shard;
+use super::socket::Socket;
 use crate::app::conn::WsConn;
 use crate::app::connection::Connection;
 use crate::app::engine::{EndpointHandler, EndpointTransport};
@@ -40,7 +41,8 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             None => break,
             Some(Ok(stream)) => {
                 ShardStats::add(&shard.stats.accepted, 1);
-                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(serve(shard.clone(), Socket::Plain(stream))).detach();
             }
             Some(Err(e)) => {
                 // Usually EMFILE: back off briefly instead of spinning.
@@ -51,16 +53,22 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+/// Serve one accepted connection (plain, or TLS from [`super::tls::accept_loop`]):
+/// TLS handshake, request head and routing, all within the handshake deadline.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: Socket) {
     let stream = std::cell::RefCell::new(stream);
     let mut pending = BytesMut::new();
-    let head = read_head(&shard, &stream, &mut pending)
-        .or(async {
-            glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
-            Err(None)
-        })
-        .await;
+    let head = async {
+        super::tls::handshake(&shard, &stream)
+            .await
+            .map_err(|()| None)?;
+        read_head(&shard, &stream, &mut pending).await
+    }
+    .or(async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(None)
+    })
+    .await;
     let req = match head {
         Ok(req) => req,
         Err(Some(response)) => {
@@ -77,7 +85,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 /// close; `Err(None)`: the client went away.
 async fn read_head(
     shard: &Shard,
-    stream: &std::cell::RefCell<TcpStream>,
+    stream: &std::cell::RefCell<Socket>,
     pending: &mut BytesMut,
 ) -> Result<Request, Option<Vec<u8>>> {
     loop {
@@ -98,7 +106,7 @@ async fn read_head(
     }
 }
 
-async fn route(shard: Rc<Shard>, mut stream: TcpStream, req: Request, pending: BytesMut) {
+async fn route(shard: Rc<Shard>, mut stream: Socket, req: Request, pending: BytesMut) {
     if shard.shared.main_metrics_path() == Some(req.path.as_str()) {
         let resp =
             crate::metrics::http_response(&req.method, &shard.shared.stats, &shard.shared.routers);
@@ -394,7 +402,7 @@ fn admit(
     shard: &Shard,
     endpoint: &crate::app::engine::Endpoint,
     req: &Request,
-    stream: &TcpStream,
+    stream: &Socket,
     transport: TransportKind,
 ) -> Result<Option<crate::app::router::Admitted>, Vec<u8>> {
     let Some(router) = &endpoint.router else {

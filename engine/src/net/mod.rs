@@ -16,4 +16,6 @@ pub(crate) mod read;
 pub(crate) mod registry;
 pub(crate) mod session;
 pub(crate) mod shard;
+pub(crate) mod socket;
+pub(crate) mod tls;
 pub(crate) mod udp;
