@@ -160,6 +160,8 @@ pub(crate) struct TlsStream {
     /// Plaintext taken by a write-through write whose records are not all on the
     /// wire yet: reported once they are (see [`TlsStream::poll_write_through`]).
     unreported: usize,
+    /// close_notify was queued.
+    notified: bool,
 }
 
 /// rustls's blocking `Read`/`Write` view of the non-blocking socket: `Pending`
@@ -223,6 +225,7 @@ impl TlsStream {
             tcp,
             tls,
             unreported: 0,
+            notified: false,
         }
     }
 
@@ -378,6 +381,9 @@ impl TlsStream {
 
     /// Queue close_notify and send it if the socket has room (never waits).
     pub(crate) fn close_notify(&mut self) {
+        if std::mem::replace(&mut self.notified, true) {
+            return;
+        }
         self.tls.send_close_notify();
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let _ = self.poll_flush_tls(&mut cx);
@@ -385,6 +391,17 @@ impl TlsStream {
 
     pub(crate) fn poll_close_tcp(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tcp).poll_close(cx)
+    }
+}
+
+/// Every way a TLS connection ends (an HTTP answer written, a finished stream)
+/// says so with close_notify where the socket takes it: clients tell a clean end
+/// from a truncation by it.
+impl Drop for TlsStream {
+    fn drop(&mut self) {
+        if !self.tls.is_handshaking() {
+            self.close_notify();
+        }
     }
 }
 
