@@ -443,14 +443,18 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Ar
 /// Counts a handshake that did not complete (failed, or cut by the handshake
 /// deadline, which drops the future) when dropped armed.
 struct HandshakeGuard<'a> {
-    stats: &'a ShardStats,
+    shard: &'a Shard,
     armed: bool,
 }
 
 impl Drop for HandshakeGuard<'_> {
     fn drop(&mut self) {
         if self.armed {
-            ShardStats::add(&self.stats.tls_handshake_failures, 1);
+            ShardStats::add(&self.shard.stats.tls_handshake_failures, 1);
+            tracing::debug!(
+                shard = self.shard.id,
+                "TLS handshake not completed before the handshake deadline"
+            );
         }
     }
 }
@@ -462,22 +466,20 @@ pub(crate) async fn handshake(shard: &Shard, stream: &RefCell<Socket>) -> Result
     if !stream.borrow().is_tls() {
         return Ok(());
     }
-    let mut guard = HandshakeGuard {
-        stats: &shard.stats,
-        armed: true,
-    };
+    let mut guard = HandshakeGuard { shard, armed: true };
     let done = poll_fn(|cx| match &mut *stream.borrow_mut() {
         Socket::Tls(t) => t.poll_handshake(cx),
         Socket::Plain(_) => Poll::Ready(Ok(())),
     })
     .await;
+    guard.armed = false;
     match done {
         Ok(()) => {
-            guard.armed = false;
             ShardStats::add(&shard.stats.tls_handshakes, 1);
             Ok(())
         }
         Err(e) => {
+            ShardStats::add(&shard.stats.tls_handshake_failures, 1);
             tracing::debug!(
                 shard = shard.id,
                 remote = %stream.borrow().peer_addr().map_or_else(|_| "-".to_string(), |a| a.to_string()),
