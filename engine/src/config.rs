@@ -8,6 +8,9 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+mod tls;
+pub use tls::{TlsConfig, TlsVersion};
+
 /// The default configuration shipped with corecast (the repository's `config.yaml`).
 pub const DEFAULT_YAML: &str = include_str!("../../config.yaml");
 
@@ -70,6 +73,9 @@ pub struct Config {
     /// Connection and request-head limits (docs/LIMITS.md).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// TLS listener for `wss://` and `https://` (absent: none).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// Connection and request-head limits for the TCP listener (WebSocket, SSE, HTTP).
@@ -900,7 +906,11 @@ impl Config {
         {
             return Err("log.otlp_endpoint must be an http:// or https:// URL".into());
         }
-        self.validate_webtransport()
+        self.validate_webtransport()?;
+        match &self.tls {
+            Some(t) => t.validate(self.listen),
+            None => Ok(()),
+        }
     }
 
     fn validate_metrics(&self) -> Result<(), String> {

@@ -121,6 +121,16 @@ const FAMILIES: &[Family] = &[
         |s| &s.handler_errors,
     ),
     counter(
+        "corecast_tls_handshakes_total",
+        "TLS handshakes completed on the tls.listen listener.",
+        |s| &s.tls_handshakes,
+    ),
+    counter(
+        "corecast_tls_handshake_failures_total",
+        "TLS handshakes that failed (bad ClientHello, no shared version or cipher, plain HTTP on the TLS port) or missed the handshake deadline.",
+        |s| &s.tls_handshake_failures,
+    ),
+    counter(
         "corecast_auth_failures_total",
         "Requests refused because authentication failed.",
         |s| &s.auth_failures,

@@ -159,6 +159,10 @@ pub struct ShardStats {
     pub wt_packets_out: AtomicU64,
     /// sendmmsg() calls.
     pub wt_send_calls: AtomicU64,
+    /// TLS handshakes completed on the `tls.listen` listener.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed or missed the handshake deadline.
+    pub tls_handshake_failures: AtomicU64,
 }
 
 impl ShardStats {
@@ -213,7 +217,8 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "\"rate_limited\":{},\"pongs_skipped\":{},\"too_big_closes\":{},",
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
             "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
-            "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2}}}"
+            "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2},",
+            "\"tls_handshakes\":{},\"tls_handshake_failures\":{}}}"
         ),
         shards.len(),
         sum(|s| &s.connections),
@@ -252,6 +257,8 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.wt_packets_out),
         sum(|s| &s.wt_send_calls),
         ratio(sum(|s| &s.wt_packets_out), sum(|s| &s.wt_send_calls)),
+        sum(|s| &s.tls_handshakes),
+        sum(|s| &s.tls_handshake_failures),
     )
 }
 

@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     /// Live connections per source address, when `limits.max_connections_per_ip`
     /// is set.
     pub(crate) ip_table: Option<Arc<crate::net::limits::IpTable>>,
+    /// The TLS listener's certificate and settings (`tls:`).
+    pub(crate) tls: Option<Arc<crate::net::tls::TlsShared>>,
 }
 
 impl Shared {
@@ -478,6 +480,15 @@ impl Engine {
         } else {
             (None, Vec::new(), None)
         };
+        let (tls, tls_listeners, tls_addr) = match &self.config.tls {
+            Some(c) => {
+                let tls = crate::net::tls::TlsShared::new(c).map_err(StartError)?;
+                let (ls, addr) = bind_listeners(c.listen, shards)
+                    .map_err(|e| StartError(format!("tls.listen: {e}")))?;
+                (Some(Arc::new(tls)), ls, Some(addr))
+            }
+            None => (None, Vec::new(), None),
+        };
         // The process-wide clock base of the latency histogram, fixed before any shard.
         let _ = crate::stats::clock_base();
         let stats: Vec<Arc<ShardStats>> = (0..shards)
@@ -536,6 +547,7 @@ impl Engine {
             ip_table: (self.config.limits.max_connections_per_ip > 0).then(|| {
                 crate::net::limits::IpTable::new(self.config.limits.max_connections_per_ip)
             }),
+            tls,
             config: self.config,
         });
         let udp_fds: Vec<Mutex<Option<i32>>> = udp_sockets
@@ -549,7 +561,11 @@ impl Engine {
             .into_iter()
             .map(|l| Mutex::new(Some(l.into_raw_fd())))
             .collect();
-        let boot = Arc::new((inboxes, listener_fds, udp_fds));
+        let tls_fds: Vec<Mutex<Option<i32>>> = tls_listeners
+            .into_iter()
+            .map(|l| Mutex::new(Some(l.into_raw_fd())))
+            .collect();
+        let boot = Arc::new((inboxes, listener_fds, udp_fds, tls_fds));
         let pool_config = PoolConfig {
             shards,
             io_memory: shared.config.runtime.io_memory,
@@ -588,6 +604,20 @@ impl Engine {
                     }
                 }
                 glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+                let tls_fd = boot
+                    .3
+                    .get(i)
+                    .and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
+                if let (Some(fd), Some(tls)) = (tls_fd, shared.tls.clone()) {
+                    // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
+                    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                    glommio::spawn_local(crate::net::tls::accept_loop(
+                        shard.clone(),
+                        listener,
+                        tls,
+                    ))
+                    .detach();
+                }
                 glommio::spawn_local(shard.clone().run_driver()).detach();
                 glommio::spawn_local(shard.clone().run_sweeper()).detach();
                 glommio::spawn_local(shard.clone().run_idle_sweeper()).detach();
@@ -602,6 +632,7 @@ impl Engine {
             handle: EngineHandle { shared },
             local_addr,
             wt_addr,
+            tls_addr,
             metrics,
         })
     }
@@ -806,6 +837,19 @@ impl EngineHandle {
     pub fn shards(&self) -> usize {
         self.shared.senders.len()
     }
+
+    /// Re-read the `tls.cert` and `tls.key` files (what `SIGHUP` does for the
+    /// `corecast` binary): handshakes from now on present the new certificate;
+    /// connections already open keep theirs and are not interrupted. On an error
+    /// (unreadable file, bad PEM, key not matching the certificate, or no `tls:`
+    /// section) the certificate in use stays and the error names the file.
+    /// Returns the SHA-256 of the new leaf certificate.
+    pub fn reload_tls(&self) -> Result<[u8; 32], crate::config::ConfigError> {
+        let tls = self.shared.tls.as_ref().ok_or_else(|| {
+            crate::config::ConfigError("tls: no tls section: nothing to reload".into())
+        })?;
+        tls.reload().map_err(crate::config::ConfigError)
+    }
 }
 
 /// A started engine.
@@ -814,6 +858,7 @@ pub struct RunningEngine {
     handle: EngineHandle,
     local_addr: SocketAddr,
     wt_addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     metrics: Option<crate::metrics::MetricsServer>,
 }
 
@@ -826,6 +871,17 @@ impl RunningEngine {
     /// The UDP address WebTransport is served on, when enabled.
     pub fn webtransport_addr(&self) -> Option<SocketAddr> {
         self.wt_addr
+    }
+
+    /// The TLS listener's address (`tls.listen`; the real port when configured
+    /// with 0), when TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// SHA-256 of the TLS listener's certificate in use (changes on reload).
+    pub fn tls_cert_sha256(&self) -> Option<[u8; 32]> {
+        self.handle.shared.tls.as_ref().map(|t| t.cert_sha256())
     }
 
     /// The separate metrics address (`metrics.listen`), when configured.

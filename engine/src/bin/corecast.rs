@@ -232,6 +232,14 @@ fn serve(args: &[String]) -> ExitCode {
             corecast::cert::hex(&sha)
         );
     }
+    if let (Some(addr), Some(sha)) = (running.tls_addr(), running.tls_cert_sha256()) {
+        tracing::info!(addr = %addr, cert_sha256 = %corecast::cert::hex(&sha), "TLS listening");
+        let _ = writeln!(
+            std::io::stdout(),
+            "corecast tls on wss://{addr} (https for SSE and the API; cert sha256 {}; SIGHUP reloads tls.cert and tls.key)",
+            corecast::cert::hex(&sha)
+        );
+    }
     let _ = std::io::stdout().flush();
     match running.wait() {
         Ok(()) => {
@@ -246,15 +254,29 @@ fn serve(args: &[String]) -> ExitCode {
     }
 }
 
-/// First SIGINT/SIGTERM: graceful drain. Second: exit at once.
+/// First SIGINT/SIGTERM: graceful drain. Second: exit at once. SIGHUP: reload the
+/// TLS certificate and key (a bad file keeps the one in use).
 fn install_signal_handler(handle: corecast::EngineHandle) -> std::io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
         .name("corecast-signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    match handle.reload_tls() {
+                        Ok(sha) => tracing::info!(
+                            cert_sha256 = %corecast::cert::hex(&sha),
+                            "SIGHUP: TLS certificate reloaded"
+                        ),
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "SIGHUP: TLS certificate not reloaded; the one in use stays"
+                        ),
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(signal = sig, "draining (signal again to exit now)");

@@ -7,13 +7,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::TcpListener;
 
 use super::conn::{Conn, ConnLog, ConnParts, Handler, Transport};
 use super::driver::{READ, WRITE};
 use super::limits::{Admission, ConnLimits, Handshaking};
 use super::read::{read_into, settle};
 use super::shard::Shard;
+use super::socket::Socket;
 use crate::app::conn::WsConn;
 use crate::app::connection::Connection;
 use crate::app::engine::{EndpointHandler, EndpointTransport};
@@ -40,7 +41,8 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             None => break,
             Some(Ok(stream)) => {
                 ShardStats::add(&shard.stats.accepted, 1);
-                glommio::spawn_local(serve(shard.clone(), stream)).detach();
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(serve(shard.clone(), Socket::Plain(stream))).detach();
             }
             Some(Err(e)) => {
                 // Usually EMFILE: back off briefly instead of spinning.
@@ -56,27 +58,39 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// has read the response.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
-async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+/// Serve one accepted connection (plain, or TLS from [`super::tls::accept_loop`]):
+/// connection caps, TLS handshake, request head and routing, the last three within
+/// the handshake deadline.
+pub(crate) async fn serve(shard: Rc<Shard>, stream: Socket) {
     let admission = match admit_connection(&shard, &stream) {
         Ok(a) => a,
         Err(limit) => {
-            let body = format!("connection limit reached: {limit}");
-            let resp = http::response(503, "Service Unavailable", &[("Retry-After", "1")], &body);
-            refuse(stream, resp).await;
+            // Over a cap before any TLS handshake: a TLS client could not read an
+            // HTTP answer yet, so it is only closed (and counted).
+            if !stream.is_tls() {
+                let body = format!("connection limit reached: {limit}");
+                let resp =
+                    http::response(503, "Service Unavailable", &[("Retry-After", "1")], &body);
+                refuse(stream, resp).await;
+            }
             return;
         }
     };
     let stream = std::cell::RefCell::new(stream);
     let mut pending = BytesMut::new();
     let timeout = shard.shared.config.limits.handshake_timeout.0;
-    let head = read_head(&shard, &stream, &mut pending)
-        .or(async {
-            glommio::timer::sleep(timeout).await;
-            ShardStats::add(&shard.stats.handshake_timeouts, 1);
-            Err(None)
-        })
-        .await;
+    let head = async {
+        super::tls::handshake(&shard, &stream)
+            .await
+            .map_err(|()| None)?;
+        read_head(&shard, &stream, &mut pending).await
+    }
+    .or(async {
+        glommio::timer::sleep(timeout).await;
+        ShardStats::add(&shard.stats.handshake_timeouts, 1);
+        Err(None)
+    })
+    .await;
     let req = match head {
         Ok(req) => req,
         Err(Some(response)) => {
@@ -93,7 +107,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 
 /// Count a new connection against the shard's and its address's caps; `Err`:
 /// over one of them, named (counted; the caller answers 503).
-fn admit_connection(shard: &Shard, stream: &TcpStream) -> Result<Admission, &'static str> {
+fn admit_connection(shard: &Shard, stream: &Socket) -> Result<Admission, &'static str> {
     use std::sync::atomic::Ordering::Relaxed;
     let limits = &shard.shared.config.limits;
     let live = shard.stats.connections.load(Relaxed) + shard.stats.handshaking.load(Relaxed);
@@ -126,7 +140,7 @@ fn admit_connection(shard: &Shard, stream: &TcpStream) -> Result<Admission, &'st
 /// Answer `response` and close: stop sending, then read and discard what the
 /// client sent for at most [`REFUSAL_LINGER`] (so the close does not reset the
 /// connection under a response the client has not read yet).
-async fn refuse(mut stream: TcpStream, response: Vec<u8>) {
+async fn refuse(mut stream: Socket, response: Vec<u8>) {
     use futures_lite::AsyncReadExt;
     let written = stream
         .write_all(&response)
@@ -135,7 +149,24 @@ async fn refuse(mut stream: TcpStream, response: Vec<u8>) {
             Err(std::io::ErrorKind::TimedOut.into())
         })
         .await;
-    if written.is_err() || stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+    if written.is_err() {
+        return;
+    }
+    let half_closed = match &stream {
+        Socket::Plain(s) => s.shutdown(std::net::Shutdown::Write).await.is_ok(),
+        // TLS: close_notify ends the stream; nothing to linger for.
+        Socket::Tls(_) => {
+            let _ = stream
+                .close()
+                .or(async {
+                    glommio::timer::sleep(REFUSAL_LINGER).await;
+                    Ok(())
+                })
+                .await;
+            false
+        }
+    };
+    if !half_closed {
         return;
     }
     let mut sink = [0u8; 1024];
@@ -158,7 +189,7 @@ async fn refuse(mut stream: TcpStream, response: Vec<u8>) {
 /// close; `Err(None)`: the client went away.
 async fn read_head(
     shard: &Shard,
-    stream: &std::cell::RefCell<TcpStream>,
+    stream: &std::cell::RefCell<Socket>,
     pending: &mut BytesMut,
 ) -> Result<Request, Option<Vec<u8>>> {
     let limits = http::HeadLimits {
@@ -185,7 +216,7 @@ async fn read_head(
 
 async fn route(
     shard: Rc<Shard>,
-    mut stream: TcpStream,
+    mut stream: Socket,
     req: Request,
     pending: BytesMut,
     admission: Admission,
@@ -536,7 +567,7 @@ fn admit(
     shard: &Shard,
     endpoint: &crate::app::engine::Endpoint,
     req: &Request,
-    stream: &TcpStream,
+    stream: &Socket,
     transport: TransportKind,
 ) -> Result<Option<crate::app::router::Admitted>, Vec<u8>> {
     let Some(router) = &endpoint.router else {

@@ -14,11 +14,11 @@ use bytes::{Bytes, BytesMut};
 use std::cell::RefCell;
 
 use futures_lite::{AsyncWriteExt, FutureExt};
-use glommio::net::TcpStream;
 
 use super::fanout::cursor;
 use super::read::read_into;
 use super::shard::Shard;
+use super::socket::Socket;
 use crate::app::message::Message;
 use crate::proto::http::{self, Request};
 use corecast_shards::ConnId;
@@ -31,7 +31,7 @@ const MAX_ROOM_NAME: usize = 256;
 /// How long a client has to send a publish body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, req: Request, pending: BytesMut) {
+pub(crate) async fn serve(shard: Rc<Shard>, stream: Socket, req: Request, pending: BytesMut) {
     let stream = RefCell::new(stream);
     let resp = respond(&shard, &stream, &req, pending).await;
     let _ = stream.into_inner().write_all(&resp).await;
@@ -39,7 +39,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: TcpStream, req: Request, pen
 
 async fn respond(
     shard: &Rc<Shard>,
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Socket>,
     req: &Request,
     pending: BytesMut,
 ) -> Vec<u8> {
@@ -116,7 +116,7 @@ fn lookup_failed(e: crate::app::registry::LookupError) -> Vec<u8> {
 /// `GET /api/connections/{id}` and `POST /api/connections/{id}/send`.
 async fn connections(
     shard: &Rc<Shard>,
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Socket>,
     req: &Request,
     pending: BytesMut,
     rest: &str,
@@ -236,7 +236,7 @@ fn authorized(req: &Request, key: &str) -> bool {
 
 async fn publish(
     shard: &Rc<Shard>,
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Socket>,
     req: &Request,
     pending: BytesMut,
     room: &str,
@@ -269,7 +269,7 @@ async fn publish(
 /// Content-Length required (411), at most `websocket.max_message_size` (413).
 async fn read_message_body(
     shard: &Shard,
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Socket>,
     req: &Request,
     pending: BytesMut,
 ) -> Result<Message, Vec<u8>> {
@@ -320,7 +320,7 @@ async fn read_message_body(
 /// The first `len` body bytes: what came with the head, then reads until complete.
 async fn read_body(
     shard: &Shard,
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Socket>,
     mut buf: BytesMut,
     len: usize,
 ) -> Option<Bytes> {

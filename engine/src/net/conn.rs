@@ -10,8 +10,8 @@ use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
 use corecast_shards::{ConnId, OutboundQueue};
-use glommio::net::TcpStream;
 
+use super::socket::Socket;
 use crate::app::callbacks::WsCallbacks;
 use crate::app::message::Message;
 use crate::app::meta::MetaCell;
@@ -142,7 +142,7 @@ impl std::error::Error for SendError {}
 /// A live WebSocket connection.
 pub(crate) struct Conn {
     pub(crate) id: ConnId,
-    pub(crate) stream: RefCell<TcpStream>,
+    pub(crate) stream: RefCell<Socket>,
     pub(crate) queue: RefCell<OutboundQueue>,
     pub(crate) decoder: RefCell<Decoder>,
     pub(crate) pending: RefCell<BytesMut>,
@@ -185,7 +185,7 @@ pub(crate) struct Conn {
 
 /// What the accept path hands over to build a [`Conn`].
 pub(crate) struct ConnParts {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Socket,
     pub(crate) decoder: Decoder,
     pub(crate) pending: BytesMut,
     pub(crate) queue_cap: usize,

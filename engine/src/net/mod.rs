@@ -18,4 +18,6 @@ pub(crate) mod read;
 pub(crate) mod registry;
 pub(crate) mod session;
 pub(crate) mod shard;
+pub(crate) mod socket;
+pub(crate) mod tls;
 pub(crate) mod udp;

@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_lite::AsyncRead;
-use glommio::net::TcpStream;
+
+use super::socket::Socket;
 
 /// Per-shard arena blocks are this big.
 const BLOCK: usize = 256 * 1024;
@@ -49,7 +50,7 @@ impl ReadArena {
 /// Poll one read from `stream` into the arena and append what arrived to `pending`.
 /// `Ready(Ok(0))` means the peer closed its side.
 pub(crate) fn poll_read_into(
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Socket>,
     arena: &RefCell<ReadArena>,
     read_size: usize,
     pending: &mut BytesMut,
@@ -76,7 +77,7 @@ pub(crate) fn poll_read_into(
 
 /// Read once (awaiting readiness) and append to `pending`; 0 means EOF.
 pub(crate) async fn read_into(
-    stream: &RefCell<TcpStream>,
+    stream: &RefCell<Socket>,
     arena: &RefCell<ReadArena>,
     read_size: usize,
     pending: &mut BytesMut,

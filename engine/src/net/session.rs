@@ -2,12 +2,9 @@
 //! the outbound queue into one send; run the close handshake; finish.
 
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-
-use futures_lite::AsyncWrite;
 
 use super::conn::{Conn, ConnState, Handler, TASK_INBOX_CAP};
 use super::driver::{self, READ, WRITE};
@@ -75,6 +72,10 @@ impl Shard {
                         &mut conn.pending.borrow_mut(),
                         &mut cx,
                     );
+                    if conn.stream.borrow().wants_write() {
+                        // rustls answered something while reading (e.g. a key update).
+                        self.schedule(conn, WRITE);
+                    }
                     match polled {
                         Poll::Ready(Ok(n)) if n > 0 => {
                             conn.last_read.set(self.clock.get());
@@ -172,6 +173,21 @@ impl Shard {
                 return;
             }
             if conn.queue.borrow().is_empty() {
+                // TLS: records of the last batch the socket had no room for.
+                let waker = driver::waker(conn.id.slot, conn.id.generation, WRITE);
+                let flushed = conn
+                    .stream
+                    .borrow_mut()
+                    .poll_flush_buffered(&mut Context::from_waker(&waker));
+                match flushed {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(_)) => {
+                        conn.read_done.set(true);
+                        self.finish(conn, "write failed");
+                        return;
+                    }
+                    Poll::Pending => return,
+                }
                 if conn.state() == ConnState::Closing {
                     self.close_written(conn);
                 }
@@ -189,7 +205,8 @@ impl Shard {
         }
     }
 
-    /// One send() of as much of the queue as fits `write_buffer_size`.
+    /// One send() of as much of the queue as fits `write_buffer_size` (TLS: one
+    /// batch of records, see [`super::socket::Socket::poll_send`]).
     fn poll_write(&self, conn: &Conn) -> Poll<io::Result<usize>> {
         let max = self.shared.config.websocket.write_buffer_size;
         let waker = driver::waker(conn.id.slot, conn.id.generation, WRITE);
@@ -202,7 +219,7 @@ impl Shard {
             let mut stream = conn.stream.borrow_mut();
             if queue.len_frames() == 1 || front.len() >= max {
                 // Nothing to coalesce: write straight from the shared frame.
-                Pin::new(&mut *stream).poll_write(&mut cx, front)
+                stream.poll_send(&mut cx, front)
             } else {
                 let mut buf = self.scratch.borrow_mut();
                 buf.clear();
@@ -213,7 +230,7 @@ impl Shard {
                     }
                     buf.extend_from_slice(&f[..f.len().min(room)]);
                 }
-                Pin::new(&mut *stream).poll_write(&mut cx, &buf)
+                stream.poll_send(&mut cx, &buf)
             }
         };
         match polled {
@@ -319,6 +336,8 @@ impl Shard {
         }
         conn.set_state(ConnState::Done);
         conn.read_done.set(true);
+        // TLS: end the session properly if the socket takes it (never waits).
+        conn.stream.borrow_mut().close_notify();
         conn.clear_queue(&self.stats);
         self.leave_all(conn);
         match &conn.handler {
@@ -335,7 +354,6 @@ impl Shard {
                 inbox.ended.set(true);
                 inbox.wake();
                 // The handler may hold the socket a little longer: end it now.
-                use std::os::fd::AsRawFd;
                 // SAFETY: shutdown(2) on the connection's own, still open descriptor.
                 unsafe { libc::shutdown(conn.stream.borrow().as_raw_fd(), libc::SHUT_RDWR) };
             }
