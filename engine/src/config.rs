@@ -415,7 +415,9 @@ impl SlowConsumersConfig {
         }
         for (i, r) in self.rooms.iter().enumerate() {
             if r.pattern.is_empty() {
-                return Err(format!("slow_consumers.rooms[{i}].pattern must not be empty"));
+                return Err(format!(
+                    "slow_consumers.rooms[{i}].pattern must not be empty"
+                ));
             }
             if self.rooms[..i].iter().any(|o| o.pattern == r.pattern) {
                 return Err(format!(
@@ -1036,7 +1038,10 @@ mod tests {
         assert_eq!(s.policy_for("feed-1"), SlowPolicy::DropOldest);
         assert_eq!(s.policy_for("chat"), SlowPolicy::Disconnect);
         let e = Config::from_yaml("slow_consumers:\n  policy: drop_newest\n", "t").unwrap_err();
-        assert!(e.0.contains("drop_newest") && e.0.contains("keep_latest"), "{e}");
+        assert!(
+            e.0.contains("drop_newest") && e.0.contains("keep_latest"),
+            "{e}"
+        );
         let e =
             Config::from_yaml("slow_consumers:\n  write_stall_timeout: 10ms\n", "t").unwrap_err();
         assert!(e.0.contains("slow_consumers.write_stall_timeout"), "{e}");

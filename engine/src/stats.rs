@@ -99,6 +99,14 @@ pub struct ShardStats {
     pub bytes_written: AtomicU64,
     /// Connections closed because their outbound queue hit its cap.
     pub slow_consumers: AtomicU64,
+    /// Room messages dropped from (or not admitted to) members' full queues by the
+    /// `drop_oldest` / `keep_latest` slow-consumer policies.
+    pub slow_dropped: AtomicU64,
+    /// Queued room messages replaced by a newer one of the same room (`keep_latest`).
+    pub slow_conflated: AtomicU64,
+    /// Connections closed because their socket accepted nothing for
+    /// `slow_consumers.write_stall_timeout` while bytes were queued.
+    pub write_stall_closes: AtomicU64,
     /// Cross-shard messages refused because the target inbox was full.
     pub mesh_overflows: AtomicU64,
     /// Handlers that panicked (their connection was closed with 1011).
@@ -181,7 +189,7 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "{{\"shards\":{},\"connections\":{},\"connections_per_shard\":[{}],\"accepted\":{},",
             "\"messages_in\":{},\"broadcasts\":{},\"deliveries\":{},\"frames_written\":{},",
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
-            "\"slow_consumers\":{},\"mesh_overflows\":{},\"handler_panics\":{},",
+            "\"slow_consumers\":{},\"slow_dropped\":{},\"slow_conflated\":{},\"write_stall_closes\":{},\"outbound_queued_bytes\":{},\"mesh_overflows\":{},\"handler_panics\":{},",
             "\"handler_errors\":{},\"connect_rejected\":{},\"idle_timeouts\":{},\"send_to_missed\":{},",
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
             "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
@@ -199,6 +207,10 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.bytes_written),
         ratio(frames, writes),
         sum(|s| &s.slow_consumers),
+        sum(|s| &s.slow_dropped),
+        sum(|s| &s.slow_conflated),
+        sum(|s| &s.write_stall_closes),
+        sum(|s| &s.outbound_queued_bytes),
         sum(|s| &s.mesh_overflows),
         sum(|s| &s.handler_panics),
         sum(|s| &s.handler_errors),

@@ -109,9 +109,12 @@ struct Entry {
 pub struct OutboundQueue {
     frames: VecDeque<Entry>,
     bytes: usize,
-    cap: usize,
+    /// At most `u32::MAX` (4 GiB per connection is no cap at all): the small
+    /// fields share words, keeping the connection struct small.
+    cap: u32,
     /// Bytes of droppable entries (a started front frame included).
-    droppable_bytes: usize,
+    /// Droppable frames are only admitted under the cap, so this fits a `u32`.
+    droppable_bytes: u32,
     /// Keep-latest entries queued: conflation scans only when there are some.
     latest: u32,
     /// The front frame has been partly written: it must be finished before anything
@@ -123,14 +126,14 @@ impl OutboundQueue {
     /// An empty queue that holds at most `cap` bytes. Allocates nothing until used.
     pub fn new(cap: usize) -> Self {
         Self {
-            cap,
+            cap: u32::try_from(cap).unwrap_or(u32::MAX),
             ..Self::default()
         }
     }
 
     /// Append a pinned frame; refuses it if the queue would exceed its cap.
     pub fn push(&mut self, frame: Bytes) -> Result<(), QueueFull> {
-        if self.bytes + frame.len() > self.cap {
+        if self.bytes + frame.len() > self.cap() {
             return Err(QueueFull);
         }
         self.push_unbounded(frame);
@@ -149,7 +152,7 @@ impl OutboundQueue {
         }
         self.bytes += frame.len();
         if class.droppable() {
-            self.droppable_bytes += frame.len();
+            self.droppable_bytes += frame.len() as u32;
         }
         if class.latest() {
             self.latest += 1;
@@ -188,19 +191,20 @@ impl OutboundQueue {
             }
         }
         let len = frame.len();
-        if self.bytes + len > self.cap {
+        let cap = self.cap();
+        if self.bytes + len > cap {
             // Droppable bytes that may go (not a started front frame).
             let started = match self.frames.front() {
                 Some(e) if self.front_started && e.class.droppable() => e.bytes.len(),
                 _ => 0,
             };
-            let available = self.droppable_bytes - started;
-            if self.bytes - available + len > self.cap {
+            let available = self.droppable_bytes as usize - started;
+            if self.bytes - available + len > cap {
                 // Even dropping everything droppable would not make room.
                 out.dropped += 1;
                 return Ok(out);
             }
-            let need = self.bytes + len - self.cap;
+            let need = self.bytes + len - cap;
             out.removed_bytes += self.drop_oldest(need, &mut out.dropped);
         }
         self.push_entry(frame, class);
@@ -231,7 +235,7 @@ impl OutboundQueue {
     fn forget(&mut self, e: &Entry) {
         self.bytes -= e.bytes.len();
         if e.class.droppable() {
-            self.droppable_bytes -= e.bytes.len();
+            self.droppable_bytes -= e.bytes.len() as u32;
         }
         if e.class.latest() {
             self.latest -= 1;
@@ -261,6 +265,11 @@ impl OutboundQueue {
             self.push_entry(front.bytes, front.class);
             self.front_started = true;
         }
+    }
+
+    /// The byte cap.
+    pub fn cap(&self) -> usize {
+        self.cap as usize
     }
 
     /// Bytes queued.
@@ -307,7 +316,7 @@ impl OutboundQueue {
                 let _ = front.bytes.split_to(n);
                 self.bytes -= n;
                 if front.class.droppable() {
-                    self.droppable_bytes -= n;
+                    self.droppable_bytes -= n as u32;
                 }
                 self.front_started = true;
                 n = 0;

@@ -16,4 +16,5 @@ pub(crate) mod read;
 pub(crate) mod registry;
 pub(crate) mod session;
 pub(crate) mod shard;
+pub(crate) mod stall;
 pub(crate) mod udp;
