@@ -141,7 +141,7 @@ async fn publish_until(
         let p = publish(addr, room, body(*next)).await;
         assert_eq!(p.seq, *next as u64 + 1, "one publisher, consecutive seqs");
         *next += 1;
-        if (*next - start) % 32 == 0 && stop(server.stats().await) {
+        if (*next - start).is_multiple_of(32) && stop(server.stats().await) {
             break;
         }
     }
@@ -445,7 +445,7 @@ async fn thousand_readers_that_never_read_do_not_hurt_the_others_or_memory() {
         let due = started + Duration::from_millis(2 * i as u64);
         tokio::time::sleep_until(due.into()).await;
         publish(addr, "feed-big", body(i)).await;
-        if i % 100 == 0 {
+        if i.is_multiple_of(100) {
             peak_rss = peak_rss.max(memory(pid).0);
         }
     }
