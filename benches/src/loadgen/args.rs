@@ -634,6 +634,13 @@ mod tests {
         assert_eq!(f.rate, 1000.0);
         assert!(f.text);
         assert_eq!(f.common.targets, vec!["127.0.0.1:9".to_string()]);
+        assert_eq!(f.slow, 0);
+        let Ok(Command::Fanout(f)) = p("fanout --slow 1000") else {
+            panic!("expected fanout");
+        };
+        assert_eq!(f.slow, 1000);
+        assert!(p("fanout --slow many").unwrap_err().contains("--slow"));
+        assert!(p("sse --slow 3").unwrap_err().contains("--slow"));
     }
 
     #[test]
