@@ -31,7 +31,9 @@ impl Shard {
             let mut stalled: Vec<Rc<Conn>> = Vec::new();
             for c in self.conns.borrow().iter() {
                 if c.state() != ConnState::Open || c.queue.borrow().is_empty() {
-                    c.stalled_ticks.set(0);
+                    if c.stalled_ticks.get() != 0 {
+                        c.stalled_ticks.set(0);
+                    }
                     continue;
                 }
                 let ticks = c.stalled_ticks.get().saturating_add(1);
