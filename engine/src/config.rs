@@ -76,6 +76,9 @@ pub struct Config {
     /// TLS listener for `wss://` and `https://` (absent: none).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// What happens to members that read slower than their rooms publish.
+    #[serde(default)]
+    pub slow_consumers: SlowConsumersConfig,
 }
 
 /// Connection and request-head limits for the TCP listener (WebSocket, SSE, HTTP).
@@ -409,6 +412,102 @@ impl HistoryConfig {
                 .unwrap_or(self.max_messages),
             max_age: over.and_then(|o| o.max_age).unwrap_or(self.max_age).0,
         }
+    }
+}
+
+/// A room's slow-consumer policy: what a member's full outbound queue does with the
+/// room's next message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowPolicy {
+    /// Close the connection (WebSocket 1008; an SSE stream just ends).
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued messages of droppable rooms not yet being written.
+    DropOldest,
+    /// Keep one pending message per room: a newer one replaces it.
+    KeepLatest,
+}
+
+impl SlowPolicy {
+    /// The queue's form of this policy.
+    pub fn overflow(self) -> corecast_shards::Overflow {
+        match self {
+            SlowPolicy::Disconnect => corecast_shards::Overflow::Disconnect,
+            SlowPolicy::DropOldest => corecast_shards::Overflow::DropOldest,
+            SlowPolicy::KeepLatest => corecast_shards::Overflow::KeepLatest,
+        }
+    }
+}
+
+/// Slow consumers: per-room-pattern policies and the write-stall deadline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConsumersConfig {
+    /// The policy of rooms no pattern matches.
+    #[serde(default)]
+    pub policy: SlowPolicy,
+    /// A connection with queued bytes whose socket accepts none for this long is
+    /// closed (1008), whatever its rooms' policy. `0s` disables.
+    #[serde(default = "defaults::write_stall_timeout")]
+    pub write_stall_timeout: ConfigDuration,
+    /// Policies by room-name pattern (`*` matches any run of characters); the first
+    /// match wins.
+    #[serde(default)]
+    pub rooms: Vec<SlowConsumerRule>,
+}
+
+impl Default for SlowConsumersConfig {
+    fn default() -> Self {
+        Self {
+            policy: SlowPolicy::Disconnect,
+            write_stall_timeout: defaults::write_stall_timeout(),
+            rooms: Vec::new(),
+        }
+    }
+}
+
+/// The slow-consumer policy of rooms whose name matches `pattern`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlowConsumerRule {
+    /// Room-name pattern, e.g. `ticker-*`.
+    pub pattern: String,
+    /// The policy for matching rooms.
+    pub policy: SlowPolicy,
+}
+
+impl SlowConsumersConfig {
+    /// The policy of `room` (first matching pattern, else the default).
+    pub fn policy_for(&self, room: &str) -> SlowPolicy {
+        self.rooms
+            .iter()
+            .find(|r| pattern_matches(&r.pattern, room))
+            .map_or(self.policy, |r| r.policy)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let stall = self.write_stall_timeout.0;
+        if !stall.is_zero() && stall < Duration::from_secs(1) {
+            return Err(
+                "slow_consumers.write_stall_timeout must be 0s (off) or at least 1s (it is checked once a second)"
+                    .into(),
+            );
+        }
+        for (i, r) in self.rooms.iter().enumerate() {
+            if r.pattern.is_empty() {
+                return Err(format!(
+                    "slow_consumers.rooms[{i}].pattern must not be empty"
+                ));
+            }
+            if self.rooms[..i].iter().any(|o| o.pattern == r.pattern) {
+                return Err(format!(
+                    "slow_consumers.rooms[{i}].pattern {:?} is listed twice (the first match wins, so this rule would never apply)",
+                    r.pattern
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -790,6 +889,9 @@ mod defaults {
     pub fn burst() -> super::ConfigDuration {
         super::ConfigDuration(std::time::Duration::from_secs(1))
     }
+    pub fn write_stall_timeout() -> super::ConfigDuration {
+        super::ConfigDuration(std::time::Duration::from_secs(30))
+    }
     pub fn wt_idle() -> super::ConfigDuration {
         super::ConfigDuration(std::time::Duration::from_secs(30))
     }
@@ -892,6 +994,7 @@ impl Config {
         }
         self.validate_metrics()?;
         self.validate_limits()?;
+        self.slow_consumers.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(format!(
                 "log.level {:?} is not a valid filter: {e}",
@@ -1181,6 +1284,47 @@ mod tests {
             ..WebTransportConfig::default()
         };
         assert!(!wt.origin_allowed(Some("https://b.example")));
+    }
+
+    #[test]
+    fn slow_consumer_policies_by_pattern_and_validation() {
+        let c = Config::default();
+        assert_eq!(c.slow_consumers.policy_for("any"), SlowPolicy::Disconnect);
+        assert_eq!(
+            c.slow_consumers.write_stall_timeout.0,
+            Duration::from_secs(30)
+        );
+        let c = Config::from_yaml(
+            "slow_consumers:\n  write_stall_timeout: 5s\n  rooms:\n    - pattern: \"ticker-*\"\n      policy: keep_latest\n    - pattern: \"feed-*\"\n      policy: drop_oldest\n    - pattern: \"*\"\n      policy: disconnect\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let s = &c.slow_consumers;
+        assert_eq!(s.policy_for("ticker-eurusd"), SlowPolicy::KeepLatest);
+        assert_eq!(s.policy_for("feed-1"), SlowPolicy::DropOldest);
+        assert_eq!(s.policy_for("chat"), SlowPolicy::Disconnect);
+        let e = Config::from_yaml("slow_consumers:\n  policy: drop_newest\n", "t").unwrap_err();
+        assert!(
+            e.0.contains("drop_newest") && e.0.contains("keep_latest"),
+            "{e}"
+        );
+        let e =
+            Config::from_yaml("slow_consumers:\n  write_stall_timeout: 10ms\n", "t").unwrap_err();
+        assert!(e.0.contains("slow_consumers.write_stall_timeout"), "{e}");
+        let e = Config::from_yaml(
+            "slow_consumers:\n  rooms:\n    - pattern: \"\"\n      policy: keep_latest\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("slow_consumers.rooms[0].pattern"), "{e}");
+        let e = Config::from_yaml(
+            "slow_consumers:\n  rooms:\n    - pattern: a\n      policy: keep_latest\n    - pattern: a\n      policy: drop_oldest\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(e.0.contains("slow_consumers.rooms[1].pattern"), "{e}");
+        assert!(Config::from_yaml("slow_consumers:\n  rooms:\n    - pattern: a\n", "t").is_err());
+        assert!(Config::from_yaml("slow_consumers:\n  write_stall_timeout: 0s\n", "t").is_ok());
     }
 
     #[test]

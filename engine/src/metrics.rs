@@ -96,6 +96,21 @@ const FAMILIES: &[Family] = &[
         |s| &s.slow_consumers,
     ),
     counter(
+        "corecast_slow_consumer_dropped_total",
+        "Room messages dropped from members' full outbound queues (slow_consumers policy drop_oldest or keep_latest).",
+        |s| &s.slow_dropped,
+    ),
+    counter(
+        "corecast_slow_consumer_conflated_total",
+        "Queued room messages replaced by a newer one of the same room (slow_consumers policy keep_latest).",
+        |s| &s.slow_conflated,
+    ),
+    counter(
+        "corecast_write_stall_closes_total",
+        "Connections closed because their socket accepted nothing for slow_consumers.write_stall_timeout while bytes were queued.",
+        |s| &s.write_stall_closes,
+    ),
+    counter(
         "corecast_mesh_overflows_total",
         "Cross-shard messages lost or refused: the target shard's inbox and this shard's outbox for it were both full.",
         |s| &s.mesh_overflows,

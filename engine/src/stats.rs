@@ -99,6 +99,14 @@ pub struct ShardStats {
     pub bytes_written: AtomicU64,
     /// Connections closed because their outbound queue hit its cap.
     pub slow_consumers: AtomicU64,
+    /// Room messages dropped from (or not admitted to) members' full queues by the
+    /// `drop_oldest` / `keep_latest` slow-consumer policies.
+    pub slow_dropped: AtomicU64,
+    /// Queued room messages replaced by a newer one of the same room (`keep_latest`).
+    pub slow_conflated: AtomicU64,
+    /// Connections closed because their socket accepted nothing for
+    /// `slow_consumers.write_stall_timeout` while bytes were queued.
+    pub write_stall_closes: AtomicU64,
     /// Cross-shard messages refused because the target inbox was full.
     pub mesh_overflows: AtomicU64,
     /// Cross-shard messages that found the target inbox full and waited, in order, in
@@ -210,7 +218,7 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "{{\"shards\":{},\"connections\":{},\"connections_per_shard\":[{}],\"accepted\":{},",
             "\"messages_in\":{},\"broadcasts\":{},\"deliveries\":{},\"frames_written\":{},",
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
-            "\"slow_consumers\":{},\"mesh_overflows\":{},\"mesh_deferred\":{},\"handler_panics\":{},",
+            "\"slow_consumers\":{},\"slow_dropped\":{},\"slow_conflated\":{},\"write_stall_closes\":{},\"outbound_queued_bytes\":{},\"mesh_overflows\":{},\"mesh_deferred\":{},\"handler_panics\":{},",
             "\"handler_errors\":{},\"connect_rejected\":{},\"idle_timeouts\":{},\"send_to_missed\":{},",
             "\"handshaking\":{},\"handshake_timeouts\":{},\"bad_requests\":{},",
             "\"shard_limit_rejected\":{},\"ip_limit_rejected\":{},\"origin_rejected\":{},",
@@ -232,6 +240,10 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.bytes_written),
         ratio(frames, writes),
         sum(|s| &s.slow_consumers),
+        sum(|s| &s.slow_dropped),
+        sum(|s| &s.slow_conflated),
+        sum(|s| &s.write_stall_closes),
+        sum(|s| &s.outbound_queued_bytes),
         sum(|s| &s.mesh_overflows),
         sum(|s| &s.mesh_deferred),
         sum(|s| &s.handler_panics),

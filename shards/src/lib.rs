@@ -19,7 +19,7 @@ pub mod room;
 pub use conn::{ConnId, ConnSlab, ParseConnIdError};
 pub use mesh::{Inbox, LocalInbox, Mesh, MeshSender};
 pub use pool::{PoolConfig, PoolError, ShardPool};
-pub use queue::{OutboundQueue, QueueFull};
+pub use queue::{FrameClass, OutboundQueue, Overflow, Pushed, QueueFull};
 pub use room::{
     owner_of, GapReason, HistoryLimits, InterestTable, MemberList, Position, Replay, RoomTable,
 };

@@ -1,8 +1,15 @@
-//! The per-connection outbound queue: shared, already-encoded frames bounded in bytes.
+//! The per-connection outbound queue: shared, already-encoded frames bounded in bytes,
+//! with the room's slow-consumer policy applied when a room message arrives.
 //!
 //! A broadcast pushes the same refcounted [`Bytes`] into many queues (a refcount and a
 //! push per member). The writer gathers the front of the queue into one send and then
 //! [`OutboundQueue::consume`]s what the kernel took, slicing a partly written frame.
+//!
+//! Every queued frame carries a [`FrameClass`]: pinned frames (control frames,
+//! replies, messages of rooms whose policy is [`Overflow::Disconnect`]) are never
+//! dropped; room messages of [`Overflow::DropOldest`] and [`Overflow::KeepLatest`]
+//! rooms may be. A frame whose first byte has been written is never dropped or
+//! replaced, so the wire always carries whole frames.
 
 use std::collections::VecDeque;
 
@@ -20,12 +27,96 @@ impl std::fmt::Display for QueueFull {
 
 impl std::error::Error for QueueFull {}
 
+/// What happens to a room message for a member whose queue cannot take it (the
+/// room's slow-consumer policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Refuse it: the caller closes the connection as a slow consumer.
+    #[default]
+    Disconnect,
+    /// Drop the oldest droppable frames not yet started until it fits.
+    DropOldest,
+    /// Conflate: it replaces the member's pending (unstarted) message of the same
+    /// room, so at most one per room waits; then as [`Overflow::DropOldest`].
+    KeepLatest,
+}
+
+/// How a queued frame may be treated: pinned, or a droppable room message with a
+/// room key (for conflation). Two words of flags in one `u64`, resolved once per
+/// room per delivery, not per member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FrameClass(u64);
+
+const DROPPABLE: u64 = 1;
+const LATEST: u64 = 2;
+
+impl FrameClass {
+    /// Never dropped or replaced (control frames, replies, disconnect-policy rooms).
+    pub const PINNED: FrameClass = FrameClass(0);
+
+    /// A message of a room with `policy`; `room_key` identifies the room (a hash of
+    /// its name: two rooms conflate only if their 62-bit keys collide).
+    pub fn room(policy: Overflow, room_key: u64) -> Self {
+        match policy {
+            Overflow::Disconnect => Self::PINNED,
+            Overflow::DropOldest => FrameClass((room_key << 2) | DROPPABLE),
+            Overflow::KeepLatest => FrameClass((room_key << 2) | DROPPABLE | LATEST),
+        }
+    }
+
+    /// The policy this class was made for.
+    pub fn policy(self) -> Overflow {
+        if self.0 & LATEST != 0 {
+            Overflow::KeepLatest
+        } else if self.0 & DROPPABLE != 0 {
+            Overflow::DropOldest
+        } else {
+            Overflow::Disconnect
+        }
+    }
+
+    fn droppable(self) -> bool {
+        self.0 & DROPPABLE != 0
+    }
+
+    fn latest(self) -> bool {
+        self.0 & LATEST != 0
+    }
+}
+
+/// What a policy push did besides queueing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pushed {
+    /// The new frame is queued (false: it was itself dropped, as it could not fit
+    /// even with every droppable frame gone).
+    pub queued: bool,
+    /// Older frames dropped to make room (plus the new one if not queued).
+    pub dropped: u32,
+    /// Older messages of the same room replaced (keep_latest: 0 or 1).
+    pub conflated: u32,
+    /// Bytes removed from the queue by dropping and conflating.
+    pub removed_bytes: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    bytes: Bytes,
+    class: FrameClass,
+}
+
 /// Frames waiting to be written to one connection.
 #[derive(Debug, Default)]
 pub struct OutboundQueue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<Entry>,
     bytes: usize,
-    cap: usize,
+    /// At most `u32::MAX` (4 GiB per connection is no cap at all): the small
+    /// fields share words, keeping the connection struct small.
+    cap: u32,
+    /// Bytes of droppable entries (a started front frame included).
+    /// Droppable frames are only admitted under the cap, so this fits a `u32`.
+    droppable_bytes: u32,
+    /// Keep-latest entries queued: conflation scans only when there are some.
+    latest: u32,
     /// The front frame has been partly written: it must be finished before anything
     /// else goes on the wire, or the peer sees a torn frame.
     front_started: bool,
@@ -35,30 +126,120 @@ impl OutboundQueue {
     /// An empty queue that holds at most `cap` bytes. Allocates nothing until used.
     pub fn new(cap: usize) -> Self {
         Self {
-            frames: VecDeque::new(),
-            bytes: 0,
-            cap,
-            front_started: false,
+            cap: u32::try_from(cap).unwrap_or(u32::MAX),
+            ..Self::default()
         }
     }
 
-    /// Append a frame; refuses it if the queue would exceed its cap.
+    /// Append a pinned frame; refuses it if the queue would exceed its cap.
     pub fn push(&mut self, frame: Bytes) -> Result<(), QueueFull> {
-        if self.bytes + frame.len() > self.cap {
+        if self.bytes + frame.len() > self.cap() {
             return Err(QueueFull);
         }
         self.push_unbounded(frame);
         Ok(())
     }
 
-    /// Append a frame past the cap. Only for the final close frame, which must be
-    /// sent even to a slow consumer; the caller stops pushing afterwards.
+    /// Append a pinned frame past the cap. Only for the final close frame, which
+    /// must be sent even to a slow consumer; the caller stops pushing afterwards.
     pub fn push_unbounded(&mut self, frame: Bytes) {
+        self.push_entry(frame, FrameClass::PINNED);
+    }
+
+    fn push_entry(&mut self, frame: Bytes, class: FrameClass) {
         if frame.is_empty() {
             return;
         }
         self.bytes += frame.len();
-        self.frames.push_back(frame);
+        if class.droppable() {
+            self.droppable_bytes += frame.len() as u32;
+        }
+        if class.latest() {
+            self.latest += 1;
+        }
+        self.frames.push_back(Entry {
+            bytes: frame,
+            class,
+        });
+    }
+
+    /// Queue a room message under its room's policy ([`FrameClass::room`]).
+    /// [`Overflow::Disconnect`] behaves as [`OutboundQueue::push`]; the other two
+    /// never fail: they conflate and drop droppable frames that have not started
+    /// (oldest first), and as a last resort drop the new frame, reporting it.
+    pub fn push_room(&mut self, frame: Bytes, class: FrameClass) -> Result<Pushed, QueueFull> {
+        let mut out = Pushed::default();
+        if !class.droppable() {
+            self.push(frame)?;
+            out.queued = true;
+            return Ok(out);
+        }
+        if class.latest() && self.latest > 0 {
+            let start = usize::from(self.front_started);
+            let found = self
+                .frames
+                .iter()
+                .skip(start)
+                .position(|e| e.class == class)
+                .map(|i| i + start);
+            if let Some(i) = found {
+                if let Some(old) = self.frames.remove(i) {
+                    out.conflated = 1;
+                    out.removed_bytes += old.bytes.len();
+                    self.forget(&old);
+                }
+            }
+        }
+        let len = frame.len();
+        let cap = self.cap();
+        if self.bytes + len > cap {
+            // Droppable bytes that may go (not a started front frame).
+            let started = match self.frames.front() {
+                Some(e) if self.front_started && e.class.droppable() => e.bytes.len(),
+                _ => 0,
+            };
+            let available = self.droppable_bytes as usize - started;
+            if self.bytes - available + len > cap {
+                // Even dropping everything droppable would not make room.
+                out.dropped += 1;
+                return Ok(out);
+            }
+            let need = self.bytes + len - cap;
+            out.removed_bytes += self.drop_oldest(need, &mut out.dropped);
+        }
+        self.push_entry(frame, class);
+        out.queued = true;
+        Ok(out)
+    }
+
+    /// Remove droppable, unstarted frames from the front until `need` bytes are
+    /// freed; returns the bytes freed.
+    fn drop_oldest(&mut self, need: usize, dropped: &mut u32) -> usize {
+        let mut freed = 0;
+        let mut i = usize::from(self.front_started);
+        while freed < need && i < self.frames.len() {
+            if self.frames[i].class.droppable() {
+                if let Some(old) = self.frames.remove(i) {
+                    freed += old.bytes.len();
+                    *dropped += 1;
+                    self.forget(&old);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        freed
+    }
+
+    /// Account for an entry taken out of the queue.
+    fn forget(&mut self, e: &Entry) {
+        self.bytes -= e.bytes.len();
+        if e.class.droppable() {
+            self.droppable_bytes -= e.bytes.len() as u32;
+        }
+        if e.class.latest() {
+            self.latest -= 1;
+        }
     }
 
     /// Drop everything queued, including a partly written frame (the connection is
@@ -66,6 +247,8 @@ impl OutboundQueue {
     pub fn clear(&mut self) {
         self.frames = VecDeque::new();
         self.bytes = 0;
+        self.droppable_bytes = 0;
+        self.latest = 0;
         self.front_started = false;
     }
 
@@ -79,10 +262,14 @@ impl OutboundQueue {
         };
         self.clear();
         if let Some(front) = keep {
-            self.bytes = front.len();
-            self.frames.push_back(front);
+            self.push_entry(front.bytes, front.class);
             self.front_started = true;
         }
+    }
+
+    /// The byte cap.
+    pub fn cap(&self) -> usize {
+        self.cap as usize
     }
 
     /// Bytes queued.
@@ -102,12 +289,12 @@ impl OutboundQueue {
 
     /// The frames in order, for gathering into one write.
     pub fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.frames.iter()
+        self.frames.iter().map(|e| &e.bytes)
     }
 
     /// The first frame, if any.
     pub fn front(&self) -> Option<&Bytes> {
-        self.frames.front()
+        self.frames.front().map(|e| &e.bytes)
     }
 
     /// Remove `n` written bytes from the front; returns how many whole frames were
@@ -118,15 +305,19 @@ impl OutboundQueue {
             let Some(front) = self.frames.front_mut() else {
                 break;
             };
-            if n >= front.len() {
-                n -= front.len();
-                self.bytes -= front.len();
-                self.frames.pop_front();
+            if n >= front.bytes.len() {
+                n -= front.bytes.len();
+                if let Some(e) = self.frames.pop_front() {
+                    self.forget(&e);
+                }
                 self.front_started = false;
                 done += 1;
             } else {
-                let _ = front.split_to(n);
+                let _ = front.bytes.split_to(n);
                 self.bytes -= n;
+                if front.class.droppable() {
+                    self.droppable_bytes -= n as u32;
+                }
                 self.front_started = true;
                 n = 0;
             }
@@ -180,5 +371,144 @@ mod tests {
         assert_eq!(q.len_frames(), 1);
         assert_eq!(q.front().unwrap().as_ref(), b"bcd");
         assert_eq!(q.len_bytes(), 3);
+    }
+
+    fn frame(tag: u8, len: usize) -> Bytes {
+        Bytes::from(vec![tag; len])
+    }
+
+    fn tags(q: &OutboundQueue) -> Vec<u8> {
+        q.frames().map(|f| f[0]).collect()
+    }
+
+    #[test]
+    fn disconnect_policy_refuses_like_push() {
+        let mut q = OutboundQueue::new(10);
+        let c = FrameClass::room(Overflow::Disconnect, 7);
+        assert_eq!(c, FrameClass::PINNED);
+        assert!(q.push_room(frame(1, 6), c).unwrap().queued);
+        assert_eq!(q.push_room(frame(2, 5), c), Err(QueueFull));
+        assert_eq!(q.len_bytes(), 6);
+    }
+
+    #[test]
+    fn drop_oldest_drops_whole_unstarted_frames_until_the_new_one_fits() {
+        let mut q = OutboundQueue::new(10);
+        let c = FrameClass::room(Overflow::DropOldest, 1);
+        for t in 1..=3 {
+            assert!(q.push_room(frame(t, 3), c).unwrap().queued);
+        }
+        // 9 bytes queued; 4 more need one frame gone (the oldest).
+        let p = q.push_room(frame(4, 4), c).unwrap();
+        assert_eq!((p.queued, p.dropped, p.removed_bytes), (true, 1, 3));
+        assert_eq!(tags(&q), [2, 3, 4]);
+        assert_eq!(q.len_bytes(), 10);
+        // 8 more need two gone.
+        let p = q.push_room(frame(5, 8), c).unwrap();
+        assert_eq!((p.queued, p.dropped, p.removed_bytes), (true, 3, 10));
+        assert_eq!(tags(&q), [5]);
+    }
+
+    #[test]
+    fn drop_oldest_never_drops_a_started_frame_or_a_pinned_one() {
+        let mut q = OutboundQueue::new(12);
+        let c = FrameClass::room(Overflow::DropOldest, 1);
+        q.push_room(frame(1, 4), c).unwrap();
+        q.push(frame(2, 2)).unwrap(); // a reply: pinned
+        q.push_room(frame(3, 4), c).unwrap();
+        q.consume(1); // frame 1 is on the wire
+        assert_eq!(q.len_bytes(), 9);
+        let p = q.push_room(frame(4, 4), c).unwrap();
+        assert_eq!((p.queued, p.dropped), (true, 1));
+        assert_eq!(tags(&q), [1, 2, 4], "the rest of frame 1 stays whole");
+        assert_eq!(q.front().unwrap().len(), 3);
+        // Nothing droppable is left but frame 4: a frame that cannot fit even with
+        // it gone is itself dropped, and the queue is untouched.
+        let p = q.push_room(frame(5, 9), c).unwrap();
+        assert_eq!((p.queued, p.dropped), (false, 1));
+        assert_eq!(tags(&q), [1, 2, 4]);
+        // Larger than the cap: dropped, never queued.
+        let p = q.push_room(frame(6, 13), c).unwrap();
+        assert!(!p.queued);
+        // Consuming the rest keeps the accounting exact.
+        assert_eq!(q.consume(3 + 2 + 4), 3);
+        assert!(q.is_empty());
+        assert_eq!((q.len_bytes(), q.droppable_bytes, q.latest), (0, 0, 0));
+    }
+
+    #[test]
+    fn drop_oldest_leaves_disconnect_rooms_frames_alone() {
+        let mut q = OutboundQueue::new(8);
+        let a = FrameClass::room(Overflow::Disconnect, 1);
+        let b = FrameClass::room(Overflow::DropOldest, 2);
+        q.push_room(frame(1, 4), a).unwrap();
+        q.push_room(frame(2, 4), b).unwrap();
+        let p = q.push_room(frame(3, 4), b).unwrap();
+        assert_eq!((p.queued, p.dropped), (true, 1));
+        assert_eq!(tags(&q), [1, 3]);
+    }
+
+    #[test]
+    fn keep_latest_holds_one_pending_message_per_room() {
+        let mut q = OutboundQueue::new(100);
+        let x = FrameClass::room(Overflow::KeepLatest, 10);
+        let y = FrameClass::room(Overflow::KeepLatest, 11);
+        q.push_room(frame(1, 3), x).unwrap();
+        q.push_room(frame(2, 3), y).unwrap();
+        q.push(frame(9, 1)).unwrap();
+        let p = q.push_room(frame(3, 3), x).unwrap();
+        assert_eq!((p.queued, p.conflated, p.dropped), (true, 1, 0));
+        // The newer message goes to the back: event ids stay in order.
+        assert_eq!(tags(&q), [2, 9, 3]);
+        let p = q.push_room(frame(4, 3), y).unwrap();
+        assert_eq!(p.conflated, 1);
+        assert_eq!(tags(&q), [9, 3, 4]);
+        assert_eq!(q.len_bytes(), 7);
+        assert_eq!(q.latest, 2);
+    }
+
+    #[test]
+    fn keep_latest_never_replaces_a_started_frame() {
+        let mut q = OutboundQueue::new(100);
+        let x = FrameClass::room(Overflow::KeepLatest, 10);
+        q.push_room(frame(1, 4), x).unwrap();
+        q.consume(2);
+        let p = q.push_room(frame(2, 4), x).unwrap();
+        assert_eq!(p.conflated, 0);
+        assert_eq!(tags(&q), [1, 2]);
+        let p = q.push_room(frame(3, 4), x).unwrap();
+        assert_eq!(p.conflated, 1);
+        assert_eq!(tags(&q), [1, 3]);
+        assert_eq!(q.len_bytes(), 6);
+    }
+
+    #[test]
+    fn keep_latest_drops_oldest_when_other_rooms_fill_the_queue() {
+        let mut q = OutboundQueue::new(9);
+        let d = FrameClass::room(Overflow::DropOldest, 1);
+        let x = FrameClass::room(Overflow::KeepLatest, 2);
+        q.push_room(frame(1, 3), d).unwrap();
+        q.push_room(frame(2, 3), d).unwrap();
+        q.push_room(frame(3, 3), x).unwrap();
+        let p = q.push_room(frame(4, 3), d).unwrap();
+        assert_eq!((p.dropped, p.conflated), (1, 0));
+        assert_eq!(tags(&q), [2, 3, 4]);
+        let p = q.push_room(frame(5, 3), x).unwrap();
+        assert_eq!((p.dropped, p.conflated), (0, 1));
+        assert_eq!(tags(&q), [2, 4, 5]);
+    }
+
+    #[test]
+    fn drop_unsent_keeps_class_accounting() {
+        let mut q = OutboundQueue::new(100);
+        let x = FrameClass::room(Overflow::KeepLatest, 2);
+        q.push_room(frame(1, 4), x).unwrap();
+        q.push_room(frame(2, 4), FrameClass::room(Overflow::KeepLatest, 3))
+            .unwrap();
+        q.consume(1);
+        q.drop_unsent();
+        assert_eq!((q.len_bytes(), q.droppable_bytes, q.latest), (3, 3, 1));
+        assert_eq!(q.consume(3), 1);
+        assert_eq!((q.len_bytes(), q.droppable_bytes, q.latest), (0, 0, 0));
     }
 }

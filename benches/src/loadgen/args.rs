@@ -44,6 +44,9 @@ FANOUT FLAGS:
   --drain SECS            max wait for in-flight messages after the window           [2]
   --room NAME             room to join                                          [bench]
   --text                  send text frames (hex head) instead of binary
+  --slow N                fanout only: N more room members that handshake and never
+                          read (4 KiB SO_RCVBUF), opened before the others; their
+                          messages are not counted (slow-consumer benchmark)      [0]
 
 ECHO FLAGS:
   --connections N         connections                                              [100]
@@ -142,6 +145,9 @@ pub struct Fanout {
     pub room: String,
     /// Text frames instead of binary.
     pub text: bool,
+    /// Extra room members that handshake and never read (4 KiB `SO_RCVBUF`): slow
+    /// consumers beside the measured subscribers (`fanout` mode only).
+    pub slow: usize,
 }
 
 /// How `loadgen sse` publishes.
@@ -382,6 +388,7 @@ fn fanout_defaults() -> Fanout {
         drain: Duration::from_secs(2),
         room: "bench".into(),
         text: false,
+        slow: 0,
     }
 }
 
@@ -446,6 +453,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 }
                 match f.as_str() {
                     "--text" => c.text = true,
+                    "--slow" => c.slow = num(f, v)?,
                     _ => return Err(format!("unknown flag '{f}' for mode fanout")),
                 }
             }
@@ -626,6 +634,13 @@ mod tests {
         assert_eq!(f.rate, 1000.0);
         assert!(f.text);
         assert_eq!(f.common.targets, vec!["127.0.0.1:9".to_string()]);
+        assert_eq!(f.slow, 0);
+        let Ok(Command::Fanout(f)) = p("fanout --slow 1000") else {
+            panic!("expected fanout");
+        };
+        assert_eq!(f.slow, 1000);
+        assert!(p("fanout --slow many").unwrap_err().contains("--slow"));
+        assert!(p("sse --slow 3").unwrap_err().contains("--slow"));
     }
 
     #[test]

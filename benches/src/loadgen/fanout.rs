@@ -107,6 +107,7 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
         window: cfg.window,
         go: go_rx,
     });
+    let slow = open_slow(&sh, total, cfg.slow).await;
     spawn_progress("fanout", total, String::new);
     let ph = run_phases("fanout", &cfg, &targets, go_tx, {
         let sh = sh.clone();
@@ -123,7 +124,39 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
     let m = stats::merged();
     let mut result = report("fanout", &cfg, &ph, &m);
     result["server"] = server_stats::delta_json(ph.before, ph.after, cfg.duration.as_secs_f64());
+    result["slow"] = json!({ "requested": cfg.slow, "connected": slow.len() });
+    drop(slow);
     Ok((result, ph.subs_up + ph.pubs_up > 0))
+}
+
+/// Opens `n` room members that handshake and then never read, with a 4 KiB
+/// receive buffer (slow consumers); the caller holds them for the run.
+async fn open_slow(sh: &Shared, first: usize, n: usize) -> Vec<net::WsConn> {
+    let mut out = Vec::with_capacity(n);
+    for j in 0..n {
+        let (target, source) = sh.endpoint(first + j);
+        let conn = net::open_ws_with(
+            first + j,
+            target,
+            source,
+            &sh.resource,
+            sh.timeout,
+            Some(4096),
+        )
+        .await;
+        out.extend(conn);
+    }
+    // They are not part of the measured connections (the ramp counts attempts).
+    COUNTERS.attempts_done.fetch_sub(n as u64, Relaxed);
+    COUNTERS.connected.fetch_sub(out.len() as u64, Relaxed);
+    COUNTERS.live.fetch_sub(out.len() as u64, Relaxed);
+    if n > 0 {
+        eprintln!(
+            "loadgen fanout: {}/{n} slow members connected (never read)",
+            out.len()
+        );
+    }
+    out
 }
 
 /// Spawns the once-a-second progress line shared by `fanout` and `sse`;

@@ -242,6 +242,17 @@ pub async fn connect_tcp(
     source: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<TcpStream, ConnError> {
+    connect_tcp_with(target, source, timeout, None).await
+}
+
+/// [`connect_tcp`], optionally with a fixed `SO_RCVBUF` (no autotuning: a client
+/// that does not read then really falls behind).
+pub async fn connect_tcp_with(
+    target: &Target,
+    source: Option<IpAddr>,
+    timeout: Duration,
+    recv_buffer: Option<usize>,
+) -> Result<TcpStream, ConnError> {
     let domain = if target.addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -250,6 +261,9 @@ pub async fn connect_tcp(
     let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP)).map_err(ConnError::Io)?;
     sock.set_nonblocking(true).map_err(ConnError::Io)?;
     sock.set_nodelay(true).map_err(ConnError::Io)?;
+    if let Some(size) = recv_buffer {
+        sock.set_recv_buffer_size(size).map_err(ConnError::Io)?;
+    }
     if let Some(src) = source {
         if src.is_ipv4() {
             // Defer port choice to connect(): ports are then only unique per 4-tuple.
@@ -389,8 +403,20 @@ pub async fn open_ws(
     resource: &str,
     timeout: Duration,
 ) -> Option<WsConn> {
+    open_ws_with(index, target, source, resource, timeout, None).await
+}
+
+/// [`open_ws`] with an optional fixed `SO_RCVBUF` (see [`connect_tcp_with`]).
+pub async fn open_ws_with(
+    index: usize,
+    target: &Target,
+    source: Option<IpAddr>,
+    resource: &str,
+    timeout: Duration,
+    recv_buffer: Option<usize>,
+) -> Option<WsConn> {
     let result = async {
-        let stream = connect_tcp(target, source, timeout).await?;
+        let stream = connect_tcp_with(target, source, timeout, recv_buffer).await?;
         let mut rng = Rng::new(index as u64);
         let leftover =
             match tokio::time::timeout(timeout, handshake(&stream, target, resource, &mut rng))

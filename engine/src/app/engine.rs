@@ -621,6 +621,7 @@ impl Engine {
                 glommio::spawn_local(shard.clone().run_driver()).detach();
                 glommio::spawn_local(shard.clone().run_sweeper()).detach();
                 glommio::spawn_local(shard.clone().run_idle_sweeper()).detach();
+                glommio::spawn_local(shard.clone().run_stall_sweeper()).detach();
                 glommio::spawn_local(shard.clone().run_keepalive()).detach();
                 glommio::spawn_local(shard.clone().run_flusher()).detach();
                 shard.run_inbox(inbox).await;

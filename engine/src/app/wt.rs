@@ -202,6 +202,7 @@ impl SessionState {
         &self,
         room: &str,
         rec: &ServerRecord,
+        class: corecast_shards::FrameClass,
         stats: &ShardStats,
     ) -> Result<(), SlowConsumer> {
         if self.is_closed() {
@@ -222,16 +223,23 @@ impl SessionState {
                 self.conn.mark_dirty();
             }
             Some(Delivery::Reliable) => {
-                let full = self
+                // The room's slow-consumer policy applies to the reliable stream as to
+                // a TCP queue: whole records not yet started may be dropped.
+                let pushed = self
                     .delivery
                     .borrow_mut()
                     .queue
-                    .push(rec.bytes.clone())
-                    .is_err();
-                if full {
+                    .push_room(rec.bytes.clone(), class);
+                let Ok(p) = pushed else {
                     ShardStats::add(&stats.slow_consumers, 1);
                     self.delivery.borrow_mut().queue.clear();
                     return Err(SlowConsumer);
+                };
+                if p.dropped != 0 {
+                    ShardStats::add_local(&stats.slow_dropped, u64::from(p.dropped));
+                }
+                if p.conflated != 0 {
+                    ShardStats::add_local(&stats.slow_conflated, u64::from(p.conflated));
                 }
                 self.conn.mark_dirty();
             }

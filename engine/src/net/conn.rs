@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::Waker;
 
 use bytes::{Bytes, BytesMut};
-use corecast_shards::{ConnId, OutboundQueue};
+use corecast_shards::{ConnId, FrameClass, OutboundQueue};
 
 use super::socket::Socket;
 use crate::app::callbacks::WsCallbacks;
@@ -119,6 +119,14 @@ impl ConnLog {
     }
 }
 
+/// The close code of a slow consumer (queue full under policy `disconnect`, or a
+/// stalled write): 1008 Policy Violation, as documented in docs/PROTOCOL.md.
+pub(crate) const SLOW_CONSUMER_CODE: close::CloseCode = close::POLICY_VIOLATION;
+/// Close reason when the outbound queue is full (policy `disconnect`).
+pub(crate) const SLOW_QUEUE_FULL: &str = "slow consumer: outbound queue full";
+/// Close reason when the socket accepted nothing for `write_stall_timeout`.
+pub(crate) const SLOW_WRITE_STALLED: &str = "slow consumer: write stalled";
+
 /// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -181,6 +189,9 @@ pub(crate) struct Conn {
     /// only when one of those is in use: at accept when a per-address cap or a rate
     /// limit is configured, else at the first ping.
     pub(crate) limits: std::cell::OnceCell<Box<super::limits::ConnLimits>>,
+    /// Stall-sweeper ticks (seconds) with bytes queued and no write progress; reset
+    /// by every write that takes bytes (see `net::stall`).
+    pub(crate) stalled_ticks: Cell<u16>,
 }
 
 /// What the accept path hands over to build a [`Conn`].
@@ -239,6 +250,7 @@ impl Conn {
             oldest_publish: Cell::new(0),
             log: p.log,
             limits: p.limits.map(std::cell::OnceCell::from).unwrap_or_default(),
+            stalled_ticks: Cell::new(0),
         }
     }
 
@@ -250,8 +262,9 @@ impl Conn {
         self.state.set(s);
     }
 
-    /// Queue an encoded frame (the caller schedules the write). A full queue closes
-    /// the connection as a slow consumer rather than letting it grow.
+    /// Queue an encoded frame that must not be dropped (a reply, a control frame;
+    /// the caller schedules the write). A full queue closes the connection as a slow
+    /// consumer rather than letting it grow.
     pub(crate) fn enqueue(&self, frame: Bytes, stats: &ShardStats) -> Result<(), SendError> {
         if self.state.get() != ConnState::Open {
             return Err(SendError::Closed);
@@ -263,6 +276,55 @@ impl Conn {
             return Ok(());
         }
         ShardStats::add(&stats.slow_consumers, 1);
+        self.close_slow(SLOW_QUEUE_FULL, stats);
+        Err(SendError::SlowConsumer)
+    }
+
+    /// Queue a room message sequenced at `published` ([`crate::stats::clock_ns`])
+    /// under its room's slow-consumer policy (`class`, resolved once per room per
+    /// delivery by the caller): a full queue drops or conflates droppable frames, or
+    /// (policy `disconnect`) closes the connection as [`Conn::enqueue`] does. The
+    /// message is remembered for the publish-to-write histogram if it is the oldest
+    /// one queued.
+    #[inline]
+    pub(crate) fn enqueue_room(
+        &self,
+        frame: Bytes,
+        class: FrameClass,
+        published: u64,
+        stats: &ShardStats,
+    ) -> Result<(), SendError> {
+        if self.state.get() != ConnState::Open {
+            return Err(SendError::Closed);
+        }
+        let len = frame.len() as u64;
+        let pushed = self.queue.borrow_mut().push_room(frame, class);
+        let Ok(p) = pushed else {
+            ShardStats::add(&stats.slow_consumers, 1);
+            self.close_slow(SLOW_QUEUE_FULL, stats);
+            return Err(SendError::SlowConsumer);
+        };
+        if p.queued {
+            ShardStats::add_local(&stats.outbound_queued_bytes, len);
+            if self.oldest_publish.get() == 0 {
+                self.oldest_publish.set(published);
+            }
+        }
+        if p.removed_bytes != 0 {
+            ShardStats::sub_local(&stats.outbound_queued_bytes, p.removed_bytes as u64);
+        }
+        if p.dropped != 0 {
+            ShardStats::add_local(&stats.slow_dropped, u64::from(p.dropped));
+        }
+        if p.conflated != 0 {
+            ShardStats::add_local(&stats.slow_conflated, u64::from(p.conflated));
+        }
+        Ok(())
+    }
+
+    /// Close a slow consumer: drop what has not started (keeping a partly written
+    /// frame whole) and queue the close frame ([`SLOW_CONSUMER_CODE`], `reason`).
+    pub(crate) fn close_slow(&self, reason: &str, stats: &ShardStats) {
         {
             let mut q = self.queue.borrow_mut();
             let before = q.len_bytes();
@@ -275,29 +337,10 @@ impl Conn {
         // What it was waiting for is gone: the close frame is not a room message.
         self.oldest_publish.set(0);
         self.fail_fast.set(true);
-        self.enqueue_close(
-            close::POLICY_VIOLATION,
-            "slow consumer: outbound queue full",
-            stats,
-        );
-        Err(SendError::SlowConsumer)
-    }
-
-    /// Queue a room message sequenced at `published` ([`crate::stats::clock_ns`]):
-    /// as [`Conn::enqueue`], and remembered for the publish-to-write histogram if it
-    /// is the oldest one queued.
-    #[inline]
-    pub(crate) fn enqueue_published(
-        &self,
-        frame: Bytes,
-        published: u64,
-        stats: &ShardStats,
-    ) -> Result<(), SendError> {
-        self.enqueue(frame, stats)?;
-        if self.oldest_publish.get() == 0 {
-            self.oldest_publish.set(published);
+        if let Some(l) = self.log.as_deref() {
+            l.record_close(SLOW_CONSUMER_CODE, "server");
         }
-        Ok(())
+        self.enqueue_close(SLOW_CONSUMER_CODE, reason, stats);
     }
 
     /// Remove `n` written bytes from the queue (see [`OutboundQueue::consume`]);
@@ -308,6 +351,9 @@ impl Conn {
         let frames = q.consume(n);
         if let Some(l) = self.limits.get() {
             l.pongs_written(n);
+        }
+        if n != 0 {
+            self.stalled_ticks.set(0);
         }
         ShardStats::sub_local(
             &stats.outbound_queued_bytes,

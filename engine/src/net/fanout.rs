@@ -4,7 +4,7 @@
 
 use base64::Engine as _;
 use bytes::Bytes;
-use corecast_shards::{GapReason, Position, Replay};
+use corecast_shards::{FrameClass, GapReason, Overflow, Position, Replay};
 
 use super::conn::{Conn, Transport};
 use super::shard::Shard;
@@ -21,10 +21,34 @@ pub(crate) fn cursor(pos: Position) -> Cursor {
     }
 }
 
+/// How a member's queue treats messages of `room`: its slow-consumer policy
+/// (`slow_consumers` config, first matching pattern) and, for the droppable
+/// policies, a key naming the room for conflation. Resolved once per room per
+/// delivery, not per member.
+pub(crate) fn frame_class(config: &crate::config::SlowConsumersConfig, room: &str) -> FrameClass {
+    let policy = if config.rooms.is_empty() {
+        config.policy
+    } else {
+        config.policy_for(room)
+    };
+    match policy.overflow() {
+        Overflow::Disconnect => FrameClass::PINNED,
+        p => {
+            use std::hash::{Hash, Hasher};
+            // A fixed-key hasher: the key only has to tell this connection's rooms apart.
+            let mut h = std::hash::DefaultHasher::new();
+            room.hash(&mut h);
+            FrameClass::room(p, h.finish())
+        }
+    }
+}
+
 /// Lazily built encodings of one message of one room.
 pub(crate) struct Encodings<'a> {
     shard: &'a Shard,
     room: &'a str,
+    /// The room's slow-consumer class for every member's queue.
+    pub(crate) class: FrameClass,
     pos: Position,
     msg: &'a Message,
     ws: Option<Bytes>,
@@ -39,6 +63,7 @@ impl<'a> Encodings<'a> {
         Self {
             shard,
             room,
+            class: frame_class(&shard.shared.config.slow_consumers, room),
             pos,
             msg,
             ws: None,

@@ -20,4 +20,5 @@ pub(crate) mod session;
 pub(crate) mod shard;
 pub(crate) mod socket;
 pub(crate) mod tls;
+pub(crate) mod stall;
 pub(crate) mod udp;

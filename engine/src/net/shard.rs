@@ -705,7 +705,11 @@ impl Shard {
             let conn = match member {
                 Member::Conn(c) => c,
                 Member::Wt(session) => {
-                    if session.deliver(room, enc.for_wt(), &self.stats).is_err() {
+                    let class = enc.class;
+                    if session
+                        .deliver(room, enc.for_wt(), class, &self.stats)
+                        .is_err()
+                    {
                         slow.push(session.clone());
                     }
                     delivered += 1;
@@ -717,7 +721,7 @@ impl Shard {
                 continue;
             }
             let f = enc.for_conn(conn);
-            let _ = conn.enqueue_published(f, published, &self.stats);
+            let _ = conn.enqueue_room(f, enc.class, published, &self.stats);
             // Queue now, write later: the driver flushes each member once per batch.
             self.schedule(conn, WRITE);
             delivered += 1;
