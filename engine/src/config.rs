@@ -70,7 +70,7 @@ pub struct Config {
     /// Logs and traces (read by [`crate::logging::init`]).
     #[serde(default)]
     pub log: LogConfig,
-    /// Connection and request-head limits (docs/LIMITS.md).
+    /// Connection and request-head limits (docs/SECURITY.md ("Limits")).
     #[serde(default)]
     pub limits: LimitsConfig,
     /// TLS listener for `wss://` and `https://` (absent: none).
@@ -82,7 +82,7 @@ pub struct Config {
 }
 
 /// Connection and request-head limits for the TCP listener (WebSocket, SSE, HTTP).
-/// Every refusal is answered (431/400/503) and counted; see docs/LIMITS.md.
+/// Every refusal is answered (431/400/503) and counted; see docs/SECURITY.md ("Limits").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {

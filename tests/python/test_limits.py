@@ -1,4 +1,4 @@
-"""Limits (docs/LIMITS.md) seen by the `websockets` library, an independent client:
+"""Limits (docs/SECURITY.md ("Limits")) seen by the `websockets` library, an independent client:
 header-count 431, the per-address connection cap (503 + Retry-After), fragments per
 message (1009), the inbound rate limit (error frame / 1008) and the WebSocket origin
 allow-list (403 before the upgrade)."""

@@ -1,4 +1,4 @@
-//! Limits (docs/LIMITS.md), each against a real server over raw sockets: request
+//! Limits (docs/SECURITY.md ("Limits")), each against a real server over raw sockets: request
 //! head size and header count (431/400), the handshake deadline under a slowloris
 //! of 5,000 trickling connections, per-shard and per-address connection caps (503),
 //! fragments per message (1009), a deflate bomb (1009, bounded RSS), a ping flood

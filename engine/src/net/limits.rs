@@ -1,6 +1,6 @@
 //! Connection limits on the TCP listener: the per-shard and per-address connection
 //! caps checked at accept, the handshake gauge, and the per-connection inbound rate
-//! limit (token buckets) checked where data messages are decoded. See docs/LIMITS.md.
+//! limit (token buckets) checked where data messages are decoded. See docs/SECURITY.md ("Limits").
 
 use std::cell::Cell;
 use std::collections::HashMap;
