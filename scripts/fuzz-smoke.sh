@@ -96,6 +96,7 @@ for t in "${TARGETS[@]}"; do
   log="$LOGS/$t.log"
   echo "fuzz: $t for ${SECONDS_EACH}s (seeds: $(find "$seeds" -type f | wc -l))"
   rc=0
+  t0=$SECONDS
   # The first corpus dir is where new inputs are written; the seeds stay as committed.
   "$bin" "$grown" "$seeds" \
     -max_total_time="$SECONDS_EACH" \
@@ -104,6 +105,7 @@ for t in "${TARGETS[@]}"; do
     -print_final_stats=1 \
     -artifact_prefix="$artifacts/" \
     </dev/null >"$log" 2>&1 || rc=$?
+  took=$((SECONDS - t0))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
   rss=$(sed -n 's/^stat::peak_rss_mb: *//p' "$log" | tail -1)
@@ -124,8 +126,8 @@ for t in "${TARGETS[@]}"; do
       echo "fuzz: reproduce with: $bin $a" >&2
     done
   fi
-  echo "fuzz: $t: ${execs:-?} execs, ${rate:-?} exec/s, cov ${cov:-?}, corpus ${corp:-?}, peak RSS ${rss:-?} MB: $verdict"
-  ROWS+=("| $t | ${execs:-?} | ${SECONDS_EACH}s | ${rate:-?} | ${corp:-?} | ${cov:-?} | $verdict |")
+  echo "fuzz: $t: ${execs:-?} execs in ${took}s, ${rate:-?} exec/s, cov ${cov:-?}, corpus ${corp:-?}, peak RSS ${rss:-?} MB: $verdict"
+  ROWS+=("| $t | ${execs:-?} | ${took}s | ${rate:-?} | ${corp:-?} | ${cov:-?} | $verdict |")
 done
 
 echo
