@@ -8,12 +8,13 @@
 #   3. cargo build --release corecast + examples        (used by every suite), and
 #      route_probe (tests/src/bin: the router application test_router.py drives)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
+#      scripts/fuzz-smoke.sh        every libFuzzer target in fuzz/ for FUZZ_SECONDS (20)
 #   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
 #   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume,
 #                                   WebTransport)
 #   7. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json, strict,
 #                                   compression on (1-13) and off (1-10)
-# Stages 4-7 all run even if one fails; the summary at the end lists each.
+# Stages 4-7 (and the fuzz smoke) all run even if one fails; the summary at the end lists each.
 # Environment: TEST_THREADS (default 4) for cargo test; AUTOBAHN_FULL=1 runs
 # every Autobahn case instead of the CI selection; SKIP_LINT=1 skips fmt and
 # clippy locally (ignored when CI is set).
@@ -92,6 +93,18 @@ count_node() {
   PASSED_TESTS=$((PASSED_TESTS + ${p:-0}))
   FAILED_TESTS=$((FAILED_TESTS + ${f:-0} + ${c:-0}))
 }
+count_fuzz() {
+  local line p f
+  line=$(grep -E '^fuzz: [0-9]+ passed, [0-9]+ failed$' "$1" | tail -1 || true)
+  if [ -z "$line" ]; then
+    FAILED_TESTS=$((FAILED_TESTS + 1)) # the script stopped before running targets
+    return
+  fi
+  p=$(awk '{print $2}' <<<"$line")
+  f=$(awk '{print $4}' <<<"$line")
+  PASSED_TESTS=$((PASSED_TESTS + p))
+  FAILED_TESTS=$((FAILED_TESTS + f))
+}
 count_autobahn() {
   # One summary line per pass (compression on, compression off).
   local p f
@@ -137,6 +150,10 @@ echo "ROUTE_PROBE_BIN=$ROUTE_PROBE_BIN"
 run_stage "cargo test --workspace" "$LOGS/cargo-test.log" \
   cargo test --workspace --no-fail-fast -- --test-threads "${TEST_THREADS:-4}" || true
 count_cargo "$LOGS/cargo-test.log"
+
+# libFuzzer targets in fuzz/, FUZZ_SECONDS (default 20) each; counts targets.
+run_stage "fuzz smoke (fuzz/)" "$LOGS/fuzz.log" bash scripts/fuzz-smoke.sh || true
+count_fuzz "$LOGS/fuzz.log"
 
 pytest_stage() {
   local rc=0

@@ -63,6 +63,23 @@ pub use corecast_shards::ConnId;
 pub mod router {
     pub use crate::app::router::*;
 }
+/// Entry points for the fuzz targets in `fuzz/` (see docs/TESTING.md): pure
+/// functions that are otherwise internal. Not a stable API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{Message, Router};
+    use serde_json::Value;
+
+    /// What [`Router`] makes of a message before dispatching it: `(action,
+    /// request id, body)`, or the error frame's `(code, message)`.
+    #[allow(clippy::type_complexity)]
+    pub fn route_decode(
+        router: &Router,
+        msg: &Message,
+    ) -> Result<(String, Option<Value>, Value), (&'static str, String)> {
+        router.decode(msg)
+    }
+}
 pub use app::sse::{Event, SseStream};
 pub use app::wt::{Delivery, WtError, WtIncoming, WtRecvStream, WtSendStream, WtSession, WtStream};
 pub use config::Config;

@@ -628,7 +628,7 @@ impl Router {
     /// The action, request id and body of a message, or the error frame's code and
     /// message.
     #[allow(clippy::type_complexity)]
-    fn decode(
+    pub(crate) fn decode(
         &self,
         msg: &Message,
     ) -> Result<(String, Option<Value>, Value), (&'static str, String)> {

@@ -98,11 +98,19 @@ pub fn parse_settings(mut payload: &[u8]) -> Option<Vec<(u64, u64)>> {
 /// A header field list, names lower-case.
 pub type Fields = Vec<(String, String)>;
 
-/// Decode a HEADERS payload (QPACK, static table only). `None`: undecodable.
+/// Decode a HEADERS payload (QPACK, static table only). `None`: undecodable, or
+/// a field name with an uppercase letter (malformed, RFC 9114 section 4.2; lookups
+/// by lower-case name would otherwise miss it).
 pub fn decode_fields(payload: &[u8]) -> Option<Fields> {
     use quiche::h3::NameValue;
     let mut decoder = quiche::h3::qpack::Decoder::new();
     let headers = decoder.decode(payload, MAX_CONTROL_FRAME).ok()?;
+    if headers
+        .iter()
+        .any(|h| h.name().iter().any(u8::is_ascii_uppercase))
+    {
+        return None;
+    }
     Some(
         headers
             .iter()
@@ -240,6 +248,20 @@ mod tests {
         let fields = decode_fields(payload).unwrap();
         assert_eq!(fields[0], (":status".into(), "200".into()));
         assert_eq!(fields[1].1, "draft02");
+    }
+
+    #[test]
+    fn uppercase_field_names_are_malformed() {
+        // Found by fuzz/fuzz_targets/wt_capsule.rs: a name like "Origin" was kept
+        // as is, so lower-case lookups missed it. Prefix 0 0, then a literal with
+        // a literal name (0x23: 3 bytes, "Abc"), value "x".
+        let payload = [0x00, 0x00, 0x23, b'A', b'b', b'c', 0x01, b'x'];
+        assert_eq!(decode_fields(&payload), None);
+        let lower = [0x00, 0x00, 0x23, b'a', b'b', b'c', 0x01, b'x'];
+        assert_eq!(
+            decode_fields(&lower),
+            Some(vec![("abc".into(), "x".into())])
+        );
     }
 
     #[test]
