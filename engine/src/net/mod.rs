@@ -19,6 +19,6 @@ pub(crate) mod registry;
 pub(crate) mod session;
 pub(crate) mod shard;
 pub(crate) mod socket;
-pub(crate) mod tls;
 pub(crate) mod stall;
+pub(crate) mod tls;
 pub(crate) mod udp;
