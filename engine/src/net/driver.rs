@@ -20,6 +20,10 @@ use std::task::{Poll, RawWaker, RawWakerVTable, Waker};
 pub(crate) const READ: u8 = 1;
 /// Ready-list bit: the socket may be writable / frames are queued.
 pub(crate) const WRITE: u8 = 2;
+/// Not a ready-list kind but a `Conn::scheduled` flag: the last write was left
+/// pending (the socket is full); only its waker schedules the next one, so queueing
+/// to a member that does not read costs no gather and no send per message.
+pub(crate) const WRITE_BLOCKED: u8 = 4;
 
 const _: () = assert!(
     usize::BITS == 64,

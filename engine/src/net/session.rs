@@ -200,7 +200,11 @@ impl Shard {
                     self.finish(conn, "write failed");
                     return;
                 }
-                Poll::Pending => return,
+                Poll::Pending => {
+                    conn.scheduled
+                        .set(conn.scheduled.get() | driver::WRITE_BLOCKED);
+                    return;
+                }
             }
         }
     }

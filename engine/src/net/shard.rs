@@ -253,6 +253,11 @@ impl Shard {
         if s & kind != 0 {
             return;
         }
+        if kind == WRITE && s & driver::WRITE_BLOCKED != 0 && conn.state() == ConnState::Open {
+            // Its pending write's waker will schedule it (a closing connection still
+            // goes through, so its close timer is armed).
+            return;
+        }
         conn.scheduled.set(s | kind);
         if kind == WRITE && !self.flush_delay.is_zero() && conn.state() == ConnState::Open {
             self.deferred
@@ -309,7 +314,11 @@ impl Shard {
                 let Some(conn) = self.conn_at(&r) else {
                     continue;
                 };
-                conn.scheduled.set(conn.scheduled.get() & !r.kind);
+                let mut done = r.kind;
+                if r.kind & WRITE != 0 {
+                    done |= driver::WRITE_BLOCKED;
+                }
+                conn.scheduled.set(conn.scheduled.get() & !done);
                 if r.kind & driver::READ != 0 {
                     self.drive_read(&conn);
                 }
