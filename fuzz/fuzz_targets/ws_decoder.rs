@@ -143,9 +143,9 @@ fn script(
     let max_message = s.limits.max_message_size;
     let too_big = Some(close::MESSAGE_TOO_BIG);
     // The frame-size checks the decoder makes at each header; `partial` is the
-    // reassembled size so far when inside a fragmented message. Note: a
-    // control frame between fragments is counted against the message size too
-    // (the decoder checks `partial + len` for any frame).
+    // reassembled size so far when inside a fragmented message. A control
+    // frame between fragments is not part of the message: only its own size is
+    // checked.
     let frame_ok = |len: usize, partial: Option<usize>| {
         len <= max_frame && partial.unwrap_or(0) + len <= max_message
     };
@@ -229,7 +229,7 @@ fn script(
                         // A ping or pong between fragments.
                         let (cop, cp) = control(u)?;
                         wire.extend(encode_masked(cop, true, false, &cp, mask));
-                        if !frame_ok(cp.len(), partial) {
+                        if !frame_ok(cp.len(), None) {
                             return Ok((wire, (msgs, too_big)));
                         }
                         msgs.push(control_incoming(cop, cp));
