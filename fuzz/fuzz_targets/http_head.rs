@@ -16,7 +16,9 @@ fuzz_target!(|data: &[u8]| {
     match parse_request(data) {
         Ok(None) => assert!(data.len() <= MAX_HEAD_BYTES),
         Err(e) => {
-            if e == HeadError::TooLarge {
+            if let HeadError::TooLarge(max) | HeadError::TooManyHeaders(max) = e {
+                // The default limits, named in the 431 body.
+                assert!(max == MAX_HEAD_BYTES || max == MAX_HEADERS);
                 assert!(
                     data.len() > MAX_HEAD_BYTES
                         || data.windows(2).filter(|w| w[1] == b'\n').count() > MAX_HEADERS

@@ -106,12 +106,12 @@ async fn a_client_killed_mid_frame_frees_its_connection_and_rooms() {
         send_text(&mut survivor, format!("after-{abortive}")).await;
         assert_eq!(recv_text(&mut survivor).await, format!("after-{abortive}"));
     }
-    let stats = server.stats().await;
-    assert_eq!(
-        stats["outbound_queued_bytes"].as_u64().unwrap_or(0),
-        0,
-        "{stats}"
-    );
+    // Nothing stays queued for the dead clients (the gauge is read from other
+    // shards' counters, so give the last write's bookkeeping a moment).
+    eventually(Duration::from_secs(5), "no bytes left queued", || async {
+        server.stats().await["outbound_queued_bytes"].as_u64() == Some(0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
