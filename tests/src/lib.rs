@@ -673,6 +673,31 @@ pub mod client {
             other => panic!("expected text, got {other:?}"),
         }
     }
+
+    /// Receives `n` text messages on every client concurrently (each message within
+    /// 20 s); returns each client with what it got, in client order.
+    pub async fn collect_all(clients: Vec<Ws>, n: usize) -> Vec<(Ws, Vec<String>)> {
+        let tasks = clients.into_iter().enumerate().map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                let mut got = Vec::with_capacity(n);
+                for k in 0..n {
+                    let m = within(
+                        std::time::Duration::from_secs(20),
+                        &format!("client {i}: message {k} of {n}"),
+                        recv_text(&mut ws),
+                    )
+                    .await;
+                    got.push(m);
+                }
+                (ws, got)
+            })
+        });
+        futures_util::future::join_all(tasks)
+            .await
+            .into_iter()
+            .map(|r| r.expect("receiver task"))
+            .collect()
+    }
 }
 
 /// Polls `check` every 20 ms until it returns true; panics with `what` after

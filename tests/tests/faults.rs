@@ -5,35 +5,24 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use corecast_tests::client::{self, recv_text, send_text};
+use corecast_tests::client::{self, collect_all, recv_text, send_text};
 use corecast_tests::raw::{Frame, WsConn};
 use corecast_tests::{eventually, within, Server, ServerOptions};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
-/// Receives `n` text messages on every client concurrently.
-async fn collect(clients: Vec<client::Ws>, n: usize) -> Vec<Vec<String>> {
-    let tasks = clients.into_iter().enumerate().map(|(i, mut ws)| {
-        tokio::spawn(async move {
-            let mut got = Vec::with_capacity(n);
-            for k in 0..n {
-                got.push(
-                    within(
-                        Duration::from_secs(30),
-                        &format!("client {i}: message {k} of {n}"),
-                        recv_text(&mut ws),
-                    )
-                    .await,
-                );
-            }
-            got
-        })
-    });
-    futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.expect("receiver task"))
-        .collect()
+/// Panics unless every shard holds at least one connection (the tests need room
+/// members on both sides of the mesh).
+async fn assert_members_on_every_shard(server: &Server) {
+    let per_shard = server.stats().await["connections_per_shard"].clone();
+    assert!(
+        per_shard
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n.as_u64() > Some(0)),
+        "members on every shard: {per_shard}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,15 +38,7 @@ async fn a_shard_whose_inbox_is_full_still_gets_every_message_in_order() {
     let url = server.url("/ws/chat?room=lagging");
     let subscribers = client::connect_many(&url, 16).await;
     let mut publisher = client::connect(&url).await;
-    let per_shard = server.stats().await["connections_per_shard"].clone();
-    assert!(
-        per_shard
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n.as_u64() > Some(0)),
-        "members on both shards: {per_shard}"
-    );
+    assert_members_on_every_shard(&server).await;
     const N: usize = 3000;
     let sent: Vec<String> = (0..N).map(|i| format!("m{i:05}")).collect();
     for m in &sent {
@@ -66,7 +47,7 @@ async fn a_shard_whose_inbox_is_full_still_gets_every_message_in_order() {
     publisher.flush().await.unwrap();
     let mut everyone = subscribers;
     everyone.push(publisher);
-    for (i, got) in collect(everyone, N).await.into_iter().enumerate() {
+    for (i, (_, got)) in collect_all(everyone, N).await.into_iter().enumerate() {
         assert!(got == sent, "client {i}: messages lost or reordered");
     }
     let stats = server.stats().await;
@@ -124,15 +105,7 @@ async fn shutdown_under_load_delivers_everything_sequenced_to_every_member_then_
     .await;
     let url = server.url("/ws/chat?room=busy");
     let members = client::connect_many(&url, 40).await;
-    let per_shard = server.stats().await["connections_per_shard"].clone();
-    assert!(
-        per_shard
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|n| n.as_u64() > Some(0)),
-        "members on both shards: {per_shard}"
-    );
+    assert_members_on_every_shard(&server).await;
     // 4 of them publish as fast as they can until the connection closes; all 40
     // record what they receive until their close frame.
     let tasks = members.into_iter().enumerate().map(|(i, ws)| {

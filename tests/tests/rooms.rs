@@ -3,35 +3,11 @@
 
 use std::time::Duration;
 
-use corecast_tests::client::{self, recv, recv_text, send_text, Ws};
+use corecast_tests::client::{self, collect_all, recv, recv_text, send_text};
 use corecast_tests::raw::{Frame, WsConn, OP_BINARY};
 use corecast_tests::{within, Server, ServerOptions};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-
-/// Receives `n` text messages on each client concurrently.
-async fn collect_all(clients: Vec<Ws>, n: usize) -> Vec<(Ws, Vec<String>)> {
-    let tasks = clients.into_iter().enumerate().map(|(i, mut ws)| {
-        tokio::spawn(async move {
-            let mut got = Vec::with_capacity(n);
-            for k in 0..n {
-                let m = within(
-                    Duration::from_secs(20),
-                    &format!("client {i}: message {k} of {n}"),
-                    recv_text(&mut ws),
-                )
-                .await;
-                got.push(m);
-            }
-            (ws, got)
-        })
-    });
-    futures_util::future::join_all(tasks)
-        .await
-        .into_iter()
-        .map(|r| r.expect("receiver task"))
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_member_across_two_shards_receives_every_message() {

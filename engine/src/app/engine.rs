@@ -603,7 +603,7 @@ impl Engine {
                         Err(e) => tracing::error!(shard = i, error = %e, "WebTransport disabled"),
                     }
                 }
-                glommio::spawn_local(accept_loop(shard.clone(), listener)).detach();
+                glommio::spawn_local(accept_loop(shard.clone(), listener, None)).detach();
                 let tls_fd = boot
                     .3
                     .get(i)
@@ -611,12 +611,7 @@ impl Engine {
                 if let (Some(fd), Some(tls)) = (tls_fd, shared.tls.clone()) {
                     // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
                     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                    glommio::spawn_local(crate::net::tls::accept_loop(
-                        shard.clone(),
-                        listener,
-                        tls,
-                    ))
-                    .detach();
+                    glommio::spawn_local(accept_loop(shard.clone(), listener, Some(tls))).detach();
                 }
                 glommio::spawn_local(shard.clone().run_driver()).detach();
                 glommio::spawn_local(shard.clone().run_sweeper()).detach();

@@ -3,6 +3,7 @@
 //! connection to its endpoint's handler.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -26,10 +27,14 @@ use crate::proto::ws::deflate::Inflater;
 use crate::proto::ws::{close, handshake, Decoder, Limits};
 use crate::stats::{self, ShardStats};
 
-/// Accept until the shard starts draining. Each connection gets its own task at
-/// once: nothing here awaits a client, so a slow one (slowloris) never delays the
-/// next accept.
-pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accept until the shard starts draining (`tls`: the TLS listener's settings, for
+/// `tls.listen`). Each connection gets its own task at once: nothing here awaits a
+/// client, so a slow one (slowloris) never delays the next accept.
+pub(crate) async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    tls: Option<Arc<super::tls::TlsShared>>,
+) {
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -42,11 +47,17 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Some(Ok(stream)) => {
                 ShardStats::add(&shard.stats.accepted, 1);
                 let _ = stream.set_nodelay(true);
-                glommio::spawn_local(serve(shard.clone(), Socket::Plain(stream))).detach();
+                let socket = match &tls {
+                    None => Some(Socket::Plain(stream)),
+                    Some(tls) => super::tls::wrap(&shard, tls, stream),
+                };
+                if let Some(socket) = socket {
+                    glommio::spawn_local(serve(shard.clone(), socket)).detach();
+                }
             }
             Some(Err(e)) => {
                 // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!(shard = shard.id, error = %e, "accept failed");
+                tracing::warn!(shard = shard.id, tls = tls.is_some(), error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -58,7 +69,7 @@ pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
 /// has read the response.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
-/// Serve one accepted connection (plain, or TLS from [`super::tls::accept_loop`]):
+/// Serve one accepted connection (plain, or TLS on `tls.listen`):
 /// connection caps, TLS handshake, request head and routing, the last three within
 /// the handshake deadline.
 pub(crate) async fn serve(shard: Rc<Shard>, stream: Socket) {

@@ -12,13 +12,11 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, Read, Write};
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use futures_lite::{ready, AsyncRead, AsyncWrite, FutureExt};
-use glommio::net::{TcpListener, TcpStream};
+use futures_lite::{ready, AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -405,37 +403,15 @@ impl Drop for TlsStream {
     }
 }
 
-/// Accept TLS connections on `listener` until the shard starts draining; each
-/// goes through the same request routing as the plain listener once its handshake
-/// is done.
-pub(crate) async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, tls: Arc<TlsShared>) {
-    loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                shard.draining.wait().await;
-                None
-            })
-            .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                ShardStats::add(&shard.stats.accepted, 1);
-                let _ = stream.set_nodelay(true);
-                match ServerConnection::new(tls.server_config.clone()) {
-                    Ok(conn) => {
-                        let socket = Socket::Tls(Box::new(TlsStream::new(stream, conn)));
-                        glommio::spawn_local(super::accept::serve(shard.clone(), socket)).detach();
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = shard.id, error = %e, "TLS session setup failed")
-                    }
-                }
-            }
-            Some(Err(e)) => {
-                // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!(shard = shard.id, error = %e, "TLS accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
-            }
+/// The TLS side of an accepted connection (its handshake runs later, in
+/// [`super::accept::serve`], within the handshake deadline); `None` if rustls could
+/// not set up a session (logged).
+pub(crate) fn wrap(shard: &Shard, tls: &TlsShared, stream: TcpStream) -> Option<Socket> {
+    match ServerConnection::new(tls.server_config.clone()) {
+        Ok(conn) => Some(Socket::Tls(Box::new(TlsStream::new(stream, conn)))),
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e, "TLS session setup failed");
+            None
         }
     }
 }
