@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+mod cluster;
 mod tls;
+pub use cluster::{valid_node_id, Broker, ClusterConfig};
 pub use tls::{TlsConfig, TlsVersion};
 
 /// The default configuration shipped with corecast (the repository's `config.yaml`).
@@ -79,6 +81,9 @@ pub struct Config {
     /// What happens to members that read slower than their rooms publish.
     #[serde(default)]
     pub slow_consumers: SlowConsumersConfig,
+    /// Rooms shared with other nodes through a broker (absent: this node alone).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Connection and request-head limits for the TCP listener (WebSocket, SSE, HTTP).
@@ -1010,6 +1015,9 @@ impl Config {
             return Err("log.otlp_endpoint must be an http:// or https:// URL".into());
         }
         self.validate_webtransport()?;
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         match &self.tls {
             Some(t) => t.validate(self.listen),
             None => Ok(()),

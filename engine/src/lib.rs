@@ -42,6 +42,7 @@
 pub mod app;
 pub mod auth;
 pub mod cert;
+pub mod cluster;
 pub mod config;
 pub mod logging;
 pub mod metrics;

@@ -5,6 +5,7 @@
 
 pub(crate) mod accept;
 pub(crate) mod api;
+pub(crate) mod cluster;
 pub(crate) mod conn;
 pub(crate) mod driver;
 pub(crate) mod fanout;

@@ -134,6 +134,40 @@ pub(crate) enum ShardMsg {
         token: u64,
         members: Vec<crate::app::registry::PresenceMember>,
     },
+    /// From the cluster bridge to a room's owner: the room's position in Redis when
+    /// this node (re)subscribed to it; messages after it arrive as `ClusterDeliver`.
+    ClusterSync {
+        room: Arc<str>,
+        epoch: u64,
+        seq: u64,
+    },
+    /// From the cluster bridge to a room's owner: a message Redis sequenced at `pos`
+    /// (per room: in order, no duplicates; a new epoch restarts the sequence).
+    /// `except` is set only for publishes made on this node.
+    ClusterDeliver {
+        room: Arc<str>,
+        pos: Position,
+        msg: Message,
+        except: Option<ConnId>,
+    },
+    /// From the cluster bridge to a room's owner: history read for `conn`'s resume
+    /// (`None`: Redis could not be read).
+    ClusterFetched {
+        room: Arc<str>,
+        conn: ConnId,
+        since: Position,
+        upto: u64,
+        fetched: Option<crate::cluster::Fetched>,
+    },
+    /// From the cluster bridge: the publish with this ack token failed.
+    PublishRefused { token: u64 },
+    /// From the cluster bridge: a publish by `conn` to `room` failed.
+    PublishFailed { conn: ConnId, room: Arc<str> },
+    /// From the cluster bridge: the answer to a `ToBridge::Query`.
+    ClusterAnswer {
+        token: u64,
+        answer: crate::cluster::Answer,
+    },
     /// Look at the shutdown flag.
     Shutdown,
     /// Shutdown barrier marker (see [`Shard::run_inbox`]): the sender has stopped
@@ -522,6 +556,12 @@ impl Shard {
             ShardMsg::PresenceListReply { token, members } => {
                 self.pending.presence_reply(token, members)
             }
+            msg @ (ShardMsg::ClusterSync { .. }
+            | ShardMsg::ClusterDeliver { .. }
+            | ShardMsg::ClusterFetched { .. }
+            | ShardMsg::PublishRefused { .. }
+            | ShardMsg::PublishFailed { .. }
+            | ShardMsg::ClusterAnswer { .. }) => self.handle_cluster(msg),
             ShardMsg::Shutdown => {}
             ShardMsg::Quiesced { round } => {
                 let seen = &self.quiesced[usize::from(round.min(1))];

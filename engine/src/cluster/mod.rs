@@ -1,0 +1,261 @@
+//! Cluster: several nodes share rooms through Redis.
+//!
+//! One **bridge thread** per node owns the Redis connections (a current-thread tokio
+//! runtime driving the `redis` crate). Shards talk to it through one bounded
+//! crossbeam channel plus a doorbell ([`ClusterLink`]); it talks back through the
+//! same bounded mesh channels + eventfd doorbells the shards use between
+//! themselves ([`crate::net::shard::ShardMsg`]).
+//!
+//! The path of a room message in cluster mode:
+//! 1. A shard hands the publish to the bridge ([`ToBridge::Publish`]).
+//! 2. The bridge runs one Lua script: it assigns the room's next sequence number,
+//!    appends the message to the room's capped Redis Stream and `PUBLISH`es it on
+//!    the room's channel — atomically, so every node sees one order.
+//! 3. Every node subscribed to that channel (those with local members of the room,
+//!    the publisher's own node included) receives it once; its bridge drops
+//!    duplicates, fills gaps from the stream, and hands it to the room's owner
+//!    shard ([`ShardMsg::ClusterDeliver`]), which fans it out as it does a local
+//!    message.
+
+pub(crate) mod bridge;
+pub(crate) mod wire;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use corecast_shards::{ConnId, HistoryLimits, Position};
+
+use crate::app::message::Message;
+use crate::net::shard::AckTo;
+
+/// Members of a room on one node, by transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MemberCounts {
+    /// WebSocket members.
+    pub(crate) websocket: u64,
+    /// SSE members.
+    pub(crate) sse: u64,
+    /// WebTransport members.
+    pub(crate) webtransport: u64,
+}
+
+impl MemberCounts {
+    /// All members.
+    pub(crate) fn total(&self) -> u64 {
+        self.websocket + self.sse + self.webtransport
+    }
+}
+
+/// What shards ask of the bridge.
+#[derive(Debug)]
+pub(crate) enum ToBridge {
+    /// Sequence `msg` in Redis and publish it to every node with members of `room`.
+    /// Success: `ack` (if any) gets [`ShardMsg::PublishAck`]. Failure: `ack` gets
+    /// [`ShardMsg::PublishRefused`], else `origin` (if any) gets
+    /// [`ShardMsg::PublishFailed`]; always counted in `publish_failures`.
+    Publish {
+        room: Arc<str>,
+        msg: Message,
+        /// A member of this node not to deliver to ("everyone but me").
+        except: Option<ConnId>,
+        /// The connection that published it, to tell about a failure.
+        origin: Option<ConnId>,
+        ack: Option<AckTo>,
+        /// The room's history limits (stream length, age).
+        limits: HistoryLimits,
+    },
+    /// The node has its first member of `room` (sent by the room's owner shard):
+    /// subscribe to the room's channel, then answer with
+    /// [`ShardMsg::ClusterSync`] (the room's position at subscription).
+    Subscribe { room: Arc<str> },
+    /// The node's last member of `room` left (sent by the owner): unsubscribe.
+    Unsubscribe { room: Arc<str> },
+    /// The owner wants the room's history after `since` (or from its start when
+    /// `since` is from another epoch) up to and including `upto`, for a resuming
+    /// member `conn`. Answer: [`ShardMsg::ClusterFetched`] to `reply_to`.
+    Fetch {
+        room: Arc<str>,
+        since: Position,
+        upto: u64,
+        conn: ConnId,
+        reply_to: usize,
+        limits: HistoryLimits,
+    },
+    /// Shard `shard`'s member counts of rooms that changed since its last report
+    /// (all zero: no member left there). The bridge sums shards and writes the
+    /// node's counts to Redis on its heartbeat.
+    Counts {
+        shard: usize,
+        rooms: Vec<(Arc<str>, MemberCounts)>,
+    },
+    /// A member of this node joined presence room `room` (from the room's owner
+    /// shard). `member` is `{"id","node","meta"}`. The bridge records it, sends
+    /// `member_id` a snapshot of the room's members on every live node, then
+    /// publishes the `join` event (with the cluster-wide count) through the room.
+    PresenceJoin {
+        room: Arc<str>,
+        member_id: ConnId,
+        member: serde_json::Value,
+    },
+    /// A member of this node left presence room `room`: forget it, publish `leave`.
+    PresenceLeave { room: Arc<str>, member_id: ConnId },
+    /// A question answered with [`ShardMsg::ClusterAnswer`] to `reply_to`.
+    Query {
+        token: u64,
+        reply_to: usize,
+        query: Query,
+    },
+    /// Graceful shutdown: delete this node's liveness key and stop.
+    Shutdown,
+}
+
+/// Questions for the cluster.
+#[derive(Debug)]
+pub(crate) enum Query {
+    /// Member counts of `room` on the *other* live nodes.
+    Counts(Arc<str>),
+    /// Presence members of `room` on every live node (`{"id","node","meta"}`).
+    Presence(Arc<str>),
+    /// Send `msg` to connection `conn` of node `node`.
+    SendTo {
+        node: String,
+        conn: ConnId,
+        msg: Message,
+    },
+}
+
+/// Answers to [`Query`].
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// Per other live node: its id and counts.
+    Counts(Vec<(String, MemberCounts)>),
+    /// Presence members (at most 10,000), and whether the list was cut.
+    Presence(Vec<serde_json::Value>, bool),
+    /// Whether the target node is live and took the message.
+    Sent(bool),
+    /// Redis could not be asked (down, timed out).
+    Unavailable,
+}
+
+/// A room's history as the bridge read it from Redis for a resume.
+#[derive(Debug)]
+pub(crate) struct Fetched {
+    /// The room's epoch in Redis.
+    pub(crate) epoch: u64,
+    /// The oldest sequence number still kept (after age filtering); `upto + 1`
+    /// when nothing is kept.
+    pub(crate) first_available: u64,
+    /// Messages after the cursor (from the start when the cursor's epoch is not
+    /// `epoch`), up to `upto`, in order.
+    pub(crate) messages: Vec<(u64, Message)>,
+}
+
+/// Cluster counters (all nodes' bridge activity is per process).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// 1 while the bridge is connected to Redis (subscriptions restored).
+    pub connected: AtomicU64,
+    /// Messages sequenced and published through Redis by this node.
+    pub publishes: AtomicU64,
+    /// Publishes refused or failed (Redis down, bridge queue full, script error).
+    pub publish_failures: AtomicU64,
+    /// Room messages received from Redis and handed to the owner shards.
+    pub messages_in: AtomicU64,
+    /// Room messages received twice (dropped).
+    pub duplicates: AtomicU64,
+    /// Messages fetched from a room's stream to fill a gap in the channel.
+    pub gap_filled: AtomicU64,
+    /// Messages missing from a gap that the stream no longer held.
+    pub gap_lost: AtomicU64,
+    /// Successful reconnections to Redis after a lost connection.
+    pub reconnects: AtomicU64,
+    /// Redis errors (connection or command).
+    pub redis_errors: AtomicU64,
+    /// Room channels subscribed.
+    pub subscribed_rooms: AtomicU64,
+    /// Messages `send_to` delivered from other nodes.
+    pub direct_in: AtomicU64,
+    /// Dead nodes whose presence and counts this node removed.
+    pub nodes_reaped: AtomicU64,
+}
+
+impl ClusterStats {
+    /// Add `n` to `counter`.
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Read `counter`.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The shards' handle on the bridge.
+pub(crate) struct ClusterLink {
+    /// This node's id.
+    pub(crate) node_id: Arc<str>,
+    tx: crossbeam_channel::Sender<ToBridge>,
+    bell: Arc<tokio::sync::Notify>,
+    connected: Arc<AtomicBool>,
+    /// Counters (shared with the bridge thread).
+    pub(crate) stats: Arc<ClusterStats>,
+}
+
+impl ClusterLink {
+    /// Queue `cmd` for the bridge and ring its doorbell; gives it back when the
+    /// queue is full.
+    pub(crate) fn send(&self, cmd: ToBridge) -> Result<(), ToBridge> {
+        match self.tx.try_send(cmd) {
+            Ok(()) => {
+                self.bell.notify_one();
+                Ok(())
+            }
+            Err(e) => Err(e.into_inner()),
+        }
+    }
+
+    /// Whether Redis is reachable right now (publishes are refused when not).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+}
+
+/// The bridge thread's end of the link.
+pub(crate) struct BridgeEnd {
+    /// Commands from the shards.
+    pub(crate) rx: crossbeam_channel::Receiver<ToBridge>,
+    /// Rung after each command.
+    pub(crate) bell: Arc<tokio::sync::Notify>,
+    /// Set while connected.
+    pub(crate) connected: Arc<AtomicBool>,
+    /// Counters.
+    pub(crate) stats: Arc<ClusterStats>,
+}
+
+/// The link and the bridge's end of it, `capacity` commands deep.
+pub(crate) fn link(node_id: Arc<str>, capacity: usize) -> (ClusterLink, BridgeEnd) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let bell = Arc::new(tokio::sync::Notify::new());
+    let connected = Arc::new(AtomicBool::new(false));
+    let stats = Arc::new(ClusterStats::default());
+    (
+        ClusterLink {
+            node_id,
+            tx,
+            bell: bell.clone(),
+            connected: connected.clone(),
+            stats: stats.clone(),
+        },
+        BridgeEnd {
+            rx,
+            bell,
+            connected,
+            stats,
+        },
+    )
+}
+
+/// How long a shard waits for the bridge to answer a query.
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(3);

@@ -1,0 +1,1 @@
+//! The payload format of room channels (see docs/PROTOCOL.md, "Cluster").
