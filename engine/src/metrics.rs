@@ -245,7 +245,11 @@ const TRANSPORTS: [(&str, Field); 3] = [
 ];
 
 /// Render every shard's statistics in the Prometheus text format 0.0.4.
-pub fn render(shards: &[Arc<ShardStats>], routers: &[RoutedEndpoint]) -> String {
+pub fn render(
+    shards: &[Arc<ShardStats>],
+    routers: &[RoutedEndpoint],
+    cluster: Option<&ClusterView>,
+) -> String {
     let mut out = String::with_capacity(4096 + shards.len() * 2048);
     let _ = writeln!(
         out,
@@ -277,8 +281,14 @@ pub fn render(shards: &[Arc<ShardStats>], routers: &[RoutedEndpoint]) -> String 
     }
     render_latency(&mut out, shards);
     render_routes(&mut out, routers);
+    if let Some((node, stats)) = cluster {
+        crate::cluster::render_metrics(&mut out, node, stats);
+    }
     out
 }
+
+/// A cluster node's id and counters, for the `corecast_cluster_*` families.
+pub type ClusterView = (Arc<str>, Arc<crate::cluster::ClusterStats>);
 
 /// A routed endpoint's path and router, for the per-route families.
 pub type RoutedEndpoint = (String, Arc<crate::app::router::Router>);
@@ -393,6 +403,7 @@ pub(crate) fn http_response(
     method: &str,
     shards: &[Arc<ShardStats>],
     routers: &[RoutedEndpoint],
+    cluster: Option<&ClusterView>,
 ) -> Vec<u8> {
     use crate::proto::http;
     if method == "GET" {
@@ -401,7 +412,7 @@ pub(crate) fn http_response(
             "OK",
             &[],
             CONTENT_TYPE,
-            render(shards, routers).as_bytes(),
+            render(shards, routers, cluster).as_bytes(),
         )
     } else {
         http::response(
@@ -428,6 +439,7 @@ impl MetricsServer {
         path: String,
         shards: Vec<Arc<ShardStats>>,
         routers: Vec<RoutedEndpoint>,
+        cluster: Option<ClusterView>,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
@@ -441,7 +453,7 @@ impl MetricsServer {
                         break;
                     }
                     match stream {
-                        Ok(s) => serve_one(s, &path, &shards, &routers),
+                        Ok(s) => serve_one(s, &path, &shards, &routers, cluster.as_ref()),
                         Err(e) => {
                             tracing::warn!(error = %e, "metrics listener: accept failed");
                             std::thread::sleep(Duration::from_millis(10));
@@ -492,6 +504,7 @@ fn serve_one(
     path: &str,
     shards: &[Arc<ShardStats>],
     routers: &[RoutedEndpoint],
+    cluster: Option<&ClusterView>,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
@@ -514,7 +527,7 @@ fn serve_one(
         Some((method, target)) => {
             let target_path = target.split('?').next().unwrap_or_default();
             if target_path == path {
-                http_response(method, shards, routers)
+                http_response(method, shards, routers, cluster)
             } else {
                 crate::proto::http::response(404, "Not Found", &[], "try the metrics path")
             }
@@ -551,7 +564,7 @@ mod tests {
         for ns in [10_000, 60_000, 60_000, 3_000_000, 2_000_000_000] {
             s.publish_to_write.observe_ns(ns);
         }
-        let text = render(&[s.clone(), Arc::new(ShardStats::default())], &[]);
+        let text = render(&[s.clone(), Arc::new(ShardStats::default())], &[], None);
         let line = |prefix: &str| -> u64 {
             let l = text
                 .lines()
@@ -583,7 +596,7 @@ mod tests {
             Arc::new(ShardStats::default()),
         ];
         ShardStats::add(&shards[1].ws_connections, 3);
-        let text = render(&shards, &[]);
+        let text = render(&shards, &[], None);
         assert!(text.contains("corecast_connections{transport=\"websocket\",shard=\"1\"} 3\n"));
         for f in FAMILIES {
             assert!(text.contains(&format!("# TYPE {} {}\n", f.name, f.kind)));
@@ -607,9 +620,9 @@ mod tests {
 
     #[test]
     fn other_methods_get_405() {
-        let resp = http_response("POST", &[], &[]);
+        let resp = http_response("POST", &[], &[], None);
         assert!(resp.starts_with(b"HTTP/1.1 405"));
-        let resp = http_response("GET", &[], &[]);
+        let resp = http_response("GET", &[], &[], None);
         assert!(resp.starts_with(b"HTTP/1.1 200"));
     }
 
@@ -618,7 +631,7 @@ mod tests {
         let mut r = crate::app::router::Router::new();
         r.route("chat.message", |_ctx, _b: serde_json::Value| Ok(()));
         let routers = vec![("/ws/\"app\"".to_string(), Arc::new(r))];
-        let text = render(&[Arc::new(ShardStats::default())], &routers);
+        let text = render(&[Arc::new(ShardStats::default())], &routers, None);
         assert!(text.contains(
             "corecast_route_messages_total{endpoint=\"/ws/\\\"app\\\"\",route=\"chat.message\"} 0"
         ), "{text}");

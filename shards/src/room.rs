@@ -322,6 +322,81 @@ impl<M: Clone> InterestTable<M> {
         (name, pos, rec.shards)
     }
 
+    /// Cluster mode: record a message sequenced elsewhere (by the broker) at `pos`.
+    /// A new epoch restarts the room's record (history from the old epoch is
+    /// dropped); a position at or before the record's is a duplicate: `None`.
+    /// Returns the shared room name and the interest set.
+    pub fn append_at(
+        &mut self,
+        room: &str,
+        pos: Position,
+        msg: M,
+        now: Instant,
+        limits: HistoryLimits,
+    ) -> Option<(Arc<str>, u64)> {
+        let (name, rec) = self.record(room, limits);
+        rec.limits = limits;
+        if rec.epoch != pos.epoch {
+            rec.epoch = pos.epoch;
+            rec.history.clear();
+        } else if pos.seq <= rec.seq {
+            return None;
+        }
+        rec.seq = pos.seq;
+        if limits.max_messages > 0 {
+            rec.history.push_back((pos.seq, now, msg));
+            while rec.history.len() > limits.max_messages {
+                rec.history.pop_front();
+            }
+        }
+        rec.expire(now);
+        Some((name, rec.shards))
+    }
+
+    /// Cluster mode: the broker says the room is at `epoch`/`seq` (this node just
+    /// subscribed, or resubscribed). History the record holds stays only when it
+    /// is from the same epoch and not ahead of the broker.
+    pub fn set_position(&mut self, room: &str, epoch: u64, seq: u64, limits: HistoryLimits) {
+        let (_, rec) = self.record(room, limits);
+        if rec.epoch != epoch || rec.seq > seq {
+            rec.history.clear();
+        }
+        rec.epoch = epoch;
+        rec.seq = seq;
+    }
+
+    /// Cluster mode: drop the room's history (the node stopped following the
+    /// room, so what it holds may miss messages from now on).
+    pub fn clear_history(&mut self, room: &str) {
+        if let Some(rec) = self.rooms.get_mut(room) {
+            rec.history.clear();
+        }
+    }
+
+    /// Messages of `room` kept after `after`, and whether the history covers
+    /// everything from `after + 1` (nothing was trimmed in between).
+    pub fn tail(&self, room: &str, after: u64) -> (Vec<(u64, M)>, bool) {
+        let Some(rec) = self.rooms.get(room) else {
+            return (Vec::new(), true);
+        };
+        let covers = after >= rec.seq || rec.first_available() <= after + 1;
+        let messages = rec
+            .history
+            .iter()
+            .filter(|(s, _, _)| *s > after)
+            .map(|(s, _, m)| (*s, m.clone()))
+            .collect();
+        (messages, covers)
+    }
+
+    /// The first sequence number `room`'s history still holds (`seq + 1` when none).
+    pub fn first_available(&mut self, room: &str, now: Instant) -> Option<u64> {
+        self.rooms.get_mut(room).map(|r| {
+            r.expire(now);
+            r.first_available()
+        })
+    }
+
     /// What a client resuming `room` after `since` must get before live messages;
     /// `since: None` asks only for the room's current position.
     pub fn replay(
@@ -500,6 +575,35 @@ mod tests {
             t.replay("r", Some(ahead), now, LIMITS).gap,
             Some(GapReason::Unknown)
         );
+    }
+
+    #[test]
+    fn broker_positions_drop_duplicates_and_restart_on_a_new_epoch() {
+        let mut t: InterestTable<u32> = InterestTable::new(1);
+        let now = Instant::now();
+        t.set("r", 2, true, LIMITS);
+        t.set_position("r", 9, 4, LIMITS);
+        let at = |seq| Position { epoch: 9, seq };
+        assert_eq!(t.append_at("r", at(5), 5, now, LIMITS).unwrap().1, 0b100);
+        assert!(
+            t.append_at("r", at(5), 5, now, LIMITS).is_none(),
+            "duplicate"
+        );
+        assert!(t.append_at("r", at(3), 3, now, LIMITS).is_none(), "old");
+        t.append_at("r", at(6), 6, now, LIMITS).unwrap();
+        assert_eq!(t.tail("r", 4), (vec![(5, 5), (6, 6)], true));
+        assert_eq!(t.tail("r", 6), (vec![], true));
+        // A new epoch (the broker lost its data) restarts the record.
+        let new = Position { epoch: 10, seq: 1 };
+        t.append_at("r", new, 1, now, LIMITS).unwrap();
+        assert_eq!(t.get("r"), Some((10, 1, 0b100)));
+        assert_eq!(t.tail("r", 0), (vec![(1, 1)], true));
+        // Trimmed history no longer covers an old cursor.
+        for seq in 2..=6 {
+            t.append_at("r", Position { epoch: 10, seq }, seq as u32, now, LIMITS);
+        }
+        assert!(!t.tail("r", 1).1);
+        assert!(t.tail("r", 3).1);
     }
 
     #[test]

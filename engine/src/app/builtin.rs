@@ -17,8 +17,13 @@ impl WsCallbacks for Rooms {
     }
 
     fn on_message(&self, conn: &Connection, msg: Message) {
-        // A refused broadcast (owner shard overloaded) is counted in /stats.
-        let _ = conn.broadcast_to_my_rooms(&msg);
+        // A refused publish (owner shard overloaded, cluster broker unreachable) is
+        // counted in /stats and answered with an error frame naming the room.
+        for room in conn.rooms() {
+            if let Err(e) = conn.broadcast_to_room(&room, msg.clone()) {
+                let _ = conn.send(crate::net::cluster::publish_error_frame(&room, e));
+            }
+        }
     }
 }
 

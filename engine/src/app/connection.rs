@@ -161,13 +161,13 @@ impl Connection {
     /// Broadcast `msg` to every member of `room` on every shard (this connection
     /// too, if it is a member), in the room's single order.
     pub fn broadcast_to_room(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
-        self.shard.publish(room, msg)
+        self.shard.publish_from(room, msg, None, Some(self.conn.id))
     }
 
     /// Broadcast `msg` to every room this connection is in.
     pub fn broadcast_to_my_rooms(&self, msg: &Message) -> Result<(), BroadcastError> {
         let rooms = self.conn.rooms.borrow().clone();
-        self.shard.publish_to_all(rooms, msg)
+        self.shard.publish_to_all(rooms, msg, Some(self.conn.id))
     }
 
     /// Start the close handshake with `code` and `reason`.

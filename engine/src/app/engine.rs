@@ -160,9 +160,23 @@ pub(crate) struct Shared {
     pub(crate) ip_table: Option<Arc<crate::net::limits::IpTable>>,
     /// The TLS listener's certificate and settings (`tls:`).
     pub(crate) tls: Option<Arc<crate::net::tls::TlsShared>>,
+    /// The cluster bridge, when `cluster:` is set.
+    pub(crate) cluster: Option<crate::cluster::ClusterLink>,
 }
 
 impl Shared {
+    /// The body of `GET /stats`: shard counters, plus `cluster` in cluster mode.
+    pub(crate) fn stats_json(&self) -> String {
+        let mut json = crate::stats::to_json(&self.stats);
+        if let Some(link) = &self.cluster {
+            json.pop();
+            json.push_str(",\"cluster\":");
+            json.push_str(&crate::cluster::stats_json(&link.node_id, &link.stats));
+            json.push('}');
+        }
+        json
+    }
+
     /// The endpoint at `path` and its index.
     pub(crate) fn endpoint(&self, path: &str) -> Option<(usize, &Endpoint)> {
         self.endpoints
@@ -512,6 +526,17 @@ impl Engine {
                 routers.push((path.clone(), router.clone()));
             }
         }
+        let (cluster, bridge_end) = match &self.config.cluster {
+            Some(c) => {
+                let node: Arc<str> = Arc::from(c.node_id());
+                let (link, end) = crate::cluster::link(node, c.bridge_capacity);
+                (Some(link), Some(end))
+            }
+            None => (None, None),
+        };
+        let cluster_stats = cluster
+            .as_ref()
+            .map(|l| (l.node_id.clone(), l.stats.clone()));
         let metrics = match self.config.metrics.listen {
             Some(addr) if self.config.metrics.enabled => Some(
                 crate::metrics::MetricsServer::start(
@@ -519,6 +544,7 @@ impl Engine {
                     self.config.metrics.path.clone(),
                     stats.clone(),
                     routers.clone(),
+                    cluster_stats.clone(),
                 )
                 .map_err(|e| StartError(format!("metrics: cannot listen on {addr}: {e}")))?,
             ),
@@ -548,8 +574,16 @@ impl Engine {
                 crate::net::limits::IpTable::new(self.config.limits.max_connections_per_ip)
             }),
             tls,
+            cluster,
             config: self.config,
         });
+        let bridge = match (bridge_end, shared.config.cluster.clone(), &shared.cluster) {
+            (Some(end), Some(cfg), Some(link)) => Some(
+                crate::cluster::bridge::spawn(cfg, link.node_id.clone(), end, mesh.senders())
+                    .map_err(|e| StartError(format!("cluster: cannot start the bridge: {e}")))?,
+            ),
+            _ => None,
+        };
         let udp_fds: Vec<Mutex<Option<i32>>> = udp_sockets
             .into_iter()
             .map(|s| Mutex::new(Some(s.into_raw_fd())))
@@ -619,12 +653,15 @@ impl Engine {
                 glommio::spawn_local(shard.clone().run_stall_sweeper()).detach();
                 glommio::spawn_local(shard.clone().run_keepalive()).detach();
                 glommio::spawn_local(shard.clone().run_flusher()).detach();
+                glommio::spawn_local(shard.clone().run_bridge_backlog()).detach();
+                glommio::spawn_local(shard.clone().run_cluster_counts()).detach();
                 shard.run_inbox(inbox).await;
             }
         })
         .map_err(|e| StartError(e.to_string()))?;
         Ok(RunningEngine {
             pool: Some(pool),
+            bridge,
             handle: EngineHandle { shared },
             local_addr,
             wt_addr,
@@ -783,6 +820,24 @@ impl EngineHandle {
     /// Publish `msg` to `room` from any thread; it is sequenced by the room's owner
     /// shard and reaches every member on every shard.
     pub fn broadcast(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
+        if let Some(link) = &self.shared.cluster {
+            if !link.is_connected() {
+                crate::cluster::ClusterStats::add(&link.stats.publish_failures, 1);
+                return Err(BroadcastError::Unavailable);
+            }
+            let cmd = crate::cluster::ToBridge::Publish {
+                room: Arc::from(room),
+                msg,
+                except: None,
+                origin: None,
+                ack: None,
+                limits: self.shared.config.history.limits_for(room),
+            };
+            return link.send(cmd).map_err(|_| {
+                crate::cluster::ClusterStats::add(&link.stats.publish_failures, 1);
+                BroadcastError::Overloaded
+            });
+        }
         let owner = owner_of(room, self.shared.senders.len());
         self.shared.senders[owner]
             .send(ShardMsg::Publish {
@@ -820,13 +875,21 @@ impl EngineHandle {
 
     /// Counters summed over shards, as JSON (the body of `GET /stats`).
     pub fn stats_json(&self) -> String {
-        crate::stats::to_json(&self.shared.stats)
+        self.shared.stats_json()
     }
 
     /// Per-shard metrics in the Prometheus text format 0.0.4 (the body of
     /// `GET /metrics`).
     pub fn metrics_text(&self) -> String {
-        crate::metrics::render(&self.shared.stats, &self.shared.routers)
+        crate::metrics::render(
+            &self.shared.stats,
+            &self.shared.routers,
+            self.shared
+                .cluster
+                .as_ref()
+                .map(|l| (l.node_id.clone(), l.stats.clone()))
+                .as_ref(),
+        )
     }
 
     /// Number of shards.
@@ -856,6 +919,8 @@ pub struct RunningEngine {
     wt_addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     metrics: Option<crate::metrics::MetricsServer>,
+    /// The cluster bridge thread, when `cluster:` is set.
+    bridge: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RunningEngine {
@@ -904,7 +969,26 @@ impl RunningEngine {
         if let Some(mut m) = self.metrics.take() {
             m.stop();
         }
+        self.stop_bridge();
         joined
+    }
+
+    /// After the shards: tell the bridge to leave the cluster (its liveness key goes,
+    /// so other nodes drop its members now) and wait for it, bounded.
+    fn stop_bridge(&mut self) {
+        let Some(bridge) = self.bridge.take() else {
+            return;
+        };
+        if let Some(link) = &self.handle.shared.cluster {
+            let _ = link.send(crate::cluster::ToBridge::Shutdown);
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !bridge.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if bridge.is_finished() {
+            let _ = bridge.join();
+        }
     }
 
     /// Shut down gracefully and wait for the shards.

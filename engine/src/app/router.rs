@@ -715,7 +715,7 @@ fn to_message<T: Serialize + ?Sized>(value: &T) -> Result<Message, RouteError> {
 }
 
 fn overloaded(e: BroadcastError) -> RouteError {
-    RouteError::client("overloaded", e.to_string())
+    RouteError::client(e.code(), e.to_string())
 }
 
 impl Ctx {
@@ -924,7 +924,7 @@ impl Ctx {
         value: &T,
     ) -> Result<(), RouteError> {
         self.shard_state()
-            .publish(room, to_message(value)?)
+            .publish_from(room, to_message(value)?, None, Some(self.id()))
             .map_err(overloaded)
     }
 

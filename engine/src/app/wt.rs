@@ -446,7 +446,19 @@ impl WtSession {
 
     /// Publish `msg` to `room` (any member on any shard and transport receives it).
     pub fn broadcast_to_room(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
-        self.shard.publish(room, msg)
+        self.shard
+            .publish_from(room, msg, None, Some(self.state.reg_id))
+    }
+
+    /// Publish `msg` to each of this session's rooms; a room that refuses it gets
+    /// the session an error record (`{"type":"error","error":..,"room":..}`).
+    pub(crate) fn publish_to_my_rooms(&self, msg: &Message) {
+        for (room, _) in self.rooms() {
+            if let Err(e) = self.broadcast_to_room(&room, msg.clone()) {
+                let frame = crate::net::cluster::publish_error_frame(&room, e);
+                let _ = self.state.send_direct(&frame, &self.shard.stats);
+            }
+        }
     }
 
     /// Publish `msg` to every room this session is in.
@@ -458,7 +470,8 @@ impl WtSession {
             .iter()
             .map(|(r, _)| r.clone())
             .collect();
-        self.shard.publish_to_all(rooms, msg)
+        self.shard
+            .publish_to_all(rooms, msg, Some(self.state.reg_id))
     }
 
     /// Close the session with `code` and `reason` (CLOSE_WEBTRANSPORT_SESSION).

@@ -36,7 +36,7 @@ pub async fn rooms(session: WtSession) {
             }
             WtIncoming::Datagram(d) => {
                 if let Ok(rec) = record::parse_body(&d, max) {
-                    let _ = session.broadcast_to_my_rooms(&to_message(rec));
+                    session.publish_to_my_rooms(&to_message(rec));
                 }
             }
         }
@@ -67,7 +67,7 @@ async fn publish_records(
                 let fed = reader.feed(&chunk, &mut records);
                 // Records before a bad one in the same chunk are still published.
                 for rec in records.drain(..) {
-                    let _ = session.broadcast_to_my_rooms(&to_message(rec));
+                    session.publish_to_my_rooms(&to_message(rec));
                 }
                 if let Err(e) = fed {
                     recv.stop(e.reset_code());

@@ -259,3 +259,113 @@ pub(crate) fn link(node_id: Arc<str>, capacity: usize) -> (ClusterLink, BridgeEn
 
 /// How long a shard waits for the bridge to answer a query.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The `cluster` object of `GET /stats`.
+pub(crate) fn stats_json(node: &str, s: &ClusterStats) -> String {
+    let g = ClusterStats::get;
+    serde_json::json!({
+        "node_id": node,
+        "connected": g(&s.connected),
+        "publishes": g(&s.publishes),
+        "publish_failures": g(&s.publish_failures),
+        "messages_in": g(&s.messages_in),
+        "duplicates": g(&s.duplicates),
+        "gap_filled": g(&s.gap_filled),
+        "gap_lost": g(&s.gap_lost),
+        "reconnects": g(&s.reconnects),
+        "redis_errors": g(&s.redis_errors),
+        "subscribed_rooms": g(&s.subscribed_rooms),
+        "direct_in": g(&s.direct_in),
+        "nodes_reaped": g(&s.nodes_reaped),
+    })
+    .to_string()
+}
+
+/// The `corecast_cluster_*` families (Prometheus text format), labelled by node.
+pub(crate) fn render_metrics(out: &mut String, node: &str, s: &ClusterStats) {
+    use std::fmt::Write as _;
+    let families: [(&str, &str, &str, &AtomicU64); 12] = [
+        (
+            "corecast_cluster_connected",
+            "gauge",
+            "1 while the node is connected to the cluster broker (redis).",
+            &s.connected,
+        ),
+        (
+            "corecast_cluster_subscribed_rooms",
+            "gauge",
+            "Room channels this node follows (rooms with local members).",
+            &s.subscribed_rooms,
+        ),
+        (
+            "corecast_cluster_publishes_total",
+            "counter",
+            "Room messages sequenced and published through the broker by this node.",
+            &s.publishes,
+        ),
+        (
+            "corecast_cluster_publish_failures_total",
+            "counter",
+            "Publishes refused or failed (broker down, bridge queue full, script error).",
+            &s.publish_failures,
+        ),
+        (
+            "corecast_cluster_messages_received_total",
+            "counter",
+            "Room messages received from the broker and fanned out on this node.",
+            &s.messages_in,
+        ),
+        (
+            "corecast_cluster_duplicates_total",
+            "counter",
+            "Room messages received twice from the broker (dropped).",
+            &s.duplicates,
+        ),
+        (
+            "corecast_cluster_gap_filled_total",
+            "counter",
+            "Messages read from a room's stream to fill a gap (missed while reconnecting).",
+            &s.gap_filled,
+        ),
+        (
+            "corecast_cluster_gap_lost_total",
+            "counter",
+            "Messages of a gap the room's stream no longer held.",
+            &s.gap_lost,
+        ),
+        (
+            "corecast_cluster_reconnects_total",
+            "counter",
+            "Reconnections to the broker after a lost connection.",
+            &s.reconnects,
+        ),
+        (
+            "corecast_cluster_redis_errors_total",
+            "counter",
+            "Broker errors (connection or command).",
+            &s.redis_errors,
+        ),
+        (
+            "corecast_cluster_direct_messages_total",
+            "counter",
+            "send_to messages delivered here from other nodes.",
+            &s.direct_in,
+        ),
+        (
+            "corecast_cluster_nodes_reaped_total",
+            "counter",
+            "Dead nodes whose members this node removed from presence and counts.",
+            &s.nodes_reaped,
+        ),
+    ];
+    let node = node.replace('\\', "\\\\").replace('"', "\\\"");
+    for (name, kind, help, v) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(
+            out,
+            "{name}{{node=\"{node}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+}

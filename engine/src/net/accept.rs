@@ -25,7 +25,7 @@ use crate::proto::http::{self, Request};
 use crate::proto::sse::{parse_stream_cursor, StreamCursor};
 use crate::proto::ws::deflate::Inflater;
 use crate::proto::ws::{close, handshake, Decoder, Limits};
-use crate::stats::{self, ShardStats};
+use crate::stats::ShardStats;
 
 /// Accept until the shard starts draining (`tls`: the TLS listener's settings, for
 /// `tls.listen`). Each connection gets its own task at once: nothing here awaits a
@@ -233,8 +233,17 @@ async fn route(
     admission: Admission,
 ) {
     if shard.shared.main_metrics_path() == Some(req.path.as_str()) {
-        let resp =
-            crate::metrics::http_response(&req.method, &shard.shared.stats, &shard.shared.routers);
+        let resp = crate::metrics::http_response(
+            &req.method,
+            &shard.shared.stats,
+            &shard.shared.routers,
+            shard
+                .shared
+                .cluster
+                .as_ref()
+                .map(|l| (l.node_id.clone(), l.stats.clone()))
+                .as_ref(),
+        );
         let _ = stream.write_all(&resp).await;
         return;
     }
@@ -245,7 +254,7 @@ async fn route(
                 "OK",
                 &[],
                 "application/json",
-                stats::to_json(&shard.shared.stats).as_bytes(),
+                shard.shared.stats_json().as_bytes(),
             )
         } else {
             http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")

@@ -8,6 +8,7 @@
 //! Both need the configured key as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -125,6 +126,22 @@ async fn connections(
         Some((id, action)) => (id, Some(action)),
         None => (rest, None),
     };
+    // `NODE:SHARD.SLOT.GENERATION` names a connection of another cluster node.
+    let (node, raw_id) = match raw_id.split_once(':') {
+        Some((node, id)) => (Some(node), id),
+        None => (None, raw_id),
+    };
+    let remote = node.filter(|n| shard.node_id() != Some(*n));
+    if let Some(node) = node {
+        if !shard.clustered() || !crate::config::valid_node_id(node) {
+            return http::response(
+                400,
+                "Bad Request",
+                &[],
+                &format!("invalid connection id {rest:?}: NODE:SHARD.SLOT.GENERATION ids need cluster mode and a valid node id"),
+            );
+        }
+    }
     let Ok(id) = raw_id.parse::<ConnId>() else {
         return http::response(
             400,
@@ -133,6 +150,9 @@ async fn connections(
             &format!("invalid connection id {raw_id:?}: ids look like SHARD.SLOT.GENERATION, e.g. 0.12.3"),
         );
     };
+    if let Some(node) = remote {
+        return remote_connection(shard, stream, req, pending, node, id, action).await;
+    }
     match (req.method.as_str(), action) {
         ("GET", None) => match shard.lookup_conn(id).await {
             Ok(Some(info)) => json_response(200, &info.to_json()),
@@ -166,6 +186,74 @@ async fn connections(
             http::response(404, "Not Found", &[], &format!("no API action {other:?}"))
         }
     }
+}
+
+/// A connection of another node: only `POST .../send` (through the broker).
+async fn remote_connection(
+    shard: &Rc<Shard>,
+    stream: &RefCell<Socket>,
+    req: &Request,
+    pending: BytesMut,
+    node: &str,
+    id: ConnId,
+    action: Option<&str>,
+) -> Vec<u8> {
+    match (req.method.as_str(), action) {
+        ("POST", Some("send")) => {
+            let msg = match read_message_body(shard, stream, req, pending).await {
+                Ok(m) => m,
+                Err(resp) => return resp,
+            };
+            let query = crate::cluster::Query::SendTo {
+                node: node.to_string(),
+                conn: id,
+                msg,
+            };
+            match shard.cluster_query(query).await {
+                crate::cluster::Answer::Sent(true) => json_response(
+                    202,
+                    &serde_json::json!({"id": format!("{node}:{id}"), "queued": true}),
+                ),
+                crate::cluster::Answer::Sent(false) => http::response(
+                    404,
+                    "Not Found",
+                    &[],
+                    &format!("no live cluster node {node:?}"),
+                ),
+                _ => broker_unavailable(),
+            }
+        }
+        ("GET", None) => http::response(
+            404,
+            "Not Found",
+            &[],
+            "connections of other nodes are looked up on their node",
+        ),
+        _ => http::response(
+            405,
+            "Method Not Allowed",
+            &[("Allow", "POST")],
+            "send with POST .../send",
+        ),
+    }
+}
+
+fn broker_unavailable() -> Vec<u8> {
+    let e = crate::net::shard::BroadcastError::Unavailable;
+    error_503(e.code(), &e.to_string())
+}
+
+/// 503 with `Retry-After: 1` and `{"error":CODE,"message":..}`.
+fn error_503(code: &str, message: &str) -> Vec<u8> {
+    let mut body = serde_json::json!({"error": code, "message": message}).to_string();
+    body.push('\n');
+    http::response_with_type(
+        503,
+        "Service Unavailable",
+        &[("Retry-After", "1")],
+        "application/json",
+        body.as_bytes(),
+    )
 }
 
 /// Largest `?limit=` for a room's connection list.
@@ -208,6 +296,18 @@ async fn room_presence(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
             &[],
             &format!("room {room:?} has no presence (no presence.rooms pattern matches it)"),
         );
+    }
+    if shard.clustered() {
+        return match shard
+            .cluster_query(crate::cluster::Query::Presence(Arc::from(room)))
+            .await
+        {
+            crate::cluster::Answer::Presence(list, truncated) => json_response(
+                200,
+                &serde_json::json!({"room": room, "count": list.len(), "members": list, "truncated": truncated}),
+            ),
+            _ => broker_unavailable(),
+        };
     }
     match shard.presence_list(room).await {
         Ok(members) => {
@@ -256,12 +356,7 @@ async fn publish(
             );
             http::response_with_type(200, "OK", &[], "application/json", json.as_bytes())
         }
-        Err(e) => http::response(
-            503,
-            "Service Unavailable",
-            &[("Retry-After", "1")],
-            &e.to_string(),
-        ),
+        Err(e) => error_503(e.code(), &e.to_string()),
     }
 }
 
@@ -359,8 +454,38 @@ async fn room_info(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
         ),
         None => "\"epoch\":null,\"seq\":0,\"id\":null".to_string(),
     };
+    let mut counts = counts;
+    let mut nodes = String::new();
+    if let Some(node) = shard.node_id() {
+        let local = crate::cluster::MemberCounts {
+            websocket: counts.websocket,
+            sse: counts.sse,
+            webtransport: counts.webtransport,
+        };
+        let others = match shard
+            .cluster_query(crate::cluster::Query::Counts(Arc::from(room)))
+            .await
+        {
+            crate::cluster::Answer::Counts(list) => list,
+            _ => return broker_unavailable(),
+        };
+        let mut by_node = serde_json::Map::new();
+        for (name, c) in std::iter::once((node.to_string(), local)).chain(others) {
+            if name != node {
+                counts.websocket += c.websocket;
+                counts.sse += c.sse;
+                counts.webtransport += c.webtransport;
+            }
+            by_node.insert(
+                name,
+                serde_json::json!({"websocket": c.websocket, "sse": c.sse,
+                    "webtransport": c.webtransport, "total": c.total()}),
+            );
+        }
+        nodes = format!(",\"nodes\":{}", serde_json::Value::Object(by_node));
+    }
     let json = format!(
-        "{{\"room\":{},\"members\":{{\"websocket\":{},\"sse\":{},\"webtransport\":{},\"total\":{}}},{position}}}\n",
+        "{{\"room\":{},\"members\":{{\"websocket\":{},\"sse\":{},\"webtransport\":{},\"total\":{}}},{position}{nodes}}}\n",
         serde_json::to_string(room).unwrap_or_default(),
         counts.websocket,
         counts.sse,

@@ -77,11 +77,12 @@ struct ListGather {
 #[derive(Default)]
 pub(crate) struct Pending {
     next: Cell<u64>,
-    acks: RefCell<HashMap<u64, Rc<Slot<Position>>>>,
+    acks: RefCell<HashMap<u64, Rc<Slot<Option<Position>>>>>,
     infos: RefCell<HashMap<u64, InfoGather>>,
     lists: RefCell<HashMap<u64, ListGather>>,
     flags: RefCell<HashMap<u64, Rc<Slot<bool>>>>,
     presence: RefCell<HashMap<u64, Rc<Slot<Vec<PresenceMember>>>>>,
+    answers: RefCell<HashMap<u64, Rc<Slot<crate::cluster::Answer>>>>,
 }
 
 impl Pending {
@@ -91,8 +92,8 @@ impl Pending {
         t
     }
 
-    /// Register a publish acknowledgement to wait for.
-    pub(crate) fn new_ack(&self) -> (u64, Rc<Slot<Position>>) {
+    /// Register a publish acknowledgement to wait for (`None`: refused).
+    pub(crate) fn new_ack(&self) -> (u64, Rc<Slot<Option<Position>>>) {
         let token = self.token();
         let slot = Rc::new(Slot::default());
         self.acks.borrow_mut().insert(token, slot.clone());
@@ -117,7 +118,29 @@ impl Pending {
     /// An acknowledgement arrived (late ones, whose waiter gave up, are dropped).
     pub(crate) fn ack(&self, token: u64, pos: Position) {
         if let Some(slot) = self.acks.borrow_mut().remove(&token) {
-            slot.fill(pos);
+            slot.fill(Some(pos));
+        }
+    }
+
+    /// A publish was refused (cluster mode: Redis failed it).
+    pub(crate) fn refuse(&self, token: u64) {
+        if let Some(slot) = self.acks.borrow_mut().remove(&token) {
+            slot.fill(None);
+        }
+    }
+
+    /// Register a cluster query's answer to wait for.
+    pub(crate) fn new_answer(&self) -> (u64, Rc<Slot<crate::cluster::Answer>>) {
+        let token = self.token();
+        let slot = Rc::new(Slot::default());
+        self.answers.borrow_mut().insert(token, slot.clone());
+        (token, slot)
+    }
+
+    /// A cluster query's answer arrived.
+    pub(crate) fn answer(&self, token: u64, answer: crate::cluster::Answer) {
+        if let Some(slot) = self.answers.borrow_mut().remove(&token) {
+            slot.fill(answer);
         }
     }
 
@@ -224,5 +247,6 @@ impl Pending {
         self.lists.borrow_mut().remove(&token);
         self.flags.borrow_mut().remove(&token);
         self.presence.borrow_mut().remove(&token);
+        self.answers.borrow_mut().remove(&token);
     }
 }

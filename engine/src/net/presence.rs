@@ -20,6 +20,11 @@ use crate::app::message::Message;
 use crate::app::meta::{Meta, MetaCell};
 use crate::app::registry::{LookupError, PresenceMember};
 
+/// `{"id","node","meta"}`: a presence member in cluster mode.
+pub(crate) fn cluster_member_json(node: &str, member: &PresenceMember) -> serde_json::Value {
+    json!({"id": member.id.to_string(), "node": node, "meta": member.meta})
+}
+
 /// Members listed in a `snapshot` at most (the count is always exact).
 const SNAPSHOT_MAX: usize = 1000;
 
@@ -61,6 +66,23 @@ impl Shard {
 
     /// As owner: add a member, tell the room, show the newcomer who is there.
     pub(crate) fn presence_join(self: &Rc<Self>, room: Arc<str>, member: PresenceMember) {
+        if let Some(node) = self.node_id() {
+            // Cluster: the bridge keeps the room's members of every node in Redis,
+            // sends the snapshot and publishes the event with the cluster-wide count.
+            let json = cluster_member_json(node, &member);
+            self.presence
+                .borrow_mut()
+                .rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(member.id, member.meta);
+            self.to_bridge(crate::cluster::ToBridge::PresenceJoin {
+                room,
+                member_id: member.id,
+                member: json,
+            });
+            return;
+        }
         let (count, snapshot) = {
             let mut table = self.presence.borrow_mut();
             let members = table.rooms.entry(room.clone()).or_default();
@@ -127,6 +149,13 @@ impl Shard {
         let Some((meta, count)) = left else {
             return;
         };
+        if self.clustered() {
+            self.to_bridge(crate::cluster::ToBridge::PresenceLeave {
+                room,
+                member_id: id,
+            });
+            return;
+        }
         let event = json!({
             "type": "presence",
             "event": "leave",

@@ -198,13 +198,35 @@ impl Member {
 /// Why a broadcast was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BroadcastError {
-    /// The owner shard's inbox is full; the message was not published.
+    /// The owner shard's inbox (or, in cluster mode, the bridge's queue) is full;
+    /// the message was not published.
     Overloaded,
+    /// Cluster mode: the broker (Redis) is unreachable; the message was not
+    /// published (or, when the connection broke while publishing, may not have been).
+    Unavailable,
+}
+
+impl BroadcastError {
+    /// The `error` code of error frames and API answers: `overloaded` or
+    /// `broker_unavailable`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BroadcastError::Overloaded => "overloaded",
+            BroadcastError::Unavailable => "broker_unavailable",
+        }
+    }
 }
 
 impl std::fmt::Display for BroadcastError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the room's owner shard is overloaded; message not published")
+        f.write_str(match self {
+            BroadcastError::Overloaded => {
+                "the room's owner shard is overloaded; message not published"
+            }
+            BroadcastError::Unavailable => {
+                "cluster broker (redis) unreachable; message not published"
+            }
+        })
     }
 }
 
@@ -245,6 +267,8 @@ pub(crate) struct Shard {
     pub(crate) quiescing: Cell<bool>,
     /// `Quiesced` markers received per round.
     quiesced: [Cell<usize>; 2],
+    /// Cluster mode state (unused on a standalone node).
+    pub(crate) cluster: super::cluster::ClusterState,
 }
 
 impl Shard {
@@ -277,6 +301,7 @@ impl Shard {
             )),
             quiescing: Cell::new(false),
             quiesced: [Cell::new(0), Cell::new(0)],
+            cluster: Default::default(),
             shared,
         }
     }
@@ -458,6 +483,19 @@ impl Shard {
                 ack,
                 except,
             } => {
+                if let Some(link) = self.shared.cluster.as_ref() {
+                    // Sequenced by Redis; a refusal goes back to the waiting publisher.
+                    if let (Err(_), Some(ack)) = (
+                        self.cluster_publish(link, &room, msg, except, except, ack),
+                        ack,
+                    ) {
+                        self.send_reliable(
+                            ack.shard,
+                            ShardMsg::PublishRefused { token: ack.token },
+                        );
+                    }
+                    return;
+                }
                 let pos = self.sequence(&room, msg, except);
                 if let Some(ack) = ack {
                     self.send_reliable(
@@ -480,12 +518,7 @@ impl Shard {
                 room,
                 shard,
                 interested,
-            } => {
-                let limits = self.shared.config.history.limits_for(&room);
-                self.interest
-                    .borrow_mut()
-                    .set(&room, shard, interested, limits);
-            }
+            } => self.set_interest_bit(&room, shard, interested),
             ShardMsg::Replay { room, since, conn } => self.serve_replay(room, since, conn),
             ShardMsg::ReplayData {
                 conn,
@@ -571,6 +604,25 @@ impl Shard {
         }
     }
 
+    /// The owner-side table of rooms this shard owns.
+    pub(crate) fn interest_table(&self) -> &RefCell<InterestTable<Message>> {
+        &self.interest
+    }
+
+    /// As owner: shard `shard` has (or no longer has) members of `room`. In cluster
+    /// mode the node follows the room's channel while any shard has members.
+    fn set_interest_bit(&self, room: &Arc<str>, shard: usize, interested: bool) {
+        let limits = self.shared.config.history.limits_for(room);
+        let mut t = self.interest.borrow_mut();
+        let before = t.get(room).map_or(0, |(_, _, s)| s);
+        t.set(room, shard, interested, limits);
+        let after = t.get(room).map_or(0, |(_, _, s)| s);
+        drop(t);
+        if self.clustered() && (before == 0) != (after == 0) {
+            self.cluster_interest_changed(room, after != 0);
+        }
+    }
+
     /// Send to `shard` (itself included, handled inline) in order with everything
     /// else this shard sent it: a full inbox queues the message in the outbox (see
     /// [`super::outbox`]). For control messages (interest, replay, acks, presence)
@@ -603,6 +655,21 @@ impl Shard {
         msg: Message,
         except: Option<ConnId>,
     ) -> Result<(), BroadcastError> {
+        self.publish_from(room, msg, except, except)
+    }
+
+    /// Publish `msg` to `room` for connection `origin` (told if a cluster publish
+    /// fails after it was accepted), skipping member `except`.
+    pub(crate) fn publish_from(
+        &self,
+        room: &str,
+        msg: Message,
+        except: Option<ConnId>,
+        origin: Option<ConnId>,
+    ) -> Result<(), BroadcastError> {
+        if let Some(link) = self.shared.cluster.as_ref() {
+            return self.cluster_publish(link, room, msg, except, origin, None);
+        }
         let owner = owner_of(room, self.senders().len());
         if owner == self.id {
             self.sequence(room, msg, except);
@@ -630,10 +697,11 @@ impl Shard {
         &self,
         rooms: impl IntoIterator<Item = Arc<str>>,
         msg: &Message,
+        origin: Option<ConnId>,
     ) -> Result<(), BroadcastError> {
         let mut result = Ok(());
         for room in rooms {
-            if let Err(e) = self.publish(&room, msg.clone()) {
+            if let Err(e) = self.publish_from(&room, msg.clone(), None, origin) {
                 result = Err(e);
             }
         }
@@ -647,6 +715,24 @@ impl Shard {
         msg: Message,
         timeout: Duration,
     ) -> Result<Position, BroadcastError> {
+        if let Some(link) = self.shared.cluster.as_ref() {
+            let (token, slot) = self.pending.new_ack();
+            let ack = Some(AckTo {
+                shard: self.id,
+                token,
+            });
+            if let Err(e) = self.cluster_publish(link, room, msg, None, None, ack) {
+                self.pending.forget(token);
+                return Err(e);
+            }
+            let got = futures_lite::future::or(async { Some(slot.wait().await) }, async {
+                glommio::timer::sleep(timeout).await;
+                None
+            })
+            .await;
+            self.pending.forget(token);
+            return got.flatten().ok_or(BroadcastError::Unavailable);
+        }
         let owner = owner_of(room, self.senders().len());
         if owner == self.id {
             return Ok(self.sequence(room, msg, None));
@@ -675,7 +761,7 @@ impl Shard {
         })
         .await;
         self.pending.forget(token);
-        got.ok_or(BroadcastError::Overloaded)
+        got.flatten().ok_or(BroadcastError::Overloaded)
     }
 
     /// As the room's owner: assign the position, keep the message in history and
@@ -685,16 +771,30 @@ impl Shard {
         let now = std::time::Instant::now();
         // The history's clock read doubles as the publish time of the latency metric.
         let published = crate::stats::instant_ns(now);
-        let (room, pos, mut shards) =
-            self.interest
-                .borrow_mut()
-                .append(room, msg.clone(), now, limits);
+        let (room, pos, shards) = self
+            .interest
+            .borrow_mut()
+            .append(room, msg.clone(), now, limits);
+        self.fan_out(&room, pos, &msg, except, published, shards);
+        pos
+    }
+
+    /// As the room's owner: hand message `pos` to every shard in `shards`.
+    pub(crate) fn fan_out(
+        &self,
+        room: &Arc<str>,
+        pos: Position,
+        msg: &Message,
+        except: Option<ConnId>,
+        published: u64,
+        mut shards: u64,
+    ) {
         ShardStats::add(&self.stats.broadcasts, 1);
         while shards != 0 {
             let s = shards.trailing_zeros() as usize;
             shards &= shards - 1;
             if s == self.id {
-                self.deliver(&room, pos, &msg, except, published);
+                self.deliver(room, pos, msg, except, published);
             } else {
                 let sent = self.outbox.send(
                     s,
@@ -711,7 +811,6 @@ impl Shard {
                 }
             }
         }
-        pos
     }
 
     /// Fan a sequenced message out to local members: each transport's encoding is
@@ -782,6 +881,12 @@ impl Shard {
     fn serve_replay(self: &Rc<Self>, room: Arc<str>, since: Option<Position>, conn: ConnId) {
         let limits = self.shared.config.history.limits_for(&room);
         let shard = usize::from(conn.shard);
+        if self.clustered() {
+            // A resume implies interest (see below); then the cache or Redis answers.
+            self.set_interest_bit(&room, shard, true);
+            self.cluster_replay(room, since, conn);
+            return;
+        }
         let replay = {
             let mut t = self.interest.borrow_mut();
             // A resume implies interest: set it here so no message falls between the
@@ -991,6 +1096,7 @@ impl Shard {
         if change == Change::FirstJoined {
             self.set_interest(&room, true);
         }
+        self.cluster_touch(&room);
         self.announce_presence(&room, conn.id, &conn.meta, true);
         true
     }
@@ -1041,6 +1147,7 @@ impl Shard {
         };
         let room = rooms.swap_remove(pos);
         drop(rooms);
+        self.cluster_touch(&room);
         self.announce_presence(&room, conn.id, &conn.meta, false);
         if change == Change::LastLeft {
             self.set_interest(&room, false);
@@ -1077,6 +1184,7 @@ impl Shard {
             self.set_interest(&name, true);
         }
         if change != Change::None {
+            self.cluster_touch(&name);
             self.announce_presence(&name, session.reg_id, &session.meta, true);
         }
         name
@@ -1090,6 +1198,7 @@ impl Shard {
             return;
         }
         let room: Arc<str> = Arc::from(room);
+        self.cluster_touch(&room);
         self.announce_presence(&room, session.reg_id, &session.meta, false);
         if change == Change::LastLeft {
             self.set_interest(&room, false);
