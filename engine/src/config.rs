@@ -1127,6 +1127,36 @@ mod tests {
     }
 
     #[test]
+    fn cluster_section_is_optional_and_checked() {
+        assert!(Config::default().cluster.is_none(), "standalone by default");
+        let ok = Config::from_yaml(
+            "cluster:\n  broker: redis\n  url: redis://127.0.0.1:6379/0\n  node_id: a-1\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let c = ok.cluster.unwrap();
+        assert_eq!((c.node_id().as_str(), c.key_prefix.as_str()), ("a-1", "corecast"));
+        for (yaml, key) in [
+            ("broker: kafka\n  url: redis://h:1", "broker"),
+            ("broker: redis\n  url: http://h:1", "cluster.url"),
+            ("broker: redis\n  url: redis://h:1\n  node_id: \"a b\"", "cluster.node_id"),
+            ("broker: redis\n  url: redis://h:1\n  heartbeat: 2s\n  node_timeout: 3s", "cluster.node_timeout"),
+            ("broker: redis\n  url: redis://h:1\n  bridge_capacity: 0", "cluster.bridge_capacity"),
+            ("broker: redis\n  url: env:CORECAST_TEST_UNSET_URL", "CORECAST_TEST_UNSET_URL"),
+            ("broker: redis", "url"),
+        ] {
+            let e = Config::from_yaml(&format!("cluster:\n  {yaml}\n"), "t.yaml").unwrap_err();
+            assert!(e.0.contains(key), "{yaml}: {e}");
+        }
+        let generated = ClusterConfig {
+            node_id: None,
+            ..c
+        }
+        .node_id();
+        assert!(valid_node_id(&generated), "{generated}");
+    }
+
+    #[test]
     fn unknown_key_is_named_with_its_line() {
         let e = Config::from_yaml(
             "listen: 127.0.0.1:1\nwebsocket:\n  bogus_key: 1\n",

@@ -643,11 +643,6 @@ impl Shard {
         }
     }
 
-    /// Publish `msg` to `room` from this shard.
-    pub(crate) fn publish(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
-        self.publish_except(room, msg, None)
-    }
-
     /// Publish `msg` to `room`, skipping member `except` (if it is one).
     pub(crate) fn publish_except(
         &self,
