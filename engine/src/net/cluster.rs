@@ -194,6 +194,12 @@ impl Shard {
         counts
     }
 
+    /// Whether this owner knows `room`'s position: always alone; in cluster mode
+    /// once the bridge reported it (the node follows the room).
+    pub(crate) fn position_known(&self, room: &str) -> bool {
+        !self.clustered() || self.cluster.synced.borrow().contains(room)
+    }
+
     /// A local member joined or left `room`: its counts go out with the next report.
     pub(crate) fn cluster_touch(&self, room: &Arc<str>) {
         if self.clustered() {

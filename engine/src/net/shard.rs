@@ -962,7 +962,7 @@ impl Shard {
                 }
             }
         }
-        if owner_of(room, self.senders().len()) == self.id {
+        if owner_of(room, self.senders().len()) == self.id && self.position_known(room) {
             counts.position = self
                 .interest
                 .borrow()
