@@ -1,0 +1,1 @@
+//! Bridge tests against a real redis-server.
