@@ -214,6 +214,26 @@ pub(crate) async fn reconcile(
                 .arg(room)
                 .ignore();
             ctx.pipe::<()>(&p).await?;
+            // Members Redis had lost (restarted empty, or this node was reaped
+            // while away) are announced again: other nodes may have seen them leave.
+            let missing: Vec<&Value> = mine
+                .iter()
+                .filter(|(id, _)| !all.contains_key(&ctx.keys.presence_field(id)))
+                .map(|(_, m)| m)
+                .collect();
+            if !missing.is_empty() {
+                let count = ctx.live_presence(room).await?.len();
+                for member in missing {
+                    let event = json!({
+                        "type": "presence",
+                        "event": "join",
+                        "room": room,
+                        "member": member,
+                        "count": count,
+                    });
+                    ctx.publish_event(room, &event).await?;
+                }
+            }
         }
     }
     Ok(recorded)

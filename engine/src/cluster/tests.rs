@@ -966,3 +966,79 @@ fn a_full_shard_inbox_holds_messages_in_order_until_it_drains() {
     assert_eq!(stat(&a.stats().messages_in), 200);
     a.stop();
 }
+
+#[test]
+fn unsubscribed_rooms_are_not_delivered_and_resubscribing_resyncs() {
+    let redis = Redis::start();
+    let mut a = Node::start(redis.url(), "a");
+    let mut b = Node::start(redis.url(), "b");
+    a.subscribe("u");
+    b.subscribe("u");
+    assert_eq!(stat(&b.stats().subscribed_rooms), 1);
+    b.send(ToBridge::Unsubscribe { room: "u".into() });
+    eventually("b unsubscribed", || stat(&b.stats().subscribed_rooms) == 0);
+    a.publish("u", "m1", 1, None);
+    let epoch = a.ack(1).epoch;
+    assert_eq!(a.deliver("u").0.seq, 1);
+    b.expect_none(
+        "delivery after unsubscribing",
+        Duration::from_millis(200),
+        |m| matches!(m, ShardMsg::ClusterDeliver { .. }),
+    );
+    assert_eq!(b.subscribe("u"), (epoch, 1));
+    a.publish("u", "m2", 2, None);
+    assert_eq!(b.deliver("u").0, Position { epoch, seq: 2 });
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn presence_is_reconciled_after_redis_comes_back() {
+    let mut redis = Redis::start();
+    let mut a = Node::start(redis.url(), "a");
+    a.subscribe("p");
+    let (c1, c2) = (conn(0, 1), conn(1, 2));
+    for c in [c1, c2] {
+        a.send(ToBridge::PresenceJoin {
+            room: "p".into(),
+            member_id: c,
+            member: member("a", c),
+        });
+        snapshot(&mut a, c);
+        assert_eq!(presence_event(&mut a, "p").0, "join");
+    }
+    let _: () = redis::cmd("SAVE").query(&mut redis.raw()).unwrap();
+    redis.kill();
+    a.wait_connected(false);
+    // c2 leaves while Redis is away; Redis comes back with c2 still recorded.
+    a.send(ToBridge::PresenceLeave {
+        room: "p".into(),
+        member_id: c2,
+    });
+    redis.restart();
+    a.wait_connected(true);
+    assert_eq!(
+        presence_event(&mut a, "p"),
+        ("leave".into(), format!("a:{c2}"), 1)
+    );
+    match a.query(1, Query::Presence("p".into())) {
+        Answer::Presence(list, false) => assert_eq!(list, vec![member("a", c1)]),
+        other => panic!("{other:?}"),
+    }
+    // Redis comes back empty: c1 is written again and announced again.
+    redis.kill();
+    let _ = std::fs::remove_file(redis.dir.join("dump.rdb"));
+    a.wait_connected(false);
+    redis.restart();
+    a.wait_connected(true);
+    assert_eq!(a.sync("p"), (0, 0));
+    assert_eq!(
+        presence_event(&mut a, "p"),
+        ("join".into(), format!("a:{c1}"), 1)
+    );
+    match a.query(2, Query::Presence("p".into())) {
+        Answer::Presence(list, false) => assert_eq!(list, vec![member("a", c1)]),
+        other => panic!("{other:?}"),
+    }
+    a.stop();
+}
