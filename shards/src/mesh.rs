@@ -61,6 +61,12 @@ pub struct Inbox<T> {
 }
 
 impl<T> Inbox<T> {
+    /// Take one queued message without waiting, from any thread (for tests and
+    /// tools that stand in for a shard; a shard uses [`LocalInbox`]).
+    pub fn try_recv(&self) -> Option<T> {
+        self.rx.try_recv().ok()
+    }
+
     /// Attach to the calling thread's glommio executor (call on the shard's thread).
     pub fn attach(self) -> LocalInbox<T> {
         LocalInbox {

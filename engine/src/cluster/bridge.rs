@@ -1,19 +1,820 @@
 //! The bridge thread: the node's Redis client.
+//!
+//! One thread ("corecast-cluster") runs a current-thread tokio runtime with one
+//! task: this loop. It owns a multiplexed command connection and a pub/sub
+//! connection; shards reach it through [`BridgeEnd`] and it answers through the
+//! shard mesh. Publishes, fetches and queries run concurrently as futures (a
+//! bounded number in flight); presence changes run one at a time, in order; the
+//! room channels are read here, in order, so per-room dedupe and gap filling need
+//! no locks.
 
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::ops::ControlFlow;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
-use corecast_shards::MeshSender;
+use bytes::Bytes;
+use corecast_shards::{owner_of, ConnId, MeshSender, Position};
+use crossbeam_channel::TryRecvError;
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use serde_json::Value;
+use tokio::time::{Instant, MissedTickBehavior};
 
-use super::BridgeEnd;
+use super::ctx::{within, Ctx, Done, Fail, Lane};
+use super::heartbeat::{self, CountWrite};
+use super::keys::Keys;
+use super::ops::{self, FetchReq, Reply};
+use super::wire::{self, Header};
+use super::{presence, scripts};
+use super::{Answer, BridgeEnd, ClusterStats, MemberCounts, ToBridge};
+use crate::app::message::Message;
 use crate::config::ClusterConfig;
 use crate::net::shard::ShardMsg;
 
+/// Publishes, fetches and queries in flight at most (then commands wait in the
+/// shards' queue).
+const MAX_INFLIGHT: usize = 1024;
+/// Messages held for full shard inboxes at most before the bridge stops taking
+/// commands (it already stops reading the room channels at the first one).
+const MAX_BACKLOG: usize = 65_536;
+/// Presence changes queued at most.
+const MAX_SERIAL: usize = 4096;
+/// Commands taken per loop turn.
+const BATCH: usize = 256;
+/// How often a backlog for a full shard inbox is retried.
+const BACKLOG_RETRY: Duration = Duration::from_millis(1);
+/// Channels per SUBSCRIBE.
+const SUBSCRIBE_CHUNK: usize = 512;
+
 /// Start the bridge thread.
 pub(crate) fn spawn(
-    _config: ClusterConfig,
-    _node_id: Arc<str>,
-    _end: BridgeEnd,
-    _senders: Vec<MeshSender<ShardMsg>>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    Err(std::io::Error::other("the cluster bridge is not built yet"))
+    config: ClusterConfig,
+    node_id: Arc<str>,
+    end: BridgeEnd,
+    senders: Vec<MeshSender<ShardMsg>>,
+) -> io::Result<JoinHandle<()>> {
+    let url = config.resolved_url().map_err(io::Error::other)?;
+    let client = redis::Client::open(url.as_str())
+        .map_err(|e| io::Error::other(format!("cluster.url: {e}")))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("corecast-cluster".into())
+        .spawn(move || rt.block_on(Bridge::new(&config, node_id, end, senders, client).run()))
+}
+
+/// Messages for shards, each shard's in order. A full inbox keeps the rest in a
+/// per-shard backlog retried every [`BACKLOG_RETRY`].
+struct Outbox {
+    senders: Vec<MeshSender<ShardMsg>>,
+    backlog: Vec<VecDeque<ShardMsg>>,
+    queued: usize,
+}
+
+impl Outbox {
+    fn send(&mut self, shard: usize, msg: ShardMsg) {
+        let (Some(tx), Some(backlog)) = (self.senders.get(shard), self.backlog.get_mut(shard))
+        else {
+            tracing::warn!(
+                shard,
+                "cluster: message for a shard that does not exist dropped"
+            );
+            return;
+        };
+        let msg = if backlog.is_empty() {
+            match tx.send(msg) {
+                Ok(()) => return,
+                Err(m) => m,
+            }
+        } else {
+            msg
+        };
+        backlog.push_back(msg);
+        self.queued += 1;
+    }
+
+    fn flush(&mut self) {
+        for (tx, backlog) in self.senders.iter().zip(self.backlog.iter_mut()) {
+            while let Some(msg) = backlog.pop_front() {
+                match tx.send(msg) {
+                    Ok(()) => self.queued -= 1,
+                    Err(m) => {
+                        backlog.push_front(m);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The two Redis connections.
+struct Link {
+    conn: MultiplexedConnection,
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+enum Event {
+    Done(Done),
+    Backlog,
+    Channel(Option<redis::Msg>),
+    Beat,
+    Reconnect,
+    Bell,
+}
+
+struct Bridge {
+    client: redis::Client,
+    keys: Arc<Keys>,
+    node: Arc<str>,
+    direct: String,
+    heartbeat: Duration,
+    node_timeout: Duration,
+    reconnect_min: Duration,
+    reconnect_max: Duration,
+    timeout: Duration,
+    end: BridgeEnd,
+    stats: Arc<ClusterStats>,
+    out: Outbox,
+    shards: usize,
+    script: Arc<redis::Script>,
+    link: Option<Link>,
+    /// Bumped per connection; outcomes of older ones don't tear down a new one.
+    gen: u64,
+    /// True once the link is up and subscriptions are restored.
+    connected: bool,
+    ever_connected: bool,
+    backoff: Duration,
+    next_attempt: Instant,
+    /// Rooms the node wants, with the last position forwarded to the owner
+    /// (`None`: not synced since subscribing or reconnecting).
+    rooms: HashMap<Arc<str>, Option<Position>>,
+    inflight: FuturesUnordered<LocalBoxFuture<'static, Done>>,
+    serial: VecDeque<LocalBoxFuture<'static, Done>>,
+    serial_busy: bool,
+    heartbeat_busy: bool,
+    /// Per room, each shard's member counts.
+    counts: HashMap<Arc<str>, Vec<MemberCounts>>,
+    /// Rooms whose counts the next heartbeat writes.
+    dirty: HashSet<Arc<str>>,
+    /// This node's presence members (the truth Redis is reconciled with).
+    presence: HashMap<Arc<str>, HashMap<ConnId, Value>>,
+}
+
+impl Bridge {
+    fn new(
+        config: &ClusterConfig,
+        node: Arc<str>,
+        end: BridgeEnd,
+        senders: Vec<MeshSender<ShardMsg>>,
+        client: redis::Client,
+    ) -> Self {
+        let keys = Arc::new(Keys::new(&config.key_prefix, &node));
+        let shards = senders.len();
+        Self {
+            client,
+            direct: keys.direct_channel(&node),
+            keys,
+            node,
+            heartbeat: config.heartbeat.0,
+            node_timeout: config.node_timeout.0,
+            reconnect_min: config.reconnect_min.0,
+            reconnect_max: config.reconnect_max.0,
+            timeout: config.command_timeout.0,
+            stats: end.stats.clone(),
+            end,
+            out: Outbox {
+                backlog: (0..shards).map(|_| VecDeque::new()).collect(),
+                senders,
+                queued: 0,
+            },
+            shards,
+            script: Arc::new(scripts::publish_script()),
+            link: None,
+            gen: 0,
+            connected: false,
+            ever_connected: false,
+            backoff: config.reconnect_min.0,
+            next_attempt: Instant::now(),
+            rooms: HashMap::new(),
+            inflight: FuturesUnordered::new(),
+            serial: VecDeque::new(),
+            serial_busy: false,
+            heartbeat_busy: false,
+            counts: HashMap::new(),
+            dirty: HashSet::new(),
+            presence: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self) {
+        let mut beat = tokio::time::interval(self.heartbeat);
+        beat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        self.next_attempt = Instant::now();
+        loop {
+            if self.take_commands().await.is_break() {
+                break;
+            }
+            let can_read = self.out.queued == 0;
+            let linked = self.link.is_some();
+            let ev = {
+                let inflight = &mut self.inflight;
+                let link = &mut self.link;
+                tokio::select! {
+                    biased;
+                    Some(d) = inflight.next(), if !inflight.is_empty() => Event::Done(d),
+                    _ = tokio::time::sleep(BACKLOG_RETRY), if !can_read => Event::Backlog,
+                    m = next_msg(link), if can_read => Event::Channel(m),
+                    _ = beat.tick() => Event::Beat,
+                    _ = tokio::time::sleep_until(self.next_attempt), if !linked => {
+                        Event::Reconnect
+                    }
+                    _ = self.end.bell.notified() => Event::Bell,
+                }
+            };
+            match ev {
+                Event::Done(d) => self.on_done(d),
+                Event::Backlog => self.out.flush(),
+                Event::Channel(Some(m)) => self.on_channel(m).await,
+                Event::Channel(None) => self.lost("the subscription connection closed".into()),
+                Event::Beat => self.start_heartbeat(),
+                Event::Reconnect => self.reconnect().await,
+                Event::Bell => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Take up to [`BATCH`] commands (fewer while too much is in flight or queued).
+    async fn take_commands(&mut self) -> ControlFlow<()> {
+        for _ in 0..BATCH {
+            if self.inflight.len() >= MAX_INFLIGHT
+                || self.out.queued >= MAX_BACKLOG
+                || self.serial.len() >= MAX_SERIAL
+            {
+                // A completion or a flush ends the wait and takes more.
+                return ControlFlow::Continue(());
+            }
+            match self.end.rx.try_recv() {
+                Ok(ToBridge::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    return ControlFlow::Break(())
+                }
+                Ok(cmd) => self.command(cmd).await,
+                Err(TryRecvError::Empty) => return ControlFlow::Continue(()),
+            }
+        }
+        // More may be queued behind this batch: come back right after one turn.
+        self.end.bell.notify_one();
+        ControlFlow::Continue(())
+    }
+
+    /// A handle for an operation, while connected.
+    fn ctx(&self) -> Option<Ctx> {
+        if !self.connected {
+            return None;
+        }
+        self.link_ctx()
+    }
+
+    /// A handle on the current link (also while it is being set up).
+    fn link_ctx(&self) -> Option<Ctx> {
+        self.link.as_ref().map(|l| Ctx {
+            conn: l.conn.clone(),
+            keys: self.keys.clone(),
+            script: self.script.clone(),
+            stats: self.stats.clone(),
+            timeout: self.timeout,
+            gen: self.gen,
+        })
+    }
+
+    async fn command(&mut self, cmd: ToBridge) {
+        match cmd {
+            ToBridge::Publish {
+                room,
+                msg,
+                except,
+                origin,
+                ack,
+                limits,
+            } => {
+                let reply = Reply { room, origin, ack };
+                match self.ctx() {
+                    Some(ctx) => self
+                        .inflight
+                        .push(Box::pin(ops::publish(ctx, reply, msg, except, limits))),
+                    None => {
+                        if let Some((shard, m)) = ops::publish_failed(&self.stats, &reply) {
+                            self.out.send(shard, m);
+                        }
+                    }
+                }
+            }
+            ToBridge::Subscribe { room } => self.subscribe(room).await,
+            ToBridge::Unsubscribe { room } => self.unsubscribe(room).await,
+            ToBridge::Fetch {
+                room,
+                since,
+                upto,
+                conn,
+                reply_to,
+                limits,
+            } => {
+                let req = FetchReq {
+                    room,
+                    since,
+                    upto,
+                    conn,
+                    reply_to,
+                    limits,
+                };
+                match self.ctx() {
+                    Some(ctx) => self.inflight.push(Box::pin(ops::fetch(ctx, req))),
+                    None => self.out.send(
+                        reply_to,
+                        ShardMsg::ClusterFetched {
+                            room: req.room,
+                            conn,
+                            since,
+                            upto,
+                            fetched: None,
+                        },
+                    ),
+                }
+            }
+            ToBridge::Counts { shard, rooms } => self.set_counts(shard, rooms),
+            ToBridge::PresenceJoin {
+                room,
+                member_id,
+                member,
+            } => {
+                self.presence
+                    .entry(room.clone())
+                    .or_default()
+                    .insert(member_id, member.clone());
+                if let Some(ctx) = self.ctx() {
+                    self.serial_push(Box::pin(presence::join(ctx, room, member_id, member)));
+                }
+            }
+            ToBridge::PresenceLeave { room, member_id } => {
+                let local = match self.presence.get_mut(&room) {
+                    Some(members) => {
+                        let m = members.remove(&member_id);
+                        if members.is_empty() {
+                            self.presence.remove(&room);
+                            // The heartbeat drops the room from the node's rooms
+                            // if it has no members left either.
+                            self.dirty.insert(room.clone());
+                        }
+                        m
+                    }
+                    None => None,
+                };
+                if let Some(ctx) = self.ctx() {
+                    self.serial_push(Box::pin(presence::leave(ctx, room, member_id, local)));
+                }
+            }
+            ToBridge::Query {
+                token,
+                reply_to,
+                query,
+            } => match self.ctx() {
+                Some(ctx) => self
+                    .inflight
+                    .push(Box::pin(ops::query(ctx, token, reply_to, query))),
+                None => self.out.send(
+                    reply_to,
+                    ShardMsg::ClusterAnswer {
+                        token,
+                        answer: Answer::Unavailable,
+                    },
+                ),
+            },
+            ToBridge::Shutdown => {}
+        }
+    }
+
+    fn serial_push(&mut self, job: LocalBoxFuture<'static, Done>) {
+        if self.serial_busy {
+            self.serial.push_back(job);
+        } else {
+            self.serial_busy = true;
+            self.inflight.push(job);
+        }
+    }
+
+    fn on_done(&mut self, d: Done) {
+        for (shard, msg) in d.out {
+            self.out.send(shard, msg);
+        }
+        let current = d.gen == self.gen && self.connected;
+        match d.lane {
+            Lane::Free => {}
+            Lane::Serial => match d.next.filter(|_| current && d.lost.is_none()) {
+                Some(next) => self.inflight.push(next),
+                None => match self.serial.pop_front() {
+                    Some(job) => self.inflight.push(job),
+                    None => self.serial_busy = false,
+                },
+            },
+            Lane::Heartbeat(redo) => {
+                self.heartbeat_busy = false;
+                self.dirty.extend(redo);
+            }
+        }
+        if let Some(e) = d.lost {
+            if d.gen == self.gen {
+                self.lost(e);
+            }
+        }
+    }
+
+    fn set_counts(&mut self, shard: usize, rooms: Vec<(Arc<str>, MemberCounts)>) {
+        let shards = self.shards;
+        if shard >= shards {
+            tracing::warn!(
+                shard,
+                "cluster: member counts from an unknown shard ignored"
+            );
+            return;
+        }
+        for (room, c) in rooms {
+            let per_shard = self
+                .counts
+                .entry(room.clone())
+                .or_insert_with(|| vec![MemberCounts::default(); shards]);
+            per_shard[shard] = c;
+            if per_shard.iter().all(|c| c.total() == 0) {
+                self.counts.remove(&room);
+            }
+            self.dirty.insert(room);
+        }
+    }
+
+    fn node_counts(&self, room: &str) -> MemberCounts {
+        let mut sum = MemberCounts::default();
+        for c in self.counts.get(room).into_iter().flatten() {
+            sum.websocket += c.websocket;
+            sum.sse += c.sse;
+            sum.webtransport += c.webtransport;
+        }
+        sum
+    }
+
+    fn start_heartbeat(&mut self) {
+        if self.heartbeat_busy {
+            return;
+        }
+        let Some(ctx) = self.ctx() else {
+            return;
+        };
+        let dirty = std::mem::take(&mut self.dirty);
+        let writes = dirty
+            .into_iter()
+            .map(|room| CountWrite {
+                counts: self.node_counts(&room),
+                presence: self.presence.get(&room).is_some_and(|m| !m.is_empty()),
+                room,
+            })
+            .collect();
+        self.heartbeat_busy = true;
+        self.inflight
+            .push(Box::pin(heartbeat::beat(ctx, self.node_timeout, writes)));
+    }
+
+    fn set_connected(&mut self, up: bool) {
+        self.connected = up;
+        self.end.connected.store(up, Ordering::Release);
+        self.stats.connected.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    fn fail(&mut self, f: Fail) {
+        if let Fail::Lost(e) = f {
+            self.lost(e);
+        }
+    }
+
+    /// The connection is gone: refuse publishes, reconnect after a pause.
+    fn lost(&mut self, error: String) {
+        if self.link.take().is_none() {
+            return;
+        }
+        let was_connected = self.connected;
+        self.set_connected(false);
+        ClusterStats::add(&self.stats.redis_errors, 1);
+        if was_connected {
+            tracing::warn!(%error, "cluster: lost the Redis connection; publishes fail until it is back");
+        } else {
+            tracing::warn!(%error, "cluster: Redis connection failed while restoring subscriptions");
+        }
+        // Presence changes not yet written: the reconcile after reconnecting
+        // writes this node's members as they are then.
+        self.serial.clear();
+        self.backoff = self.reconnect_min;
+        self.next_attempt = Instant::now() + jitter(self.backoff);
+    }
+
+    async fn reconnect(&mut self) {
+        match self.connect().await {
+            Ok(()) => {
+                self.backoff = self.reconnect_min;
+                if self.ever_connected {
+                    ClusterStats::add(&self.stats.reconnects, 1);
+                    tracing::info!(node = %self.node, rooms = self.rooms.len(), "cluster: reconnected to Redis, subscriptions restored");
+                } else {
+                    tracing::info!(node = %self.node, "cluster: connected to Redis");
+                }
+                self.ever_connected = true;
+                self.start_heartbeat();
+            }
+            Err(f) => {
+                self.link = None;
+                if self.connected {
+                    self.set_connected(false);
+                }
+                ClusterStats::add(&self.stats.redis_errors, 1);
+                tracing::debug!(error = %f, retry_in = ?self.backoff, "cluster: Redis connection attempt failed");
+                self.next_attempt = Instant::now() + jitter(self.backoff);
+                self.backoff = (self.backoff * 2).min(self.reconnect_max);
+            }
+        }
+    }
+
+    /// Connect, subscribe to the direct channel and every wanted room, catch up
+    /// what was missed, reconcile presence; then publishes are accepted again.
+    async fn connect(&mut self) -> Result<(), Fail> {
+        let t = self.timeout;
+        let cfg = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(t))
+            .set_response_timeout(Some(t));
+        let mut conn = within(
+            t,
+            self.client
+                .get_multiplexed_async_connection_with_config(&cfg),
+        )
+        .await?;
+        let pubsub = within(t, self.client.get_async_pubsub()).await?;
+        within(t, self.script.prepare_invoke().load_async(&mut conn)).await?;
+        let (mut sink, stream) = pubsub.split();
+        within(t, sink.subscribe(&self.direct)).await?;
+        self.gen += 1;
+        self.link = Some(Link { conn, sink, stream });
+        let rooms: Vec<Arc<str>> = self.rooms.keys().cloned().collect();
+        self.sync_rooms(&rooms).await?;
+        let mut ctx = self
+            .link_ctx()
+            .ok_or_else(|| Fail::Lost("link gone".into()))?;
+        let recorded = presence::reconcile(&mut ctx, &self.presence).await?;
+        self.dirty
+            .extend(recorded.into_iter().map(Arc::<str>::from));
+        self.dirty.extend(self.counts.keys().cloned());
+        self.set_connected(true);
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, room: Arc<str>) {
+        self.rooms.insert(room.clone(), None);
+        self.stats
+            .subscribed_rooms
+            .store(self.rooms.len() as u64, Ordering::Relaxed);
+        if !self.connected {
+            return; // Subscribed and synced on (re)connect.
+        }
+        if let Err(f) = self.sync_rooms(&[room]).await {
+            self.fail(f);
+        }
+    }
+
+    async fn unsubscribe(&mut self, room: Arc<str>) {
+        self.rooms.remove(&room);
+        self.stats
+            .subscribed_rooms
+            .store(self.rooms.len() as u64, Ordering::Relaxed);
+        if !self.connected {
+            return;
+        }
+        let channel = self.keys.room_channel(&room);
+        let t = self.timeout;
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        if let Err(f) = within(t, link.sink.unsubscribe(&channel)).await {
+            self.fail(f);
+        }
+    }
+
+    /// SUBSCRIBE `rooms`, then read their positions: the owner of a room not yet
+    /// synced (or whose epoch changed) gets `ClusterSync`; a room that moved on
+    /// in the same epoch gets the missed messages from the stream.
+    async fn sync_rooms(&mut self, rooms: &[Arc<str>]) -> Result<(), Fail> {
+        let t = self.timeout;
+        let channels: Vec<String> = rooms.iter().map(|r| self.keys.room_channel(r)).collect();
+        {
+            let link = self
+                .link
+                .as_mut()
+                .ok_or_else(|| Fail::Lost("not connected".into()))?;
+            for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
+                within(t, link.sink.subscribe(chunk)).await?;
+            }
+        }
+        let mut ctx = self
+            .link_ctx()
+            .ok_or_else(|| Fail::Lost("not connected".into()))?;
+        let positions = ctx.positions(rooms).await?;
+        for (room, pos) in rooms.iter().zip(positions) {
+            let Some(state) = self.rooms.get(room).copied() else {
+                continue;
+            };
+            match state {
+                Some(last) if last.epoch == pos.epoch && pos.seq >= last.seq => {
+                    if pos.seq > last.seq {
+                        self.fill_gap(&mut ctx, room, pos.epoch, last.seq + 1, pos.seq)
+                            .await?;
+                    }
+                }
+                _ => {
+                    self.out.send(
+                        owner_of(room, self.shards),
+                        ShardMsg::ClusterSync {
+                            room: room.clone(),
+                            epoch: pos.epoch,
+                            seq: pos.seq,
+                        },
+                    );
+                    self.rooms.insert(room.clone(), Some(pos));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward `from..=to` of `room` from its stream (entries no longer kept are
+    /// counted as lost); afterwards the room is at `to`.
+    async fn fill_gap(
+        &mut self,
+        ctx: &mut Ctx,
+        room: &Arc<str>,
+        epoch: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<(), Fail> {
+        let entries = match ctx.xrange(room, from, to).await {
+            Ok(e) => e,
+            Err(Fail::Command(e)) => {
+                tracing::warn!(room = %room, error = %e, "cluster: gap not filled");
+                Vec::new()
+            }
+            Err(lost) => return Err(lost),
+        };
+        let filled = entries.len() as u64;
+        ClusterStats::add(&self.stats.gap_filled, filled);
+        ClusterStats::add(&self.stats.gap_lost, (to + 1 - from).saturating_sub(filled));
+        if filled < to + 1 - from {
+            tracing::debug!(room = %room, from, to, filled, "cluster: part of a gap is no longer in history");
+        }
+        for e in entries {
+            self.forward(room, epoch, e.seq, &e.header, e.msg);
+        }
+        if let Some(state) = self.rooms.get_mut(room) {
+            *state = Some(Position { epoch, seq: to });
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, room: &Arc<str>, epoch: u64, seq: u64, header: &Header, msg: Message) {
+        let except = if header.origin == *self.node {
+            header.except
+        } else {
+            None
+        };
+        let pos = Position { epoch, seq };
+        self.out.send(
+            owner_of(room, self.shards),
+            ShardMsg::ClusterDeliver {
+                room: room.clone(),
+                pos,
+                msg,
+                except,
+            },
+        );
+        if let Some(state) = self.rooms.get_mut(room) {
+            *state = Some(pos);
+        }
+        ClusterStats::add(&self.stats.messages_in, 1);
+    }
+
+    fn malformed(&self, channel: &str, error: impl std::fmt::Display) {
+        ClusterStats::add(&self.stats.redis_errors, 1);
+        tracing::warn!(channel, %error, "cluster: malformed channel message dropped");
+    }
+
+    async fn on_channel(&mut self, m: redis::Msg) {
+        let data = Bytes::copy_from_slice(m.get_payload_bytes());
+        let channel = m.get_channel_name();
+        if channel == self.direct {
+            match wire::decode_direct(&data) {
+                Ok((conn, msg)) if usize::from(conn.shard) < self.shards => {
+                    ClusterStats::add(&self.stats.direct_in, 1);
+                    self.out.send(
+                        usize::from(conn.shard),
+                        ShardMsg::SendTo {
+                            to: conn,
+                            msg,
+                            ack: None,
+                        },
+                    );
+                }
+                Ok((conn, _)) => self.malformed(channel, format!("no shard {}", conn.shard)),
+                Err(e) => self.malformed(channel, e),
+            }
+            return;
+        }
+        let Some(name) = self.keys.room_of_channel(channel) else {
+            self.malformed(channel, "not a room channel");
+            return;
+        };
+        // Not (or no longer) wanted, or not synced yet (the sync covers it).
+        let Some((room, Some(last))) = self.rooms.get_key_value(name).map(|(k, v)| (k.clone(), *v))
+        else {
+            return;
+        };
+        let rm = match wire::decode_room(&data) {
+            Ok(rm) => rm,
+            Err(e) => {
+                let channel = channel.to_string();
+                self.malformed(&channel, e);
+                return;
+            }
+        };
+        let from = if last.epoch == rm.epoch {
+            if rm.seq <= last.seq {
+                ClusterStats::add(&self.stats.duplicates, 1);
+                return;
+            }
+            last.seq + 1
+        } else {
+            1 // A new epoch: its messages start at 1.
+        };
+        if rm.seq > from {
+            let Some(mut ctx) = self.link_ctx() else {
+                return;
+            };
+            if let Err(f) = self
+                .fill_gap(&mut ctx, &room, rm.epoch, from, rm.seq - 1)
+                .await
+            {
+                // The catch-up after reconnecting resumes from the last forwarded.
+                self.fail(f);
+                return;
+            }
+        }
+        self.forward(&room, rm.epoch, rm.seq, &rm.header, rm.msg);
+    }
+
+    async fn shutdown(&mut self) {
+        // Let outcomes in flight (publish acks) reach the shards.
+        let deadline = Instant::now() + self.timeout;
+        while !self.inflight.is_empty() {
+            match tokio::time::timeout_at(deadline, self.inflight.next()).await {
+                Ok(Some(d)) => {
+                    for (shard, msg) in d.out {
+                        self.out.send(shard, msg);
+                    }
+                }
+                _ => break,
+            }
+        }
+        self.out.flush();
+        if let Some(mut ctx) = self.ctx() {
+            let key = self.keys.node_alive(&self.node);
+            if let Err(e) = ctx.cmd::<()>(redis::cmd("DEL").arg(key)).await {
+                tracing::warn!(error = %e, "cluster: could not remove the node's liveness key");
+            }
+        }
+        self.set_connected(false);
+        tracing::info!(node = %self.node, "cluster: bridge stopped");
+    }
+}
+
+/// The next pub/sub message (never, while there is no link).
+async fn next_msg(link: &mut Option<Link>) -> Option<redis::Msg> {
+    match link {
+        Some(l) => l.stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1].
+fn jitter(d: Duration) -> Duration {
+    let half = d / 2;
+    let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(scripts::random_u64() % span)
 }

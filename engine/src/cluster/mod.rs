@@ -18,6 +18,14 @@
 //!    message.
 
 pub(crate) mod bridge;
+mod ctx;
+mod heartbeat;
+mod keys;
+mod ops;
+mod presence;
+mod scripts;
+#[cfg(test)]
+mod tests;
 pub(crate) mod wire;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
