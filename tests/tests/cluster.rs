@@ -270,22 +270,28 @@ impl Sub {
         }
     }
 
-    /// Reads until every payload in `want` arrived (bounded by [`DELIVERY`]).
-    async fn recv_payloads(&mut self, want: &HashSet<String>) {
+    /// Reads until every payload in `want` (payload -> acknowledged id) arrived
+    /// (bounded by [`DELIVERY`]).
+    async fn recv_payloads(&mut self, want: &HashMap<String, String>) {
         let deadline = Instant::now() + DELIVERY;
         loop {
-            let have: HashSet<String> = self.got.iter().map(|g| g.data.clone()).collect();
-            let missing: Vec<&String> = want.difference(&have).collect();
+            let have: HashSet<&str> = self.got.iter().map(|g| g.data.as_str()).collect();
+            let mut missing: Vec<(&String, &String)> = want
+                .iter()
+                .filter(|(data, _)| !have.contains(data.as_str()))
+                .map(|(data, id)| (id, data))
+                .collect();
             if missing.is_empty() {
                 return;
             }
+            missing.sort();
             assert!(
                 Instant::now() < deadline,
-                "{}: {} acknowledged messages never arrived within {DELIVERY:?}, e.g. {:?}; \
-                 received {} ({:?} .. {:?}); other {:?}",
+                "{}: {} acknowledged messages (id, payload) never arrived within {DELIVERY:?}: \
+                 {:?}; received {} ({:?} .. {:?}); other {:?}",
                 self.name,
                 missing.len(),
-                missing.iter().take(5).collect::<Vec<_>>(),
+                missing.iter().take(10).collect::<Vec<_>>(),
                 self.got.len(),
                 self.got.first(),
                 self.got.last(),
@@ -698,7 +704,19 @@ async fn a_client_moving_from_b_to_c_resumes_exactly_where_it_left() {
     let from = on_c.real().last().expect("last").id.clone();
     drop(on_c);
     let mut sse = SseClient::resume(cl.b.addr(), &path, &from).await;
-    let evs = sse.next_events(5).await;
+    let mut evs = Vec::new();
+    while evs.len() < 5 {
+        match sse.next_event_within(Duration::from_secs(10)).await {
+            Some(e) => evs.push(e),
+            None => panic!(
+                "SSE resume on B with Last-Event-ID {from}: {} of the 5 missed events \
+                 within 10 s: {evs:?}; B's room info {}; B's cluster stats {}",
+                evs.len(),
+                api_get(cl.b.addr(), &format!("/api/rooms/{room}")).await.1,
+                cl.b.stats().await["cluster"]
+            ),
+        }
+    }
     let ids: Vec<String> = evs
         .iter()
         .map(|e| e.id.clone().unwrap_or_default())
@@ -786,10 +804,9 @@ async fn redis_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing_ack
     );
     assert!(ok_before_restart >= 30);
 
-    let want: HashSet<String> = attempts
+    let want: HashMap<String, String> = attempts
         .iter()
-        .filter(|a| a.status == 200)
-        .map(|a| a.body.clone())
+        .filter_map(|a| a.id.clone().map(|id| (a.body.clone(), id)))
         .collect();
     for s in subs.iter_mut() {
         s.recv_payloads(&want).await;
@@ -863,10 +880,9 @@ async fn killed_subscriber_connections_catch_up_from_the_stream_without_gaps() {
             a.resp
         );
     }
-    let want: HashSet<String> = attempts
+    let want: HashMap<String, String> = attempts
         .iter()
-        .filter(|a| a.status == 200)
-        .map(|a| a.body.clone())
+        .filter_map(|a| a.id.clone().map(|id| (a.body.clone(), id)))
         .collect();
     let mut ids: HashMap<String, String> = HashMap::new();
     for s in subs.iter_mut() {
