@@ -123,6 +123,25 @@ async fn cluster_stat(s: &Server, key: &str) -> u64 {
 
 // ----- HTTP helpers. -----
 
+/// The value of `name{node="<node>"}` in the node's `/metrics`; panics when the
+/// sample is missing.
+async fn metric(s: &Server, name: &str, node: &str) -> f64 {
+    let addr = s.addr();
+    let resp = corecast_tests::raw::http_request(
+        addr,
+        &format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "GET /metrics: {resp:?}");
+    let text = resp.body_text();
+    let label = format!("node=\"{node}\"");
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}{{{label}}} sample in /metrics:\n{text}"))
+}
+
 async fn api_get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {TEST_API_KEY}\r\n\r\n");
     let resp = request_bytes(addr, &head, b"").await;
@@ -591,6 +610,13 @@ async fn ws_publisher_on_a_reaches_members_on_every_node_in_one_order() {
             cluster_stat(node, "messages_in").await >= N as u64,
             "node {name}: messages_in below {N}"
         );
+        assert_eq!(metric(node, "corecast_cluster_connected", name).await, 1.0);
+        assert!(metric(node, "corecast_cluster_messages_received_total", name).await >= N as f64);
+        assert_eq!(
+            metric(node, "corecast_cluster_subscribed_rooms", name).await,
+            1.0,
+            "node {name} follows the one room it has members in"
+        );
     }
 }
 
@@ -740,6 +766,8 @@ async fn redis_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing_ack
         let mut all: Vec<&mut Sub> = subs.iter_mut().collect();
         sync(cl.a.addr(), room, &mut all).await;
     }
+    // A WebSocket member on A that will publish during the outage.
+    let mut ws_pub = client::connect(&cl.a.url(&format!("/ws/chat?room={room}"))).await;
     let publisher = Publisher::spawn(cl.a.addr(), room, "d");
     publisher
         .wait_for(200, 0, 30, "30 publishes before the outage")
@@ -761,6 +789,26 @@ async fn redis_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing_ack
     }
     let failures = cluster_stat(&cl.a, "publish_failures").await;
     assert!(failures >= 1, "publish_failures counts the refusals");
+    assert_eq!(metric(&cl.a, "corecast_cluster_connected", "a").await, 0.0);
+    assert!(metric(&cl.a, "corecast_cluster_publish_failures_total", "a").await >= 1.0);
+    // A WebSocket publish now gets an error frame naming the room (and is never
+    // delivered: the checks below reject any payload nobody got a 200 for).
+    client::send_text(&mut ws_pub, "ws during outage").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let text = tokio::time::timeout(left, client::recv_text(&mut ws_pub))
+            .await
+            .expect("an error frame for the WebSocket publish during the outage");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(error["error"], "broker_unavailable", "{error}");
+    assert_eq!(error["room"], room, "{error}");
+    assert!(error["message"].is_string(), "{error}");
+    drop(ws_pub);
 
     let redis = &mut cl.redis;
     tokio::task::block_in_place(|| redis.restart());
