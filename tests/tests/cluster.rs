@@ -915,6 +915,38 @@ async fn killed_subscriber_connections_catch_up_from_the_stream_without_gaps() {
             .wait_for(200, ok, 10, "publishing goes on after the kill")
             .await;
     }
+    // Then only B's and C's: A stays connected and keeps publishing while they
+    // are away, so they must fill the gap from the stream. A follows only its
+    // direct channel (no member of the room), B and C the room's too: their
+    // subscriber connections are the ones with two channels.
+    for _ in 0..3 {
+        for node in [&cl.a, &cl.b, &cl.c] {
+            wait_connected(node).await;
+        }
+        let list = cl
+            .redis
+            .command_async(&["CLIENT", "LIST", "TYPE", "pubsub"])
+            .await
+            .text()
+            .expect("client list");
+        let ids: Vec<String> = list
+            .lines()
+            .filter(|l| l.split(' ').any(|f| f == "sub=2"))
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(ids.len(), 2, "B's and C's subscriber connections in {list}");
+        for id in &ids {
+            cl.redis
+                .command_async(&["CLIENT", "KILL", "ID", id])
+                .await
+                .int();
+        }
+        let ok = publisher.count(200);
+        publisher
+            .wait_for(200, ok, 10, "publishing goes on while B and C reconnect")
+            .await;
+    }
     for node in [&cl.a, &cl.b, &cl.c] {
         wait_connected(node).await;
     }
@@ -955,8 +987,24 @@ async fn killed_subscriber_connections_catch_up_from_the_stream_without_gaps() {
             );
         }
     }
+    for (name, node) in [("a", &cl.a), ("b", &cl.b), ("c", &cl.c)] {
+        eprintln!(
+            "node {name} after the kills: {}",
+            node.stats().await["cluster"]
+        );
+    }
+    eprintln!(
+        "publisher: {} acknowledged, {} refused",
+        want.len(),
+        attempts.len() - want.len()
+    );
     assert!(cluster_stat(&cl.b, "reconnects").await > reconnects_before.0);
     assert!(cluster_stat(&cl.c, "reconnects").await > reconnects_before.1);
+    let filled = cluster_stat(&cl.b, "gap_filled").await + cluster_stat(&cl.c, "gap_filled").await;
+    assert!(
+        filled >= 1,
+        "B and C missed messages while A published: some came from the stream"
+    );
 }
 
 // ----- (f) Presence across nodes; a SIGKILLed node's members leave. -----
