@@ -12,6 +12,7 @@ import asyncio
 import functools
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,8 +151,20 @@ def spawn_and_wait(
 class Server:
     """A running corecast server; use as a context manager."""
 
-    def __init__(self, shards: int = 1, **overrides: str) -> None:
+    def __init__(
+        self,
+        shards: int = 1,
+        *,
+        append: str = "",
+        env: dict[str, str] | None = None,
+        **overrides: str,
+    ) -> None:
+        """`overrides`: `section__key=value` edits of the default config; `append`:
+        YAML appended to it (new top-level sections, e.g. `cluster:`); `env`: extra
+        environment variables for the server process."""
         self.shards = shards
+        self.append = append
+        self.env = env
         self.overrides = {k.replace("__", "."): v for k, v in overrides.items()}
         self.proc: subprocess.Popen[str] | None = None
         self.addr = ""
@@ -181,6 +194,7 @@ class Server:
         text = set_yaml_value(text, "runtime.io_memory", str(TEST_IO_MEMORY))
         for key, value in self.overrides.items():
             text = set_yaml_value(text, key, value)
+        text += self.append
         config = Path(self._dir.name) / "corecast.yaml"
         config.write_text(text)
         self.output = []
@@ -189,6 +203,7 @@ class Server:
              "--listen", listen, "--shards", str(self.shards)],
             r"listening on ws://(\S+)",
             self.output,
+            env={**os.environ, **self.env} if self.env else None,
         )
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
@@ -207,4 +222,136 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self._kill()
+        self._dir.cleanup()
+
+
+def redis_server_bin() -> str:
+    """`redis-server` on PATH; a clear error naming the set-up script otherwise."""
+    path = shutil.which("redis-server")
+    if path is None:
+        raise RuntimeError(
+            "redis-server not found on PATH: the cluster tests need a real Redis. "
+            "Install it with scripts/setup-test-deps.sh (or `apt-get install redis-server`)."
+        )
+    return path
+
+
+def resp_command(*args: str | bytes) -> bytes:
+    """A RESP command: an array of bulk strings."""
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = a.encode() if isinstance(a, str) else a
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+def read_resp(f) -> object:
+    """One RESP reply from a binary file object: str (simple), RedisError (error),
+    int, bytes / None (bulk), list / None (array)."""
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError(f"bad RESP line {line!r}")
+    kind, body = line[:1], line[1:-2]
+    if kind == b"+":
+        return body.decode()
+    if kind == b"-":
+        return RedisError(body.decode())
+    if kind == b":":
+        return int(body)
+    if kind == b"$":
+        n = int(body)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:n]
+    if kind == b"*":
+        n = int(body)
+        return None if n < 0 else [read_resp(f) for _ in range(n)]
+    raise ConnectionError(f"unknown RESP type {line!r}")
+
+
+class RedisError(Exception):
+    """An error reply (returned, not raised, by RedisServer.command)."""
+
+
+class RedisServer:
+    """`redis-server --port P --bind 127.0.0.1 --save "" --appendonly no` on a free
+    loopback port; a context manager. stop() sends SIGTERM to its own PID and waits,
+    kill() SIGKILLs it, restart() starts it again on the same port (empty: no
+    persistence)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir = tempfile.TemporaryDirectory(prefix="corecast-redis-")
+        self.log = Path(self._dir.name) / "redis.log"
+
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def start(self) -> "RedisServer":
+        log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [redis_server_bin(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self._dir.name],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            try:
+                if self.command("PING") == "PONG":
+                    return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+
+    def command(self, *args: str | bytes) -> object:
+        """Runs one command on a new connection and returns its reply."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(resp_command(*args))
+            with s.makefile("rb") as f:
+                return read_resp(f)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # its own PID only
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(10)
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.start()
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
         self._dir.cleanup()

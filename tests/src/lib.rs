@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 pub mod api;
 pub mod raw;
+pub mod redis;
 pub mod sse;
 pub mod wt;
 
