@@ -230,12 +230,13 @@ impl Bridge {
                 tokio::select! {
                     biased;
                     Some(d) = inflight.next(), if !inflight.is_empty() => Event::Done(d),
-                    _ = tokio::time::sleep(BACKLOG_RETRY), if !can_read => Event::Backlog,
-                    m = next_msg(link), if can_read => Event::Channel(m),
+                    // Before the channel: a busy channel must not starve liveness.
                     _ = beat.tick() => Event::Beat,
+                    _ = tokio::time::sleep(BACKLOG_RETRY), if !can_read => Event::Backlog,
                     _ = tokio::time::sleep_until(self.next_attempt), if !linked => {
                         Event::Reconnect
                     }
+                    m = next_msg(link), if can_read => Event::Channel(m),
                     _ = self.end.bell.notified() => Event::Bell,
                 }
             };
@@ -540,7 +541,11 @@ impl Bridge {
                     self.set_connected(false);
                 }
                 ClusterStats::add(&self.stats.redis_errors, 1);
-                tracing::debug!(error = %f, retry_in = ?self.backoff, "cluster: Redis connection attempt failed");
+                if self.backoff == self.reconnect_min {
+                    tracing::warn!(error = %f, "cluster: cannot connect to Redis; retrying with backoff");
+                } else {
+                    tracing::debug!(error = %f, retry_in = ?self.backoff, "cluster: Redis connection attempt failed");
+                }
                 self.next_attempt = Instant::now() + jitter(self.backoff);
                 self.backoff = (self.backoff * 2).min(self.reconnect_max);
             }
@@ -676,8 +681,9 @@ impl Bridge {
         };
         let filled = entries.len() as u64;
         ClusterStats::add(&self.stats.gap_filled, filled);
-        ClusterStats::add(&self.stats.gap_lost, (to + 1 - from).saturating_sub(filled));
-        if filled < to + 1 - from {
+        let wanted = (to - from).saturating_add(1);
+        ClusterStats::add(&self.stats.gap_lost, wanted.saturating_sub(filled));
+        if filled < wanted {
             tracing::debug!(room = %room, from, to, filled, "cluster: part of a gap is no longer in history");
         }
         for e in entries {

@@ -353,7 +353,10 @@ impl Ctx {
             if n < XRANGE_PAGE {
                 break;
             }
-            from = last + 1;
+            match last.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
         }
         Ok(out)
     }

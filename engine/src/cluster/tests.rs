@@ -469,6 +469,31 @@ fn a_gap_in_the_channel_is_filled_from_history_in_order() {
         assert_eq!(node.deliver("g").0.seq, 7);
         assert_eq!(stat(&node.stats().gap_lost), 1);
     }
+    // A history entry that does not parse is skipped (counted), not fatal.
+    let errors = stat(&b.stats().redis_errors);
+    let _: () = redis::pipe()
+        .cmd("HINCRBY")
+        .arg("t:room:g:meta")
+        .arg("seq")
+        .arg(1)
+        .ignore()
+        .cmd("XADD")
+        .arg("t:room:g:log")
+        .arg("8-0")
+        .arg("h")
+        .arg("garbage")
+        .arg("d")
+        .arg("x")
+        .ignore()
+        .query(&mut raw)
+        .unwrap();
+    a.publish("g", "nine", 9, None);
+    for node in [&mut a, &mut b] {
+        let (pos, text, _) = node.deliver("g");
+        assert_eq!((pos.seq, text.as_str()), (9, "nine"));
+        assert_eq!(stat(&node.stats().gap_lost), 2);
+    }
+    assert_eq!(stat(&b.stats().redis_errors), errors + 1);
     a.stop();
     b.stop();
 }
@@ -931,6 +956,19 @@ fn send_to_reaches_a_connection_on_another_node() {
         }
         other => panic!("{other:?}"),
     }
+    assert_eq!(stat(&b.stats().direct_in), 1);
+    // Garbage on the direct channel, or a shard b does not have: counted, dropped.
+    let mut raw = redis.raw();
+    for junk in [&b"junk"[..], b"9.1.1 t\nx", b"0.1.1 t\n\xff"] {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("t:direct:b")
+            .arg(junk)
+            .query(&mut raw)
+            .unwrap();
+    }
+    eventually("direct garbage counted", || {
+        stat(&b.stats().redis_errors) == 3
+    });
     assert_eq!(stat(&b.stats().direct_in), 1);
     let answer = a.query(
         2,
