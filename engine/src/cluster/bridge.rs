@@ -160,6 +160,8 @@ struct Bridge {
     serial: VecDeque<LocalBoxFuture<'static, Done>>,
     serial_busy: bool,
     heartbeat_busy: bool,
+    /// The next heartbeat is the first on this connection.
+    first_beat: bool,
     /// Per room, each shard's member counts.
     counts: HashMap<Arc<str>, Vec<MemberCounts>>,
     /// Rooms whose counts the next heartbeat writes.
@@ -208,6 +210,7 @@ impl Bridge {
             serial: VecDeque::new(),
             serial_busy: false,
             heartbeat_busy: false,
+            first_beat: true,
             counts: HashMap::new(),
             dirty: HashSet::new(),
             presence: HashMap::new(),
@@ -425,9 +428,20 @@ impl Bridge {
                     None => self.serial_busy = false,
                 },
             },
-            Lane::Heartbeat(redo) => {
+            Lane::Heartbeat { redo, readded } => {
                 self.heartbeat_busy = false;
                 self.dirty.extend(redo);
+                let first = current && std::mem::take(&mut self.first_beat);
+                if readded && !first && current {
+                    // Reaped while still here (e.g. heartbeats were late):
+                    // write this node's members and counts back.
+                    tracing::warn!(node = %self.node, "cluster: this node was reaped while alive; restoring its presence and counts");
+                    self.dirty.extend(self.counts.keys().cloned());
+                    if let Some(ctx) = self.ctx() {
+                        let local = self.presence.clone();
+                        self.serial_push(Box::pin(presence::reconcile_job(ctx, local)));
+                    }
+                }
             }
         }
         if let Some(e) = d.lost {
@@ -581,6 +595,7 @@ impl Bridge {
             .extend(recorded.into_iter().map(Arc::<str>::from));
         self.dirty.extend(self.counts.keys().cloned());
         self.set_connected(true);
+        self.first_beat = true;
         Ok(())
     }
 

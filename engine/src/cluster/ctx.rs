@@ -61,8 +61,14 @@ pub(crate) enum Lane {
     Free,
     /// One at a time, in order (presence changes).
     Serial,
-    /// The heartbeat; on failure these rooms' counts are written again later.
-    Heartbeat(Vec<Arc<str>>),
+    /// The heartbeat.
+    Heartbeat {
+        /// Rooms whose counts were not written (written again next time).
+        redo: Vec<Arc<str>>,
+        /// This node was missing from the node set: another node reaped it
+        /// (or Redis lost its data).
+        readded: bool,
+    },
 }
 
 /// An operation's outcome.

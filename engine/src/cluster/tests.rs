@@ -318,7 +318,7 @@ impl Node {
     }
 }
 
-fn eventually(what: &str, f: impl Fn() -> bool) {
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !f() {
         assert!(Instant::now() < deadline, "never: {what}");
@@ -1078,5 +1078,79 @@ fn presence_is_reconciled_after_redis_comes_back() {
         Answer::Presence(list, false) => assert_eq!(list, vec![member("a", c1)]),
         other => panic!("{other:?}"),
     }
+    a.stop();
+}
+
+#[test]
+fn a_node_reaped_while_alive_restores_its_presence_and_counts() {
+    let redis = Redis::start();
+    let mut a = Node::start(redis.url(), "a");
+    a.subscribe("p");
+    let c = conn(1, 3);
+    a.send(ToBridge::PresenceJoin {
+        room: "p".into(),
+        member_id: c,
+        member: member("a", c),
+    });
+    snapshot(&mut a, c);
+    assert_eq!(presence_event(&mut a, "p").0, "join");
+    a.send(ToBridge::Counts {
+        shard: 1,
+        rooms: vec![(
+            "p".into(),
+            MemberCounts {
+                websocket: 0,
+                sse: 2,
+                webtransport: 0,
+            },
+        )],
+    });
+    let mut raw = redis.raw();
+    eventually("counts written", || {
+        redis::cmd("HGET")
+            .arg("t:room:p:counts")
+            .arg("a")
+            .query::<Option<String>>(&mut raw)
+            .unwrap()
+            == Some("0 2 0".into())
+    });
+    // What another node's reaper does to a node it believed dead.
+    let _: () = redis::pipe()
+        .cmd("SREM")
+        .arg("t:nodes")
+        .arg("a")
+        .ignore()
+        .cmd("DEL")
+        .arg("t:node:a:rooms")
+        .ignore()
+        .cmd("HDEL")
+        .arg("t:room:p:counts")
+        .arg("a")
+        .ignore()
+        .cmd("HDEL")
+        .arg("t:room:p:presence")
+        .arg(format!("a|{c}"))
+        .ignore()
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(
+        presence_event(&mut a, "p"),
+        ("join".into(), format!("a:{c}"), 1)
+    );
+    eventually("counts and node set restored", || {
+        let (counts, member, rooms): (Option<String>, bool, bool) = redis::pipe()
+            .cmd("HGET")
+            .arg("t:room:p:counts")
+            .arg("a")
+            .cmd("SISMEMBER")
+            .arg("t:nodes")
+            .arg("a")
+            .cmd("SISMEMBER")
+            .arg("t:node:a:rooms")
+            .arg("p")
+            .query(&mut raw)
+            .unwrap();
+        counts == Some("0 2 0".into()) && member && rooms
+    });
     a.stop();
 }
