@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use corecast_shards::{owner_of, ConnId, MeshSender, Position};
 use crossbeam_channel::TryRecvError;
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{FutureExt, LocalBoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use serde_json::Value;
@@ -244,9 +244,34 @@ impl Bridge {
                 }
             };
             match ev {
-                Event::Done(d) => self.on_done(d),
+                Event::Done(d) => {
+                    self.on_done(d);
+                    // Take every other outcome already there in the same turn.
+                    for _ in 0..BATCH {
+                        match self.inflight.next().now_or_never() {
+                            Some(Some(d)) => self.on_done(d),
+                            _ => break,
+                        }
+                    }
+                }
                 Event::Backlog => self.out.flush(),
-                Event::Channel(Some(m)) => self.on_channel(m).await,
+                Event::Channel(Some(m)) => {
+                    self.on_channel(m).await;
+                    // And every message already received, while shards keep up.
+                    for _ in 0..BATCH {
+                        if self.out.queued > 0 {
+                            break;
+                        }
+                        match self.link.as_mut().map(|l| l.stream.next().now_or_never()) {
+                            Some(Some(Some(m))) => self.on_channel(m).await,
+                            Some(Some(None)) => {
+                                self.lost("the subscription connection closed".into());
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                }
                 Event::Channel(None) => self.lost("the subscription connection closed".into()),
                 Event::Beat => self.start_heartbeat(),
                 Event::Reconnect => self.reconnect().await,

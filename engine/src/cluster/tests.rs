@@ -1154,3 +1154,51 @@ fn a_node_reaped_while_alive_restores_its_presence_and_counts() {
     });
     a.stop();
 }
+
+/// Not a test: how many messages per second one bridge sequences and another
+/// delivers (`cargo test -p corecast --lib cluster::tests::measure -- --ignored
+/// --nocapture`; numbers in the report, not asserted).
+#[test]
+#[ignore]
+fn measure_publish_throughput() {
+    let redis = Redis::start();
+    let mut a = Node::start(redis.url(), "a");
+    let mut b = Node::start(redis.url(), "b");
+    a.subscribe("bench");
+    b.subscribe("bench");
+    const N: u64 = 20_000;
+    let start = Instant::now();
+    let mut acked = 0;
+    let mut delivered = 0;
+    let mut sent = 0;
+    while delivered < N {
+        // Keep up to 1000 publishes queued for the bridge.
+        while sent < N && sent - acked < 1000 {
+            sent += 1;
+            a.publish("bench", "0123456789abcdef0123456789abcdef", sent, None);
+        }
+        for inbox in &a.inboxes {
+            while let Some(m) = inbox.try_recv() {
+                if matches!(m, ShardMsg::PublishAck { .. }) {
+                    acked += 1;
+                }
+            }
+        }
+        for inbox in &b.inboxes {
+            while let Some(m) = inbox.try_recv() {
+                if let ShardMsg::ClusterDeliver { pos, .. } = m {
+                    delivered += 1;
+                    assert_eq!(pos.seq, delivered);
+                }
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(120));
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "{N} publishes through node a, delivered on node b in {secs:.2}s: {:.0} msg/s",
+        N as f64 / secs
+    );
+    a.stop();
+    b.stop();
+}
