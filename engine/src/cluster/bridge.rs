@@ -826,15 +826,12 @@ impl Bridge {
     }
 
     async fn shutdown(&mut self) {
-        // Let outcomes in flight (publish acks) reach the shards.
+        // Let outcomes in flight (publish acks) reach the shards, and queued
+        // presence changes (the last members' leaves) reach Redis.
         let deadline = Instant::now() + self.timeout;
         while !self.inflight.is_empty() {
             match tokio::time::timeout_at(deadline, self.inflight.next()).await {
-                Ok(Some(d)) => {
-                    for (shard, msg) in d.out {
-                        self.out.send(shard, msg);
-                    }
-                }
+                Ok(Some(d)) => self.on_done(d),
                 _ => break,
             }
         }
