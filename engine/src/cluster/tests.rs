@@ -1202,3 +1202,43 @@ fn measure_publish_throughput() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_redis_that_stops_answering_is_a_lost_connection() {
+    let redis = Redis::start();
+    let mut a = Node::start(redis.url(), "a");
+    a.subscribe("s");
+    a.publish("s", "m1", 1, None);
+    let epoch = a.ack(1).epoch;
+    let pid = redis.child.as_ref().unwrap().id() as libc::pid_t;
+    // Frozen: connections stay open, nothing answers.
+    // SAFETY: signalling the redis-server child this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let started = Instant::now();
+    a.publish("s", "m2", 2, None);
+    a.take("PublishRefused", |m| {
+        matches!(m, ShardMsg::PublishRefused { token: 2 })
+    });
+    a.wait_connected(false);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "refused only after command_timeout (1s), got {:?}",
+        started.elapsed()
+    );
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    a.wait_connected(true);
+    assert_eq!(stat(&a.stats().reconnects), 1);
+    a.publish("s", "m3", 3, None);
+    let pos = a.ack(3);
+    assert_eq!(pos.epoch, epoch);
+    // m2 may or may not have been applied once Redis woke up: whichever it was,
+    // the room's order has no hole and no repeat.
+    let mut seqs = vec![a.deliver("s").0.seq];
+    while *seqs.last().unwrap() < pos.seq {
+        seqs.push(a.deliver("s").0.seq);
+    }
+    let want: Vec<u64> = (1..=pos.seq).collect();
+    assert_eq!(seqs, want);
+    a.stop();
+}
