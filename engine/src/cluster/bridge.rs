@@ -116,7 +116,9 @@ struct Bridge {
     inflight: FuturesUnordered<LocalBoxFuture<'static, Done>>,
     serial: VecDeque<LocalBoxFuture<'static, Done>>,
     serial_busy: bool,
-    heartbeat_busy: bool,
+    /// The connection generation of the heartbeat in flight: one at a time per
+    /// connection (a stuck one of a dead connection must not delay the next).
+    heartbeat_gen: Option<u64>,
     /// The next heartbeat is the first on this connection.
     first_beat: bool,
     /// Per room, each shard's member counts.
@@ -166,7 +168,7 @@ impl Bridge {
             inflight: FuturesUnordered::new(),
             serial: VecDeque::new(),
             serial_busy: false,
-            heartbeat_busy: false,
+            heartbeat_gen: None,
             first_beat: true,
             counts: HashMap::new(),
             dirty: HashSet::new(),
@@ -411,7 +413,9 @@ impl Bridge {
                 },
             },
             Lane::Heartbeat { redo, readded } => {
-                self.heartbeat_busy = false;
+                if self.heartbeat_gen == Some(d.gen) {
+                    self.heartbeat_gen = None;
+                }
                 self.dirty.extend(redo);
                 let first = current && std::mem::take(&mut self.first_beat);
                 if readded && !first && current {
@@ -466,7 +470,7 @@ impl Bridge {
     }
 
     fn start_heartbeat(&mut self) {
-        if self.heartbeat_busy {
+        if self.heartbeat_gen == Some(self.gen) {
             return;
         }
         let Some(ctx) = self.ctx() else {
@@ -481,7 +485,7 @@ impl Bridge {
                 room,
             })
             .collect();
-        self.heartbeat_busy = true;
+        self.heartbeat_gen = Some(self.gen);
         self.inflight
             .push(Box::pin(heartbeat::beat(ctx, self.node_timeout, writes)));
     }
