@@ -119,6 +119,8 @@ struct Bridge {
     /// The connection generation of the heartbeat in flight: one at a time per
     /// connection (a stuck one of a dead connection must not delay the next).
     heartbeat_gen: Option<u64>,
+    /// Likewise for reaping.
+    reap_gen: Option<u64>,
     /// The next heartbeat is the first on this connection.
     first_beat: bool,
     /// Per room, each shard's member counts.
@@ -169,6 +171,7 @@ impl Bridge {
             serial: VecDeque::new(),
             serial_busy: false,
             heartbeat_gen: None,
+            reap_gen: None,
             first_beat: true,
             counts: HashMap::new(),
             dirty: HashSet::new(),
@@ -412,6 +415,11 @@ impl Bridge {
                     None => self.serial_busy = false,
                 },
             },
+            Lane::Reap => {
+                if self.reap_gen == Some(d.gen) {
+                    self.reap_gen = None;
+                }
+            }
             Lane::Heartbeat { redo, readded } => {
                 if self.heartbeat_gen == Some(d.gen) {
                     self.heartbeat_gen = None;
@@ -486,8 +494,16 @@ impl Bridge {
             })
             .collect();
         self.heartbeat_gen = Some(self.gen);
-        self.inflight
-            .push(Box::pin(heartbeat::beat(ctx, self.node_timeout, writes)));
+        self.inflight.push(Box::pin(heartbeat::beat(
+            ctx.clone(),
+            self.node_timeout,
+            writes,
+        )));
+        if self.reap_gen != Some(self.gen) {
+            self.reap_gen = Some(self.gen);
+            self.inflight
+                .push(Box::pin(heartbeat::reap_dead(ctx, self.node_timeout)));
+        }
     }
 
     fn set_connected(&mut self, up: bool) {

@@ -24,7 +24,8 @@ pub(crate) struct CountWrite {
     pub(crate) presence: bool,
 }
 
-/// Refresh liveness, write changed counts, reap dead nodes.
+/// Refresh liveness and write changed counts (reaping runs on its own, so a long
+/// reap never delays this node's own liveness).
 pub(crate) async fn beat(mut ctx: Ctx, node_timeout: Duration, writes: Vec<CountWrite>) -> Done {
     let mut done = Done::new(
         &ctx,
@@ -49,6 +50,12 @@ pub(crate) async fn beat(mut ctx: Ctx, node_timeout: Duration, writes: Vec<Count
             return done;
         }
     }
+    done
+}
+
+/// Reap the nodes whose liveness key expired.
+pub(crate) async fn reap_dead(mut ctx: Ctx, node_timeout: Duration) -> Done {
+    let mut done = Done::new(&ctx, Lane::Reap);
     if let Err(f) = reap(&mut ctx, node_timeout).await {
         tracing::warn!(error = %f, "cluster: reaping dead nodes failed");
         done.fail(f);

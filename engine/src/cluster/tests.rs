@@ -1242,3 +1242,51 @@ fn a_redis_that_stops_answering_is_a_lost_connection() {
     assert_eq!(seqs, want);
     a.stop();
 }
+
+#[test]
+fn reaping_a_node_with_many_members_publishes_every_leave_in_order() {
+    let redis = Redis::start();
+    let mut a = Node::start(redis.url(), "a");
+    a.subscribe("big");
+    let mut raw = redis.raw();
+    const MEMBERS: u32 = 600; // more than two pipelines of events
+    let mut p = redis::pipe();
+    p.cmd("SET")
+        .arg("t:node:ghost")
+        .arg("1")
+        .arg("PX")
+        .arg(200)
+        .ignore();
+    p.cmd("SADD").arg("t:nodes").arg("ghost").ignore();
+    p.cmd("SADD").arg("t:node:ghost:rooms").arg("big").ignore();
+    for slot in 0..MEMBERS {
+        let c = conn(0, slot);
+        p.cmd("HSET")
+            .arg("t:room:big:presence")
+            .arg(format!("ghost|{c}"))
+            .arg(member("ghost", c).to_string())
+            .ignore();
+    }
+    let _: () = p.query(&mut raw).unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut last_seq = 0;
+    for _ in 0..MEMBERS {
+        let (pos, text, _) = a.deliver("big");
+        assert_eq!(pos.seq, last_seq + 1, "no hole, no repeat");
+        last_seq = pos.seq;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (v["event"].as_str(), v["count"].as_u64()),
+            (Some("leave"), Some(0))
+        );
+        ids.insert(v["member"]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), MEMBERS as usize);
+    eventually("ghost reaped", || stat(&a.stats().nodes_reaped) == 1);
+    let left: u64 = redis::cmd("HLEN")
+        .arg("t:room:big:presence")
+        .query(&mut raw)
+        .unwrap();
+    assert_eq!(left, 0);
+    a.stop();
+}
