@@ -16,23 +16,25 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use corecast_shards::{owner_of, ConnId, MeshSender, Position};
+use corecast_shards::{ConnId, MeshSender, Position};
 use crossbeam_channel::TryRecvError;
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{FutureExt, LocalBoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use serde_json::Value;
 use tokio::time::{Instant, MissedTickBehavior};
 
+mod outbox;
+mod rooms;
+
+use outbox::Outbox;
+
 use super::ctx::{within, Ctx, Done, Fail, Lane};
 use super::heartbeat::{self, CountWrite};
 use super::keys::Keys;
 use super::ops::{self, FetchReq, Reply};
-use super::wire::{self, Header};
 use super::{presence, scripts};
 use super::{Answer, BridgeEnd, ClusterStats, MemberCounts, ToBridge};
-use crate::app::message::Message;
 use crate::config::ClusterConfig;
 use crate::net::shard::ShardMsg;
 
@@ -67,51 +69,6 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("corecast-cluster".into())
         .spawn(move || rt.block_on(Bridge::new(&config, node_id, end, senders, client).run()))
-}
-
-/// Messages for shards, each shard's in order. A full inbox keeps the rest in a
-/// per-shard backlog retried every [`BACKLOG_RETRY`].
-struct Outbox {
-    senders: Vec<MeshSender<ShardMsg>>,
-    backlog: Vec<VecDeque<ShardMsg>>,
-    queued: usize,
-}
-
-impl Outbox {
-    fn send(&mut self, shard: usize, msg: ShardMsg) {
-        let (Some(tx), Some(backlog)) = (self.senders.get(shard), self.backlog.get_mut(shard))
-        else {
-            tracing::warn!(
-                shard,
-                "cluster: message for a shard that does not exist dropped"
-            );
-            return;
-        };
-        let msg = if backlog.is_empty() {
-            match tx.send(msg) {
-                Ok(()) => return,
-                Err(m) => m,
-            }
-        } else {
-            msg
-        };
-        backlog.push_back(msg);
-        self.queued += 1;
-    }
-
-    fn flush(&mut self) {
-        for (tx, backlog) in self.senders.iter().zip(self.backlog.iter_mut()) {
-            while let Some(msg) = backlog.pop_front() {
-                match tx.send(msg) {
-                    Ok(()) => self.queued -= 1,
-                    Err(m) => {
-                        backlog.push_front(m);
-                        break;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The two Redis connections.
@@ -159,7 +116,13 @@ struct Bridge {
     inflight: FuturesUnordered<LocalBoxFuture<'static, Done>>,
     serial: VecDeque<LocalBoxFuture<'static, Done>>,
     serial_busy: bool,
-    heartbeat_busy: bool,
+    /// The connection generation of the heartbeat in flight: one at a time per
+    /// connection (a stuck one of a dead connection must not delay the next).
+    heartbeat_gen: Option<u64>,
+    /// Likewise for reaping.
+    reap_gen: Option<u64>,
+    /// The next heartbeat is the first on this connection.
+    first_beat: bool,
     /// Per room, each shard's member counts.
     counts: HashMap<Arc<str>, Vec<MemberCounts>>,
     /// Rooms whose counts the next heartbeat writes.
@@ -207,7 +170,9 @@ impl Bridge {
             inflight: FuturesUnordered::new(),
             serial: VecDeque::new(),
             serial_busy: false,
-            heartbeat_busy: false,
+            heartbeat_gen: None,
+            reap_gen: None,
+            first_beat: true,
             counts: HashMap::new(),
             dirty: HashSet::new(),
             presence: HashMap::new(),
@@ -230,19 +195,45 @@ impl Bridge {
                 tokio::select! {
                     biased;
                     Some(d) = inflight.next(), if !inflight.is_empty() => Event::Done(d),
-                    _ = tokio::time::sleep(BACKLOG_RETRY), if !can_read => Event::Backlog,
-                    m = next_msg(link), if can_read => Event::Channel(m),
+                    // Before the channel: a busy channel must not starve liveness.
                     _ = beat.tick() => Event::Beat,
+                    _ = tokio::time::sleep(BACKLOG_RETRY), if !can_read => Event::Backlog,
                     _ = tokio::time::sleep_until(self.next_attempt), if !linked => {
                         Event::Reconnect
                     }
+                    m = next_msg(link), if can_read => Event::Channel(m),
                     _ = self.end.bell.notified() => Event::Bell,
                 }
             };
             match ev {
-                Event::Done(d) => self.on_done(d),
+                Event::Done(d) => {
+                    self.on_done(d);
+                    // Take every other outcome already there in the same turn.
+                    for _ in 0..BATCH {
+                        match self.inflight.next().now_or_never() {
+                            Some(Some(d)) => self.on_done(d),
+                            _ => break,
+                        }
+                    }
+                }
                 Event::Backlog => self.out.flush(),
-                Event::Channel(Some(m)) => self.on_channel(m).await,
+                Event::Channel(Some(m)) => {
+                    self.on_channel(m).await;
+                    // And every message already received, while shards keep up.
+                    for _ in 0..BATCH {
+                        if self.out.queued > 0 {
+                            break;
+                        }
+                        match self.link.as_mut().map(|l| l.stream.next().now_or_never()) {
+                            Some(Some(Some(m))) => self.on_channel(m).await,
+                            Some(Some(None)) => {
+                                self.lost("the subscription connection closed".into());
+                                break;
+                            }
+                            _ => break,
+                        }
+                    }
+                }
                 Event::Channel(None) => self.lost("the subscription connection closed".into()),
                 Event::Beat => self.start_heartbeat(),
                 Event::Reconnect => self.reconnect().await,
@@ -424,9 +415,27 @@ impl Bridge {
                     None => self.serial_busy = false,
                 },
             },
-            Lane::Heartbeat(redo) => {
-                self.heartbeat_busy = false;
+            Lane::Reap => {
+                if self.reap_gen == Some(d.gen) {
+                    self.reap_gen = None;
+                }
+            }
+            Lane::Heartbeat { redo, readded } => {
+                if self.heartbeat_gen == Some(d.gen) {
+                    self.heartbeat_gen = None;
+                }
                 self.dirty.extend(redo);
+                let first = current && std::mem::take(&mut self.first_beat);
+                if readded && !first && current {
+                    // Reaped while still here (e.g. heartbeats were late):
+                    // write this node's members and counts back.
+                    tracing::warn!(node = %self.node, "cluster: this node was reaped while alive; restoring its presence and counts");
+                    self.dirty.extend(self.counts.keys().cloned());
+                    if let Some(ctx) = self.ctx() {
+                        let local = self.presence.clone();
+                        self.serial_push(Box::pin(presence::reconcile_job(ctx, local)));
+                    }
+                }
             }
         }
         if let Some(e) = d.lost {
@@ -469,7 +478,7 @@ impl Bridge {
     }
 
     fn start_heartbeat(&mut self) {
-        if self.heartbeat_busy {
+        if self.heartbeat_gen == Some(self.gen) {
             return;
         }
         let Some(ctx) = self.ctx() else {
@@ -484,9 +493,17 @@ impl Bridge {
                 room,
             })
             .collect();
-        self.heartbeat_busy = true;
-        self.inflight
-            .push(Box::pin(heartbeat::beat(ctx, self.node_timeout, writes)));
+        self.heartbeat_gen = Some(self.gen);
+        self.inflight.push(Box::pin(heartbeat::beat(
+            ctx.clone(),
+            self.node_timeout,
+            writes,
+        )));
+        if self.reap_gen != Some(self.gen) {
+            self.reap_gen = Some(self.gen);
+            self.inflight
+                .push(Box::pin(heartbeat::reap_dead(ctx, self.node_timeout)));
+        }
     }
 
     fn set_connected(&mut self, up: bool) {
@@ -540,7 +557,11 @@ impl Bridge {
                     self.set_connected(false);
                 }
                 ClusterStats::add(&self.stats.redis_errors, 1);
-                tracing::debug!(error = %f, retry_in = ?self.backoff, "cluster: Redis connection attempt failed");
+                if self.backoff == self.reconnect_min {
+                    tracing::warn!(error = %f, "cluster: cannot connect to Redis; retrying with backoff");
+                } else {
+                    tracing::debug!(error = %f, retry_in = ?self.backoff, "cluster: Redis connection attempt failed");
+                }
                 self.next_attempt = Instant::now() + jitter(self.backoff);
                 self.backoff = (self.backoff * 2).min(self.reconnect_max);
             }
@@ -576,219 +597,17 @@ impl Bridge {
             .extend(recorded.into_iter().map(Arc::<str>::from));
         self.dirty.extend(self.counts.keys().cloned());
         self.set_connected(true);
+        self.first_beat = true;
         Ok(())
-    }
-
-    async fn subscribe(&mut self, room: Arc<str>) {
-        self.rooms.insert(room.clone(), None);
-        self.stats
-            .subscribed_rooms
-            .store(self.rooms.len() as u64, Ordering::Relaxed);
-        if !self.connected {
-            return; // Subscribed and synced on (re)connect.
-        }
-        if let Err(f) = self.sync_rooms(&[room]).await {
-            self.fail(f);
-        }
-    }
-
-    async fn unsubscribe(&mut self, room: Arc<str>) {
-        self.rooms.remove(&room);
-        self.stats
-            .subscribed_rooms
-            .store(self.rooms.len() as u64, Ordering::Relaxed);
-        if !self.connected {
-            return;
-        }
-        let channel = self.keys.room_channel(&room);
-        let t = self.timeout;
-        let Some(link) = self.link.as_mut() else {
-            return;
-        };
-        if let Err(f) = within(t, link.sink.unsubscribe(&channel)).await {
-            self.fail(f);
-        }
-    }
-
-    /// SUBSCRIBE `rooms`, then read their positions: the owner of a room not yet
-    /// synced (or whose epoch changed) gets `ClusterSync`; a room that moved on
-    /// in the same epoch gets the missed messages from the stream.
-    async fn sync_rooms(&mut self, rooms: &[Arc<str>]) -> Result<(), Fail> {
-        let t = self.timeout;
-        let channels: Vec<String> = rooms.iter().map(|r| self.keys.room_channel(r)).collect();
-        {
-            let link = self
-                .link
-                .as_mut()
-                .ok_or_else(|| Fail::Lost("not connected".into()))?;
-            for chunk in channels.chunks(SUBSCRIBE_CHUNK) {
-                within(t, link.sink.subscribe(chunk)).await?;
-            }
-        }
-        let mut ctx = self
-            .link_ctx()
-            .ok_or_else(|| Fail::Lost("not connected".into()))?;
-        let positions = ctx.positions(rooms).await?;
-        for (room, pos) in rooms.iter().zip(positions) {
-            let Some(state) = self.rooms.get(room).copied() else {
-                continue;
-            };
-            match state {
-                Some(last) if last.epoch == pos.epoch && pos.seq >= last.seq => {
-                    if pos.seq > last.seq {
-                        self.fill_gap(&mut ctx, room, pos.epoch, last.seq + 1, pos.seq)
-                            .await?;
-                    }
-                }
-                _ => {
-                    self.out.send(
-                        owner_of(room, self.shards),
-                        ShardMsg::ClusterSync {
-                            room: room.clone(),
-                            epoch: pos.epoch,
-                            seq: pos.seq,
-                        },
-                    );
-                    self.rooms.insert(room.clone(), Some(pos));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Forward `from..=to` of `room` from its stream (entries no longer kept are
-    /// counted as lost); afterwards the room is at `to`.
-    async fn fill_gap(
-        &mut self,
-        ctx: &mut Ctx,
-        room: &Arc<str>,
-        epoch: u64,
-        from: u64,
-        to: u64,
-    ) -> Result<(), Fail> {
-        let entries = match ctx.xrange(room, from, to).await {
-            Ok(e) => e,
-            Err(Fail::Command(e)) => {
-                tracing::warn!(room = %room, error = %e, "cluster: gap not filled");
-                Vec::new()
-            }
-            Err(lost) => return Err(lost),
-        };
-        let filled = entries.len() as u64;
-        ClusterStats::add(&self.stats.gap_filled, filled);
-        ClusterStats::add(&self.stats.gap_lost, (to + 1 - from).saturating_sub(filled));
-        if filled < to + 1 - from {
-            tracing::debug!(room = %room, from, to, filled, "cluster: part of a gap is no longer in history");
-        }
-        for e in entries {
-            self.forward(room, epoch, e.seq, &e.header, e.msg);
-        }
-        if let Some(state) = self.rooms.get_mut(room) {
-            *state = Some(Position { epoch, seq: to });
-        }
-        Ok(())
-    }
-
-    fn forward(&mut self, room: &Arc<str>, epoch: u64, seq: u64, header: &Header, msg: Message) {
-        let except = if header.origin == *self.node {
-            header.except
-        } else {
-            None
-        };
-        let pos = Position { epoch, seq };
-        self.out.send(
-            owner_of(room, self.shards),
-            ShardMsg::ClusterDeliver {
-                room: room.clone(),
-                pos,
-                msg,
-                except,
-            },
-        );
-        if let Some(state) = self.rooms.get_mut(room) {
-            *state = Some(pos);
-        }
-        ClusterStats::add(&self.stats.messages_in, 1);
-    }
-
-    fn malformed(&self, channel: &str, error: impl std::fmt::Display) {
-        ClusterStats::add(&self.stats.redis_errors, 1);
-        tracing::warn!(channel, %error, "cluster: malformed channel message dropped");
-    }
-
-    async fn on_channel(&mut self, m: redis::Msg) {
-        let data = Bytes::copy_from_slice(m.get_payload_bytes());
-        let channel = m.get_channel_name();
-        if channel == self.direct {
-            match wire::decode_direct(&data) {
-                Ok((conn, msg)) if usize::from(conn.shard) < self.shards => {
-                    ClusterStats::add(&self.stats.direct_in, 1);
-                    self.out.send(
-                        usize::from(conn.shard),
-                        ShardMsg::SendTo {
-                            to: conn,
-                            msg,
-                            ack: None,
-                        },
-                    );
-                }
-                Ok((conn, _)) => self.malformed(channel, format!("no shard {}", conn.shard)),
-                Err(e) => self.malformed(channel, e),
-            }
-            return;
-        }
-        let Some(name) = self.keys.room_of_channel(channel) else {
-            self.malformed(channel, "not a room channel");
-            return;
-        };
-        // Not (or no longer) wanted, or not synced yet (the sync covers it).
-        let Some((room, Some(last))) = self.rooms.get_key_value(name).map(|(k, v)| (k.clone(), *v))
-        else {
-            return;
-        };
-        let rm = match wire::decode_room(&data) {
-            Ok(rm) => rm,
-            Err(e) => {
-                let channel = channel.to_string();
-                self.malformed(&channel, e);
-                return;
-            }
-        };
-        let from = if last.epoch == rm.epoch {
-            if rm.seq <= last.seq {
-                ClusterStats::add(&self.stats.duplicates, 1);
-                return;
-            }
-            last.seq + 1
-        } else {
-            1 // A new epoch: its messages start at 1.
-        };
-        if rm.seq > from {
-            let Some(mut ctx) = self.link_ctx() else {
-                return;
-            };
-            if let Err(f) = self
-                .fill_gap(&mut ctx, &room, rm.epoch, from, rm.seq - 1)
-                .await
-            {
-                // The catch-up after reconnecting resumes from the last forwarded.
-                self.fail(f);
-                return;
-            }
-        }
-        self.forward(&room, rm.epoch, rm.seq, &rm.header, rm.msg);
     }
 
     async fn shutdown(&mut self) {
-        // Let outcomes in flight (publish acks) reach the shards.
+        // Let outcomes in flight (publish acks) reach the shards, and queued
+        // presence changes (the last members' leaves) reach Redis.
         let deadline = Instant::now() + self.timeout;
         while !self.inflight.is_empty() {
             match tokio::time::timeout_at(deadline, self.inflight.next()).await {
-                Ok(Some(d)) => {
-                    for (shard, msg) in d.out {
-                        self.out.send(shard, msg);
-                    }
-                }
+                Ok(Some(d)) => self.on_done(d),
                 _ => break,
             }
         }

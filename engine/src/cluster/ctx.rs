@@ -61,8 +61,16 @@ pub(crate) enum Lane {
     Free,
     /// One at a time, in order (presence changes).
     Serial,
-    /// The heartbeat; on failure these rooms' counts are written again later.
-    Heartbeat(Vec<Arc<str>>),
+    /// Reaping dead nodes (one at a time).
+    Reap,
+    /// The heartbeat.
+    Heartbeat {
+        /// Rooms whose counts were not written (written again next time).
+        redo: Vec<Arc<str>>,
+        /// This node was missing from the node set: another node reaped it
+        /// (or Redis lost its data).
+        readded: bool,
+    },
 }
 
 /// An operation's outcome.
@@ -139,6 +147,9 @@ pub(crate) struct Entry {
     /// The message.
     pub(crate) msg: Message,
 }
+
+/// Presence events per pipeline.
+const EVENT_BATCH: usize = 256;
 
 /// Entries read per XRANGE call.
 const XRANGE_PAGE: usize = 1000;
@@ -223,6 +234,41 @@ impl Ctx {
         let msg = Message::text(event.to_string());
         let header = wire::encode_header(&self.keys.node, None, &msg, scripts::unix_micros());
         self.publish(room, &header, msg.as_bytes(), None).await
+    }
+
+    /// Publish several presence events of `room`, in order, pipelined (a reaped
+    /// node may leave thousands of members). Each batch starts with SCRIPT LOAD,
+    /// so no EVALSHA of it can miss the script.
+    pub(crate) async fn publish_events(
+        &mut self,
+        room: &str,
+        events: &[serde_json::Value],
+    ) -> Result<(), Fail> {
+        let (maxlen, age) = scripts::limit_args(scripts::default_limits());
+        for chunk in events.chunks(EVENT_BATCH) {
+            let mut p = redis::pipe();
+            p.cmd("SCRIPT").arg("LOAD").arg(scripts::PUBLISH).ignore();
+            for event in chunk {
+                let msg = Message::text(event.to_string());
+                let header =
+                    wire::encode_header(&self.keys.node, None, &msg, scripts::unix_micros());
+                p.cmd("EVALSHA")
+                    .arg(self.script.get_hash())
+                    .arg(2)
+                    .arg(self.keys.meta(room))
+                    .arg(self.keys.log(room))
+                    .arg(self.keys.room_channel(room))
+                    .arg(header)
+                    .arg(msg.as_bytes())
+                    .arg(maxlen)
+                    .arg(age)
+                    .arg(scripts::epoch_candidate())
+                    .arg("stored")
+                    .ignore();
+            }
+            self.pipe::<()>(&p).await?;
+        }
+        Ok(())
     }
 
     /// The room's epoch and sequence in Redis (`0, 0` when it has none).
@@ -353,7 +399,10 @@ impl Ctx {
             if n < XRANGE_PAGE {
                 break;
             }
-            from = last + 1;
+            match last.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
         }
         Ok(out)
     }

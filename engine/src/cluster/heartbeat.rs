@@ -24,15 +24,38 @@ pub(crate) struct CountWrite {
     pub(crate) presence: bool,
 }
 
-/// Refresh liveness, write changed counts, reap dead nodes.
+/// Refresh liveness and write changed counts (reaping runs on its own, so a long
+/// reap never delays this node's own liveness).
 pub(crate) async fn beat(mut ctx: Ctx, node_timeout: Duration, writes: Vec<CountWrite>) -> Done {
-    let redo: Vec<Arc<str>> = writes.iter().map(|w| w.room.clone()).collect();
-    let mut done = Done::new(&ctx, Lane::Heartbeat(Vec::new()));
-    if let Err(f) = write(&mut ctx, node_timeout, &writes).await {
-        done.lane = Lane::Heartbeat(redo);
-        done.fail(f);
-        return done;
+    let mut done = Done::new(
+        &ctx,
+        Lane::Heartbeat {
+            redo: Vec::new(),
+            readded: false,
+        },
+    );
+    match write(&mut ctx, node_timeout, &writes).await {
+        Ok(readded) => {
+            done.lane = Lane::Heartbeat {
+                redo: Vec::new(),
+                readded,
+            }
+        }
+        Err(f) => {
+            done.lane = Lane::Heartbeat {
+                redo: writes.into_iter().map(|w| w.room).collect(),
+                readded: false,
+            };
+            done.fail(f);
+            return done;
+        }
     }
+    done
+}
+
+/// Reap the nodes whose liveness key expired.
+pub(crate) async fn reap_dead(mut ctx: Ctx, node_timeout: Duration) -> Done {
+    let mut done = Done::new(&ctx, Lane::Reap);
     if let Err(f) = reap(&mut ctx, node_timeout).await {
         tracing::warn!(error = %f, "cluster: reaping dead nodes failed");
         done.fail(f);
@@ -44,7 +67,8 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-async fn write(ctx: &mut Ctx, node_timeout: Duration, writes: &[CountWrite]) -> Result<(), Fail> {
+/// Whether this node had to be added back to the node set.
+async fn write(ctx: &mut Ctx, node_timeout: Duration, writes: &[CountWrite]) -> Result<bool, Fail> {
     let k = ctx.keys.clone();
     let mut p = redis::pipe();
     p.cmd("SET")
@@ -55,8 +79,7 @@ async fn write(ctx: &mut Ctx, node_timeout: Duration, writes: &[CountWrite]) -> 
         .ignore()
         .cmd("SADD")
         .arg(k.nodes())
-        .arg(&k.node)
-        .ignore();
+        .arg(&k.node);
     for w in writes {
         if w.counts.total() > 0 {
             p.cmd("HSET")
@@ -78,7 +101,8 @@ async fn write(ctx: &mut Ctx, node_timeout: Duration, writes: &[CountWrite]) -> 
             }
         }
     }
-    ctx.pipe::<()>(&p).await
+    let (added,): (u64,) = ctx.pipe(&p).await?;
+    Ok(added == 1)
 }
 
 /// Remove every node in `P:nodes` whose liveness key has expired (one reaper per

@@ -119,7 +119,7 @@ pub(crate) async fn fetch(mut ctx: Ctx, req: FetchReq) -> Done {
 async fn read_history(ctx: &mut Ctx, req: &FetchReq) -> Result<Fetched, Fail> {
     let epoch = ctx.position(&req.room).await?.epoch;
     let from = if epoch != 0 && req.since.epoch == epoch {
-        req.since.seq + 1
+        req.since.seq.saturating_add(1)
     } else {
         1
     };
@@ -135,7 +135,7 @@ async fn read_history(ctx: &mut Ctx, req: &FetchReq) -> Result<Fetched, Fail> {
         .filter(|e| e.header.micros >= oldest)
         .map(|e| (e.seq, e.msg))
         .collect();
-    let first_available = messages.first().map_or(req.upto + 1, |m| m.0);
+    let first_available = messages.first().map_or(req.upto.saturating_add(1), |m| m.0);
     Ok(Fetched {
         epoch,
         first_available,

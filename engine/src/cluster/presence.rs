@@ -168,6 +168,18 @@ pub(crate) async fn remove_members(
     Ok(())
 }
 
+/// [`reconcile`] as a serial-lane job.
+pub(crate) async fn reconcile_job(
+    mut ctx: Ctx,
+    local: HashMap<Arc<str>, HashMap<ConnId, Value>>,
+) -> Done {
+    let mut done = Done::new(&ctx, Lane::Serial);
+    if let Err(f) = reconcile(&mut ctx, &local).await {
+        done.fail(f);
+    }
+    done
+}
+
 /// After (re)connecting: make Redis hold exactly this node's members: rewrite
 /// the ones it lost, remove (with `leave` events) the ones this node no longer
 /// has (left while Redis was unreachable, or from before a restart).
