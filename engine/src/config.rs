@@ -1135,24 +1135,35 @@ mod tests {
         )
         .unwrap();
         let c = ok.cluster.unwrap();
-        assert_eq!((c.node_id().as_str(), c.key_prefix.as_str()), ("a-1", "corecast"));
+        assert_eq!(
+            (c.node_id().as_str(), c.key_prefix.as_str()),
+            ("a-1", "corecast")
+        );
         for (yaml, key) in [
             ("broker: kafka\n  url: redis://h:1", "broker"),
             ("broker: redis\n  url: http://h:1", "cluster.url"),
-            ("broker: redis\n  url: redis://h:1\n  node_id: \"a b\"", "cluster.node_id"),
-            ("broker: redis\n  url: redis://h:1\n  heartbeat: 2s\n  node_timeout: 3s", "cluster.node_timeout"),
-            ("broker: redis\n  url: redis://h:1\n  bridge_capacity: 0", "cluster.bridge_capacity"),
-            ("broker: redis\n  url: env:CORECAST_TEST_UNSET_URL", "CORECAST_TEST_UNSET_URL"),
+            (
+                "broker: redis\n  url: redis://h:1\n  node_id: \"a b\"",
+                "cluster.node_id",
+            ),
+            (
+                "broker: redis\n  url: redis://h:1\n  heartbeat: 2s\n  node_timeout: 3s",
+                "cluster.node_timeout",
+            ),
+            (
+                "broker: redis\n  url: redis://h:1\n  bridge_capacity: 0",
+                "cluster.bridge_capacity",
+            ),
+            (
+                "broker: redis\n  url: env:CORECAST_TEST_UNSET_URL",
+                "CORECAST_TEST_UNSET_URL",
+            ),
             ("broker: redis", "url"),
         ] {
             let e = Config::from_yaml(&format!("cluster:\n  {yaml}\n"), "t.yaml").unwrap_err();
             assert!(e.0.contains(key), "{yaml}: {e}");
         }
-        let generated = ClusterConfig {
-            node_id: None,
-            ..c
-        }
-        .node_id();
+        let generated = ClusterConfig { node_id: None, ..c }.node_id();
         assert!(valid_node_id(&generated), "{generated}");
     }
 

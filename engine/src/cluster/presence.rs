@@ -153,19 +153,26 @@ pub(crate) async fn remove_members(
     }
     ctx.cmd::<()>(&c).await?;
     let count = ctx.live_presence(room).await?.len();
-    for (field, member) in fields {
-        let member = serde_json::from_str::<Value>(&member)
-            .unwrap_or_else(|_| json!({"id": field, "node": node_of_field(&field).unwrap_or("")}));
-        let event = json!({
-            "type": "presence",
-            "event": "leave",
-            "room": room,
-            "member": member,
-            "count": count,
-        });
-        ctx.publish_event(room, &event).await?;
-    }
-    Ok(())
+    // One leave event per member, each with the count as it stands after that
+    // member left (the last one's is the count now).
+    let n = fields.len();
+    let events: Vec<Value> = fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, (field, member))| {
+            let member = serde_json::from_str::<Value>(&member).unwrap_or_else(
+                |_| json!({"id": field, "node": node_of_field(&field).unwrap_or("")}),
+            );
+            json!({
+                "type": "presence",
+                "event": "leave",
+                "room": room,
+                "member": member,
+                "count": count + (n - 1 - i),
+            })
+        })
+        .collect();
+    ctx.publish_events(room, &events).await
 }
 
 /// [`reconcile`] as a serial-lane job.

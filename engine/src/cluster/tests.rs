@@ -1270,14 +1270,15 @@ fn reaping_a_node_with_many_members_publishes_every_leave_in_order() {
     let _: () = p.query(&mut raw).unwrap();
     let mut ids = std::collections::BTreeSet::new();
     let mut last_seq = 0;
-    for _ in 0..MEMBERS {
+    for i in 0..MEMBERS {
         let (pos, text, _) = a.deliver("big");
         assert_eq!(pos.seq, last_seq + 1, "no hole, no repeat");
         last_seq = pos.seq;
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // Each leave carries the count after it: 599, 598, ... 0.
         assert_eq!(
             (v["event"].as_str(), v["count"].as_u64()),
-            (Some("leave"), Some(0))
+            (Some("leave"), Some(u64::from(MEMBERS - 1 - i)))
         );
         ids.insert(v["member"]["id"].as_str().unwrap().to_string());
     }

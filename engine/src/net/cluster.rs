@@ -26,6 +26,9 @@ use crate::cluster::{Answer, ClusterLink, ClusterStats, Fetched, MemberCounts, Q
 /// the oldest member-count reports are the first thing a shard gives up.
 const BACKLOG_MAX: usize = 1 << 20;
 
+/// A resume waiting for its room's position: `(since, conn)`.
+type ParkedResume = (Option<Position>, ConnId);
+
 /// A shard's cluster-mode state.
 #[derive(Default)]
 pub(crate) struct ClusterState {
@@ -33,7 +36,7 @@ pub(crate) struct ClusterState {
     /// subscribed: resumes can be served.
     synced: RefCell<HashSet<Arc<str>>>,
     /// Resumes waiting for their room's position: `(since, conn)`.
-    parked: RefCell<HashMap<Arc<str>, Vec<(Option<Position>, ConnId)>>>,
+    parked: RefCell<HashMap<Arc<str>, Vec<ParkedResume>>>,
     /// Reliable commands waiting for room in the bridge queue, in order.
     backlog: RefCell<VecDeque<ToBridge>>,
     backlog_waker: Cell<Option<std::task::Waker>>,

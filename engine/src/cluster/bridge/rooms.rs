@@ -76,6 +76,30 @@ impl Bridge {
                             .await?;
                     }
                 }
+                // Followed before, and Redis started a new epoch (it lost its data)
+                // while this node was away: what other nodes published in it before
+                // this node resubscribed is in the stream, so start the new epoch at
+                // its first message instead of at Redis's current position.
+                Some(last) if last.epoch != pos.epoch && pos.epoch != 0 => {
+                    self.out.send(
+                        owner_of(room, self.shards),
+                        ShardMsg::ClusterSync {
+                            room: room.clone(),
+                            epoch: pos.epoch,
+                            seq: 0,
+                        },
+                    );
+                    self.rooms.insert(
+                        room.clone(),
+                        Some(Position {
+                            epoch: pos.epoch,
+                            seq: 0,
+                        }),
+                    );
+                    if pos.seq > 0 {
+                        self.fill_gap(&mut ctx, room, pos.epoch, 1, pos.seq).await?;
+                    }
+                }
                 _ => {
                     self.out.send(
                         owner_of(room, self.shards),
