@@ -9,7 +9,10 @@
 #   - tests/node/node_modules from tests/node/package-lock.json (`npm ci`: pinned
 #     eventsource, ws, playwright-core) with the machine's Node.js (>= 20; Debian's
 #     nodejs + npm are installed only when node is missing altogether),
-#   - Debian's chromium (/usr/bin/chromium) for the headless-browser test.
+#   - Debian's chromium (/usr/bin/chromium) for the headless-browser test,
+#   - Debian's redis-server (when no `redis-server` is on PATH) for the cluster tests
+#     (tests/tests/cluster.rs, tests/python/test_cluster.py) and benches/cluster.sh;
+#     each test starts its own on a free loopback port, never the system service.
 # The Node.js and Chromium steps never fail the set-up: when they cannot be done
 # they say why, and the "node tests" stage of scripts/test.sh then fails with it.
 # Re-running it is cheap: each step checks first and prints what it installs.
@@ -136,5 +139,20 @@ else
   else
     log "WARNING: /usr/bin/chromium missing (apt-get install chromium failed): the browser test will fail"
   fi
+fi
+
+# 5. redis-server for the cluster tests (each starts its own on a loopback port).
+# Unlike Node.js and Chromium this one is required: without it the cluster tests
+# cannot run at all, so a failed install fails the set-up with the reason.
+if command -v redis-server >/dev/null 2>&1; then
+  log "redis-server: $(redis-server --version 2>/dev/null | head -n1)"
+else
+  log "redis-server not found: installing Debian's redis-server (the cluster tests need it)"
+  apt_install redis-server
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "ERROR: redis-server still missing after apt-get install redis-server"
+    exit 1
+  fi
+  log "redis-server installed: $(redis-server --version 2>/dev/null | head -n1)"
 fi
 log "done"

@@ -2,7 +2,7 @@
 # The project's single test command (also what CI runs via .ci/run):
 #   0. scripts/build-deps.sh        cmake, clang, libclang (quiche's BoringSSL build)
 #   1. scripts/setup-test-deps.sh   Python venv (websockets, aioquic, kosoku, pytest, pyjwt), tests/node
-#                                   node_modules (npm ci), Debian's chromium
+#                                   node_modules (npm ci), Debian's chromium and redis-server
 #   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
 #      cargo check -p corecast --features otlp         (CI, or OTLP_CHECK=1)
 #   3. cargo build --release corecast + examples        (used by every suite), and

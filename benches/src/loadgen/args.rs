@@ -47,6 +47,17 @@ FANOUT FLAGS:
   --slow N                fanout only: N more room members that handshake and never
                           read (4 KiB SO_RCVBUF), opened before the others; their
                           messages are not counted (slow-consumer benchmark)      [0]
+  --start-at UNIX_SECS    fanout only: publishing starts at this wall-clock time
+                          (e.g. $(( $(date +%s) + 20 ))) instead of right after the
+                          ramp, so several loadgen processes share one warmup and
+                          window (payload timestamps are on the machine-wide
+                          CLOCK_MONOTONIC, so any process can time any message)
+  --listen-only           fanout only: no publishers here (--publishers 0); the
+                          subscribers count and time messages that other loadgen
+                          processes publish into the room (same --size, --text,
+                          --warmup, --duration and --start-at). `published` is then
+                          inferred per publisher from the lowest to the highest
+                          sequence number received inside the window
 
 ECHO FLAGS:
   --connections N         connections                                              [100]
@@ -148,6 +159,12 @@ pub struct Fanout {
     /// Extra room members that handshake and never read (4 KiB `SO_RCVBUF`): slow
     /// consumers beside the measured subscribers (`fanout` mode only).
     pub slow: usize,
+    /// Wall-clock (unix seconds) start of publishing shared with other loadgen
+    /// processes; `None` = right after the ramp (`fanout` mode only).
+    pub start_at: Option<f64>,
+    /// No publishers: subscribers measure messages other processes publish
+    /// (`fanout` mode only).
+    pub listen_only: bool,
 }
 
 /// How `loadgen sse` publishes.
@@ -333,7 +350,7 @@ fn common_flag(c: &mut Common, flag: &str, v: &str) -> Result<bool, String> {
 }
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["--text", "--help", "-h"];
+const SWITCHES: &[&str] = &["--text", "--listen-only", "--help", "-h"];
 
 /// Splits `args` (after the mode) into `(flag, value)` pairs.
 fn pairs(args: &[String]) -> Result<Vec<(String, String)>, String> {
@@ -389,6 +406,8 @@ fn fanout_defaults() -> Fanout {
         room: "bench".into(),
         text: false,
         slow: 0,
+        start_at: None,
+        listen_only: false,
     }
 }
 
@@ -415,8 +434,14 @@ fn fanout_flag(c: &mut Fanout, f: &str, v: &str) -> Result<bool, String> {
 }
 
 fn check_fanout(c: &Fanout, text_note: &str) -> Result<(), String> {
-    if c.publishers == 0 || c.publishers > u32::MAX as usize {
-        return Err("invalid value for --publishers: must be >= 1".into());
+    if c.listen_only {
+        if c.publishers != 0 {
+            return Err("invalid value for --publishers: must be 0 with --listen-only".into());
+        }
+    } else if c.publishers == 0 || c.publishers > u32::MAX as usize {
+        return Err(
+            "invalid value for --publishers: must be >= 1 (0 only with --listen-only)".into(),
+        );
     }
     if c.window == 0 {
         return Err("invalid value for --window: must be >= 1".into());
@@ -454,8 +479,22 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 match f.as_str() {
                     "--text" => c.text = true,
                     "--slow" => c.slow = num(f, v)?,
+                    "--start-at" => {
+                        let t: f64 = num(f, v)?;
+                        if !(t.is_finite() && t > 0.0) {
+                            return Err(format!(
+                                "invalid value for {f}: '{v}' (unix seconds, > 0)"
+                            ));
+                        }
+                        c.start_at = Some(t);
+                    }
+                    "--listen-only" => c.listen_only = true,
                     _ => return Err(format!("unknown flag '{f}' for mode fanout")),
                 }
+            }
+            // Listen-only has no publishers unless asked otherwise (then refused below).
+            if c.listen_only && !flags.iter().any(|(f, _)| f == "--publishers") {
+                c.publishers = 0;
             }
             check_fanout(&c, " with --text")?;
             c.common = common;
@@ -641,6 +680,39 @@ mod tests {
         assert_eq!(f.slow, 1000);
         assert!(p("fanout --slow many").unwrap_err().contains("--slow"));
         assert!(p("sse --slow 3").unwrap_err().contains("--slow"));
+    }
+
+    #[test]
+    fn parses_listen_only_and_start_at() {
+        let Ok(Command::Fanout(f)) =
+            p("fanout --listen-only --subscribers 9 --start-at 1700000000")
+        else {
+            panic!("expected fanout");
+        };
+        assert!(f.listen_only);
+        assert_eq!(f.publishers, 0);
+        assert_eq!(f.subscribers, 9);
+        assert_eq!(f.start_at, Some(1_700_000_000.0));
+        let Ok(Command::Fanout(f)) = p("fanout --listen-only --publishers 0") else {
+            panic!("expected fanout");
+        };
+        assert_eq!(f.publishers, 0);
+        let Ok(Command::Fanout(f)) = p("fanout") else {
+            panic!("expected fanout");
+        };
+        assert!(!f.listen_only);
+        assert_eq!(f.start_at, None);
+        for (bad, flag) in [
+            ("fanout --listen-only --publishers 2", "--publishers"),
+            ("fanout --publishers 0", "--publishers"),
+            ("fanout --start-at soon", "--start-at"),
+            ("fanout --start-at -5", "--start-at"),
+            ("sse --listen-only", "--listen-only"),
+            ("wt --start-at 1700000000", "--start-at"),
+        ] {
+            let e = p(bad).unwrap_err();
+            assert!(e.contains(flag), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! it was stamped inside `[warmup_end, warmup_end + duration)`. Expected
 //! deliveries = window messages published x subscribers alive at window start;
 //! whatever has not arrived by the end of the drain period is lost.
+//!
+//! Several processes can share one run (`--start-at`, the same warmup and
+//! duration): publishing starts at that wall-clock time everywhere, and a
+//! `--listen-only` process (no publishers) infers what was published in the
+//! window from the sequence numbers its subscribers received.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -84,9 +89,10 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
     let n_pubs = cfg.publishers;
     let total = n_subs + n_pubs;
     eprintln!(
-        "loadgen fanout: {} subscribers + {} publishers -> ws://{}{} ({}), size {} B, rate {}, warmup {:?}, duration {:?}",
+        "loadgen fanout: {} subscribers + {} publishers{} -> ws://{}{} ({}), size {} B, rate {}, warmup {:?}, duration {:?}",
         n_subs,
         n_pubs,
+        if cfg.listen_only { " (listen-only)" } else { "" },
         targets[0].host,
         resource,
         plan.describe(total, &targets[0].addr),
@@ -123,6 +129,15 @@ pub async fn run(cfg: Fanout) -> Result<(Value, bool), String> {
     .await;
     let m = stats::merged();
     let mut result = report("fanout", &cfg, &ph, &m);
+    if let Some(t) = cfg.start_at {
+        result["start_at"] = json!(t);
+        result["start_late_s"] = json!(stats::round2(ph.start_late_s));
+    }
+    if cfg.listen_only {
+        result["listen_only"] = json!(true);
+        result["published_from"] = json!("received sequence numbers");
+        result["window_publishers"] = json!(m.window_seq.iter().flatten().count());
+    }
     result["server"] = server_stats::delta_json(ph.before, ph.after, cfg.duration.as_secs_f64());
     result["slow"] = json!({ "requested": cfg.slow, "connected": slow.len() });
     drop(slow);
@@ -204,6 +219,8 @@ pub struct Phases {
     pub subs_at_w0: u64,
     /// Seconds spent draining after the window.
     pub drain_s: f64,
+    /// `--start-at`: seconds the ramp overran the shared start (0 = on time).
+    pub start_late_s: f64,
     /// Server `/stats` at the window start.
     pub before: Option<ServerCounters>,
     /// Server `/stats` at the window end.
@@ -211,9 +228,11 @@ pub struct Phases {
 }
 
 /// The run shared by `fanout` and `sse`: opens `subscribers + publishers`
-/// connections with `spawn(i)` (subscribers first), hands out the schedule,
-/// waits out warmup and window (snapshotting `/stats` at both ends), then
-/// drains until every publisher is done and the window's deliveries are in.
+/// connections with `spawn(i)` (subscribers first), hands out the schedule
+/// (at `--start-at` when given), waits out warmup and window (snapshotting
+/// `/stats` at both ends), then drains until every publisher is done and the
+/// window's deliveries are in (listen-only: until the deliveries cover the
+/// received sequence span and nothing arrived for [`LISTEN_QUIET`]).
 pub async fn run_phases(
     label: &str,
     cfg: &Fanout,
@@ -237,8 +256,21 @@ pub async fn run_phases(
     } else {
         (cfg.warmup, cfg.duration, cfg.drain)
     };
-    // Schedule: publishing starts now, the window after the warmup.
-    let t0 = Instant::now() + Duration::from_millis(5);
+    // Schedule: publishing starts now (or at the shared start), the window after the warmup.
+    let soon = Instant::now() + Duration::from_millis(5);
+    let (t0, start_late_s) = match cfg.start_at {
+        Some(t) => {
+            let at = Instant::from_std(stats::instant_at_unix(t));
+            if at < soon {
+                eprintln!(
+                    "loadgen {label}: WARNING: ramp overran --start-at by {:.2}s",
+                    (soon - at).as_secs_f64()
+                );
+            }
+            (at.max(soon), (soon - at.min(soon)).as_secs_f64())
+        }
+        None => (soon, 0.0),
+    };
     let w0 = t0 + warmup;
     let w1 = w0 + duration;
     WINDOW.set(
@@ -264,13 +296,27 @@ pub async fn run_phases(
 
     // Drain: wait for the writers to finish and the window's deliveries to arrive.
     let deadline = w1 + drain;
+    let mut last = (0, Instant::now());
     loop {
-        let writers_done = PUBS_DONE.load(Relaxed) >= PUBS_UP.load(Relaxed);
-        let (delivered, published) = stats::window_counts();
-        if writers_done && delivered >= published * subs_at_w0 {
-            break;
+        let now = Instant::now();
+        if cfg.listen_only {
+            // The publishers are elsewhere: done once every subscriber has the
+            // whole received span and the room has been quiet for a while.
+            let (delivered, published) = stats::window_counts_listen();
+            if delivered != last.0 {
+                last = (delivered, now);
+            }
+            if delivered >= published * subs_at_w0 && now - last.1 >= LISTEN_QUIET {
+                break;
+            }
+        } else {
+            let writers_done = PUBS_DONE.load(Relaxed) >= PUBS_UP.load(Relaxed);
+            let (delivered, published) = stats::window_counts();
+            if writers_done && delivered >= published * subs_at_w0 {
+                break;
+            }
         }
-        if Instant::now() >= deadline {
+        if now >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -282,15 +328,29 @@ pub async fn run_phases(
         pubs_up,
         subs_at_w0,
         drain_s,
+        start_late_s,
         before: before.await.ok().flatten(),
         after: after.await.ok().flatten(),
     }
 }
 
+/// Listen-only drain: how long the room must be quiet (after the window, with
+/// every received sequence number delivered everywhere) before the run ends.
+pub const LISTEN_QUIET: Duration = Duration::from_millis(500);
+
+/// Highest publisher id a listen-only subscriber accepts (ids are 0-based
+/// connection numbers of the publishing process).
+const LISTEN_MAX_PUBLISHERS: usize = 1 << 16;
+
 /// The result fields shared by `fanout` and `sse` (everything but `server`).
 pub fn report(mode: &str, cfg: &Fanout, ph: &Phases, m: &ThreadStats) -> Value {
     let dur = cfg.duration.as_secs_f64();
-    let expected = m.published_window * ph.subs_at_w0;
+    let published_window = if cfg.listen_only {
+        m.window_seq_span()
+    } else {
+        m.published_window
+    };
+    let expected = published_window * ph.subs_at_w0;
     let lost = expected.saturating_sub(m.deliveries_window);
     let round = |x: f64| (x * 10.0).round() / 10.0;
     json!({
@@ -310,8 +370,8 @@ pub fn report(mode: &str, cfg: &Fanout, ph: &Phases, m: &ThreadStats) -> Value {
             "ramp_s": stats::round2(ph.ramp_s),
         },
         "subscribers_at_window_start": ph.subs_at_w0,
-        "published": m.published_window,
-        "published_per_sec": round(m.published_window as f64 / dur),
+        "published": published_window,
+        "published_per_sec": round(published_window as f64 / dur),
         "expected": expected,
         "deliveries": m.deliveries_window,
         "deliveries_per_sec": round(m.deliveries_window as f64 / dur),
@@ -333,6 +393,9 @@ pub fn report(mode: &str, cfg: &Fanout, ph: &Phases, m: &ThreadStats) -> Value {
 pub struct SubHandler {
     /// Next expected sequence number per publisher.
     expected: Vec<u64>,
+    /// Listen-only: publishers are in another process; any id below
+    /// [`LISTEN_MAX_PUBLISHERS`] is accepted and window sequence spans are noted.
+    listen_only: bool,
     /// Payload size every loadgen message must have.
     size: u64,
     /// Deliveries since the last flush to the global counter.
@@ -345,6 +408,14 @@ impl OnMessage for SubHandler {
     fn on_message(&mut self, st: &mut ThreadStats, now: u64, opcode: u8, len: u64, head: &[u8]) {
         let h = match payload::decode_head(opcode, head) {
             Some(h) if len == self.size && (h.id as usize) < self.expected.len() => h,
+            Some(h)
+                if self.listen_only
+                    && len == self.size
+                    && (h.id as usize) < LISTEN_MAX_PUBLISHERS =>
+            {
+                self.expected.resize(h.id as usize + 1, 0);
+                h
+            }
             _ => {
                 st.foreign += 1;
                 return;
@@ -373,15 +444,21 @@ impl OnMessage for SubHandler {
         if in_window {
             st.deliveries_window += 1;
             stats::record_ns(&mut st.lat, lat);
+            if self.listen_only {
+                st.note_window_seq(h.id as usize, h.seq);
+            }
         }
     }
 }
 
 impl SubHandler {
-    /// Accounting for `publishers` publishers sending `size`-byte payloads.
+    /// Accounting for `publishers` publishers sending `size`-byte payloads;
+    /// 0 publishers = listen-only (publishers in other processes, ids learnt
+    /// as their messages arrive).
     pub fn new(publishers: usize, size: usize) -> Self {
         SubHandler {
             expected: vec![0u64; publishers],
+            listen_only: publishers == 0,
             size: size as u64,
             delivered: 0,
             gaps: 0,
@@ -629,5 +706,44 @@ async fn write_loop(
             });
         }
         k += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::ws::OP_BINARY;
+
+    fn payload(id: u32, seq: u64, ts: u64) -> Vec<u8> {
+        let mut b = vec![b'x'; 64];
+        payload::encode_head(false, Head { id, seq, ts }, &mut b);
+        b
+    }
+
+    #[test]
+    fn listen_only_accepts_other_processes_publishers() {
+        WINDOW.set(1_000, u64::MAX);
+        stats::with_local(|st| {
+            let before = (st.deliveries_window, st.gap_lost, st.foreign);
+            // Own publishers only: id 4 is foreign.
+            let mut own = SubHandler::new(2, 64);
+            own.on_message(st, 5_000, OP_BINARY, 64, &payload(4, 0, 2_000));
+            assert_eq!(st.foreign, before.2 + 1);
+            assert!(st.window_seq.is_empty());
+
+            let mut h = SubHandler::new(0, 64);
+            for (id, seq) in [(4, 0), (4, 1), (4, 3), (1, 0)] {
+                h.on_message(st, 5_000, OP_BINARY, 64, &payload(id, seq, 2_000));
+            }
+            // Before the window: delivered, not counted in it.
+            h.on_message(st, 5_000, OP_BINARY, 64, &payload(1, 1, 500));
+            // Wrong size: foreign.
+            h.on_message(st, 5_000, OP_BINARY, 63, &payload(1, 2, 2_000));
+            assert_eq!(st.deliveries_window, before.0 + 4);
+            assert_eq!(st.gap_lost, before.1 + 1);
+            assert_eq!(st.foreign, before.2 + 2);
+            assert_eq!(st.window_seq_span(), 4 + 1);
+            st.window_seq.clear();
+        });
     }
 }

@@ -2,10 +2,13 @@
 //! timestamp, at the start of every payload, padded to the requested size.
 //!
 //! Binary layout (24 bytes, little endian): magic `b"ccb1"`, id u32, seq u64,
-//! timestamp u64 (ns since the loadgen process epoch). Text layout (44 ASCII
+//! timestamp u64 (ns on the machine-wide `CLOCK_MONOTONIC`, so another loadgen
+//! process can time the message; [`Head::ts`] is converted to and from this
+//! process's epoch on encode and decode). Text layout (44 ASCII
 //! bytes): `"ccb1"` then id, seq and timestamp as 8, 16 and 16 lowercase hex
 //! digits. Padding is `'x'`.
 
+use crate::loadgen::stats;
 use crate::loadgen::ws::{self, OP_BINARY, OP_TEXT};
 
 /// Magic prefix of every loadgen payload.
@@ -85,15 +88,16 @@ fn get_hex(bytes: &[u8]) -> Option<u64> {
 
 /// Writes the encoded head into `out[..min_size(text)]`.
 pub fn encode_head(text: bool, head: Head, out: &mut [u8]) {
+    let ts = stats::to_shared(head.ts);
     out[..4].copy_from_slice(&MAGIC);
     if text {
         put_hex(&mut out[4..12], u64::from(head.id));
         put_hex(&mut out[12..28], head.seq);
-        put_hex(&mut out[28..44], head.ts);
+        put_hex(&mut out[28..44], ts);
     } else {
         out[4..8].copy_from_slice(&head.id.to_le_bytes());
         out[8..16].copy_from_slice(&head.seq.to_le_bytes());
-        out[16..24].copy_from_slice(&head.ts.to_le_bytes());
+        out[16..24].copy_from_slice(&ts.to_le_bytes());
     }
 }
 
@@ -107,7 +111,7 @@ pub fn decode_head(opcode: u8, bytes: &[u8]) -> Option<Head> {
         Some(Head {
             id: u32::try_from(get_hex(&b[4..12])?).ok()?,
             seq: get_hex(&b[12..28])?,
-            ts: get_hex(&b[28..44])?,
+            ts: stats::from_shared(get_hex(&b[28..44])?),
         })
     } else {
         let b = bytes.get(..BINARY_HEAD)?;
@@ -120,7 +124,7 @@ pub fn decode_head(opcode: u8, bytes: &[u8]) -> Option<Head> {
         Some(Head {
             id: u32::from_le_bytes(id),
             seq: u64::from_le_bytes(seq),
-            ts: u64::from_le_bytes(ts),
+            ts: stats::from_shared(u64::from_le_bytes(ts)),
         })
     }
 }

@@ -1,6 +1,10 @@
 //! Process-wide measurement state: the clock, the measured window, global
 //! atomic counters, and per-thread histograms (merged at the end) so that the
 //! hot path never contends on a shared lock and no histogram is per connection.
+//!
+//! Timestamps are ns since the process epoch; payloads carry them on the
+//! machine-wide `CLOCK_MONOTONIC` ([`to_shared`], [`from_shared`]) so that one
+//! loadgen process can time messages another one published.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -9,16 +13,61 @@ use std::time::Instant;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// The process epoch and its `CLOCK_MONOTONIC` reading in ns.
+static EPOCH: OnceLock<(Instant, u64)> = OnceLock::new();
+
+/// `CLOCK_MONOTONIC` in ns: the clock every process on the machine shares
+/// (and the one `Instant` reads on Linux).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the struct we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+fn epoch_pair() -> (Instant, u64) {
+    *EPOCH.get_or_init(|| (Instant::now(), monotonic_ns()))
+}
 
 /// Fixes the process epoch (call first thing in `main`).
 pub fn init_clock() {
-    let _ = EPOCH.get_or_init(Instant::now);
+    let _ = epoch_pair();
 }
 
 /// The process epoch; every timestamp is relative to it.
 pub fn epoch() -> Instant {
-    *EPOCH.get_or_init(Instant::now)
+    epoch_pair().0
+}
+
+/// A process timestamp on the machine-wide monotonic clock (what payloads carry).
+pub fn to_shared(ts: u64) -> u64 {
+    ts.saturating_add(epoch_pair().1)
+}
+
+/// A machine-wide monotonic timestamp as ns since this process's epoch (0 if
+/// it is older than the epoch: another process's message sent before we started).
+pub fn from_shared(ts: u64) -> u64 {
+    ts.saturating_sub(epoch_pair().1)
+}
+
+/// The instant `unix_secs` (wall clock, e.g. `date +%s`) names, as a process
+/// instant; an instant in the past comes back as `now`.
+pub fn instant_at_unix(unix_secs: f64) -> Instant {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let ahead = unix_secs - wall;
+    if ahead > 0.0 {
+        now + std::time::Duration::from_secs_f64(ahead)
+    } else {
+        now
+    }
 }
 
 /// Monotonic nanoseconds since the process epoch.
@@ -226,6 +275,10 @@ pub struct ThreadStats {
     pub post_connect: Histogram<u64>,
     /// HTTP publishers: POST start (connect) to complete 200 response, window POSTs (µs).
     pub post_ack: Histogram<u64>,
+    /// Listen-only subscribers: per publisher id, the lowest and highest sequence
+    /// number received with a window timestamp (`None` = none yet). Publishers
+    /// number their messages without holes, so the span is what was published.
+    pub window_seq: Vec<Option<(u64, u64)>>,
 }
 
 impl ThreadStats {
@@ -241,7 +294,40 @@ impl ThreadStats {
             published_window: 0,
             post_connect: new_histogram(),
             post_ack: new_histogram(),
+            window_seq: Vec::new(),
         }
+    }
+
+    /// Notes a window message `seq` from publisher `id` (listen-only accounting).
+    pub fn note_window_seq(&mut self, id: usize, seq: u64) {
+        if self.window_seq.len() <= id {
+            self.window_seq.resize(id + 1, None);
+        }
+        let e = &mut self.window_seq[id];
+        *e = Some(match *e {
+            Some((lo, hi)) => (lo.min(seq), hi.max(seq)),
+            None => (seq, seq),
+        });
+    }
+
+    /// Merges another thread's per-publisher sequence spans into these.
+    fn merge_window_seq(&mut self, other: &[Option<(u64, u64)>]) {
+        for (id, span) in other.iter().enumerate() {
+            if let Some((lo, hi)) = *span {
+                self.note_window_seq(id, lo);
+                self.note_window_seq(id, hi);
+            }
+        }
+    }
+
+    /// Messages published in the window as the received sequence numbers show
+    /// them: the sum over publishers of `highest - lowest + 1`.
+    pub fn window_seq_span(&self) -> u64 {
+        self.window_seq
+            .iter()
+            .flatten()
+            .map(|&(lo, hi)| hi - lo + 1)
+            .sum()
     }
 }
 
@@ -281,6 +367,7 @@ pub fn merged() -> ThreadStats {
         out.reordered += s.reordered;
         out.foreign += s.foreign;
         out.published_window += s.published_window;
+        out.merge_window_seq(&s.window_seq);
     }
     out
 }
@@ -344,6 +431,19 @@ pub fn window_counts() -> (u64, u64) {
     (d, p)
 }
 
+/// Listen-only: deliveries in the window and the messages the window's
+/// sequence numbers show were published, summed over threads.
+pub fn window_counts_listen() -> (u64, u64) {
+    let mut all = ThreadStats::new();
+    let mut d = 0;
+    for s in lock(&REGISTRY).iter() {
+        let s = lock(s);
+        d += s.deliveries_window;
+        all.merge_window_seq(&s.window_seq);
+    }
+    (d, all.window_seq_span())
+}
+
 /// Spawns a task printing `line(elapsed_s, dt_s)` to stderr every second.
 pub fn spawn_progress(mut line: impl FnMut(f64, f64) -> String + Send + 'static) {
     tokio::spawn(async move {
@@ -366,4 +466,53 @@ pub fn spawn_progress(mut line: impl FnMut(f64, f64) -> String + Send + 'static)
 /// Rounds to 2 decimals (for seconds in results).
 pub fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_timestamps_are_clock_monotonic() {
+        // What payloads carry must be comparable across processes: CLOCK_MONOTONIC.
+        let shared = to_shared(now_ns());
+        let mono = monotonic_ns();
+        assert!(
+            mono >= shared && mono - shared < 1_000_000_000,
+            "{shared} vs {mono}"
+        );
+        assert_eq!(from_shared(to_shared(12_345)), 12_345);
+        // Older than this process: clamped to the epoch, never wrapped.
+        assert_eq!(from_shared(1), 0);
+    }
+
+    #[test]
+    fn start_at_converts_the_wall_clock() {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let later = instant_at_unix(wall + 5.0);
+        let ahead = later
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64();
+        assert!((4.0..=5.1).contains(&ahead), "{ahead}");
+        let past = instant_at_unix(wall - 60.0);
+        assert!(past.elapsed().as_secs_f64() < 1.0);
+    }
+
+    #[test]
+    fn window_seq_spans_merge_per_publisher() {
+        let mut a = ThreadStats::new();
+        let mut b = ThreadStats::new();
+        assert_eq!(a.window_seq_span(), 0);
+        a.note_window_seq(0, 10);
+        a.note_window_seq(0, 12);
+        b.note_window_seq(0, 19);
+        b.note_window_seq(3, 7);
+        a.merge_window_seq(&b.window_seq);
+        // Publisher 0: 10..=19 (10 messages, whatever was lost in between); 3: one.
+        assert_eq!(a.window_seq, vec![Some((10, 19)), None, None, Some((7, 7))]);
+        assert_eq!(a.window_seq_span(), 11);
+    }
 }
