@@ -88,10 +88,10 @@ auth:
 class Probe:
     """A running route_probe: its address, stdout lines, API and /stats."""
 
-    def __init__(self, idle: str = "1s") -> None:
+    def __init__(self, idle: str = "1s", extra: str = "") -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="route-probe-")
         cfg = Path(self._dir.name) / "probe.yaml"
-        cfg.write_text(CONFIG.replace("{idle}", idle))
+        cfg.write_text(CONFIG.replace("{idle}", idle) + extra)
         self.stderr_path = Path(self._dir.name) / "stderr.log"
         self._stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(
@@ -472,6 +472,34 @@ async def test_send_to_across_shards(probe):
     finally:
         await a.close()
         await b.close()
+
+
+@run
+async def test_send_to_node_reaches_a_connection_on_another_cluster_node(redis_server):
+    cluster = "cluster:\n  broker: redis\n  url: {url}\n  node_id: {node}\n"
+    p1 = Probe(extra=cluster.format(url=redis_server.url(), node="p1"))
+    p2 = Probe(extra=cluster.format(url=redis_server.url(), node="p2"))
+    try:
+        for p in (p1, p2):
+            p.wait_stats(lambda s: s["cluster"]["connected"] == 1)
+        async with ws_connect(p1.url("/ws/probe-default")) as a, ws_connect(
+            p2.url("/ws/probe-default")
+        ) as b:
+            me_a = await call(a, "whoami")
+            me_b = await call(b, "whoami")
+            assert (me_a["node"], me_b["node"]) == ("p1", "p2")
+            to_b = f"p2:{me_b['id']}"
+            await a.send(json.dumps({"action": "dm", "to": to_b, "text": "across"}))
+            assert (await recv_type(a, "dm_sent"))["to"] == to_b
+            got = await recv_type(b, "dm")
+            assert got == {"type": "dm", "from": me_a["id"], "text": "across"}
+            await p2.await_stats(lambda s: s["cluster"]["direct_in"] >= 1)
+            # This node's own id is a local send.
+            await b.send(json.dumps({"action": "dm", "to": to_b, "text": "self"}))
+            assert (await recv_type(b, "dm"))["text"] == "self"
+    finally:
+        p1.stop()
+        p2.stop()
 
 
 @run

@@ -100,6 +100,18 @@ impl Connection {
         self.shard.send_to(to, msg)
     }
 
+    /// Cluster mode: send `msg` to connection `to` of node `node` (this node's own
+    /// id works too); fire-and-forget. `BroadcastError::Unavailable` without a
+    /// cluster or while Redis is unreachable.
+    pub fn send_to_node(&self, node: &str, to: ConnId, msg: Message) -> Result<(), BroadcastError> {
+        self.shard.send_to_node(node, to, msg)
+    }
+
+    /// This node's id in cluster mode (`None` alone).
+    pub fn node_id(&self) -> Option<String> {
+        self.shard.node_id().map(str::to_string)
+    }
+
     /// Broadcast `msg` to every member of `room` except this connection.
     pub fn broadcast_to_room_except_me(
         &self,

@@ -873,6 +873,26 @@ impl Ctx {
             .map_err(overloaded)
     }
 
+    /// Cluster mode: send `value` as JSON to connection `to` of node `node` (this
+    /// node's own id works too). Fire-and-forget, like [`Ctx::send_to`]; refused
+    /// with `broker_unavailable` without a cluster or while Redis is unreachable.
+    pub fn send_to_node<T: Serialize + ?Sized>(
+        &self,
+        node: &str,
+        to: ConnId,
+        value: &T,
+    ) -> Result<(), RouteError> {
+        self.shard_state()
+            .send_to_node(node, to, to_message(value)?)
+            .map_err(overloaded)
+    }
+
+    /// This node's id in cluster mode (`None` alone): with [`Ctx::id`] it names
+    /// this connection across the cluster (`NODE:SHARD.SLOT.GEN`).
+    pub fn node_id(&self) -> Option<String> {
+        self.shard_state().node_id().map(str::to_string)
+    }
+
     /// Join `room` (after the global middleware's `may_join`, e.g. the auth
     /// middleware's room rules: a refusal is a `forbidden` client error).
     /// WebTransport sessions receive the room on their reliable delivery stream.

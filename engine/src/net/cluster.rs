@@ -390,6 +390,37 @@ impl Shard {
         );
     }
 
+    /// Send `msg` to connection `to` of node `node`, fire-and-forget (the bridge
+    /// publishes it on that node's direct channel).
+    pub(crate) fn send_to_node(
+        &self,
+        node: &str,
+        to: ConnId,
+        msg: Message,
+    ) -> Result<(), BroadcastError> {
+        let Some(link) = self.link() else {
+            return Err(BroadcastError::Unavailable);
+        };
+        if *link.node_id == *node {
+            return self.send_to(to, msg);
+        }
+        if !link.is_connected() {
+            return Err(BroadcastError::Unavailable);
+        }
+        // Token 0 is never handed out: the answer is dropped on arrival.
+        let query = Query::SendTo {
+            node: node.to_string(),
+            conn: to,
+            msg,
+        };
+        link.send(ToBridge::Query {
+            token: 0,
+            reply_to: self.id,
+            query,
+        })
+        .map_err(|_| BroadcastError::Overloaded)
+    }
+
     /// Ask the bridge `query` and wait (bounded) for the answer.
     pub(crate) async fn cluster_query(&self, query: Query) -> Answer {
         if self.link().is_none_or(|l| !l.is_connected()) {

@@ -79,6 +79,7 @@ fn whoami(ctx: &Ctx) -> Value {
     json!({
         "type": "whoami",
         "id": info.id.to_string(),
+        "node": ctx.node_id(),
         "shard": ctx.shard(),
         "transport": info.transport.as_str(),
         "meta": info.meta,
@@ -157,9 +158,13 @@ fn build_router(default: bool, strict: bool, auth: Option<JwtMiddleware>) -> Rou
         ctx.broadcast_all(&json!({"type": "shout", "from": from, "text": b.text}))
     })
     .route("dm", |ctx, b: Dm| {
-        let to = parse_id(&b.to)?;
         let from = ctx.id().to_string();
-        ctx.send_to(to, &json!({"type": "dm", "from": from, "text": b.text}))?;
+        let text = json!({"type": "dm", "from": from, "text": b.text});
+        // `NODE:SHARD.SLOT.GEN` is a connection of another cluster node.
+        match b.to.split_once(':') {
+            Some((node, id)) => ctx.send_to_node(node, parse_id(id)?, &text)?,
+            None => ctx.send_to(parse_id(&b.to)?, &text)?,
+        }
         ctx.reply(&json!({"type": "dm_sent", "to": b.to}))
     })
     .route("lookup", |ctx, b: Lookup| {
