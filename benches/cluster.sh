@@ -27,8 +27,8 @@
 # Output: DIR (default reports/cluster-bench/<UTC time>) holds each process's JSON
 # (SCENARIO-rRATE-RUN/{pub,sub-NODE}.json, stderr beside it) and summary.md: per
 # scenario and rate the medians over runs of deliveries/s (all subscriber processes),
-# p50/p99 per node, loss, frames per write and server CPU (core 0 processes, over the
-# window). Everything started here is stopped by PID on exit.
+# p50/p99 per node, messages not delivered by the end of the drain, frames per write,
+# server CPU (core 0 processes) and loadgen CPU (core 1, all loadgens), over the window. Everything started here is stopped by PID on exit.
 #
 # Needs: release builds of corecast (with cluster support) and loadgen
 # (CORECAST_BIN / LOADGEN_BIN, default target/release/...), redis-server
@@ -215,7 +215,7 @@ run_one() { # run_one SCENARIO RATE RUN
   while [ "$(date +%s)" -lt "$w0" ]; do sleep 0.2; done
   local -A t0=()
   local p
-  for p in "${srv[@]}"; do t0[$p]="$(cpu_ticks "$p")"; done
+  for p in "${srv[@]}" "${lg_pids[@]}"; do t0[$p]="$(cpu_ticks "$p")"; done
   sleep "$DURATION"
   {
     for i in "${!NODE_PIDS[@]}"; do
@@ -223,6 +223,9 @@ run_one() { # run_one SCENARIO RATE RUN
       echo "node-${NODE_IDS[$i]} $(( $(cpu_ticks "$p") - ${t0[$p]} ))"
     done
     [ -z "$REDIS_PID" ] || echo "redis $(( $(cpu_ticks "$REDIS_PID") - ${t0[$REDIS_PID]} ))"
+    local lg=0
+    for p in "${lg_pids[@]}"; do lg=$((lg + $(cpu_ticks "$p") - ${t0[$p]})); done
+    echo "loadgens $lg"
   } >"$dir/cpu.txt"
   echo "ticks_per_s $(getconf CLK_TCK) window_s $DURATION" >>"$dir/cpu.txt"
 
