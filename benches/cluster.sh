@@ -22,13 +22,15 @@
 # the machine-wide CLOCK_MONOTONIC); one more loadgen process is the publisher (a
 # member of the room on the first node). All of them get the same `--start-at`
 # (wall-clock second), so they share one warmup and one measured window.
-# Subscriber process k binds its sockets to 127.0.(k+1).1..3 (5,000 per address).
+# The subscriber process of node k (1, 2, 3) binds its sockets to 127.0.k.1..3
+# (5,000 per address); the publisher binds to 127.0.99.1.
 #
 # Output: DIR (default reports/cluster-bench/<UTC time>) holds each process's JSON
 # (SCENARIO-rRATE-RUN/{pub,sub-NODE}.json, stderr beside it) and summary.md: per
 # scenario and rate the medians over runs of deliveries/s (all subscriber processes),
 # p50/p99 per node, messages not delivered by the end of the drain, frames per write,
-# server CPU (core 0 processes) and loadgen CPU (core 1, all loadgens), over the window. Everything started here is stopped by PID on exit.
+# server CPU (core 0 processes) and loadgen CPU (core 1, all loadgens), over the
+# window. Everything started here is stopped by PID on exit.
 #
 # Needs: release builds of corecast (with cluster support) and loadgen
 # (CORECAST_BIN / LOADGEN_BIN, default target/release/...), redis-server
@@ -53,7 +55,7 @@ OUT=""
 SERVER_CPU=0
 LOAD_CPU=1
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --scenarios) SCENARIOS="$2"; shift 2 ;;
