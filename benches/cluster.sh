@@ -34,7 +34,8 @@
 #
 # Needs: release builds of corecast (with cluster support) and loadgen
 # (CORECAST_BIN / LOADGEN_BIN, default target/release/...), redis-server
-# (scripts/setup-test-deps.sh installs it), python3 (summary), taskset.
+# and redis-cli (scripts/setup-test-deps.sh installs them), python3 (summary),
+# curl, taskset.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
