@@ -22,17 +22,20 @@
 # the machine-wide CLOCK_MONOTONIC); one more loadgen process is the publisher (a
 # member of the room on the first node). All of them get the same `--start-at`
 # (wall-clock second), so they share one warmup and one measured window.
-# Subscriber process k binds its sockets to 127.0.(k+1).1..3 (5,000 per address).
+# The subscriber process of node k (1, 2, 3) binds its sockets to 127.0.k.1..3
+# (5,000 per address); the publisher binds to 127.0.99.1.
 #
 # Output: DIR (default reports/cluster-bench/<UTC time>) holds each process's JSON
 # (SCENARIO-rRATE-RUN/{pub,sub-NODE}.json, stderr beside it) and summary.md: per
 # scenario and rate the medians over runs of deliveries/s (all subscriber processes),
-# p50/p99 per node, loss, frames per write and server CPU (core 0 processes, over the
-# window). Everything started here is stopped by PID on exit.
+# p50/p99 per node, messages not delivered by the end of the drain, frames per write,
+# server CPU (core 0 processes) and loadgen CPU (core 1, all loadgens), over the
+# window. Everything started here is stopped by PID on exit.
 #
 # Needs: release builds of corecast (with cluster support) and loadgen
 # (CORECAST_BIN / LOADGEN_BIN, default target/release/...), redis-server
-# (scripts/setup-test-deps.sh installs it), python3 (summary), taskset.
+# and redis-cli (scripts/setup-test-deps.sh installs them), python3 (summary),
+# curl, taskset.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,7 +56,7 @@ OUT=""
 SERVER_CPU=0
 LOAD_CPU=1
 
-usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --scenarios) SCENARIOS="$2"; shift 2 ;;
@@ -215,7 +218,7 @@ run_one() { # run_one SCENARIO RATE RUN
   while [ "$(date +%s)" -lt "$w0" ]; do sleep 0.2; done
   local -A t0=()
   local p
-  for p in "${srv[@]}"; do t0[$p]="$(cpu_ticks "$p")"; done
+  for p in "${srv[@]}" "${lg_pids[@]}"; do t0[$p]="$(cpu_ticks "$p")"; done
   sleep "$DURATION"
   {
     for i in "${!NODE_PIDS[@]}"; do
@@ -223,6 +226,9 @@ run_one() { # run_one SCENARIO RATE RUN
       echo "node-${NODE_IDS[$i]} $(( $(cpu_ticks "$p") - ${t0[$p]} ))"
     done
     [ -z "$REDIS_PID" ] || echo "redis $(( $(cpu_ticks "$REDIS_PID") - ${t0[$REDIS_PID]} ))"
+    local lg=0
+    for p in "${lg_pids[@]}"; do lg=$((lg + $(cpu_ticks "$p") - ${t0[$p]})); done
+    echo "loadgens $lg"
   } >"$dir/cpu.txt"
   echo "ticks_per_s $(getconf CLK_TCK) window_s $DURATION" >>"$dir/cpu.txt"
 
