@@ -183,7 +183,8 @@ impl Shard {
         }
     }
 
-    fn local_member_counts(&self, room: &str) -> MemberCounts {
+    /// Members of `room` on this shard, by transport.
+    pub(crate) fn local_member_counts(&self, room: &str) -> MemberCounts {
         let mut counts = MemberCounts::default();
         if let Some(members) = self.rooms.borrow().members(room) {
             for (_, m) in members.iter() {

@@ -952,16 +952,13 @@ impl Shard {
 
     /// Members of `room` on this shard by transport, plus the owner's record.
     fn local_counts(&self, room: &str) -> RoomCounts {
-        let mut counts = RoomCounts::default();
-        if let Some(members) = self.rooms.borrow().members(room) {
-            for (_, m) in members.iter() {
-                match m {
-                    Member::Conn(c) if c.is_sse() => counts.sse += 1,
-                    Member::Conn(_) => counts.websocket += 1,
-                    Member::Wt(_) => counts.webtransport += 1,
-                }
-            }
-        }
+        let members = self.local_member_counts(room);
+        let mut counts = RoomCounts {
+            websocket: members.websocket,
+            sse: members.sse,
+            webtransport: members.webtransport,
+            position: None,
+        };
         if owner_of(room, self.senders().len()) == self.id && self.position_known(room) {
             counts.position = self
                 .interest
