@@ -79,6 +79,12 @@ async fn chat_example_relays_between_clients_and_broadcasts_from_another_thread(
     let ex = Example::start("chat", &[("CHAT_TICK_MS", "200")]);
     let mut ada = connect(&ex.url("/ws/chat?room=general&name=ada")).await;
     let mut bob = connect(&ex.url("/ws/chat?room=general&name=bob")).await;
+    // The handler joins after the upgrade: once bob sees his own join line he is
+    // in the room, so ada's line cannot be published before he joined.
+    within(Duration::from_secs(10), "bob's join line", async {
+        while recv_text(&mut bob).await != "* bob joined general" {}
+    })
+    .await;
     send_text(&mut ada, "hi bob").await;
     let mut saw_line = false;
     let mut saw_tick = false;
