@@ -9,6 +9,7 @@ changed) and a free loopback port, and is killed (by its own PID) on exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import re
@@ -355,3 +356,80 @@ class RedisServer:
     def __exit__(self, *exc: object) -> None:
         self.kill()
         self._dir.cleanup()
+
+
+class SseClient:
+    """An SSE stream read over a raw asyncio socket (an independent client: no
+    library): events parsed per the WHATWG rules the tests need (data lines
+    joined, `id:` and `event:` kept, default event `message`, comments and
+    `retry:` skipped) and collected in `events`; `eof` once the server closes."""
+
+    STEP = 10.0
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, str]] = []
+        self._task: asyncio.Task | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.eof = False
+
+    async def open(self, addr: str, path: str, last_event_id: str | None = None) -> "SseClient":
+        host, port = addr.rsplit(":", 1)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port)), self.STEP
+        )
+        self._writer = writer
+        extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+            .encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.STEP)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        self._task = asyncio.create_task(self._read(reader))
+        return self
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        cur: dict[str, str] = {}
+        data: list[str] = []
+        while True:
+            line = await reader.readline()
+            if not line:
+                self.eof = True
+                return
+            text = line.decode().rstrip("\r\n")
+            if text == "":
+                if data:
+                    cur["data"] = "\n".join(data)
+                    cur.setdefault("event", "message")
+                    self.events.append(cur)
+                cur, data = {}, []
+            elif text.startswith(":"):
+                continue
+            else:
+                name, _, value = text.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name != "retry":
+                    cur[name] = value
+
+    async def wait_data(self, pred, timeout: float = STEP) -> dict[str, str]:
+        """The first event matching `pred`, waiting up to `timeout`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.events:
+                if pred(e):
+                    return e
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"SSE: no matching event; got {self.events[-5:]}")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task

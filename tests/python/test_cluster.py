@@ -19,7 +19,7 @@ import urllib.request
 
 from websockets.asyncio.client import connect as ws_connect
 
-from corecast_harness import RedisServer, Server
+from corecast_harness import RedisServer, Server, SseClient
 from test_webtransport import Clients
 from wt_client import KIND_TEXT
 
@@ -69,67 +69,6 @@ def wait_connected(server: Server) -> None:
         time.sleep(0.05)
 
 
-class SSE:
-    """GET /sse over a raw asyncio socket; events parsed per the WHATWG rules this
-    test needs (data lines joined, `id:`, `event:`, comments skipped)."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, str]] = []
-        self._task: asyncio.Task | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self.eof = False
-
-    async def open(self, addr: str, path: str, last_event_id: str | None = None) -> "SSE":
-        host, port = addr.rsplit(":", 1)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), STEP)
-        self._writer = writer
-        extra = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
-        writer.write(
-            f"GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
-            .encode()
-        )
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        self._task = asyncio.create_task(self._read(reader))
-        return self
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        cur: dict[str, str] = {}
-        data: list[str] = []
-        while True:
-            line = await reader.readline()
-            if not line:
-                self.eof = True
-                return
-            text = line.decode().rstrip("\r\n")
-            if text == "":
-                if data:
-                    cur["data"] = "\n".join(data)
-                    cur.setdefault("event", "message")
-                    self.events.append(cur)
-                cur, data = {}, []
-            elif text.startswith(":"):
-                continue
-            else:
-                name, _, value = text.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    data.append(value)
-                elif name != "retry":
-                    cur[name] = value
-
-    async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
-
-
 async def wait_for(pred, what: str, timeout: float = DELIVERY) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
@@ -150,7 +89,7 @@ async def test_sse_on_b_and_webtransport_on_c_receive_a_websockets_publisher_on_
     ) as c:
         for s in (a, b, c):
             wait_connected(s)
-        sse_b = await SSE().open(b.addr, f"/sse?room={room}")
+        sse_b = await SseClient().open(b.addr, f"/sse?room={room}")
         async with Clients(c) as wt:
             sess = await wt.session(f"/wt/chat?room={room}")
             async with ws_connect(a.url(f"/ws/chat?room={room}"), open_timeout=STEP) as pub:
@@ -223,7 +162,7 @@ async def test_sse_on_b_and_webtransport_on_c_receive_a_websockets_publisher_on_
                 for m in missed:
                     await pub.send(m)
                 await wait_for(lambda: real_wt()[-1:] == missed[-1:], "C got the missed ones live")
-                sse_c = await SSE().open(c.addr, f"/sse?room={room}", last_event_id=last_id)
+                sse_c = await SseClient().open(c.addr, f"/sse?room={room}", last_event_id=last_id)
                 await wait_for(lambda: len(sse_c.events) >= len(missed), "SSE resume on C")
                 await asyncio.sleep(QUIET)
                 assert [e["data"] for e in sse_c.events] == missed, sse_c.events

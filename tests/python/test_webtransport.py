@@ -23,7 +23,7 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from corecast_harness import Server
+from corecast_harness import Server, SseClient
 from wt_client import (
     CAPSULE_CLOSE,
     CAPSULE_DRAIN,
@@ -202,69 +202,6 @@ def http_get(server: Server, path: str) -> tuple[int, bytes]:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-class SSEClient:
-    """GET /sse?room=... over a raw TCP connection; events collected in `events`."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, str]] = []
-        self._task: asyncio.Task | None = None
-        self._writer: asyncio.StreamWriter | None = None
-
-    async def open(self, addr: str, query: str) -> "SSEClient":
-        host, port = addr.rsplit(":", 1)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), STEP)
-        self._writer = writer
-        writer.write(
-            f"GET /sse?{query} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n".encode()
-        )
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), STEP)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        self._task = asyncio.create_task(self._read(reader))
-        return self
-
-    async def _read(self, reader: asyncio.StreamReader) -> None:
-        cur: dict[str, str] = {}
-        data: list[str] = []
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            line = line.decode().rstrip("\r\n")
-            if line == "":
-                if data:
-                    cur["data"] = "\n".join(data)
-                    self.events.append(cur)
-                cur, data = {}, []
-            elif line.startswith(":"):
-                continue
-            else:
-                name, _, value = line.partition(":")
-                value = value[1:] if value.startswith(" ") else value
-                if name == "data":
-                    data.append(value)
-                else:
-                    cur[name] = value
-
-    async def wait_data(self, pred, timeout: float = STEP) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for e in self.events:
-                if pred(e):
-                    return e
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"SSE: no matching event; got {self.events[-5:]}")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._writer is not None:
-            self._writer.close()
-
-
-# --- connection, settings, certificate -------------------------------------
 
 
 @run
@@ -723,7 +660,7 @@ async def test_cross_transport_websocket_sse_and_webtransport():
         async with Clients(server) as cl:
             wt = await cl.session("/wt/chat?room=mix")
             ws = await ws_connect(server.url("/ws/chat?room=mix"), compression=None)
-            sse = await SSEClient().open(server.addr, "room=mix")
+            sse = await SseClient().open(server.addr, "/sse?room=mix")
             ws_msgs: list = []
 
             async def ws_reader():
