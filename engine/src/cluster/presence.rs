@@ -11,10 +11,8 @@ use serde_json::{json, Value};
 use super::ctx::{Ctx, Done, Fail, Lane};
 use super::keys::node_of_field;
 use crate::app::message::Message;
+use crate::net::presence::{member_event, snapshot_event};
 use crate::net::shard::ShardMsg;
-
-/// Members listed in a `snapshot` at most (the count is always exact).
-pub(crate) const SNAPSHOT_MAX: usize = 1000;
 
 /// A member joined: record it, send it the snapshot, then (next step, after the
 /// snapshot is on its way) publish the `join` event.
@@ -30,13 +28,7 @@ pub(crate) async fn join(mut ctx: Ctx, room: Arc<str>, member_id: ConnId, member
                     ack: None,
                 },
             ));
-            let event = json!({
-                "type": "presence",
-                "event": "join",
-                "room": &*room,
-                "member": member,
-                "count": count,
-            });
+            let event = member_event("join", &room, member, count);
             done.next = Some(Box::pin(publish_event(ctx, room, event)));
         }
         Err(f) => done.fail(f),
@@ -63,19 +55,10 @@ async fn snapshot(
     ctx.pipe::<()>(&p).await?;
     let members = ctx.live_presence(room).await?;
     let count = members.len();
-    let listed: Vec<Value> = members
+    let listed = members
         .values()
-        .filter_map(|v| serde_json::from_str(v).ok())
-        .take(SNAPSHOT_MAX)
-        .collect();
-    let snapshot = json!({
-        "type": "presence",
-        "event": "snapshot",
-        "room": room,
-        "members": listed,
-        "count": count,
-        "truncated": count > SNAPSHOT_MAX,
-    });
+        .filter_map(|v| serde_json::from_str(v).ok());
+    let snapshot = snapshot_event(room, listed, count);
     Ok((snapshot, count))
 }
 
@@ -126,13 +109,7 @@ async fn leave_inner(
         return Ok(());
     };
     let count = ctx.live_presence(room).await?.len();
-    let event = json!({
-        "type": "presence",
-        "event": "leave",
-        "room": room,
-        "member": member,
-        "count": count,
-    });
+    let event = member_event("leave", room, member, count);
     ctx.publish_event(room, &event).await.map(|_| ())
 }
 
@@ -163,13 +140,7 @@ pub(crate) async fn remove_members(
             let member = serde_json::from_str::<Value>(&member).unwrap_or_else(
                 |_| json!({"id": field, "node": node_of_field(&field).unwrap_or("")}),
             );
-            json!({
-                "type": "presence",
-                "event": "leave",
-                "room": room,
-                "member": member,
-                "count": count + (n - 1 - i),
-            })
+            member_event("leave", room, member, count + (n - 1 - i))
         })
         .collect();
     ctx.publish_events(room, &events).await
@@ -243,13 +214,7 @@ pub(crate) async fn reconcile(
             if !missing.is_empty() {
                 let count = ctx.live_presence(room).await?.len();
                 for member in missing {
-                    let event = json!({
-                        "type": "presence",
-                        "event": "join",
-                        "room": room,
-                        "member": member,
-                        "count": count,
-                    });
+                    let event = member_event("join", room, member.clone(), count);
                     ctx.publish_event(room, &event).await?;
                 }
             }

@@ -26,7 +26,36 @@ pub(crate) fn cluster_member_json(node: &str, member: &PresenceMember) -> serde_
 }
 
 /// Members listed in a `snapshot` at most (the count is always exact).
-const SNAPSHOT_MAX: usize = 1000;
+pub(crate) const SNAPSHOT_MAX: usize = 1000;
+
+/// `{"type":"presence","event":EVENT,"room",..,"member",..,"count"}`: a `join` or
+/// `leave` event (alone and in cluster mode).
+pub(crate) fn member_event(
+    event: &str,
+    room: &str,
+    member: serde_json::Value,
+    count: usize,
+) -> serde_json::Value {
+    json!({"type": "presence", "event": event, "room": room, "member": member, "count": count})
+}
+
+/// The `snapshot` a joiner gets: at most [`SNAPSHOT_MAX`] of `members` listed,
+/// `count` exact.
+pub(crate) fn snapshot_event(
+    room: &str,
+    members: impl IntoIterator<Item = serde_json::Value>,
+    count: usize,
+) -> serde_json::Value {
+    let listed: Vec<serde_json::Value> = members.into_iter().take(SNAPSHOT_MAX).collect();
+    json!({
+        "type": "presence",
+        "event": "snapshot",
+        "room": room,
+        "members": listed,
+        "count": count,
+        "truncated": count > SNAPSHOT_MAX,
+    })
+}
 
 /// As owner: members of each presence room.
 #[derive(Default)]
@@ -100,14 +129,7 @@ impl Shard {
                 .collect();
             (members.len(), listed)
         };
-        let snapshot = json!({
-            "type": "presence",
-            "event": "snapshot",
-            "room": &*room,
-            "members": snapshot,
-            "count": count,
-            "truncated": count > SNAPSHOT_MAX,
-        });
+        let snapshot = snapshot_event(&room, snapshot, count);
         // Same mesh channel as the room's deliveries to that shard: the snapshot
         // arrives before the join event below.
         if usize::from(member.id.shard) == self.id {
@@ -122,13 +144,7 @@ impl Shard {
                 },
             );
         }
-        let event = json!({
-            "type": "presence",
-            "event": "join",
-            "room": &*room,
-            "member": member.to_json(),
-            "count": count,
-        });
+        let event = member_event("join", &room, member.to_json(), count);
         self.sequence(&room, Message::text(event.to_string()), None);
     }
 
@@ -156,13 +172,7 @@ impl Shard {
             });
             return;
         }
-        let event = json!({
-            "type": "presence",
-            "event": "leave",
-            "room": &*room,
-            "member": PresenceMember { id, meta }.to_json(),
-            "count": count,
-        });
+        let event = member_event("leave", &room, PresenceMember { id, meta }.to_json(), count);
         self.sequence(&room, Message::text(event.to_string()), None);
     }
 
