@@ -271,112 +271,150 @@ pub(crate) fn link(node_id: Arc<str>, capacity: usize) -> (ClusterLink, BridgeEn
 /// How long a shard waits for the bridge to answer a query.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// One cluster counter as `/stats` (`json`) and `/metrics` (`metric`, `kind`,
+/// `help`) show it.
+struct Field {
+    json: &'static str,
+    metric: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    read: fn(&ClusterStats) -> &AtomicU64,
+}
+
+/// Every cluster counter, once: `/stats` and `/metrics` both render this table.
+const FIELDS: [Field; 12] = [
+    Field {
+        json: "connected",
+        metric: "corecast_cluster_connected",
+        kind: "gauge",
+        help: "1 while the node is connected to the cluster broker (redis).",
+        read: |s| &s.connected,
+    },
+    Field {
+        json: "subscribed_rooms",
+        metric: "corecast_cluster_subscribed_rooms",
+        kind: "gauge",
+        help: "Room channels this node follows (rooms with local members).",
+        read: |s| &s.subscribed_rooms,
+    },
+    Field {
+        json: "publishes",
+        metric: "corecast_cluster_publishes_total",
+        kind: "counter",
+        help: "Room messages sequenced and published through the broker by this node.",
+        read: |s| &s.publishes,
+    },
+    Field {
+        json: "publish_failures",
+        metric: "corecast_cluster_publish_failures_total",
+        kind: "counter",
+        help: "Publishes refused or failed (broker down, bridge queue full, script error).",
+        read: |s| &s.publish_failures,
+    },
+    Field {
+        json: "messages_in",
+        metric: "corecast_cluster_messages_received_total",
+        kind: "counter",
+        help: "Room messages received from the broker and fanned out on this node.",
+        read: |s| &s.messages_in,
+    },
+    Field {
+        json: "duplicates",
+        metric: "corecast_cluster_duplicates_total",
+        kind: "counter",
+        help: "Room messages received twice from the broker (dropped).",
+        read: |s| &s.duplicates,
+    },
+    Field {
+        json: "gap_filled",
+        metric: "corecast_cluster_gap_filled_total",
+        kind: "counter",
+        help: "Messages read from a room's stream to fill a gap (missed while reconnecting).",
+        read: |s| &s.gap_filled,
+    },
+    Field {
+        json: "gap_lost",
+        metric: "corecast_cluster_gap_lost_total",
+        kind: "counter",
+        help: "Messages of a gap the room's stream no longer held.",
+        read: |s| &s.gap_lost,
+    },
+    Field {
+        json: "reconnects",
+        metric: "corecast_cluster_reconnects_total",
+        kind: "counter",
+        help: "Reconnections to the broker after a lost connection.",
+        read: |s| &s.reconnects,
+    },
+    Field {
+        json: "redis_errors",
+        metric: "corecast_cluster_redis_errors_total",
+        kind: "counter",
+        help: "Broker errors (connection or command).",
+        read: |s| &s.redis_errors,
+    },
+    Field {
+        json: "direct_in",
+        metric: "corecast_cluster_direct_messages_total",
+        kind: "counter",
+        help: "send_to messages delivered here from other nodes.",
+        read: |s| &s.direct_in,
+    },
+    Field {
+        json: "nodes_reaped",
+        metric: "corecast_cluster_nodes_reaped_total",
+        kind: "counter",
+        help: "Dead nodes whose members this node removed from presence and counts.",
+        read: |s| &s.nodes_reaped,
+    },
+];
+
 /// The `cluster` object of `GET /stats`.
 pub(crate) fn stats_json(node: &str, s: &ClusterStats) -> String {
-    let g = ClusterStats::get;
-    serde_json::json!({
-        "node_id": node,
-        "connected": g(&s.connected),
-        "publishes": g(&s.publishes),
-        "publish_failures": g(&s.publish_failures),
-        "messages_in": g(&s.messages_in),
-        "duplicates": g(&s.duplicates),
-        "gap_filled": g(&s.gap_filled),
-        "gap_lost": g(&s.gap_lost),
-        "reconnects": g(&s.reconnects),
-        "redis_errors": g(&s.redis_errors),
-        "subscribed_rooms": g(&s.subscribed_rooms),
-        "direct_in": g(&s.direct_in),
-        "nodes_reaped": g(&s.nodes_reaped),
-    })
-    .to_string()
+    let mut obj = serde_json::Map::new();
+    obj.insert("node_id".into(), node.into());
+    for f in &FIELDS {
+        obj.insert(f.json.into(), ClusterStats::get((f.read)(s)).into());
+    }
+    serde_json::Value::Object(obj).to_string()
 }
 
 /// The `corecast_cluster_*` families (Prometheus text format), labelled by node.
 pub(crate) fn render_metrics(out: &mut String, node: &str, s: &ClusterStats) {
     use std::fmt::Write as _;
-    let families: [(&str, &str, &str, &AtomicU64); 12] = [
-        (
-            "corecast_cluster_connected",
-            "gauge",
-            "1 while the node is connected to the cluster broker (redis).",
-            &s.connected,
-        ),
-        (
-            "corecast_cluster_subscribed_rooms",
-            "gauge",
-            "Room channels this node follows (rooms with local members).",
-            &s.subscribed_rooms,
-        ),
-        (
-            "corecast_cluster_publishes_total",
-            "counter",
-            "Room messages sequenced and published through the broker by this node.",
-            &s.publishes,
-        ),
-        (
-            "corecast_cluster_publish_failures_total",
-            "counter",
-            "Publishes refused or failed (broker down, bridge queue full, script error).",
-            &s.publish_failures,
-        ),
-        (
-            "corecast_cluster_messages_received_total",
-            "counter",
-            "Room messages received from the broker and fanned out on this node.",
-            &s.messages_in,
-        ),
-        (
-            "corecast_cluster_duplicates_total",
-            "counter",
-            "Room messages received twice from the broker (dropped).",
-            &s.duplicates,
-        ),
-        (
-            "corecast_cluster_gap_filled_total",
-            "counter",
-            "Messages read from a room's stream to fill a gap (missed while reconnecting).",
-            &s.gap_filled,
-        ),
-        (
-            "corecast_cluster_gap_lost_total",
-            "counter",
-            "Messages of a gap the room's stream no longer held.",
-            &s.gap_lost,
-        ),
-        (
-            "corecast_cluster_reconnects_total",
-            "counter",
-            "Reconnections to the broker after a lost connection.",
-            &s.reconnects,
-        ),
-        (
-            "corecast_cluster_redis_errors_total",
-            "counter",
-            "Broker errors (connection or command).",
-            &s.redis_errors,
-        ),
-        (
-            "corecast_cluster_direct_messages_total",
-            "counter",
-            "send_to messages delivered here from other nodes.",
-            &s.direct_in,
-        ),
-        (
-            "corecast_cluster_nodes_reaped_total",
-            "counter",
-            "Dead nodes whose members this node removed from presence and counts.",
-            &s.nodes_reaped,
-        ),
-    ];
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    for (name, kind, help, v) in families {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
+    for f in &FIELDS {
+        let _ = writeln!(out, "# HELP {} {}", f.metric, f.help);
+        let _ = writeln!(out, "# TYPE {} {}", f.metric, f.kind);
         let _ = writeln!(
             out,
-            "{name}{{node=\"{node}\"}} {}",
-            v.load(Ordering::Relaxed)
+            "{}{{node=\"{node}\"}} {}",
+            f.metric,
+            ClusterStats::get((f.read)(s))
         );
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn stats_and_metrics_show_every_counter_with_its_value() {
+        let s = ClusterStats::default();
+        for (i, f) in FIELDS.iter().enumerate() {
+            (f.read)(&s).store(i as u64 + 1, Ordering::Relaxed);
+        }
+        let json: serde_json::Value = serde_json::from_str(&stats_json("n\"1", &s)).unwrap();
+        assert_eq!(json["node_id"], "n\"1");
+        let mut text = String::new();
+        render_metrics(&mut text, "n\"1", &s);
+        for (i, f) in FIELDS.iter().enumerate() {
+            assert_eq!(json[f.json], i as u64 + 1, "{}", f.json);
+            let line = format!("{}{{node=\"n\\\"1\"}} {}\n", f.metric, i + 1);
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+            assert!(text.contains(&format!("# TYPE {} {}\n", f.metric, f.kind)));
+        }
+        assert_eq!(json.as_object().unwrap().len(), FIELDS.len() + 1);
     }
 }
