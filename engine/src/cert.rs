@@ -22,6 +22,9 @@ use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
     PKCS_ECDSA_P256_SHA256,
 };
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
 /// The longest total validity Chromium accepts for `serverCertificateHashes`: 14 days.
@@ -372,6 +375,48 @@ fn io_err(path: &Path, source: io::Error) -> CertError {
 
 fn gen_err(e: rcgen::Error) -> CertError {
     CertError::Generate(e.to_string())
+}
+
+/// The `tls:` certificate: parse a PEM certificate chain and private key (PKCS#8, RSA or SEC1) and check
+/// that they belong together. Errors name the config key and the file.
+pub(crate) fn load_certified_key(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<(CertifiedKey, [u8; 32]), String> {
+    let cert_pem =
+        std::fs::read(cert_path).map_err(|e| format!("tls.cert {cert_path}: cannot read: {e}"))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.cert {cert_path}: bad PEM: {e}"))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!(
+            "tls.cert {cert_path}: no CERTIFICATE block in the PEM file"
+        ));
+    };
+    let mut sha = [0u8; 32];
+    sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf.as_ref()).as_ref());
+    let key_pem =
+        std::fs::read(key_path).map_err(|e| format!("tls.key {key_path}: cannot read: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!("tls.key {key_path}: no usable private key (PKCS#8, RSA or SEC1 PEM): {e}")
+    })?;
+    let provider = rustls::crypto::ring::default_provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("tls.key {key_path}: unsupported private key: {e}"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            return Err(format!(
+                "tls.key {key_path} does not match the certificate in tls.cert {cert_path}"
+            ))
+        }
+        Err(e) => return Err(format!("tls.cert {cert_path}: bad certificate: {e}")),
+    }
+    Ok((certified, sha))
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+pub(crate) mod auth;
 mod cluster;
 mod tls;
+pub use auth::{Algorithm, AuthConfig, RoomRule};
 pub use cluster::{valid_node_id, Broker, ClusterConfig};
 pub use tls::{TlsConfig, TlsVersion};
 
@@ -65,7 +67,7 @@ pub struct Config {
     /// JWT verification for endpoints with `auth: true` (and for applications'
     /// `JwtMiddleware::from_config`); see docs/AUTH.md.
     #[serde(default)]
-    pub auth: Option<crate::auth::AuthConfig>,
+    pub auth: Option<AuthConfig>,
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsConfig,

@@ -49,16 +49,17 @@ pub mod metrics;
 pub(crate) mod net;
 pub mod proto;
 pub mod stats;
+pub mod vocab;
 
 pub use app::callbacks::WsCallbacks;
 pub use app::conn::WsConn;
 pub use app::connection::Connection;
 pub use app::engine::{Engine, EngineHandle, HttpResponse, RunningEngine, StartError};
-pub use app::message::Message;
-pub use app::meta::{Meta, MetaError};
-pub use app::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
 pub use app::router::{Connecting, Ctx, Middleware, Reject, RouteError, Router};
 pub use corecast_shards::ConnId;
+pub use vocab::message::Message;
+pub use vocab::meta::{Meta, MetaError};
+pub use vocab::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
 
 /// Action routing (re-exported from `app::router`).
 pub mod router {

@@ -281,17 +281,48 @@ pub fn render(
     }
     render_latency(&mut out, shards);
     render_routes(&mut out, routers);
-    if let Some((node, stats)) = cluster {
-        crate::cluster::render_metrics(&mut out, node, stats);
+    if let Some(families) = cluster {
+        families.render_families(&mut out);
     }
     out
 }
 
-/// A cluster node's id and counters, for the `corecast_cluster_*` families.
-pub type ClusterView = (Arc<str>, Arc<crate::cluster::ClusterStats>);
+/// A route's counters summed over shards (`/metrics`:
+/// `corecast_route_messages_total`, `corecast_route_errors_total`,
+/// `corecast_route_handler_seconds_total`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteTotals {
+    /// Messages routed to it.
+    pub calls: u64,
+    /// Answered with an error frame (`RouteError::client`, middleware refusals).
+    pub client_errors: u64,
+    /// Internal errors (connection closed 1011).
+    pub internal_errors: u64,
+    /// Panics (connection closed 1011).
+    pub panics: u64,
+    /// Time spent in middleware and the handler.
+    pub handler_seconds: f64,
+}
 
-/// A routed endpoint's path and router, for the per-route families.
-pub type RoutedEndpoint = (String, Arc<crate::app::router::Router>);
+/// A table of per-route counters (the router implements it): the exposition reads
+/// it without knowing the router.
+pub trait RouteCounters: Send + Sync {
+    /// Every route's totals, in the order they are shown.
+    fn route_totals(&self) -> Vec<(String, RouteTotals)>;
+}
+
+/// Metric families a subsystem renders from its own counter table (the cluster
+/// bridge's `corecast_cluster_*`), appended after the shard families.
+pub trait Families: Send + Sync {
+    /// Append `# HELP`, `# TYPE` and samples to `out`.
+    fn render_families(&self, out: &mut String);
+}
+
+/// The cluster families, when the node runs with `cluster:`.
+pub type ClusterView = Arc<dyn Families>;
+
+/// A routed endpoint's path and its per-route counters.
+pub type RoutedEndpoint = (String, Arc<dyn RouteCounters>);
 
 /// A label value with `\`, `"` and newlines escaped.
 fn label(v: &str) -> String {
@@ -306,7 +337,7 @@ fn render_routes(out: &mut String, routers: &[RoutedEndpoint]) {
     if routers.is_empty() {
         return;
     }
-    let totals: Vec<(String, Vec<(String, crate::app::router::RouteTotals)>)> = routers
+    let totals: Vec<(String, Vec<(String, RouteTotals)>)> = routers
         .iter()
         .map(|(path, r)| (label(path), r.route_totals()))
         .collect();
@@ -630,7 +661,7 @@ mod tests {
     fn routes_are_listed_with_escaped_labels() {
         let mut r = crate::app::router::Router::new();
         r.route("chat.message", |_ctx, _b: serde_json::Value| Ok(()));
-        let routers = vec![("/ws/\"app\"".to_string(), Arc::new(r))];
+        let routers: Vec<RoutedEndpoint> = vec![("/ws/\"app\"".to_string(), Arc::new(r))];
         let text = render(&[Arc::new(ShardStats::default())], &routers, None);
         assert!(text.contains(
             "corecast_route_messages_total{endpoint=\"/ws/\\\"app\\\"\",route=\"chat.message\"} 0"

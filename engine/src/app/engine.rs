@@ -3,12 +3,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use corecast_shards::{owner_of, Mesh, MeshSender, PoolConfig, ShardPool};
+use corecast_shards::{owner_of, Mesh, PoolConfig, ShardPool};
 
 use super::builtin;
 use super::callbacks::WsCallbacks;
@@ -19,200 +18,14 @@ use super::sse::SseStream;
 use super::wt::WtSession;
 use crate::config::{Config, EndpointKind};
 use crate::net::accept::accept_loop;
-use crate::net::quic::WtShared;
+pub use crate::net::boot::StartError;
+use crate::net::boot::{bind_listeners, bind_udp};
+use crate::net::endpoint::{Endpoint, EndpointHandler, EndpointTransport, Shared, WtEndpoint};
+pub use crate::net::endpoint::{HandlerFuture, HttpHandler, HttpResponse, WsHandler, WtHandler};
 use crate::net::shard::{BroadcastError, Shard, ShardMsg};
 use crate::proto::ws::deflate::DeflateSettings;
 use crate::stats::ShardStats;
-
-/// A boxed handler future (runs on the connection's shard; need not be `Send`).
-pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + 'static>>;
-
-/// A WebSocket handler shared by every shard.
-pub type WsHandler = Arc<dyn Fn(WsConn) -> HandlerFuture + Send + Sync>;
-
-/// A WebTransport session handler shared by every shard.
-pub type WtHandler = Arc<dyn Fn(WtSession) -> HandlerFuture + Send + Sync>;
-
-/// A plain HTTP response from an [`Engine::http_get`] handler.
-#[derive(Debug, Clone)]
-pub struct HttpResponse {
-    /// Status code.
-    pub status: u16,
-    /// `Content-Type`.
-    pub content_type: String,
-    /// Body.
-    pub body: Vec<u8>,
-}
-
-impl HttpResponse {
-    /// 200 with `content_type` and `body`.
-    pub fn ok(content_type: &str, body: impl Into<Vec<u8>>) -> Self {
-        Self {
-            status: 200,
-            content_type: content_type.to_string(),
-            body: body.into(),
-        }
-    }
-
-    /// `status` with a plain-text body.
-    pub fn text(status: u16, body: impl Into<String>) -> Self {
-        Self {
-            status,
-            content_type: "text/plain; charset=utf-8".to_string(),
-            body: body.into().into_bytes(),
-        }
-    }
-
-    /// 200 with a JSON body.
-    pub fn json(value: &serde_json::Value) -> Self {
-        Self::ok("application/json", value.to_string())
-    }
-
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let phrase = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            409 => "Conflict",
-            429 => "Too Many Requests",
-            500 => "Internal Server Error",
-            503 => "Service Unavailable",
-            _ => "Response",
-        };
-        crate::proto::http::response_with_type(
-            self.status,
-            phrase,
-            &[("Cache-Control", "no-store")],
-            &self.content_type,
-            &self.body,
-        )
-    }
-}
-
-/// A plain HTTP GET handler.
-pub type HttpHandler =
-    Arc<dyn Fn(&crate::proto::http::Request) -> HttpResponse + Send + Sync + 'static>;
-
-/// How an endpoint serves its connections.
-#[derive(Clone)]
-pub(crate) enum EndpointHandler {
-    /// Callbacks run by the shard's driver (no task per connection).
-    Callbacks(Arc<dyn WsCallbacks>),
-    /// An async handler task per connection.
-    Async(WsHandler),
-}
-
-/// Which protocol a path speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum EndpointTransport {
-    /// WebSocket upgrade.
-    WebSocket,
-    /// Server-Sent Events stream.
-    Sse,
-}
-
-/// A routed path.
-#[derive(Clone)]
-pub(crate) struct Endpoint {
-    pub(crate) handler: EndpointHandler,
-    pub(crate) protocols: Vec<String>,
-    pub(crate) transport: EndpointTransport,
-    /// A routed endpoint's router: its `$connect` runs before the upgrade.
-    pub(crate) router: Option<Arc<Router>>,
-}
-
-/// A WebTransport endpoint.
-#[derive(Clone)]
-pub(crate) struct WtEndpoint {
-    pub(crate) path: String,
-    pub(crate) handler: WtHandler,
-    /// A routed endpoint's router: its `$connect` runs before the session is
-    /// accepted.
-    pub(crate) router: Option<Arc<Router>>,
-}
-
-/// State every shard shares (read-only after start, apart from atomics).
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) deflate: DeflateSettings,
-    pub(crate) endpoints: Vec<(String, Endpoint)>,
-    pub(crate) senders: Vec<MeshSender<ShardMsg>>,
-    pub(crate) stats: Vec<Arc<ShardStats>>,
-    shutdown: AtomicBool,
-    /// Epochs of room records derive from this (the start time), so they change
-    /// across restarts.
-    pub(crate) epoch_base: u64,
-    /// The publish API key, if the API is enabled.
-    pub(crate) api_key: Option<String>,
-    /// WebTransport endpoints by path.
-    pub(crate) wt_endpoints: Vec<WtEndpoint>,
-    /// Certificate and key when WebTransport is on.
-    pub(crate) wt: Option<WtShared>,
-    /// Plain HTTP GET routes (pages, small JSON answers).
-    pub(crate) http_routes: Vec<(String, HttpHandler)>,
-    /// Routed endpoints, for the per-route metrics.
-    pub(crate) routers: Vec<crate::metrics::RoutedEndpoint>,
-    /// Live connections per source address, when `limits.max_connections_per_ip`
-    /// is set.
-    pub(crate) ip_table: Option<Arc<crate::net::limits::IpTable>>,
-    /// The TLS listener's certificate and settings (`tls:`).
-    pub(crate) tls: Option<Arc<crate::net::tls::TlsShared>>,
-    /// The cluster bridge, when `cluster:` is set.
-    pub(crate) cluster: Option<crate::cluster::ClusterLink>,
-}
-
-impl Shared {
-    /// The body of `GET /stats`: shard counters, plus `cluster` in cluster mode.
-    pub(crate) fn stats_json(&self) -> String {
-        let mut json = crate::stats::to_json(&self.stats);
-        if let Some(link) = &self.cluster {
-            json.pop();
-            json.push_str(",\"cluster\":");
-            json.push_str(&crate::cluster::stats_json(&link.node_id, &link.stats));
-            json.push('}');
-        }
-        json
-    }
-
-    /// The endpoint at `path` and its index.
-    pub(crate) fn endpoint(&self, path: &str) -> Option<(usize, &Endpoint)> {
-        self.endpoints
-            .iter()
-            .enumerate()
-            .find(|(_, (p, _))| p == path)
-            .map(|(i, (_, e))| (i, e))
-    }
-
-    /// The WebTransport endpoint at `path`.
-    pub(crate) fn wt_endpoint(&self, path: &str) -> Option<&WtEndpoint> {
-        self.wt_endpoints.iter().find(|e| e.path == path)
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutdown.load(Ordering::Acquire)
-    }
-
-    /// The path the main listener serves metrics at, if it does.
-    pub(crate) fn main_metrics_path(&self) -> Option<&str> {
-        let m = &self.config.metrics;
-        (m.enabled && m.listen.is_none()).then_some(m.path.as_str())
-    }
-}
-
-/// Why the engine could not start.
-#[derive(Debug)]
-pub struct StartError(pub String);
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for StartError {}
+use crate::vocab::connect::Admission;
 
 /// An engine being configured: register handlers, then [`Engine::start`].
 pub struct Engine {
@@ -220,6 +33,9 @@ pub struct Engine {
     endpoints: Vec<(String, Endpoint)>,
     wt_endpoints: Vec<WtEndpoint>,
     http_routes: Vec<(String, HttpHandler)>,
+    /// Every router registered, by path (the endpoints hold them only as their
+    /// `$connect`; the per-route metrics need them whole).
+    routers: Vec<(String, Arc<Router>)>,
     /// A configuration problem found while registering (reported by `start`).
     setup_error: Option<String>,
 }
@@ -232,6 +48,7 @@ impl Engine {
             endpoints: Vec::new(),
             wt_endpoints: Vec::new(),
             http_routes: Vec::new(),
+            routers: Vec::new(),
             setup_error: None,
         };
         // Built-in endpoints with `auth: true` get a router with only the JWT
@@ -283,7 +100,10 @@ impl Engine {
 
     fn set_endpoint_router(&mut self, path: &str, router: Option<Arc<Router>>) {
         if let Some((_, ep)) = self.endpoints.iter_mut().find(|(p, _)| p == path) {
-            ep.router = router;
+            if let Some(r) = &router {
+                self.routers.push((path.to_string(), r.clone()));
+            }
+            ep.admission = router.map(|r| r as Arc<dyn Admission>);
         }
     }
 
@@ -329,7 +149,7 @@ impl Engine {
             handler,
             protocols: protocols.iter().map(|p| p.to_string()).collect(),
             transport,
-            router: None,
+            admission: None,
         };
         self.endpoints.retain(|(p, _)| p != path);
         self.endpoints.push((path.to_string(), endpoint));
@@ -419,10 +239,13 @@ impl Engine {
         router: Option<Arc<Router>>,
     ) -> &mut Self {
         self.wt_endpoints.retain(|e| e.path != path);
+        if let Some(r) = &router {
+            self.routers.push((path.to_string(), r.clone()));
+        }
         self.wt_endpoints.push(WtEndpoint {
             path: path.to_string(),
             handler,
-            router,
+            admission: router.map(|r| r as Arc<dyn Admission>),
         });
         self
     }
@@ -511,18 +334,25 @@ impl Engine {
         // Routed endpoints with declared routes (not the auth-only guards of the
         // built-in endpoints), each router once, for the per-route metrics.
         let mut routers: Vec<crate::metrics::RoutedEndpoint> = Vec::new();
-        let routed = self
-            .endpoints
-            .iter()
-            .filter_map(|(p, e)| e.router.as_ref().map(|r| (p, r)))
-            .chain(
-                self.wt_endpoints
+        // The routers still serving an endpoint (a later registration may have
+        // replaced one), found by the `$connect` each endpoint holds.
+        let serving = |r: &Arc<Router>| {
+            let is = |a: &Arc<dyn Admission>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(r));
+            self.endpoints
+                .iter()
+                .any(|(_, e)| e.admission.as_ref().is_some_and(is))
+                || self
+                    .wt_endpoints
                     .iter()
-                    .filter_map(|e| e.router.as_ref().map(|r| (&e.path, r))),
-            );
-        for (path, router) in routed {
-            if !router.actions().is_empty() && !routers.iter().any(|(_, r)| Arc::ptr_eq(r, router))
+                    .any(|e| e.admission.as_ref().is_some_and(is))
+        };
+        let mut seen: Vec<&Arc<Router>> = Vec::new();
+        for (path, router) in &self.routers {
+            if !router.actions().is_empty()
+                && serving(router)
+                && !seen.iter().any(|r| Arc::ptr_eq(r, router))
             {
+                seen.push(router);
                 routers.push((path.clone(), router.clone()));
             }
         }
@@ -534,9 +364,7 @@ impl Engine {
             }
             None => (None, None),
         };
-        let cluster_stats = cluster
-            .as_ref()
-            .map(|l| (l.node_id.clone(), l.stats.clone()));
+        let cluster_stats = cluster.as_ref().map(|l| l.families());
         let metrics = match self.config.metrics.listen {
             Some(addr) if self.config.metrics.enabled => Some(
                 crate::metrics::MetricsServer::start(
@@ -671,144 +499,6 @@ impl Engine {
     }
 }
 
-/// Bind one SO_REUSEPORT listener per shard on `addr` (port 0: the first bind
-/// picks the port and the rest share it).
-fn bind_listeners(
-    addr: SocketAddr,
-    shards: usize,
-) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
-    let mut out = Vec::with_capacity(shards);
-    let mut addr = addr;
-    for _ in 0..shards {
-        let l = bind_reuseport(addr)
-            .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
-        if addr.port() == 0 {
-            addr = l
-                .local_addr()
-                .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
-        }
-        out.push(l);
-    }
-    Ok((out, addr))
-}
-
-/// Bind one SO_REUSEPORT UDP socket per shard on `addr` (port 0: the first bind
-/// picks the port).
-fn bind_udp(
-    addr: SocketAddr,
-    shards: usize,
-) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), StartError> {
-    let mut out = Vec::with_capacity(shards);
-    let mut addr = addr;
-    for _ in 0..shards {
-        let s = bind_udp_reuseport(addr).map_err(|e| {
-            StartError(format!(
-                "webtransport: cannot bind UDP {addr}: {e} (set webtransport.listen)"
-            ))
-        })?;
-        if addr.port() == 0 {
-            addr = s
-                .local_addr()
-                .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
-        }
-        out.push(s);
-    }
-    Ok((out, addr))
-}
-
-fn bind_udp_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    let domain = if addr.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
-    s.set_reuse_port(true)?;
-    s.set_nonblocking(true)?;
-    // Room for bursts of fan-out packets and incoming acks.
-    let _ = s.set_send_buffer_size(4 << 20);
-    let _ = s.set_recv_buffer_size(4 << 20);
-    s.bind(&addr.into())?;
-    Ok(s.into())
-}
-
-fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use std::os::fd::FromRawFd as _;
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket syscalls on a descriptor we own; errors are checked.
-    unsafe {
-        let fd = libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-            0,
-        );
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let listener = std::net::TcpListener::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-            if libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                opt,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        let (storage, len) = sockaddr(addr);
-        if libc::bind(fd, &storage as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::listen(fd, 4096) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(listener)
-    }
-}
-
-pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data large enough for either family.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: storage is big enough and suitably aligned for sockaddr_in.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: storage is big enough and suitably aligned for sockaddr_in6.
-            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
 /// A cheap, `Send + Sync` handle to a running engine: broadcast from any thread,
 /// request shutdown.
 #[derive(Clone)]
@@ -884,11 +574,7 @@ impl EngineHandle {
         crate::metrics::render(
             &self.shared.stats,
             &self.shared.routers,
-            self.shared
-                .cluster
-                .as_ref()
-                .map(|l| (l.node_id.clone(), l.stats.clone()))
-                .as_ref(),
+            self.shared.cluster.as_ref().map(|l| l.families()).as_ref(),
         )
     }
 

@@ -4,14 +4,15 @@
 //! messages, and the built-in endpoints.
 
 pub mod builtin;
-pub mod callbacks;
-pub mod conn;
-pub mod connection;
 pub mod engine;
-pub mod message;
-pub mod meta;
-pub mod registry;
 pub mod router;
-pub mod sse;
-pub mod wt;
 pub mod wt_builtin;
+
+// The vocabulary types live below the engine (crate::vocab); kept here under their old paths.
+pub use crate::vocab::{message, meta, registry};
+// The handles are created and driven by the engine (crate::net::handle); they are
+// public API under their old paths.
+pub use crate::net::handle::sse_stream as sse;
+pub use crate::net::handle::ws_task as conn;
+pub use crate::net::handle::wt_session as wt;
+pub use crate::net::handle::{callbacks, connection};

@@ -42,11 +42,9 @@
 //! `action` and `id` when it had them (see docs/PROTOCOL.md).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use corecast_shards::ConnId;
 use serde::de::DeserializeOwned;
@@ -59,66 +57,17 @@ use super::meta::{Meta, MetaError};
 use super::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
 use super::wt::{Delivery, WtSession};
 use crate::net::shard::{BroadcastError, Shard};
-use crate::proto::http;
 use crate::stats::ShardStats;
+use crate::vocab::connect::Admitted;
+pub use crate::vocab::connect::{Connecting, Reject};
 
 /// Close code for a connection whose token expired while it was open.
-pub const CLOSE_TOKEN_EXPIRED: u16 = 4001;
+pub use crate::net::expiry::CLOSE_TOKEN_EXPIRED;
 /// Close code for a handler that returned an internal error or panicked.
 pub const CLOSE_HANDLER_ERROR: u16 = 1011;
 /// Close code for a message that cannot be routed, with
 /// [`Router::close_on_bad_message`].
 pub const CLOSE_BAD_MESSAGE: u16 = 1008;
-
-/// A refusal of a connection attempt: the HTTP status and reason it is answered
-/// with (before any upgrade).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    /// HTTP status, e.g. 401.
-    pub status: u16,
-    /// Plain-text reason sent as the body.
-    pub reason: String,
-}
-
-impl Reject {
-    /// A refusal with `status` and `reason`.
-    pub fn new(status: u16, reason: impl Into<String>) -> Self {
-        Self {
-            status,
-            reason: reason.into(),
-        }
-    }
-
-    /// 400 Bad Request.
-    pub fn bad_request(reason: impl Into<String>) -> Self {
-        Self::new(400, reason)
-    }
-
-    /// 401 Unauthorized.
-    pub fn unauthorized(reason: impl Into<String>) -> Self {
-        Self::new(401, reason)
-    }
-
-    /// 403 Forbidden.
-    pub fn forbidden(reason: impl Into<String>) -> Self {
-        Self::new(403, reason)
-    }
-
-    /// The standard reason phrase for the status.
-    pub fn phrase(&self) -> &'static str {
-        match self.status {
-            400 => "Bad Request",
-            401 => "Unauthorized",
-            403 => "Forbidden",
-            404 => "Not Found",
-            409 => "Conflict",
-            429 => "Too Many Requests",
-            503 => "Service Unavailable",
-            s if s >= 500 => "Internal Server Error",
-            _ => "Refused",
-        }
-    }
-}
 
 impl From<MetaError> for Reject {
     fn from(e: MetaError) -> Self {
@@ -184,88 +133,6 @@ pub fn parse_body<T: DeserializeOwned>(body: Value) -> Result<T, RouteError> {
         };
         RouteError::client("invalid_body", message)
     })
-}
-
-/// A connection attempt being decided by `$connect` and middleware: the request,
-/// and the metadata the connection will start with.
-pub struct Connecting<'a> {
-    req: &'a http::Request,
-    remote: Option<SocketAddr>,
-    transport: TransportKind,
-    meta: Meta,
-    expires_at: Option<SystemTime>,
-}
-
-impl<'a> Connecting<'a> {
-    pub(crate) fn new(
-        req: &'a http::Request,
-        remote: Option<SocketAddr>,
-        transport: TransportKind,
-    ) -> Self {
-        Self {
-            req,
-            remote,
-            transport,
-            meta: Meta::new(),
-            expires_at: None,
-        }
-    }
-
-    /// The HTTP request (WebTransport: its CONNECT head as a request).
-    pub fn request(&self) -> &http::Request {
-        self.req
-    }
-
-    /// The request path.
-    pub fn path(&self) -> &str {
-        &self.req.path
-    }
-
-    /// The first value of query parameter `key` (percent-decoded).
-    pub fn query_get(&self, key: &str) -> Option<String> {
-        http::query_values(&self.req.query, key).into_iter().next()
-    }
-
-    /// A request header as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.req
-            .header(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    }
-
-    /// The client's address.
-    pub fn remote_addr(&self) -> Option<SocketAddr> {
-        self.remote
-    }
-
-    /// WebSocket or WebTransport.
-    pub fn transport(&self) -> TransportKind {
-        self.transport
-    }
-
-    /// Attach `value` under `key` to the connection-to-be.
-    pub fn set_meta<T: Serialize>(&mut self, key: &str, value: T) -> Result<(), MetaError> {
-        let v = serde_json::to_value(value).map_err(|e| MetaError(e.to_string()))?;
-        self.meta.insert(key.to_string(), v);
-        Ok(())
-    }
-
-    /// A value set by an earlier step (e.g. the auth middleware's `claims`).
-    pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        self.meta.get(key).and_then(|v| T::deserialize(v).ok())
-    }
-
-    /// Close the connection at `at` (e.g. its token's expiry); the earliest of
-    /// several calls wins.
-    pub fn expire_at(&mut self, at: SystemTime) {
-        self.expires_at = Some(self.expires_at.map_or(at, |e| e.min(at)));
-    }
-}
-
-/// What `$connect` decided for an accepted connection.
-pub(crate) struct Admitted {
-    pub(crate) meta: Meta,
-    pub(crate) expires_at: Option<SystemTime>,
 }
 
 /// Ordered hooks around connections and messages; global ([`Router::middleware`])
@@ -345,21 +212,18 @@ impl RouteStats {
     }
 }
 
-/// A route's counters summed over shards (`/metrics`:
-/// `corecast_route_messages_total`, `corecast_route_errors_total`,
-/// `corecast_route_handler_seconds_total`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct RouteTotals {
-    /// Messages routed to it.
-    pub calls: u64,
-    /// Answered with an error frame (`RouteError::client`, middleware refusals).
-    pub client_errors: u64,
-    /// Internal errors (connection closed 1011).
-    pub internal_errors: u64,
-    /// Panics (connection closed 1011).
-    pub panics: u64,
-    /// Time spent in middleware and the handler.
-    pub handler_seconds: f64,
+pub use crate::metrics::RouteTotals;
+
+impl crate::vocab::connect::Admission for Router {
+    fn admit(&self, c: Connecting<'_>) -> Result<Admitted, Reject> {
+        Router::admit(self, c)
+    }
+}
+
+impl crate::metrics::RouteCounters for Router {
+    fn route_totals(&self) -> Vec<(String, RouteTotals)> {
+        Router::route_totals(self)
+    }
 }
 
 /// Routes, hooks and middleware for one or more endpoints
@@ -1058,32 +922,11 @@ pub(crate) async fn serve_wt(session: WtSession, router: Arc<Router>) {
     router.disconnected(&Ctx::wt(session, router.clone()));
 }
 
-/// Close connection `id` with [`CLOSE_TOKEN_EXPIRED`] at `at`, if it is still open
-/// then (one timer task per connection with an expiring token).
-pub(crate) fn arm_expiry(shard: &std::rc::Rc<Shard>, id: ConnId, at: SystemTime) {
-    let shard = shard.clone();
-    glommio::spawn_local(async move {
-        let wait = at
-            .duration_since(SystemTime::now())
-            .unwrap_or(std::time::Duration::ZERO);
-        glommio::timer::sleep(wait).await;
-        match shard.member_by_id(id) {
-            Some(crate::net::shard::Member::Conn(c)) => {
-                shard.close(&c, CLOSE_TOKEN_EXPIRED, "token expired")
-            }
-            Some(crate::net::shard::Member::Wt(s)) => {
-                s.conn
-                    .close_session(&s, u32::from(CLOSE_TOKEN_EXPIRED), "token expired")
-            }
-            None => {}
-        }
-    })
-    .detach();
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::http;
+    use std::time::SystemTime;
 
     fn text(s: &str) -> Message {
         Message::text(s)

@@ -2,8 +2,10 @@
 //! `engine/testdata/auth/` (test-only keys; see `mint_pyjwt.py` there).
 
 use super::*;
+use crate::config::ConfigDuration;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::json;
+use std::path::PathBuf;
 
 const SECRET: &str = "corecast-test-secret-0123456789abcdef";
 const FAR_FUTURE: u64 = 4_102_444_800; // 2100-01-01

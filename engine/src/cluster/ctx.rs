@@ -18,8 +18,8 @@ use super::keys::{node_of_field, Keys};
 use super::scripts;
 use super::wire::{self, Header};
 use super::ClusterStats;
-use crate::app::message::Message;
 use crate::net::shard::ShardMsg;
+use crate::vocab::message::Message;
 
 /// How an operation failed.
 #[derive(Debug)]

@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use corecast_shards::{ConnId, HistoryLimits, Position};
 
-use crate::app::message::Message;
 use crate::net::shard::AckTo;
+use crate::vocab::message::Message;
 
 /// Members of a room on one node, by transport.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -212,6 +212,14 @@ pub(crate) struct ClusterLink {
 }
 
 impl ClusterLink {
+    /// The `corecast_cluster_*` families of this node, for `/metrics`.
+    pub(crate) fn families(&self) -> crate::metrics::ClusterView {
+        Arc::new(ClusterFamilies {
+            node: self.node_id.clone(),
+            stats: self.stats.clone(),
+        })
+    }
+
     /// Queue `cmd` for the bridge and ring its doorbell; gives it back when the
     /// queue is full.
     // The refused command comes back whole (as crossbeam's `try_send` does), so
@@ -380,6 +388,18 @@ pub(crate) fn stats_json(node: &str, s: &ClusterStats) -> String {
 }
 
 /// The `corecast_cluster_*` families (Prometheus text format), labelled by node.
+/// This node's counters as metric families (labelled with the node id).
+struct ClusterFamilies {
+    node: Arc<str>,
+    stats: Arc<ClusterStats>,
+}
+
+impl crate::metrics::Families for ClusterFamilies {
+    fn render_families(&self, out: &mut String) {
+        render_metrics(out, &self.node, &self.stats);
+    }
+}
+
 pub(crate) fn render_metrics(out: &mut String, node: &str, s: &ClusterStats) {
     use std::fmt::Write as _;
     let node = node.replace('\\', "\\\\").replace('"', "\\\"");

@@ -7,8 +7,8 @@ use corecast_shards::{ConnId, HistoryLimits, Position};
 use super::ctx::{Ctx, Done, Fail, Lane};
 use super::wire;
 use super::{scripts, Answer, ClusterStats, Fetched, MemberCounts, Query};
-use crate::app::message::Message;
 use crate::net::shard::{AckTo, ShardMsg};
+use crate::vocab::message::Message;
 
 /// Most presence members a query answers with.
 pub(crate) const PRESENCE_MAX: usize = 10_000;

@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::ctx::{Ctx, Done, Fail, Lane};
 use super::keys::node_of_field;
-use crate::app::message::Message;
 use crate::net::presence::{member_event, snapshot_event};
 use crate::net::shard::ShardMsg;
+use crate::vocab::message::Message;
 
 /// A member joined: record it, send it the snapshot, then (next step, after the
 /// snapshot is on its way) publish the `join` event.

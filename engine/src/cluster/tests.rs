@@ -14,9 +14,9 @@ use corecast_shards::{owner_of, ConnId, HistoryLimits, Inbox, Mesh, Position};
 use serde_json::json;
 
 use super::{bridge, link, Answer, ClusterLink, ClusterStats, MemberCounts, Query, ToBridge};
-use crate::app::message::Message;
 use crate::config::{Broker, ClusterConfig, ConfigDuration};
 use crate::net::shard::{AckTo, ShardMsg};
+use crate::vocab::message::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
 const SHARDS: usize = 2;

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use corecast_shards::ConnId;
 
-use crate::app::message::Message;
+use crate::vocab::message::Message;
 
 /// Why a channel payload or stream entry did not parse.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

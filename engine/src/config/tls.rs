@@ -74,6 +74,6 @@ impl TlsConfig {
         if self.key.trim().is_empty() {
             return Err("tls.key is required: the private key PEM file".into());
         }
-        crate::net::tls::load_certified_key(&self.cert, &self.key).map(|_| ())
+        crate::cert::load_certified_key(&self.cert, &self.key).map(|_| ())
     }
 }

@@ -16,16 +16,16 @@ use super::limits::{Admission, ConnLimits, Handshaking};
 use super::read::{read_into, settle};
 use super::shard::Shard;
 use super::socket::Socket;
-use crate::app::conn::WsConn;
-use crate::app::connection::Connection;
-use crate::app::engine::{EndpointHandler, EndpointTransport};
-use crate::app::registry::TransportKind;
-use crate::app::router::Connecting;
+use crate::net::endpoint::{EndpointHandler, EndpointTransport};
+use crate::net::handle::connection::Connection;
+use crate::net::handle::ws_task::WsConn;
 use crate::proto::http::{self, Request};
 use crate::proto::sse::{parse_stream_cursor, StreamCursor};
 use crate::proto::ws::deflate::Inflater;
 use crate::proto::ws::{close, handshake, Decoder, Limits};
 use crate::stats::ShardStats;
+use crate::vocab::connect::Connecting;
+use crate::vocab::registry::TransportKind;
 
 /// Accept until the shard starts draining (`tls`: the TLS listener's settings, for
 /// `tls.listen`). Each connection gets its own task at once: nothing here awaits a
@@ -237,12 +237,7 @@ async fn route(
             &req.method,
             &shard.shared.stats,
             &shard.shared.routers,
-            shard
-                .shared
-                .cluster
-                .as_ref()
-                .map(|l| (l.node_id.clone(), l.stats.clone()))
-                .as_ref(),
+            shard.shared.cluster.as_ref().map(|l| l.families()).as_ref(),
         );
         let _ = stream.write_all(&resp).await;
         return;
@@ -505,7 +500,7 @@ async fn route(
     if let Some(a) = admitted {
         conn.meta.extend(a.meta);
         if let Some(at) = a.expires_at {
-            crate::app::router::arm_expiry(&shard, conn.id, at);
+            super::expiry::arm_expiry(&shard, conn.id, at);
         }
     }
     ShardStats::add(
@@ -585,12 +580,12 @@ async fn route(
 /// one: what to attach to the connection, or the refusal to answer with.
 fn admit(
     shard: &Shard,
-    endpoint: &crate::app::engine::Endpoint,
+    endpoint: &crate::net::endpoint::Endpoint,
     req: &Request,
     stream: &Socket,
     transport: TransportKind,
-) -> Result<Option<crate::app::router::Admitted>, Vec<u8>> {
-    let Some(router) = &endpoint.router else {
+) -> Result<Option<crate::vocab::connect::Admitted>, Vec<u8>> {
+    let Some(router) = &endpoint.admission else {
         return Ok(None);
     };
     let connecting = Connecting::new(req, stream.peer_addr().ok(), transport);

@@ -20,8 +20,8 @@ use super::fanout::cursor;
 use super::read::read_into;
 use super::shard::Shard;
 use super::socket::Socket;
-use crate::app::message::Message;
 use crate::proto::http::{self, Request};
+use crate::vocab::message::Message;
 use corecast_shards::ConnId;
 
 /// How long a publish waits for the owner shard's acknowledgement.
@@ -105,7 +105,7 @@ fn json_response(status: u16, value: &serde_json::Value) -> Vec<u8> {
     http::response_with_type(status, phrase, &[], "application/json", body.as_bytes())
 }
 
-fn lookup_failed(e: crate::app::registry::LookupError) -> Vec<u8> {
+fn lookup_failed(e: crate::vocab::registry::LookupError) -> Vec<u8> {
     http::response(
         503,
         "Service Unavailable",

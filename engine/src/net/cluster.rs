@@ -18,8 +18,8 @@ use corecast_shards::room::GapReason;
 use corecast_shards::{ConnId, Position, Replay};
 
 use super::shard::{AckTo, BroadcastError, Member, Shard, ShardMsg};
-use crate::app::message::Message;
 use crate::cluster::{Answer, ClusterLink, ClusterStats, Fetched, MemberCounts, Query, ToBridge};
+use crate::vocab::message::Message;
 
 /// Commands for the bridge that must not be lost (subscriptions, presence,
 /// counts, fetches) waiting for room in its queue, at most this many; beyond it

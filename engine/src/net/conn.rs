@@ -12,11 +12,11 @@ use bytes::{Bytes, BytesMut};
 use corecast_shards::{ConnId, FrameClass, OutboundQueue};
 
 use super::socket::Socket;
-use crate::app::callbacks::WsCallbacks;
-use crate::app::message::Message;
-use crate::app::meta::MetaCell;
+use crate::net::handle::callbacks::WsCallbacks;
 use crate::proto::ws::{close, frame, Decoder};
 use crate::stats::ShardStats;
+use crate::vocab::message::Message;
+use crate::vocab::meta::MetaCell;
 
 /// Messages an async handler may have waiting before the driver stops reading its
 /// socket (back-pressure instead of an unbounded inbox).

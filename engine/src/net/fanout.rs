@@ -8,10 +8,10 @@ use corecast_shards::{FrameClass, GapReason, Overflow, Position, Replay};
 
 use super::conn::{Conn, Transport};
 use super::shard::Shard;
-use crate::app::message::Message;
 use crate::proto::sse::{self, Cursor};
 use crate::proto::ws::frame::{self, OpCode};
 use crate::proto::wt::record::{self, ServerRecord};
+use crate::vocab::message::Message;
 
 /// The cursor text of a position (`<epoch hex>:<seq>`).
 pub(crate) fn cursor(pos: Position) -> Cursor {

@@ -5,10 +5,14 @@
 
 pub(crate) mod accept;
 pub(crate) mod api;
+pub(crate) mod boot;
 pub(crate) mod cluster;
 pub(crate) mod conn;
 pub(crate) mod driver;
+pub(crate) mod endpoint;
+pub(crate) mod expiry;
 pub(crate) mod fanout;
+pub(crate) mod handle;
 pub(crate) mod limits;
 pub(crate) mod notify;
 pub(crate) mod outbox;

@@ -10,7 +10,7 @@ use std::task::{Poll, Waker};
 
 use corecast_shards::Position;
 
-use crate::app::registry::{ConnInfo, PresenceMember};
+use crate::vocab::registry::{ConnInfo, PresenceMember};
 
 /// Members of a room by transport, and the room's position (from its owner).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -16,9 +16,9 @@ use serde_json::json;
 
 use super::registry::with_timeout;
 use super::shard::{Shard, ShardMsg};
-use crate::app::message::Message;
-use crate::app::meta::{Meta, MetaCell};
-use crate::app::registry::{LookupError, PresenceMember};
+use crate::vocab::message::Message;
+use crate::vocab::meta::{Meta, MetaCell};
+use crate::vocab::registry::{LookupError, PresenceMember};
 
 /// `{"id","node","meta"}`: a presence member in cluster mode.
 pub(crate) fn cluster_member_json(node: &str, member: &PresenceMember) -> serde_json::Value {

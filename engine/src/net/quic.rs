@@ -28,7 +28,7 @@ use slab::Slab;
 
 use super::shard::{Shard, ShardMsg};
 use super::udp::{self, BATCH, RECV_SIZE};
-use crate::app::wt::{
+use crate::net::handle::wt_session::{
     Incoming, SessionOrigin, SessionState, WtSession, CLOSE_GOING_AWAY, CLOSE_HANDLER_PANIC,
 };
 use crate::proto::quic_token::RetryTokens;
@@ -314,7 +314,7 @@ pub(crate) struct Endpoint {
 
 /// Build the quiche configuration shared by a shard's connections.
 pub(crate) fn quiche_config(
-    shared: &crate::app::engine::Shared,
+    shared: &crate::net::endpoint::Shared,
     wt: &WtShared,
 ) -> Result<quiche::Config, String> {
     let c = &shared.config.webtransport;
@@ -724,7 +724,7 @@ impl Endpoint {
         if open >= shared.config.webtransport.max_sessions_per_connection {
             return reject(429, "too many sessions on this connection");
         }
-        let admitted = match &endpoint.router {
+        let admitted = match &endpoint.admission {
             Some(router) => {
                 let head = crate::proto::http::Request {
                     method: req.method.clone(),
@@ -736,10 +736,10 @@ impl Endpoint {
                         .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
                         .collect(),
                 };
-                let connecting = crate::app::router::Connecting::new(
+                let connecting = crate::vocab::connect::Connecting::new(
                     &head,
                     Some(qc.peer),
-                    crate::app::registry::TransportKind::WebTransport,
+                    crate::vocab::registry::TransportKind::WebTransport,
                 );
                 match router.admit(connecting) {
                     Ok(a) => Some(a),
@@ -779,7 +779,7 @@ impl Endpoint {
         if let Some(a) = admitted {
             state.meta.extend(a.meta);
             if let Some(at) = a.expires_at {
-                crate::app::router::arm_expiry(&self.shard, state.reg_id, at);
+                super::expiry::arm_expiry(&self.shard, state.reg_id, at);
             }
         }
         qc.sessions.borrow_mut().insert(stream_id, state.clone());

@@ -11,10 +11,10 @@ use corecast_shards::ConnId;
 use super::conn::{Conn, ConnState};
 use super::driver::WRITE;
 use super::shard::{AckTo, BroadcastError, Member, Shard, ShardMsg};
-use crate::app::message::Message;
-use crate::app::registry::{ConnInfo, LookupError, TransportKind};
-use crate::app::wt::SessionState;
+use crate::net::handle::wt_session::SessionState;
 use crate::stats::ShardStats;
+use crate::vocab::message::Message;
+use crate::vocab::registry::{ConnInfo, LookupError, TransportKind};
 
 /// How long a registry question waits for the shards' answers.
 pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);

@@ -10,10 +10,10 @@ use super::conn::{Conn, ConnState, Handler, TASK_INBOX_CAP};
 use super::driver::{self, READ, WRITE};
 use super::read::{poll_read_into, settle};
 use super::shard::Shard;
-use crate::app::connection::Connection;
-use crate::app::message::Message;
+use crate::net::handle::connection::Connection;
 use crate::proto::ws::{close, Incoming};
 use crate::stats::ShardStats;
+use crate::vocab::message::Message;
 
 /// Frames decoded per turn before the driver moves on to other connections; large
 /// enough that a burst already in the buffer is handled (and its fan-out coalesced)

@@ -20,12 +20,12 @@ use super::fanout::Encodings;
 use super::notify::LocalNotify;
 use super::pending::{Pending, RoomCounts};
 use super::read::ReadArena;
-use crate::app::engine::Shared;
-use crate::app::message::Message;
-use crate::app::wt::SessionState;
+use crate::net::endpoint::Shared;
+use crate::net::handle::wt_session::SessionState;
 use crate::proto::ws::deflate::Deflater;
 use crate::proto::ws::{close, frame};
 use crate::stats::ShardStats;
+use crate::vocab::message::Message;
 
 /// Registry ids of WebTransport sessions have slots from here up, so they never
 /// equal a TCP connection's.
@@ -103,7 +103,7 @@ pub(crate) enum ShardMsg {
     /// One shard's answer to `Lookup`.
     LookupReply {
         token: u64,
-        infos: Vec<crate::app::registry::ConnInfo>,
+        infos: Vec<crate::vocab::registry::ConnInfo>,
         truncated: bool,
     },
     /// A message for one connection (or session) of this shard.
@@ -119,7 +119,7 @@ pub(crate) enum ShardMsg {
     /// To a presence room's owner: `member` joined `room`.
     PresenceJoin {
         room: Arc<str>,
-        member: crate::app::registry::PresenceMember,
+        member: crate::vocab::registry::PresenceMember,
     },
     /// To a presence room's owner: `member` left `room`.
     PresenceLeave { room: Arc<str>, member: ConnId },
@@ -132,7 +132,7 @@ pub(crate) enum ShardMsg {
     /// The owner's answer to `PresenceList`.
     PresenceListReply {
         token: u64,
-        members: Vec<crate::app::registry::PresenceMember>,
+        members: Vec<crate::vocab::registry::PresenceMember>,
     },
     /// From the cluster bridge to a room's owner: the room's position in Redis when
     /// this node (re)subscribed to it; messages after it arrive as `ClusterDeliver`.

@@ -81,7 +81,7 @@ pub(crate) fn send_batch(
         let mut iovs: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (i, (range, to)) in chunk.iter().enumerate() {
-            let (storage, len) = crate::app::engine::sockaddr(*to);
+            let (storage, len) = super::boot::sockaddr(*to);
             addrs[i] = storage;
             iovs[i].iov_base = buf[range.clone()].as_ptr() as *mut libc::c_void;
             iovs[i].iov_len = range.len();

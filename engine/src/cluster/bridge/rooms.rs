@@ -8,11 +8,11 @@ use bytes::Bytes;
 use corecast_shards::{owner_of, Position};
 
 use super::{within, Bridge, SUBSCRIBE_CHUNK};
-use crate::app::message::Message;
 use crate::cluster::ctx::{Ctx, Fail};
 use crate::cluster::wire::{self, Header};
 use crate::cluster::ClusterStats;
 use crate::net::shard::ShardMsg;
+use crate::vocab::message::Message;
 
 impl Bridge {
     pub(super) async fn subscribe(&mut self, room: Arc<str>) {

@@ -4,8 +4,8 @@ use std::future::poll_fn;
 use std::ops::Deref;
 use std::task::Poll;
 
-use super::conn::WsConn;
 use super::connection::Connection;
+use super::ws_task::WsConn;
 use crate::net::conn::SendError;
 use crate::net::driver::WRITE;
 pub use crate::proto::sse::Event;

@@ -15,13 +15,13 @@ use std::task::{Poll, Waker};
 use bytes::Bytes;
 use corecast_shards::OutboundQueue;
 
-use super::message::Message;
 use crate::net::quic::QuicConn;
 use crate::net::shard::{BroadcastError, Shard};
 use crate::proto::http;
 use crate::proto::wt::record::{self, ServerRecord};
 use crate::proto::wt::session::{app_code_to_h3, h3_to_app_code, OpenError};
 use crate::stats::ShardStats;
+use crate::vocab::message::Message;
 
 /// Events a session's inbox holds before new streams are refused and datagrams
 /// dropped (bounded, like every queue).
@@ -109,7 +109,7 @@ pub(crate) struct SessionState {
     pub(crate) delivery: RefCell<DeliveryStream>,
     /// Registry id (its own slot range on the shard).
     pub(crate) reg_id: corecast_shards::ConnId,
-    pub(crate) meta: super::meta::MetaCell,
+    pub(crate) meta: crate::vocab::meta::MetaCell,
     pub(crate) connected_at: std::time::SystemTime,
     pub(crate) remote: SocketAddr,
 }

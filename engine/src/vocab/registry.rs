@@ -1,7 +1,7 @@
 //! The connection registry as applications see it: every live connection and
 //! WebTransport session with its transport, rooms, address, connect time and
 //! metadata, looked up by id or by room from any shard
-//! ([`Connection::lookup`](super::connection::Connection::lookup),
+//! ([`Connection::lookup`](crate::Connection::lookup),
 //! `GET /api/connections/{id}`, `GET /api/rooms/{room}/connections`).
 //!
 //! There is no separate table to keep in sync: each shard answers from the

@@ -5,8 +5,8 @@ use std::ops::Deref;
 use std::task::Poll;
 
 use super::connection::Connection;
-use super::message::Message;
 use crate::net::driver::READ;
+use crate::vocab::message::Message;
 
 /// One WebSocket connection owned by an async handler on the connection's shard.
 ///

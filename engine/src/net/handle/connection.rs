@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use corecast_shards::ConnId;
 
-use super::message::Message;
-use super::meta::{Meta, MetaError};
-use super::registry::{ConnInfo, LookupError, TransportKind};
 use crate::net::conn::{Conn, ConnState, SendError};
 use crate::net::driver::WRITE;
 use crate::net::shard::{BroadcastError, Shard};
 use crate::proto::http;
+use crate::vocab::message::Message;
+use crate::vocab::meta::{Meta, MetaError};
+use crate::vocab::registry::{ConnInfo, LookupError, TransportKind};
 
 /// A handle to one WebSocket connection, usable on the connection's shard.
 /// Callback handlers receive `&Connection`; async handlers get a

@@ -6,7 +6,7 @@
 //! `recv().await` when sequential code reads better.
 
 use super::connection::Connection;
-use super::message::Message;
+use crate::vocab::message::Message;
 
 /// Event callbacks for one endpoint; shared by every shard, so `Send + Sync`.
 /// Each call runs on the connection's shard and must not block. A panic closes
