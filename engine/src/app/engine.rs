@@ -407,8 +407,13 @@ impl Engine {
         });
         let bridge = match (bridge_end, shared.config.cluster.clone(), &shared.cluster) {
             (Some(end), Some(cfg), Some(link)) => Some(
-                crate::cluster::bridge::spawn(cfg, link.node_id.clone(), end, mesh.senders())
-                    .map_err(|e| StartError(format!("cluster: cannot start the bridge: {e}")))?,
+                crate::cluster::bridge::spawn(
+                    cfg,
+                    link.node_id.clone(),
+                    end,
+                    Box::new(crate::net::cluster::MeshPort(mesh.senders())),
+                )
+                .map_err(|e| StartError(format!("cluster: cannot start the bridge: {e}")))?,
             ),
             _ => None,
         };

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use corecast_shards::{ConnId, MeshSender, Position};
+use corecast_shards::{ConnId, Position};
 use crossbeam_channel::TryRecvError;
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -35,8 +35,8 @@ use super::keys::Keys;
 use super::ops::{self, FetchReq, Reply};
 use super::{presence, scripts};
 use super::{Answer, BridgeEnd, ClusterStats, MemberCounts, ToBridge};
+use crate::cluster::{FromBridge, ShardPort};
 use crate::config::ClusterConfig;
-use crate::net::shard::ShardMsg;
 
 /// Publishes, fetches and queries in flight at most (then commands wait in the
 /// shards' queue).
@@ -58,7 +58,7 @@ pub(crate) fn spawn(
     config: ClusterConfig,
     node_id: Arc<str>,
     end: BridgeEnd,
-    senders: Vec<MeshSender<ShardMsg>>,
+    port: Box<dyn ShardPort>,
 ) -> io::Result<JoinHandle<()>> {
     let url = config.resolved_url().map_err(io::Error::other)?;
     let client = redis::Client::open(url.as_str())
@@ -68,7 +68,7 @@ pub(crate) fn spawn(
         .build()?;
     std::thread::Builder::new()
         .name("corecast-cluster".into())
-        .spawn(move || rt.block_on(Bridge::new(&config, node_id, end, senders, client).run()))
+        .spawn(move || rt.block_on(Bridge::new(&config, node_id, end, port, client).run()))
 }
 
 /// The two Redis connections.
@@ -136,11 +136,11 @@ impl Bridge {
         config: &ClusterConfig,
         node: Arc<str>,
         end: BridgeEnd,
-        senders: Vec<MeshSender<ShardMsg>>,
+        port: Box<dyn ShardPort>,
         client: redis::Client,
     ) -> Self {
         let keys = Arc::new(Keys::new(&config.key_prefix, &node));
-        let shards = senders.len();
+        let shards = port.shards();
         Self {
             client,
             direct: keys.direct_channel(&node),
@@ -155,7 +155,7 @@ impl Bridge {
             end,
             out: Outbox {
                 backlog: (0..shards).map(|_| VecDeque::new()).collect(),
-                senders,
+                port,
                 queued: 0,
             },
             shards,
@@ -330,7 +330,7 @@ impl Bridge {
                     Some(ctx) => self.inflight.push(Box::pin(ops::fetch(ctx, req))),
                     None => self.out.send(
                         reply_to,
-                        ShardMsg::ClusterFetched {
+                        FromBridge::Fetched {
                             room: req.room,
                             conn,
                             since,
@@ -382,7 +382,7 @@ impl Bridge {
                     .push(Box::pin(ops::query(ctx, token, reply_to, query))),
                 None => self.out.send(
                     reply_to,
-                    ShardMsg::ClusterAnswer {
+                    FromBridge::Answer {
                         token,
                         answer: Answer::Unavailable,
                     },

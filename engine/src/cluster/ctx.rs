@@ -18,7 +18,7 @@ use super::keys::{node_of_field, Keys};
 use super::scripts;
 use super::wire::{self, Header};
 use super::ClusterStats;
-use crate::net::shard::ShardMsg;
+use crate::cluster::FromBridge;
 use crate::vocab::message::Message;
 
 /// How an operation failed.
@@ -78,7 +78,7 @@ pub(crate) struct Done {
     /// The connection generation it ran on.
     pub(crate) gen: u64,
     /// Messages for shards, in order.
-    pub(crate) out: Vec<(usize, ShardMsg)>,
+    pub(crate) out: Vec<(usize, FromBridge)>,
     /// Set when the connection was found dead.
     pub(crate) lost: Option<String>,
     /// Its lane.

@@ -4,7 +4,7 @@
 //! runtime driving the `redis` crate). Shards talk to it through one bounded
 //! crossbeam channel plus a doorbell ([`ClusterLink`]); it talks back through the
 //! same bounded mesh channels + eventfd doorbells the shards use between
-//! themselves ([`crate::net::shard::ShardMsg`]).
+//! themselves ([`crate::net::shard::FromBridge`]).
 //!
 //! The path of a room message in cluster mode:
 //! 1. A shard hands the publish to the bridge ([`ToBridge::Publish`]).
@@ -14,7 +14,7 @@
 //! 3. Every node subscribed to that channel (those with local members of the room,
 //!    the publisher's own node included) receives it once; its bridge drops
 //!    duplicates, fills gaps from the stream, and hands it to the room's owner
-//!    shard ([`ShardMsg::ClusterDeliver`]), which fans it out as it does a local
+//!    shard ([`FromBridge::Deliver`]), which fans it out as it does a local
 //!    message.
 
 pub(crate) mod bridge;
@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use corecast_shards::{ConnId, HistoryLimits, Position};
 
-use crate::net::shard::AckTo;
+use crate::vocab::message::AckTo;
 use crate::vocab::message::Message;
 
 /// Members of a room on one node, by transport.
@@ -59,9 +59,9 @@ impl MemberCounts {
 #[derive(Debug)]
 pub(crate) enum ToBridge {
     /// Sequence `msg` in Redis and publish it to every node with members of `room`.
-    /// Success: `ack` (if any) gets [`ShardMsg::PublishAck`]. Failure: `ack` gets
-    /// [`ShardMsg::PublishRefused`], else `origin` (if any) gets
-    /// [`ShardMsg::PublishFailed`]; always counted in `publish_failures`.
+    /// Success: `ack` (if any) gets [`FromBridge::PublishAck`]. Failure: `ack` gets
+    /// [`FromBridge::PublishRefused`], else `origin` (if any) gets
+    /// [`FromBridge::PublishFailed`]; always counted in `publish_failures`.
     Publish {
         room: Arc<str>,
         msg: Message,
@@ -75,13 +75,13 @@ pub(crate) enum ToBridge {
     },
     /// The node has its first member of `room` (sent by the room's owner shard):
     /// subscribe to the room's channel, then answer with
-    /// [`ShardMsg::ClusterSync`] (the room's position at subscription).
+    /// [`FromBridge::Sync`] (the room's position at subscription).
     Subscribe { room: Arc<str> },
     /// The node's last member of `room` left (sent by the owner): unsubscribe.
     Unsubscribe { room: Arc<str> },
     /// The owner wants the room's history after `since` (or from its start when
     /// `since` is from another epoch) up to and including `upto`, for a resuming
-    /// member `conn`. Answer: [`ShardMsg::ClusterFetched`] to `reply_to`.
+    /// member `conn`. Answer: [`FromBridge::Fetched`] to `reply_to`.
     Fetch {
         room: Arc<str>,
         since: Position,
@@ -108,7 +108,7 @@ pub(crate) enum ToBridge {
     },
     /// A member of this node left presence room `room`: forget it, publish `leave`.
     PresenceLeave { room: Arc<str>, member_id: ConnId },
-    /// A question answered with [`ShardMsg::ClusterAnswer`] to `reply_to`.
+    /// A question answered with [`FromBridge::Answer`] to `reply_to`.
     Query {
         token: u64,
         reply_to: usize,
@@ -157,6 +157,60 @@ pub(crate) struct Fetched {
     /// Messages after the cursor (from the start when the cursor's epoch is not
     /// `epoch`), up to `upto`, in order.
     pub(crate) messages: Vec<(u64, Message)>,
+}
+
+/// What the bridge tells a shard: the bridge's own message type, so this module
+/// knows nothing of the shards' inbox enum (the engine wraps it).
+#[derive(Debug)]
+pub(crate) enum FromBridge {
+    /// To a room's owner: the room's position in Redis when this node
+    /// (re)subscribed to it; messages after it arrive as `Deliver`.
+    Sync {
+        room: Arc<str>,
+        epoch: u64,
+        seq: u64,
+    },
+    /// To a room's owner: a message Redis sequenced at `pos` (per room: in order,
+    /// no duplicates; a new epoch restarts the sequence). `except` is set only for
+    /// publishes made on this node.
+    Deliver {
+        room: Arc<str>,
+        pos: Position,
+        msg: Message,
+        except: Option<ConnId>,
+    },
+    /// To a room's owner: history read for `conn`'s resume (`None`: Redis could
+    /// not be read).
+    Fetched {
+        room: Arc<str>,
+        conn: ConnId,
+        since: Position,
+        upto: u64,
+        fetched: Option<Fetched>,
+    },
+    /// The position an acknowledged publish was given.
+    PublishAck { token: u64, pos: Position },
+    /// The publish with this ack token failed.
+    PublishRefused { token: u64 },
+    /// A publish by `conn` to `room` failed.
+    PublishFailed { conn: ConnId, room: Arc<str> },
+    /// The answer to a [`ToBridge::Query`].
+    Answer { token: u64, answer: Answer },
+    /// A message for one local connection (a presence snapshot, a direct message
+    /// from another node).
+    SendTo { to: ConnId, msg: Message },
+}
+
+/// The shards as the bridge sees them: numbered inboxes that take a
+/// [`FromBridge`] or hand it back when full (the engine implements it over the
+/// shard mesh).
+pub(crate) trait ShardPort: Send {
+    /// How many shards there are.
+    fn shards(&self) -> usize;
+    /// Queue `msg` for shard `shard` and wake it, or give `msg` back when its
+    /// inbox is full.
+    #[allow(clippy::result_large_err)]
+    fn send(&self, shard: usize, msg: FromBridge) -> Result<(), FromBridge>;
 }
 
 /// Cluster counters (all nodes' bridge activity is per process).

@@ -6,8 +6,9 @@ use corecast_shards::{ConnId, HistoryLimits, Position};
 
 use super::ctx::{Ctx, Done, Fail, Lane};
 use super::wire;
+use super::FromBridge;
 use super::{scripts, Answer, ClusterStats, Fetched, MemberCounts, Query};
-use crate::net::shard::{AckTo, ShardMsg};
+use crate::vocab::message::AckTo;
 use crate::vocab::message::Message;
 
 /// Most presence members a query answers with.
@@ -25,15 +26,15 @@ pub(crate) struct Reply {
 }
 
 /// The messages that report a failed publish (and count it).
-pub(crate) fn publish_failed(stats: &ClusterStats, reply: &Reply) -> Option<(usize, ShardMsg)> {
+pub(crate) fn publish_failed(stats: &ClusterStats, reply: &Reply) -> Option<(usize, FromBridge)> {
     ClusterStats::add(&stats.publish_failures, 1);
     if let Some(ack) = reply.ack {
-        return Some((ack.shard, ShardMsg::PublishRefused { token: ack.token }));
+        return Some((ack.shard, FromBridge::PublishRefused { token: ack.token }));
     }
     reply.origin.map(|conn| {
         (
             usize::from(conn.shard),
-            ShardMsg::PublishFailed {
+            FromBridge::PublishFailed {
                 conn,
                 room: reply.room.clone(),
             },
@@ -60,7 +61,7 @@ pub(crate) async fn publish(
             if let Some(ack) = reply.ack {
                 done.out.push((
                     ack.shard,
-                    ShardMsg::PublishAck {
+                    FromBridge::PublishAck {
                         token: ack.token,
                         pos,
                     },
@@ -105,7 +106,7 @@ pub(crate) async fn fetch(mut ctx: Ctx, req: FetchReq) -> Done {
     };
     done.out.push((
         req.reply_to,
-        ShardMsg::ClusterFetched {
+        FromBridge::Fetched {
             room: req.room,
             conn: req.conn,
             since: req.since,
@@ -154,7 +155,7 @@ pub(crate) async fn query(mut ctx: Ctx, token: u64, reply_to: usize, query: Quer
         }
     };
     done.out
-        .push((reply_to, ShardMsg::ClusterAnswer { token, answer }));
+        .push((reply_to, FromBridge::Answer { token, answer }));
     done
 }
 

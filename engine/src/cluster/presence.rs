@@ -10,9 +10,9 @@ use serde_json::{json, Value};
 
 use super::ctx::{Ctx, Done, Fail, Lane};
 use super::keys::node_of_field;
-use crate::net::presence::{member_event, snapshot_event};
-use crate::net::shard::ShardMsg;
+use crate::cluster::FromBridge;
 use crate::vocab::message::Message;
+use crate::vocab::registry::{member_event, snapshot_event};
 
 /// A member joined: record it, send it the snapshot, then (next step, after the
 /// snapshot is on its way) publish the `join` event.
@@ -22,10 +22,9 @@ pub(crate) async fn join(mut ctx: Ctx, room: Arc<str>, member_id: ConnId, member
         Ok((snapshot, count)) => {
             done.out.push((
                 usize::from(member_id.shard),
-                ShardMsg::SendTo {
+                FromBridge::SendTo {
                     to: member_id,
                     msg: Message::text(snapshot.to_string()),
-                    ack: None,
                 },
             ));
             let event = member_event("join", &room, member, count);

@@ -14,8 +14,22 @@ use corecast_shards::{owner_of, ConnId, HistoryLimits, Inbox, Mesh, Position};
 use serde_json::json;
 
 use super::{bridge, link, Answer, ClusterLink, ClusterStats, MemberCounts, Query, ToBridge};
+use crate::cluster::{FromBridge, ShardPort};
 use crate::config::{Broker, ClusterConfig, ConfigDuration};
-use crate::net::shard::{AckTo, ShardMsg};
+use crate::vocab::message::AckTo;
+
+/// The shards stood in by mesh inboxes of the bridge's own messages.
+struct TestPort(Vec<corecast_shards::MeshSender<FromBridge>>);
+
+impl ShardPort for TestPort {
+    fn shards(&self) -> usize {
+        self.0.len()
+    }
+
+    fn send(&self, shard: usize, msg: FromBridge) -> Result<(), FromBridge> {
+        self.0[shard].send(msg)
+    }
+}
 use crate::vocab::message::Message;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -120,8 +134,8 @@ impl Drop for Redis {
 struct Node {
     id: &'static str,
     link: ClusterLink,
-    inboxes: Vec<Inbox<ShardMsg>>,
-    seen: VecDeque<(usize, ShardMsg)>,
+    inboxes: Vec<Inbox<FromBridge>>,
+    seen: VecDeque<(usize, FromBridge)>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -151,7 +165,7 @@ impl Node {
         let senders = mesh.senders();
         let inboxes = (0..SHARDS).map(|s| mesh.take_inbox(s).unwrap()).collect();
         let (link, end) = link(Arc::from(id), cfg.bridge_capacity);
-        let handle = bridge::spawn(cfg, Arc::from(id), end, senders).unwrap();
+        let handle = bridge::spawn(cfg, Arc::from(id), end, Box::new(TestPort(senders))).unwrap();
         let node = Node {
             id,
             link,
@@ -185,7 +199,11 @@ impl Node {
 
     /// The first message (each shard's in arrival order) that `pick` wants, by
     /// value with its shard; others stay for later calls.
-    fn take(&mut self, what: &str, mut pick: impl FnMut(&ShardMsg) -> bool) -> (usize, ShardMsg) {
+    fn take(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&FromBridge) -> bool,
+    ) -> (usize, FromBridge) {
         let deadline = Instant::now() + WAIT;
         let mut scanned = 0;
         loop {
@@ -215,7 +233,7 @@ impl Node {
     }
 
     /// Nothing matching `f` arrives within `d`.
-    fn expect_none(&mut self, what: &str, d: Duration, mut f: impl FnMut(&ShardMsg) -> bool) {
+    fn expect_none(&mut self, what: &str, d: Duration, mut f: impl FnMut(&FromBridge) -> bool) {
         std::thread::sleep(d);
         for (shard, inbox) in self.inboxes.iter().enumerate() {
             while let Some(m) = inbox.try_recv() {
@@ -238,7 +256,7 @@ impl Node {
     fn sync(&mut self, room: &str) -> (u64, u64) {
         let (shard, m) = self.take(
             "ClusterSync",
-            |m| matches!(m, ShardMsg::ClusterSync { room: r, .. } if &**r == room),
+            |m| matches!(m, FromBridge::Sync { room: r, .. } if &**r == room),
         );
         assert_eq!(
             shard,
@@ -246,7 +264,7 @@ impl Node {
             "sync goes to the room's owner"
         );
         match m {
-            ShardMsg::ClusterSync { epoch, seq, .. } => (epoch, seq),
+            FromBridge::Sync { epoch, seq, .. } => (epoch, seq),
             _ => unreachable!(),
         }
     }
@@ -265,11 +283,11 @@ impl Node {
     fn ack(&mut self, token: u64) -> Position {
         let (shard, m) = self.take(
             "PublishAck",
-            |m| matches!(m, ShardMsg::PublishAck { token: t, .. } if *t == token),
+            |m| matches!(m, FromBridge::PublishAck { token: t, .. } if *t == token),
         );
         assert_eq!(shard, 0, "acks go to the ack's shard");
         match m {
-            ShardMsg::PublishAck { pos, .. } => pos,
+            FromBridge::PublishAck { pos, .. } => pos,
             _ => unreachable!(),
         }
     }
@@ -278,7 +296,7 @@ impl Node {
     fn deliver(&mut self, room: &str) -> (Position, String, Option<ConnId>) {
         let (shard, m) = self.take(
             "ClusterDeliver",
-            |m| matches!(m, ShardMsg::ClusterDeliver { room: r, .. } if &**r == room),
+            |m| matches!(m, FromBridge::Deliver { room: r, .. } if &**r == room),
         );
         assert_eq!(
             shard,
@@ -286,7 +304,7 @@ impl Node {
             "deliveries go to the room's owner"
         );
         match m {
-            ShardMsg::ClusterDeliver {
+            FromBridge::Deliver {
                 pos, msg, except, ..
             } => (pos, msg.as_text().unwrap().to_string(), except),
             _ => unreachable!(),
@@ -301,11 +319,11 @@ impl Node {
         });
         let (shard, m) = self.take(
             "ClusterAnswer",
-            |m| matches!(m, ShardMsg::ClusterAnswer { token: t, .. } if *t == token),
+            |m| matches!(m, FromBridge::Answer { token: t, .. } if *t == token),
         );
         assert_eq!(shard, 1, "answers go to reply_to");
         match m {
-            ShardMsg::ClusterAnswer { answer, .. } => answer,
+            FromBridge::Answer { answer, .. } => answer,
             _ => unreachable!(),
         }
     }
@@ -525,11 +543,11 @@ fn fetch_reads_history_by_epoch_and_age() {
             },
         });
         let (shard, m) = a.take("ClusterFetched", |m| {
-            matches!(m, ShardMsg::ClusterFetched { .. })
+            matches!(m, FromBridge::Fetched { .. })
         });
         assert_eq!(shard, 1);
         match m {
-            ShardMsg::ClusterFetched {
+            FromBridge::Fetched {
                 room: r,
                 conn: c,
                 since: s,
@@ -633,7 +651,7 @@ fn redis_down_refuses_publishes_and_a_restart_catches_up() {
     // Down: every kind of request fails at once, and is counted.
     a.publish("r", "lost", 10, None);
     let (shard, m) = a.take("PublishRefused", |m| {
-        matches!(m, ShardMsg::PublishRefused { token: 10 })
+        matches!(m, FromBridge::PublishRefused { token: 10 })
     });
     assert_eq!(shard, 0, "{m:?}");
     let origin = conn(1, 4);
@@ -646,10 +664,12 @@ fn redis_down_refuses_publishes_and_a_restart_catches_up() {
         limits: limits(),
     });
     let (shard, m) = a.take("PublishFailed", |m| {
-        matches!(m, ShardMsg::PublishFailed { .. })
+        matches!(m, FromBridge::PublishFailed { .. })
     });
     assert_eq!(shard, 1);
-    assert!(matches!(m, ShardMsg::PublishFailed { conn, room } if conn == origin && &*room == "r"));
+    assert!(
+        matches!(m, FromBridge::PublishFailed { conn, room } if conn == origin && &*room == "r")
+    );
     assert_eq!(stat(&a.stats().publish_failures), 2);
     assert!(matches!(
         a.query(1, Query::Presence("r".into())),
@@ -664,7 +684,7 @@ fn redis_down_refuses_publishes_and_a_restart_catches_up() {
         limits: limits(),
     });
     a.take("ClusterFetched(None)", |m| {
-        matches!(m, ShardMsg::ClusterFetched { fetched: None, .. })
+        matches!(m, FromBridge::Fetched { fetched: None, .. })
     });
 
     // Back (with the saved data): a reconnects and publishes while b cannot log in.
@@ -695,7 +715,7 @@ fn redis_down_refuses_publishes_and_a_restart_catches_up() {
     for n in [&mut a, &mut b] {
         assert_eq!(n.deliver("r").0.seq, 5);
         n.expect_none("ClusterSync", Duration::from_millis(50), |m| {
-            matches!(m, ShardMsg::ClusterSync { .. })
+            matches!(m, FromBridge::Sync { .. })
         });
     }
 
@@ -737,13 +757,11 @@ fn presence_event(n: &mut Node, room: &str) -> (String, String, u64) {
 fn snapshot(n: &mut Node, to: ConnId) -> serde_json::Value {
     let (shard, m) = n.take(
         "snapshot",
-        |m| matches!(m, ShardMsg::SendTo { to: t, .. } if *t == to),
+        |m| matches!(m, FromBridge::SendTo { to: t, .. } if *t == to),
     );
     assert_eq!(shard, usize::from(to.shard));
     match m {
-        ShardMsg::SendTo { msg, ack: None, .. } => {
-            serde_json::from_str(msg.as_text().unwrap()).unwrap()
-        }
+        FromBridge::SendTo { msg, .. } => serde_json::from_str(msg.as_text().unwrap()).unwrap(),
         other => panic!("{other:?}"),
     }
 }
@@ -947,10 +965,10 @@ fn send_to_reaches_a_connection_on_another_node() {
         },
     );
     assert!(matches!(answer, Answer::Sent(true)), "{answer:?}");
-    let (shard, m) = b.take("SendTo", |m| matches!(m, ShardMsg::SendTo { .. }));
+    let (shard, m) = b.take("SendTo", |m| matches!(m, FromBridge::SendTo { .. }));
     assert_eq!(shard, 1);
     match m {
-        ShardMsg::SendTo { to, msg, ack: None } => {
+        FromBridge::SendTo { to, msg } => {
             assert_eq!(to, target);
             assert_eq!(msg, Message::binary(vec![0u8, 1, 2]));
         }
@@ -1021,7 +1039,7 @@ fn unsubscribed_rooms_are_not_delivered_and_resubscribing_resyncs() {
     b.expect_none(
         "delivery after unsubscribing",
         Duration::from_millis(200),
-        |m| matches!(m, ShardMsg::ClusterDeliver { .. }),
+        |m| matches!(m, FromBridge::Deliver { .. }),
     );
     assert_eq!(b.subscribe("u"), (epoch, 1));
     a.publish("u", "m2", 2, None);
@@ -1179,14 +1197,14 @@ fn measure_publish_throughput() {
         }
         for inbox in &a.inboxes {
             while let Some(m) = inbox.try_recv() {
-                if matches!(m, ShardMsg::PublishAck { .. }) {
+                if matches!(m, FromBridge::PublishAck { .. }) {
                     acked += 1;
                 }
             }
         }
         for inbox in &b.inboxes {
             while let Some(m) = inbox.try_recv() {
-                if let ShardMsg::ClusterDeliver { pos, .. } = m {
+                if let FromBridge::Deliver { pos, .. } = m {
                     delivered += 1;
                     assert_eq!(pos.seq, delivered);
                 }
@@ -1217,7 +1235,7 @@ fn a_redis_that_stops_answering_is_a_lost_connection() {
     let started = Instant::now();
     a.publish("s", "m2", 2, None);
     a.take("PublishRefused", |m| {
-        matches!(m, ShardMsg::PublishRefused { token: 2 })
+        matches!(m, FromBridge::PublishRefused { token: 2 })
     });
     a.wait_connected(false);
     assert!(

@@ -15,10 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use corecast_shards::room::GapReason;
-use corecast_shards::{ConnId, Position, Replay};
+use corecast_shards::{ConnId, MeshSender, Position, Replay};
 
 use super::shard::{AckTo, BroadcastError, Member, Shard, ShardMsg};
-use crate::cluster::{Answer, ClusterLink, ClusterStats, Fetched, MemberCounts, Query, ToBridge};
+use crate::cluster::{
+    Answer, ClusterLink, ClusterStats, Fetched, FromBridge, MemberCounts, Query, ShardPort,
+    ToBridge,
+};
 use crate::vocab::message::Message;
 
 /// Commands for the bridge that must not be lost (subscriptions, presence,
@@ -54,6 +57,27 @@ pub(crate) fn publish_error_frame(room: &str, e: BroadcastError) -> Message {
         "room": room,
     });
     Message::text(value.to_string())
+}
+
+/// The shard mesh as the cluster bridge sees it: each [`FromBridge`] travels as
+/// [`ShardMsg::Cluster`] through the shard's bounded inbox.
+pub(crate) struct MeshPort(pub(crate) Vec<MeshSender<ShardMsg>>);
+
+impl ShardPort for MeshPort {
+    fn shards(&self) -> usize {
+        self.0.len()
+    }
+
+    fn send(&self, shard: usize, msg: FromBridge) -> Result<(), FromBridge> {
+        let Some(tx) = self.0.get(shard) else {
+            return Err(msg);
+        };
+        tx.send(ShardMsg::Cluster(msg)).map_err(|back| match back {
+            ShardMsg::Cluster(msg) => msg,
+            // The mesh hands back exactly the message it was given.
+            _ => unreachable!("the mesh returned another message"),
+        })
+    }
 }
 
 impl Shard {
@@ -226,9 +250,9 @@ impl Shard {
     }
 
     /// Messages from the cluster bridge.
-    pub(crate) fn handle_cluster(self: &Rc<Self>, msg: ShardMsg) {
+    pub(crate) fn handle_cluster(self: &Rc<Self>, msg: FromBridge) {
         match msg {
-            ShardMsg::ClusterSync { room, epoch, seq } => {
+            FromBridge::Sync { room, epoch, seq } => {
                 let limits = self.shared.config.history.limits_for(&room);
                 self.interest_table()
                     .borrow_mut()
@@ -239,7 +263,7 @@ impl Shard {
                     self.cluster_replay(room.clone(), since, conn);
                 }
             }
-            ShardMsg::ClusterDeliver {
+            FromBridge::Deliver {
                 room,
                 pos,
                 msg,
@@ -259,20 +283,23 @@ impl Shard {
                     self.fan_out(&name, pos, &msg, except, published, shards);
                 }
             }
-            ShardMsg::ClusterFetched {
+            FromBridge::Fetched {
                 room,
                 conn,
                 since,
                 upto,
                 fetched,
             } => self.apply_fetched(room, conn, since, upto, fetched),
-            ShardMsg::PublishRefused { token } => self.pending.refuse(token),
-            ShardMsg::PublishFailed { conn, room } => {
+            FromBridge::PublishRefused { token } => self.pending.refuse(token),
+            FromBridge::PublishFailed { conn, room } => {
                 let frame = publish_error_frame(&room, BroadcastError::Unavailable);
                 self.deliver_direct(conn, &frame);
             }
-            ShardMsg::ClusterAnswer { token, answer } => self.pending.answer(token, answer),
-            _ => {}
+            FromBridge::Answer { token, answer } => self.pending.answer(token, answer),
+            FromBridge::PublishAck { token, pos } => self.pending.ack(token, pos),
+            FromBridge::SendTo { to, msg } => {
+                self.deliver_direct(to, &msg);
+            }
         }
     }
 

@@ -12,7 +12,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use corecast_shards::{owner_of, ConnId};
-use serde_json::json;
 
 use super::registry::with_timeout;
 use super::shard::{Shard, ShardMsg};
@@ -20,42 +19,9 @@ use crate::vocab::message::Message;
 use crate::vocab::meta::{Meta, MetaCell};
 use crate::vocab::registry::{LookupError, PresenceMember};
 
-/// `{"id","node","meta"}`: a presence member in cluster mode.
-pub(crate) fn cluster_member_json(node: &str, member: &PresenceMember) -> serde_json::Value {
-    json!({"id": member.id.to_string(), "node": node, "meta": member.meta})
-}
-
-/// Members listed in a `snapshot` at most (the count is always exact).
-pub(crate) const SNAPSHOT_MAX: usize = 1000;
-
-/// `{"type":"presence","event":EVENT,"room",..,"member",..,"count"}`: a `join` or
-/// `leave` event (alone and in cluster mode).
-pub(crate) fn member_event(
-    event: &str,
-    room: &str,
-    member: serde_json::Value,
-    count: usize,
-) -> serde_json::Value {
-    json!({"type": "presence", "event": event, "room": room, "member": member, "count": count})
-}
-
-/// The `snapshot` a joiner gets: at most [`SNAPSHOT_MAX`] of `members` listed,
-/// `count` exact.
-pub(crate) fn snapshot_event(
-    room: &str,
-    members: impl IntoIterator<Item = serde_json::Value>,
-    count: usize,
-) -> serde_json::Value {
-    let listed: Vec<serde_json::Value> = members.into_iter().take(SNAPSHOT_MAX).collect();
-    json!({
-        "type": "presence",
-        "event": "snapshot",
-        "room": room,
-        "members": listed,
-        "count": count,
-        "truncated": count > SNAPSHOT_MAX,
-    })
-}
+pub(crate) use crate::vocab::registry::{
+    cluster_member_json, member_event, snapshot_event, SNAPSHOT_MAX,
+};
 
 /// As owner: members of each presence room.
 #[derive(Default)]

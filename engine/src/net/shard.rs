@@ -31,12 +31,7 @@ use crate::vocab::message::Message;
 /// equal a TCP connection's.
 pub(crate) const WT_SLOT_BASE: u32 = 1 << 31;
 
-/// Where to report the position a published message was given.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct AckTo {
-    pub(crate) shard: usize,
-    pub(crate) token: u64,
-}
+pub(crate) use crate::vocab::message::AckTo;
 
 /// Messages between shards (and from other threads to a shard).
 #[derive(Debug)]
@@ -134,40 +129,10 @@ pub(crate) enum ShardMsg {
         token: u64,
         members: Vec<crate::vocab::registry::PresenceMember>,
     },
-    /// From the cluster bridge to a room's owner: the room's position in Redis when
-    /// this node (re)subscribed to it; messages after it arrive as `ClusterDeliver`.
-    ClusterSync {
-        room: Arc<str>,
-        epoch: u64,
-        seq: u64,
-    },
-    /// From the cluster bridge to a room's owner: a message Redis sequenced at `pos`
-    /// (per room: in order, no duplicates; a new epoch restarts the sequence).
-    /// `except` is set only for publishes made on this node.
-    ClusterDeliver {
-        room: Arc<str>,
-        pos: Position,
-        msg: Message,
-        except: Option<ConnId>,
-    },
-    /// From the cluster bridge to a room's owner: history read for `conn`'s resume
-    /// (`None`: Redis could not be read).
-    ClusterFetched {
-        room: Arc<str>,
-        conn: ConnId,
-        since: Position,
-        upto: u64,
-        fetched: Option<crate::cluster::Fetched>,
-    },
-    /// From the cluster bridge: the publish with this ack token failed.
+    /// From the cluster bridge (its own message type; see [`crate::cluster::FromBridge`]).
+    Cluster(crate::cluster::FromBridge),
+    /// The publish with this ack token was refused (cluster mode: Redis unavailable).
     PublishRefused { token: u64 },
-    /// From the cluster bridge: a publish by `conn` to `room` failed.
-    PublishFailed { conn: ConnId, room: Arc<str> },
-    /// From the cluster bridge: the answer to a `ToBridge::Query`.
-    ClusterAnswer {
-        token: u64,
-        answer: crate::cluster::Answer,
-    },
     /// Look at the shutdown flag.
     Shutdown,
     /// Shutdown barrier marker (see [`Shard::run_inbox`]): the sender has stopped
@@ -589,12 +554,8 @@ impl Shard {
             ShardMsg::PresenceListReply { token, members } => {
                 self.pending.presence_reply(token, members)
             }
-            msg @ (ShardMsg::ClusterSync { .. }
-            | ShardMsg::ClusterDeliver { .. }
-            | ShardMsg::ClusterFetched { .. }
-            | ShardMsg::PublishRefused { .. }
-            | ShardMsg::PublishFailed { .. }
-            | ShardMsg::ClusterAnswer { .. }) => self.handle_cluster(msg),
+            ShardMsg::PublishRefused { token } => self.pending.refuse(token),
+            ShardMsg::Cluster(msg) => self.handle_cluster(msg),
             ShardMsg::Shutdown => {}
             ShardMsg::Quiesced { round } => {
                 let seen = &self.quiesced[usize::from(round.min(1))];

@@ -54,3 +54,10 @@ impl Message {
         }
     }
 }
+
+/// Where to report the position a published message was given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AckTo {
+    pub(crate) shard: usize,
+    pub(crate) token: u64,
+}

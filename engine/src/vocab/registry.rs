@@ -118,3 +118,40 @@ impl PresenceMember {
         json!({"id": self.id.to_string(), "meta": self.meta})
     }
 }
+
+/// `{"id","node","meta"}`: a presence member in cluster mode.
+pub(crate) fn cluster_member_json(node: &str, member: &PresenceMember) -> serde_json::Value {
+    serde_json::json!({"id": member.id.to_string(), "node": node, "meta": member.meta})
+}
+
+/// Members listed in a `snapshot` at most (the count is always exact).
+pub(crate) const SNAPSHOT_MAX: usize = 1000;
+
+/// `{"type":"presence","event":EVENT,"room",..,"member",..,"count"}`: a `join` or
+/// `leave` event (alone and in cluster mode).
+pub(crate) fn member_event(
+    event: &str,
+    room: &str,
+    member: serde_json::Value,
+    count: usize,
+) -> serde_json::Value {
+    serde_json::json!({"type": "presence", "event": event, "room": room, "member": member, "count": count})
+}
+
+/// The `snapshot` a joiner gets: at most [`SNAPSHOT_MAX`] of `members` listed,
+/// `count` exact.
+pub(crate) fn snapshot_event(
+    room: &str,
+    members: impl IntoIterator<Item = serde_json::Value>,
+    count: usize,
+) -> serde_json::Value {
+    let listed: Vec<serde_json::Value> = members.into_iter().take(SNAPSHOT_MAX).collect();
+    serde_json::json!({
+        "type": "presence",
+        "event": "snapshot",
+        "room": room,
+        "members": listed,
+        "count": count,
+        "truncated": count > SNAPSHOT_MAX,
+    })
+}

@@ -2,26 +2,23 @@
 
 use std::collections::VecDeque;
 
-use corecast_shards::MeshSender;
-
-use crate::net::shard::ShardMsg;
+use crate::cluster::{FromBridge, ShardPort};
 
 /// Messages for shards, each shard's in order. A full inbox keeps the rest in a
 /// per-shard backlog the bridge retries every millisecond.
 pub(super) struct Outbox {
     /// One per shard.
-    pub(super) senders: Vec<MeshSender<ShardMsg>>,
+    pub(super) port: Box<dyn ShardPort>,
     /// What waits for each shard, in order.
-    pub(super) backlog: Vec<VecDeque<ShardMsg>>,
+    pub(super) backlog: Vec<VecDeque<FromBridge>>,
     /// Messages in the backlogs.
     pub(super) queued: usize,
 }
 
 impl Outbox {
     /// Send `msg` to `shard` now, or after what waits for it.
-    pub(super) fn send(&mut self, shard: usize, msg: ShardMsg) {
-        let (Some(tx), Some(backlog)) = (self.senders.get(shard), self.backlog.get_mut(shard))
-        else {
+    pub(super) fn send(&mut self, shard: usize, msg: FromBridge) {
+        let Some(backlog) = self.backlog.get_mut(shard) else {
             tracing::warn!(
                 shard,
                 "cluster: message for a shard that does not exist dropped"
@@ -29,7 +26,7 @@ impl Outbox {
             return;
         };
         let msg = if backlog.is_empty() {
-            match tx.send(msg) {
+            match self.port.send(shard, msg) {
                 Ok(()) => return,
                 Err(m) => m,
             }
@@ -42,9 +39,9 @@ impl Outbox {
 
     /// Retry the backlogs.
     pub(super) fn flush(&mut self) {
-        for (tx, backlog) in self.senders.iter().zip(self.backlog.iter_mut()) {
+        for (shard, backlog) in self.backlog.iter_mut().enumerate() {
             while let Some(msg) = backlog.pop_front() {
-                match tx.send(msg) {
+                match self.port.send(shard, msg) {
                     Ok(()) => self.queued -= 1,
                     Err(m) => {
                         backlog.push_front(m);

@@ -11,7 +11,7 @@ use super::{within, Bridge, SUBSCRIBE_CHUNK};
 use crate::cluster::ctx::{Ctx, Fail};
 use crate::cluster::wire::{self, Header};
 use crate::cluster::ClusterStats;
-use crate::net::shard::ShardMsg;
+use crate::cluster::FromBridge;
 use crate::vocab::message::Message;
 
 impl Bridge {
@@ -83,7 +83,7 @@ impl Bridge {
                 Some(last) if last.epoch != pos.epoch && pos.epoch != 0 => {
                     self.out.send(
                         owner_of(room, self.shards),
-                        ShardMsg::ClusterSync {
+                        FromBridge::Sync {
                             room: room.clone(),
                             epoch: pos.epoch,
                             seq: 0,
@@ -103,7 +103,7 @@ impl Bridge {
                 _ => {
                     self.out.send(
                         owner_of(room, self.shards),
-                        ShardMsg::ClusterSync {
+                        FromBridge::Sync {
                             room: room.clone(),
                             epoch: pos.epoch,
                             seq: pos.seq,
@@ -159,7 +159,7 @@ impl Bridge {
         let pos = Position { epoch, seq };
         self.out.send(
             owner_of(room, self.shards),
-            ShardMsg::ClusterDeliver {
+            FromBridge::Deliver {
                 room: room.clone(),
                 pos,
                 msg,
@@ -186,11 +186,7 @@ impl Bridge {
                     ClusterStats::add(&self.stats.direct_in, 1);
                     self.out.send(
                         usize::from(conn.shard),
-                        ShardMsg::SendTo {
-                            to: conn,
-                            msg,
-                            ack: None,
-                        },
+                        FromBridge::SendTo { to: conn, msg },
                     );
                 }
                 Ok((conn, _)) => self.malformed(channel, format!("no shard {}", conn.shard)),
