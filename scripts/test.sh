@@ -3,7 +3,8 @@
 #   0. scripts/build-deps.sh        cmake, clang, libclang (quiche's BoringSSL build)
 #   1. scripts/setup-test-deps.sh   Python venv (websockets, aioquic, kosoku, pytest, pyjwt), tests/node
 #                                   node_modules (npm ci), Debian's chromium and redis-server
-#   2. cargo fmt --check, cargo clippy -D warnings      (fast fail)
+#   2. scripts/check-layers.py (imports point down the layers), cargo fmt --check,
+#      cargo clippy -D warnings                         (fast fail)
 #      cargo check -p corecast --features otlp         (CI, or OTLP_CHECK=1)
 #   3. cargo build --release corecast + examples        (used by every suite), and
 #      route_probe (tests/src/bin: the router application test_router.py drives)
@@ -123,6 +124,7 @@ fast_fail() {
 }
 fast_fail "build deps (cmake, clang)" "$LOGS/build-deps.log" bash scripts/build-deps.sh
 fast_fail "setup test deps" "$LOGS/setup.log" bash scripts/setup-test-deps.sh
+fast_fail "layering check" "$LOGS/layers.log" python3 scripts/check-layers.py
 if [ "${SKIP_LINT:-0}" = "1" ] && [ -z "$CI" ]; then
   echo "SKIP_LINT=1: skipping cargo fmt --check and cargo clippy (never in CI)"
 else

@@ -40,7 +40,8 @@
 //! ```
 
 pub mod app;
-pub mod auth;
+pub use app::auth;
+
 pub mod cert;
 pub mod cluster;
 pub mod config;

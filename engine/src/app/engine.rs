@@ -54,7 +54,7 @@ impl Engine {
         // Built-in endpoints with `auth: true` get a router with only the JWT
         // middleware: it decides before the upgrade; their behaviour is unchanged.
         let auth_router = match engine.config.auth.as_ref() {
-            Some(a) => match crate::auth::JwtMiddleware::from_config(a) {
+            Some(a) => match crate::app::auth::JwtMiddleware::from_config(a) {
                 Ok(m) => {
                     let mut r = Router::new();
                     r.middleware(m);

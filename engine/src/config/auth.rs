@@ -1,5 +1,5 @@
 //! The `auth` section: how JWTs are verified, where they are looked for, and which
-//! rooms their claims allow. Data only; [`crate::auth::JwtAuth`] does the verifying.
+//! rooms their claims allow. Data only; [`crate::app::auth::JwtAuth`] does the verifying.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -132,7 +132,7 @@ pub struct AuthConfig {
 }
 
 impl Default for AuthConfig {
-    /// `HS256` with no secret (which [`JwtAuth::from_config`](crate::auth::JwtAuth::from_config) refuses) and every
+    /// `HS256` with no secret (which [`JwtAuth::from_config`](crate::app::auth::JwtAuth::from_config) refuses) and every
     /// other key at its default.
     fn default() -> Self {
         Self {

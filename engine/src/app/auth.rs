@@ -687,7 +687,7 @@ fn claim_has_value(claim: Option<&Value>, want: &str) -> bool {
 /// The auth middleware for routed endpoints: verifies the token before the
 /// upgrade (401 with the reason, or 403 when a `?room=` of the request is not
 /// allowed), stores the claims as metadata (`claims`: every claim, `sub`), closes
-/// the connection with [`CLOSE_TOKEN_EXPIRED`](crate::router::CLOSE_TOKEN_EXPIRED)
+/// the connection with [`CLOSE_TOKEN_EXPIRED`](crate::app::router::CLOSE_TOKEN_EXPIRED)
 /// when the token expires, and checks every [`Ctx::join`](crate::Ctx::join) against
 /// the room rules (a `forbidden` error frame).
 #[derive(Debug, Clone)]
@@ -712,12 +712,12 @@ impl JwtMiddleware {
     }
 }
 
-impl crate::router::Middleware for JwtMiddleware {
+impl crate::app::router::Middleware for JwtMiddleware {
     fn on_connect(
         &self,
-        c: &mut crate::router::Connecting<'_>,
-    ) -> Result<(), crate::router::Reject> {
-        use crate::router::Reject;
+        c: &mut crate::app::router::Connecting<'_>,
+    ) -> Result<(), crate::app::router::Reject> {
+        use crate::app::router::Reject;
         let claims = self
             .auth
             .authenticate(c.request())
@@ -740,13 +740,13 @@ impl crate::router::Middleware for JwtMiddleware {
 
     fn may_join(
         &self,
-        ctx: &crate::router::Ctx,
+        ctx: &crate::app::router::Ctx,
         room: &str,
-    ) -> Result<(), crate::router::RouteError> {
+    ) -> Result<(), crate::app::router::RouteError> {
         let all: Map<String, Value> = ctx.meta("claims").unwrap_or_default();
         let claims = Claims::from_map(all);
         self.auth.check_join(&claims, room).map_err(|e| {
-            crate::router::RouteError::client("forbidden", format!("{}: {room:?}", e.reason()))
+            crate::app::router::RouteError::client("forbidden", format!("{}: {room:?}", e.reason()))
         })
     }
 }
