@@ -90,7 +90,7 @@ fn request(target: &str, headers: &[(&str, &str)]) -> Request {
 
 /// (name, token) pairs from the PyJWT fixture file.
 fn pyjwt_tokens() -> Vec<(&'static str, &'static str)> {
-    include_str!("../../testdata/auth/pyjwt_tokens.txt")
+    include_str!("../../../testdata/auth/pyjwt_tokens.txt")
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| l.split_once(' ').expect("name token"))
