@@ -10,22 +10,13 @@ use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::net::TcpListener;
 
-use super::conn::{Conn, ConnLog, ConnParts, Handler, Transport};
-use super::driver::{READ, WRITE};
-use super::limits::{Admission, ConnLimits, Handshaking};
+use super::endpoint::{Endpoint, HttpHandler, Shared};
+use super::limits::{Admission, Handshaking};
 use super::read::{read_into, settle};
 use super::shard::Shard;
 use super::socket::Socket;
-use crate::net::endpoint::{EndpointHandler, EndpointTransport};
-use crate::net::handle::connection::Connection;
-use crate::net::handle::ws_task::WsConn;
 use crate::proto::http::{self, Request};
-use crate::proto::sse::{parse_stream_cursor, StreamCursor};
-use crate::proto::ws::deflate::Inflater;
-use crate::proto::ws::{close, handshake, Decoder, Limits};
 use crate::stats::ShardStats;
-use crate::vocab::connect::Connecting;
-use crate::vocab::registry::TransportKind;
 
 /// Accept until the shard starts draining (`tls`: the TLS listener's settings, for
 /// `tls.listen`). Each connection gets its own task at once: nothing here awaits a
@@ -225,6 +216,45 @@ async fn read_head(
     }
 }
 
+/// What a request path names, matched in this order.
+enum Target<'a> {
+    /// The metrics path on the main listener.
+    Metrics,
+    /// `GET /stats`.
+    Stats,
+    /// `GET /webtransport/cert-hash`.
+    CertHash,
+    /// `/api/...` (API key).
+    Api,
+    /// A plain GET route registered with `Engine::http_get`.
+    HttpGet(&'a HttpHandler),
+    /// A WebSocket or SSE endpoint, with its index.
+    Stream(usize, &'a Endpoint),
+    /// Nothing.
+    NotFound,
+}
+
+fn target<'a>(shared: &'a Shared, path: &str) -> Target<'a> {
+    if shared.main_metrics_path() == Some(path) {
+        return Target::Metrics;
+    }
+    match path {
+        "/stats" => return Target::Stats,
+        "/webtransport/cert-hash" => return Target::CertHash,
+        _ if path.starts_with("/api/") => return Target::Api,
+        _ => {}
+    }
+    if let Some((_, h)) = shared.http_routes.iter().find(|(p, _)| p == path) {
+        return Target::HttpGet(h);
+    }
+    match shared.endpoint(path) {
+        Some((i, e)) => Target::Stream(i, e),
+        None => Target::NotFound,
+    }
+}
+
+/// Answer a request by what its path names: a one-shot HTTP answer, the API, or an
+/// upgrade to a WebSocket / SSE connection.
 async fn route(
     shard: Rc<Shard>,
     mut stream: Socket,
@@ -232,473 +262,85 @@ async fn route(
     pending: BytesMut,
     admission: Admission,
 ) {
-    if shard.shared.main_metrics_path() == Some(req.path.as_str()) {
-        let resp = crate::metrics::http_response(
+    let shared = shard.shared.clone();
+    let resp = match target(&shared, &req.path) {
+        Target::Metrics => crate::metrics::http_response(
             &req.method,
-            &shard.shared.stats,
-            &shard.shared.routers,
-            shard.shared.cluster.as_ref().map(|l| l.families()).as_ref(),
-        );
-        let _ = stream.write_all(&resp).await;
-        return;
-    }
-    if req.path == "/stats" {
-        let resp = if req.method == "GET" {
-            http::response_with_type(
-                200,
-                "OK",
-                &[],
-                "application/json",
-                shard.shared.stats_json().as_bytes(),
-            )
-        } else {
-            http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")
-        };
-        let _ = stream.write_all(&resp).await;
-        return;
-    }
-    if req.path == "/webtransport/cert-hash" {
-        let resp = match &shard.shared.wt {
-            Some(wt) => http::response_with_type(
-                200,
-                "OK",
-                &[("Access-Control-Allow-Origin", "*")],
-                "application/json",
-                format!(
-                    "{{\"sha256\":\"{}\",\"base64\":\"{}\"}}",
-                    crate::cert::hex(&wt.cert_sha256),
-                    crate::cert::base64(&wt.cert_sha256)
-                )
-                .as_bytes(),
-            ),
-            None => http::response(404, "Not Found", &[], "WebTransport is not enabled"),
-        };
-        let _ = stream.write_all(&resp).await;
-        return;
-    }
-    if req.path.starts_with("/api/") {
-        super::api::serve(shard, stream, req, pending).await;
-        return;
-    }
-    if let Some((_, handler)) = shard
-        .shared
-        .http_routes
-        .iter()
-        .find(|(p, _)| *p == req.path)
-    {
-        let resp = if req.method == "GET" || req.method == "HEAD" {
-            let handler = handler.clone();
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(&req))) {
-                Ok(r) => r.encode(),
-                Err(_) => {
-                    ShardStats::add(&shard.stats.handler_panics, 1);
-                    http::response(500, "Internal Server Error", &[], "handler failed")
-                }
-            }
-        } else {
-            http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")
-        };
-        let _ = stream.write_all(&resp).await;
-        return;
-    }
-    let Some((endpoint_index, endpoint)) = shard.shared.endpoint(&req.path) else {
-        let body = format!("no endpoint at {}", req.path);
-        let _ = stream
-            .write_all(&http::response(404, "Not Found", &[], &body))
-            .await;
-        return;
-    };
-    let origins = match endpoint.transport {
-        EndpointTransport::WebSocket => &shard.shared.config.websocket.allowed_origins,
-        EndpointTransport::Sse => &shard.shared.config.sse.allowed_origins,
-    };
-    let origin = req
-        .header("origin")
-        .map(|o| String::from_utf8_lossy(o).into_owned());
-    if !crate::config::origin_allowed(origins, origin.as_deref()) {
-        ShardStats::add(&shard.stats.origin_rejected, 1);
-        let body = format!(
-            "origin {:?} is not allowed",
-            origin.as_deref().unwrap_or_default()
-        );
-        let _ = stream
-            .write_all(&http::response(403, "Forbidden", &[], &body))
-            .await;
-        return;
-    }
-    // CORS for event streams: reflect an allowed origin (credentials only for an
-    // origin listed exactly, never for "*").
-    let cors = match (endpoint.transport, origin.as_deref()) {
-        (EndpointTransport::Sse, Some(o)) if !origins.is_empty() => {
-            Some((o, origins.iter().any(|a| a == o)))
-        }
-        _ => None,
-    };
-    // A CORS preflight (with an allow-list to answer from); other OPTIONS get 405.
-    if cors.is_some()
-        && req.method == "OPTIONS"
-        && req.header("access-control-request-method").is_some()
-    {
-        let _ = stream.write_all(&sse_cors_preflight(cors)).await;
-        return;
-    }
-    if shard.draining.fired() {
-        let _ = stream
-            .write_all(&http::response(
-                503,
-                "Service Unavailable",
-                &[("Retry-After", "1")],
-                "server is shutting down",
-            ))
-            .await;
-        return;
-    }
-    let query = req.query_pairs();
-    let cursor = match requested_cursor(&req, &query, endpoint.transport) {
-        Ok(c) => c,
-        Err(why) => {
-            let _ = stream
-                .write_all(&http::response(400, "Bad Request", &[], &why))
-                .await;
-            return;
-        }
-    };
-    let ws = &shard.shared.config.websocket;
-    let admitted;
-    let (decoder, compressed, transport) = match endpoint.transport {
-        EndpointTransport::Sse => {
-            if let Err(resp) = sse_preflight(&req) {
-                let _ = stream.write_all(&resp).await;
-                return;
-            }
-            match admit(&shard, endpoint, &req, &stream, TransportKind::Sse) {
-                Ok(a) => admitted = a,
-                Err(resp) => {
-                    let _ = stream.write_all(&resp).await;
-                    return;
-                }
-            }
-            let mut head = String::from("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n");
-            for (k, v) in cors_headers(cors) {
-                head.push_str(&format!("{k}: {v}\r\n"));
-            }
-            head.push_str("\r\n");
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            let mut rooms: Vec<&str> = query
-                .iter()
-                .filter(|(k, _)| k == "room")
-                .map(|(_, v)| v.as_str())
-                .collect();
-            rooms.sort_unstable();
-            rooms.dedup();
-            let transport = if rooms.len() > 1 {
-                Transport::SseMultiRoom
-            } else {
-                Transport::Sse
-            };
-            (Decoder::new(Limits::default(), None), false, transport)
-        }
-        EndpointTransport::WebSocket => {
-            let accepted = match handshake::accept(&req, &endpoint.protocols, &shard.shared.deflate)
-            {
-                Ok(a) => a,
-                Err(rejection) => {
-                    let _ = stream.write_all(&rejection.response()).await;
-                    return;
-                }
-            };
-            // `$connect` and middleware decide before the 101 is written.
-            match admit(&shard, endpoint, &req, &stream, TransportKind::WebSocket) {
-                Ok(a) => admitted = a,
-                Err(resp) => {
-                    let _ = stream.write_all(&resp).await;
-                    return;
-                }
-            }
-            if stream
-                .write_all(&handshake::response(&accepted))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            let limits = Limits {
-                max_frame_size: ws.max_frame_size,
-                max_message_size: ws.max_message_size,
-                max_fragments: ws.max_fragments,
-            };
-            let envelope = query
-                .iter()
-                .any(|(k, v)| k == "envelope" && matches!(v.as_str(), "1" | "true" | "json"));
-            (
-                Decoder::new(limits, accepted.deflate.map(Inflater::new)),
-                // Shared broadcast frames are compressed once per shard with a 15-bit
-                // window; a client that limited the server's window gets uncompressed
-                // frames instead (RFC 7692 lets any message go uncompressed).
-                accepted
-                    .deflate
-                    .is_some_and(|d| d.server_max_window_bits >= 15),
-                if envelope {
-                    Transport::WebSocketEnvelope
-                } else {
-                    Transport::WebSocket
-                },
-            )
-        }
-    };
-    // Connection events cost nothing unless enabled: no peer lookup, no allocation.
-    let log = tracing::enabled!(target: crate::logging::CONN_TARGET, tracing::Level::DEBUG)
-        .then(|| Box::new(ConnLog::new(stream.peer_addr().ok())));
-    let parts = ConnParts {
-        log,
-        stream,
-        decoder,
-        pending,
-        queue_cap: ws.outbound_queue_bytes,
-        compressed,
-        endpoint: endpoint_index as u16,
-        query: req.query.into_boxed_str(),
-        handler: match &endpoint.handler {
-            EndpointHandler::Callbacks(cb) => Handler::Callbacks(cb.clone()),
-            EndpointHandler::Async(_) => Handler::Task(Box::default()),
-        },
-        transport,
-        now: shard.clock.get(),
-        limits: ConnLimits::new(
-            admission.ip,
-            ws.rate_limit.as_ref().filter(|_| {
-                matches!(
-                    transport,
-                    Transport::WebSocket | Transport::WebSocketEnvelope
-                )
-            }),
-            crate::stats::clock_ns(),
+            &shared.stats,
+            &shared.routers,
+            shared.cluster.as_ref().map(|l| l.families()).as_ref(),
         ),
+        Target::Stats => stats_response(&shared, &req),
+        Target::CertHash => cert_hash_response(&shared),
+        Target::HttpGet(handler) => http_get_response(&shard, handler, &req),
+        Target::NotFound => {
+            let body = format!("no endpoint at {}", req.path);
+            http::response(404, "Not Found", &[], &body)
+        }
+        Target::Api => return super::api::serve(shard, stream, req, pending).await,
+        Target::Stream(index, endpoint) => {
+            let opening = Opening {
+                stream,
+                req,
+                pending,
+                admission,
+            };
+            return super::upgrade::serve_endpoint(shard, opening, index, endpoint).await;
+        }
     };
-    let conn = {
-        let mut conns = shard.conns.borrow_mut();
-        let id = conns.insert_with(|id| Rc::new(Conn::new(id, parts)));
-        conns.get(id).cloned().expect("just inserted")
-    };
-    ShardStats::add(&shard.stats.connections, 1);
-    // Counted as a connection now: no longer as a handshake.
-    drop(admission.handshaking);
-    if let Some(l) = conn.log.as_deref() {
-        tracing::debug!(
-            target: crate::logging::CONN_TARGET,
-            conn_id = %conn.id,
-            shard = shard.id,
-            transport = conn.transport_name(),
-            path = req.path.as_str(),
-            query = %crate::logging::redact_query(&conn.query),
-            remote = %l.remote,
-            "connection opened"
-        );
-    }
-    if let Some(a) = admitted {
-        conn.meta.extend(a.meta);
-        if let Some(at) = a.expires_at {
-            super::expiry::arm_expiry(&shard, conn.id, at);
-        }
-    }
-    ShardStats::add(
-        if conn.is_sse() {
-            &shard.stats.sse_connections
-        } else {
-            &shard.stats.ws_connections
-        },
-        1,
-    );
-    if let Some(c) = cursor {
-        if let (Transport::SseMultiRoom, StreamCursor::PerRoom(list)) = (transport, &c) {
-            // The stream's ids name every room it resumes from the first event on.
-            for (room, cur) in list {
-                conn.set_cursor(
-                    room,
-                    corecast_shards::Position {
-                        epoch: cur.epoch,
-                        seq: cur.seq,
-                    },
-                );
-            }
-        }
-        conn.resume
-            .borrow_mut()
-            .get_or_insert_with(Box::default)
-            .requested = Some(c);
-    }
-    if conn.is_sse() && shard.shared.config.sse.retry_ms > 0 {
-        let _ = conn.enqueue(
-            crate::proto::sse::retry(shard.shared.config.sse.retry_ms),
-            &shard.stats,
-        );
-        shard.schedule(&conn, WRITE);
-    }
-    match &endpoint.handler {
-        EndpointHandler::Callbacks(cb) => {
-            let handle = Connection::new(shard.clone(), conn.clone());
-            let opened =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.on_open(&handle)));
-            if opened.is_err() {
-                ShardStats::add(&shard.stats.handler_panics, 1);
-                shard.fail(&conn, close::INTERNAL_ERROR, "handler failed");
-                return;
-            }
-            // Bytes that came with the request head are decoded on the first turn.
-            shard.schedule(&conn, READ);
-        }
-        EndpointHandler::Async(handler) => {
-            use tracing::Instrument as _;
-            shard.schedule(&conn, READ);
-            let ws_conn = WsConn::new(Connection::new(shard.clone(), conn.clone()));
-            // Events the handler emits carry the connection's fields.
-            let span = tracing::debug_span!(
-                target: crate::logging::CONN_TARGET,
-                "connection",
-                conn_id = %conn.id,
-                shard = shard.id,
-                transport = conn.transport_name(),
-                path = req.path.as_str(),
-                remote = conn.log.as_deref().map_or("-", |l| l.remote.as_str()),
-            );
-            let outcome = std::panic::AssertUnwindSafe(handler(ws_conn).instrument(span))
-                .catch_unwind()
-                .await;
-            if outcome.is_err() {
-                ShardStats::add(&shard.stats.handler_panics, 1);
-                shard.fail(&conn, close::INTERNAL_ERROR, "handler failed");
-            } else {
-                shard.close(&conn, close::NORMAL, "");
-            }
-        }
-    }
+    let _ = stream.write_all(&resp).await;
 }
 
-/// Run the endpoint's `$connect` (middleware, then the router's hook), if it has
-/// one: what to attach to the connection, or the refusal to answer with.
-fn admit(
-    shard: &Shard,
-    endpoint: &crate::net::endpoint::Endpoint,
-    req: &Request,
-    stream: &Socket,
-    transport: TransportKind,
-) -> Result<Option<crate::vocab::connect::Admitted>, Vec<u8>> {
-    let Some(router) = &endpoint.admission else {
-        return Ok(None);
-    };
-    let connecting = Connecting::new(req, stream.peer_addr().ok(), transport);
-    router.admit(connecting).map(Some).map_err(|r| {
-        ShardStats::add(&shard.stats.connect_rejected, 1);
-        if matches!(r.status, 401 | 403) {
-            ShardStats::add(&shard.stats.auth_failures, 1);
-        }
-        let mut headers = Vec::new();
-        if r.status == 401 {
-            headers.push(("WWW-Authenticate", "Bearer"));
-        }
-        http::response(r.status, r.phrase(), &headers, &r.reason)
-    })
-}
-
-/// The resume cursor a request carries: SSE `Last-Event-ID` (header, or
-/// `?lastEventId=` for clients that cannot set headers), WebSocket `?since=`.
-fn requested_cursor(
-    req: &Request,
-    query: &[(String, String)],
-    transport: EndpointTransport,
-) -> Result<Option<StreamCursor>, String> {
-    let (name, raw) = match transport {
-        EndpointTransport::Sse => match req.header("last-event-id") {
-            Some(v) => (
-                "Last-Event-ID",
-                Some(String::from_utf8_lossy(v).into_owned()),
-            ),
-            None => (
-                "lastEventId",
-                query
-                    .iter()
-                    .find(|(k, _)| k == "lastEventId")
-                    .map(|(_, v)| v.clone()),
-            ),
-        },
-        EndpointTransport::WebSocket => (
-            "since",
-            query
-                .iter()
-                .find(|(k, _)| k == "since")
-                .map(|(_, v)| v.clone()),
-        ),
-    };
-    match raw {
-        None => Ok(None),
-        Some(v) if v.trim().is_empty() => Ok(None),
-        Some(v) => parse_stream_cursor(v.trim())
-            .map(Some)
-            .map_err(|e| format!("invalid {name} {v:?}: {e}")),
-    }
-}
-
-/// CORS response headers for an event stream: the allowed origin reflected, and
-/// credentials allowed when it is listed exactly.
-fn cors_headers(cors: Option<(&str, bool)>) -> Vec<(&'static str, &str)> {
-    let Some((origin, exact)) = cors else {
-        return Vec::new();
-    };
-    let mut h = vec![("Access-Control-Allow-Origin", origin), ("Vary", "Origin")];
-    if exact {
-        h.push(("Access-Control-Allow-Credentials", "true"));
-    }
-    h
-}
-
-/// The answer to a CORS preflight (`OPTIONS`) of an event stream whose origin
-/// passed the allow-list.
-fn sse_cors_preflight(cors: Option<(&str, bool)>) -> Vec<u8> {
-    let mut headers = cors_headers(cors);
-    headers.extend([
-        ("Access-Control-Allow-Methods", "GET"),
-        (
-            "Access-Control-Allow-Headers",
-            "Last-Event-ID, Authorization, Cache-Control, Accept",
-        ),
-        ("Access-Control-Max-Age", "600"),
-        ("Allow", "GET, OPTIONS"),
-    ]);
-    http::response(204, "No Content", &headers, "")
-}
-
-/// SSE requests must be GET and accept `text/event-stream`.
-fn sse_preflight(req: &Request) -> Result<(), Vec<u8>> {
-    if req.method != "GET" {
-        return Err(http::response(
-            405,
-            "Method Not Allowed",
-            &[("Allow", "GET")],
-            "event streams are opened with GET",
-        ));
-    }
-    let acceptable = match req.header("accept") {
-        None => true,
-        Some(v) => v.split(|b| *b == b',').any(|item| {
-            let media = item
-                .split(|b| *b == b';')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            [&b"text/event-stream"[..], b"text/*", b"*/*"]
-                .iter()
-                .any(|m| media.eq_ignore_ascii_case(m))
-        }),
-    };
-    if !acceptable {
-        return Err(http::response(
-            406,
-            "Not Acceptable",
+fn stats_response(shared: &Shared, req: &Request) -> Vec<u8> {
+    if req.method == "GET" {
+        http::response_with_type(
+            200,
+            "OK",
             &[],
-            "this endpoint produces text/event-stream: send Accept: text/event-stream",
-        ));
+            "application/json",
+            shared.stats_json().as_bytes(),
+        )
+    } else {
+        http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET")
     }
-    Ok(())
+}
+
+fn cert_hash_response(shared: &Shared) -> Vec<u8> {
+    match &shared.wt {
+        Some(wt) => http::response_with_type(
+            200,
+            "OK",
+            &[("Access-Control-Allow-Origin", "*")],
+            "application/json",
+            format!(
+                "{{\"sha256\":\"{}\",\"base64\":\"{}\"}}",
+                crate::cert::hex(&wt.cert_sha256),
+                crate::cert::base64(&wt.cert_sha256)
+            )
+            .as_bytes(),
+        ),
+        None => http::response(404, "Not Found", &[], "WebTransport is not enabled"),
+    }
+}
+
+fn http_get_response(shard: &Shard, handler: &HttpHandler, req: &Request) -> Vec<u8> {
+    if req.method != "GET" && req.method != "HEAD" {
+        return http::response(405, "Method Not Allowed", &[("Allow", "GET")], "use GET");
+    }
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(req))) {
+        Ok(r) => r.encode(),
+        Err(_) => {
+            ShardStats::add(&shard.stats.handler_panics, 1);
+            http::response(500, "Internal Server Error", &[], "handler failed")
+        }
+    }
+}
+
+/// A connection whose request head was read, on its way to an endpoint.
+pub(crate) struct Opening {
+    pub(crate) stream: Socket,
+    pub(crate) req: Request,
+    /// Bytes that came after the head.
+    pub(crate) pending: BytesMut,
+    pub(crate) admission: Admission,
 }

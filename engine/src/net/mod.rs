@@ -27,3 +27,4 @@ pub(crate) mod socket;
 pub(crate) mod stall;
 pub(crate) mod tls;
 pub(crate) mod udp;
+pub(crate) mod upgrade;
