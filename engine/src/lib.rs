@@ -86,5 +86,5 @@ pub mod fuzzing {
 pub use app::sse::{Event, SseStream};
 pub use app::wt::{Delivery, WtError, WtIncoming, WtRecvStream, WtSendStream, WtSession, WtStream};
 pub use config::Config;
-pub use net::conn::SendError;
 pub use net::shard::BroadcastError;
+pub use net::tcp_conn::SendError;

@@ -9,17 +9,17 @@
 //! - [`conn`] addresses connections by `(shard, slot, generation)` in a slab;
 //! - [`queue`] is the per-connection outbound queue, bounded in bytes.
 
-pub mod conn;
 pub mod doorbell;
 pub mod mesh;
 pub mod pool;
 pub mod queue;
 pub mod room;
+pub mod slab;
 
-pub use conn::{ConnId, ConnSlab, ParseConnIdError};
 pub use mesh::{Inbox, LocalInbox, Mesh, MeshSender};
 pub use pool::{PoolConfig, PoolError, ShardPool};
 pub use queue::{FrameClass, OutboundQueue, Overflow, Pushed, QueueFull};
 pub use room::{
     owner_of, GapReason, HistoryLimits, InterestTable, MemberList, Position, Replay, RoomTable,
 };
+pub use slab::{ConnId, ConnSlab, ParseConnIdError};

@@ -6,8 +6,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use corecast_shards::{FrameClass, GapReason, Overflow, Position, Replay};
 
-use super::conn::{Conn, Transport};
 use super::shard::Shard;
+use super::tcp_conn::{Conn, Transport};
 use crate::proto::sse::{self, Cursor};
 use crate::proto::ws::frame::{self, OpCode};
 use crate::proto::wt::record::{self, ServerRecord};

@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use super::conn::Conn;
 use super::driver::WRITE;
 use super::shard::Shard;
+use super::tcp_conn::Conn;
 use crate::config::{RateLimitAction, RateLimitConfig};
 use crate::proto::ws::{close, frame};
 use crate::stats::ShardStats;

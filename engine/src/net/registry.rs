@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use corecast_shards::ConnId;
 
-use super::conn::{Conn, ConnState};
 use super::driver::WRITE;
 use super::shard::{AckTo, BroadcastError, Member, Shard, ShardMsg};
+use super::tcp_conn::{Conn, ConnState};
 use crate::net::handle::wt_session::SessionState;
 use crate::stats::ShardStats;
 use crate::vocab::message::Message;

@@ -14,12 +14,12 @@ use bytes::Bytes;
 use corecast_shards::room::{Change, InterestTable, RoomTable};
 use corecast_shards::{owner_of, ConnId, ConnSlab, Inbox, MeshSender, Position, Replay};
 
-use super::conn::{Conn, ConnState};
 use super::driver::{self, Ready, READ, WRITE};
 use super::fanout::Encodings;
 use super::notify::LocalNotify;
 use super::pending::{Pending, RoomCounts};
 use super::read::ReadArena;
+use super::tcp_conn::{Conn, ConnState};
 use crate::net::endpoint::Shared;
 use crate::net::handle::wt_session::SessionState;
 use crate::proto::ws::deflate::Deflater;
@@ -878,7 +878,7 @@ impl Shard {
         if conn.state() != ConnState::Open {
             return;
         }
-        let multi_room = conn.transport == super::conn::Transport::SseMultiRoom;
+        let multi_room = conn.transport == super::tcp_conn::Transport::SseMultiRoom;
         if let (Some(reason), Some(since)) = (replay.gap, since) {
             let signal = super::fanout::gap_signal(&conn, room, since, reason, &replay);
             let _ = conn.enqueue(signal, &self.stats);
@@ -1068,7 +1068,7 @@ impl Shard {
         }
         // A multi-room stream needs every room's position in its event ids from the
         // start, so a room it joins without a cursor asks the owner for its position.
-        let multi_room = conn.transport == super::conn::Transport::SseMultiRoom;
+        let multi_room = conn.transport == super::tcp_conn::Transport::SseMultiRoom;
         if since.is_none() && !multi_room {
             return;
         }

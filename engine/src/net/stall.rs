@@ -9,9 +9,9 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::conn::{Conn, ConnState, SLOW_WRITE_STALLED};
 use super::driver::WRITE;
 use super::shard::Shard;
+use super::tcp_conn::{Conn, ConnState, SLOW_WRITE_STALLED};
 use crate::stats::ShardStats;
 
 impl Shard {

@@ -7,7 +7,6 @@ use std::rc::Rc;
 use futures_lite::{AsyncWriteExt, FutureExt};
 
 use super::accept::Opening;
-use super::conn::{Conn, ConnLog, ConnParts, Handler, Transport};
 use super::driver::{READ, WRITE};
 use super::endpoint::{Endpoint, EndpointHandler, EndpointTransport};
 use super::handle::connection::Connection;
@@ -15,6 +14,7 @@ use super::handle::ws_task::WsConn;
 use super::limits::ConnLimits;
 use super::shard::Shard;
 use super::socket::Socket;
+use super::tcp_conn::{Conn, ConnLog, ConnParts, Handler, Transport};
 use crate::proto::http::{self, Request};
 use crate::proto::sse::{parse_stream_cursor, StreamCursor};
 use crate::proto::ws::deflate::Inflater;

@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use corecast_shards::ConnId;
 
-use crate::net::conn::{Conn, ConnState, SendError};
 use crate::net::driver::WRITE;
 use crate::net::shard::{BroadcastError, Shard};
+use crate::net::tcp_conn::{Conn, ConnState, SendError};
 use crate::proto::http;
 use crate::vocab::message::Message;
 use crate::vocab::meta::{Meta, MetaError};
@@ -16,7 +16,7 @@ use crate::vocab::registry::{ConnInfo, LookupError, TransportKind};
 
 /// A handle to one WebSocket connection, usable on the connection's shard.
 /// Callback handlers receive `&Connection`; async handlers get a
-/// [`WsConn`](super::conn::WsConn), which dereferences to one.
+/// [`WsConn`](super::tcp_conn::WsConn), which dereferences to one.
 pub struct Connection {
     pub(crate) shard: Rc<Shard>,
     pub(crate) conn: Rc<Conn>,

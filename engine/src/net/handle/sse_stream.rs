@@ -6,8 +6,8 @@ use std::task::Poll;
 
 use super::connection::Connection;
 use super::ws_task::WsConn;
-use crate::net::conn::SendError;
 use crate::net::driver::WRITE;
+use crate::net::tcp_conn::SendError;
 pub use crate::proto::sse::Event;
 
 /// One Server-Sent Events stream, owned by its handler on the stream's shard.

@@ -6,10 +6,10 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::conn::{Conn, ConnState, Handler, TASK_INBOX_CAP};
 use super::driver::{self, READ, WRITE};
 use super::read::{poll_read_into, settle};
 use super::shard::Shard;
+use super::tcp_conn::{Conn, ConnState, Handler, TASK_INBOX_CAP};
 use crate::net::handle::connection::Connection;
 use crate::proto::ws::{close, Incoming};
 use crate::stats::ShardStats;
