@@ -35,56 +35,39 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// TCP address every shard listens on.
-    #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
     /// Shard count (`auto` = one per available core).
-    #[serde(default)]
     pub shards: Shards,
     /// io_uring and mesh sizing.
-    #[serde(default)]
     pub runtime: RuntimeConfig,
     /// WebSocket settings and endpoints.
-    #[serde(default)]
     pub websocket: WebSocketConfig,
     /// Graceful shutdown.
-    #[serde(default)]
     pub shutdown: ShutdownConfig,
     /// Per-room history kept for resume.
-    #[serde(default)]
     pub history: HistoryConfig,
     /// Server-Sent Events.
-    #[serde(default)]
     pub sse: SseConfig,
     /// The HTTP publish API.
-    #[serde(default)]
     pub api: ApiConfig,
     /// WebTransport over HTTP/3 (QUIC on UDP).
-    #[serde(default)]
     pub webtransport: WebTransportConfig,
     /// Rooms whose members are announced to each other.
-    #[serde(default)]
     pub presence: PresenceConfig,
     /// JWT verification for endpoints with `auth: true` (and for applications'
     /// `JwtMiddleware::from_config`); see docs/AUTH.md.
-    #[serde(default)]
     pub auth: Option<AuthConfig>,
     /// Prometheus metrics.
-    #[serde(default)]
     pub metrics: MetricsConfig,
     /// Logs and traces (read by [`crate::logging::init`]).
-    #[serde(default)]
     pub log: LogConfig,
     /// Connection and request-head limits (docs/SECURITY.md ("Limits")).
-    #[serde(default)]
     pub limits: LimitsConfig,
     /// TLS listener for `wss://` and `https://` (absent: none).
-    #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// What happens to members that read slower than their rooms publish.
-    #[serde(default)]
     pub slow_consumers: SlowConsumersConfig,
     /// Rooms shared with other nodes through a broker (absent: this node alone).
-    #[serde(default)]
     pub cluster: Option<ClusterConfig>,
 }
 
@@ -94,34 +77,24 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest request head (request line + headers), bytes; 431 beyond it.
-    #[serde(default = "defaults::max_request_head_bytes")]
     pub max_request_head_bytes: usize,
     /// Most header lines in a request head; 431 beyond it.
-    #[serde(default = "defaults::max_headers")]
     pub max_headers: usize,
     /// A connection that has not sent its complete request head this long after
     /// being accepted is dropped (slowloris).
-    #[serde(default = "defaults::handshake_timeout")]
     pub handshake_timeout: ConfigDuration,
     /// TCP connections one shard holds at once: open WebSocket/SSE connections plus
     /// those still sending their request head. More get 503 with `Retry-After`.
-    #[serde(default = "defaults::max_connections_per_shard")]
     pub max_connections_per_shard: usize,
     /// TCP connections one source IP address may hold at once across all shards
     /// (503 with `Retry-After` beyond it); 0: no per-address limit.
-    #[serde(default)]
     pub max_connections_per_ip: usize,
 }
 
 impl Default for LimitsConfig {
+    /// The `limits:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            max_request_head_bytes: defaults::max_request_head_bytes(),
-            max_headers: defaults::max_headers(),
-            handshake_timeout: defaults::handshake_timeout(),
-            max_connections_per_shard: defaults::max_connections_per_shard(),
-            max_connections_per_ip: 0,
-        }
+        Config::default().limits
     }
 }
 
@@ -181,25 +154,19 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `pretty` or `json`.
-    #[serde(default)]
     pub format: LogFormat,
     /// A tracing `EnvFilter` directive string, e.g. `info` or
     /// `info,corecast::conn=debug`. `RUST_LOG`, when set, replaces it.
-    #[serde(default = "defaults::log_level")]
     pub level: String,
     /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`); used only
     /// by builds with the `otlp` feature (others warn at start and ignore it).
-    #[serde(default)]
     pub otlp_endpoint: Option<String>,
 }
 
 impl Default for LogConfig {
+    /// The `log:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            format: LogFormat::Pretty,
-            level: defaults::log_level(),
-            otlp_endpoint: None,
-        }
+        Config::default().log
     }
 }
 
@@ -208,25 +175,19 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Serve metrics at all.
-    #[serde(default = "defaults::yes")]
     pub enabled: bool,
     /// URL path of the metrics (GET only).
-    #[serde(default = "defaults::metrics_path")]
     pub path: String,
     /// A separate address to serve metrics on (e.g. `127.0.0.1:9100`), from its own
     /// thread; when set, the main listener does not serve them. `None`: the main
     /// listener serves `path`.
-    #[serde(default)]
     pub listen: Option<SocketAddr>,
 }
 
 impl Default for MetricsConfig {
+    /// The `metrics:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            enabled: true,
-            path: defaults::metrics_path(),
-            listen: None,
-        }
+        Config::default().metrics
     }
 }
 
@@ -235,7 +196,6 @@ impl Default for MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct PresenceConfig {
     /// Rules by room pattern; the first match wins. No match: no presence.
-    #[serde(default)]
     pub rooms: Vec<PresenceRule>,
 }
 
@@ -264,54 +224,34 @@ impl PresenceConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebTransportConfig {
     /// Serve WebTransport at all.
-    #[serde(default)]
     pub enabled: bool,
     /// UDP address; `None` = the TCP `listen` address (same port number).
-    #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// Certificate chain PEM path, or `auto`: a self-signed ECDSA P-256 certificate
     /// made at start, valid 14 days (dev mode; its SHA-256 is logged).
-    #[serde(default = "defaults::cert_auto")]
     pub cert: String,
     /// Private key PEM path (with a certificate path).
-    #[serde(default)]
     pub key: String,
     /// Allowed `Origin` values (exact match); empty allows any.
-    #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Sessions one QUIC connection may hold at once.
-    #[serde(default = "defaults::wt_sessions")]
     pub max_sessions_per_connection: usize,
     /// QUIC connections one shard holds at once; more are closed right after their
     /// handshake with H3_EXCESSIVE_LOAD.
-    #[serde(default = "defaults::wt_connections")]
     pub max_connections_per_shard: usize,
     /// QUIC idle timeout.
-    #[serde(default = "defaults::wt_idle")]
     pub idle_timeout: ConfigDuration,
     /// Validate client addresses with a QUIC Retry (HMAC-authenticated token) before
     /// creating any connection state.
-    #[serde(default = "defaults::yes")]
     pub retry: bool,
     /// Built-in endpoints (`rooms` or `echo`).
-    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }
 
 impl Default for WebTransportConfig {
+    /// The `webtransport:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            enabled: false,
-            listen: None,
-            cert: defaults::cert_auto(),
-            key: String::new(),
-            allowed_origins: Vec::new(),
-            max_sessions_per_connection: defaults::wt_sessions(),
-            max_connections_per_shard: defaults::wt_connections(),
-            idle_timeout: defaults::wt_idle(),
-            retry: true,
-            endpoints: Vec::new(),
-        }
+        Config::default().webtransport
     }
 }
 
@@ -373,24 +313,18 @@ fn parse_duration(s: &str) -> Option<Duration> {
 #[serde(deny_unknown_fields)]
 pub struct HistoryConfig {
     /// Messages kept per room (0: none; resume then always reports a gap).
-    #[serde(default = "defaults::history_messages")]
     pub max_messages: usize,
     /// Oldest message kept.
-    #[serde(default = "defaults::history_age")]
     pub max_age: ConfigDuration,
     /// Overrides by room-name pattern (`*` matches any run of characters); the first
     /// matching pattern wins.
-    #[serde(default)]
     pub rooms: Vec<HistoryOverride>,
 }
 
 impl Default for HistoryConfig {
+    /// The `history:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            max_messages: defaults::history_messages(),
-            max_age: defaults::history_age(),
-            rooms: Vec::new(),
-        }
+        Config::default().history
     }
 }
 
@@ -452,25 +386,19 @@ impl SlowPolicy {
 #[serde(deny_unknown_fields)]
 pub struct SlowConsumersConfig {
     /// The policy of rooms no pattern matches.
-    #[serde(default)]
     pub policy: SlowPolicy,
     /// A connection with queued bytes whose socket accepts none for this long is
     /// closed (1008), whatever its rooms' policy. `0s` disables.
-    #[serde(default = "defaults::write_stall_timeout")]
     pub write_stall_timeout: ConfigDuration,
     /// Policies by room-name pattern (`*` matches any run of characters); the first
     /// match wins.
-    #[serde(default)]
     pub rooms: Vec<SlowConsumerRule>,
 }
 
 impl Default for SlowConsumersConfig {
+    /// The `slow_consumers:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            policy: SlowPolicy::Disconnect,
-            write_stall_timeout: defaults::write_stall_timeout(),
-            rooms: Vec::new(),
-        }
+        Config::default().slow_consumers
     }
 }
 
@@ -573,29 +501,21 @@ pub struct SseEndpointConfig {
 #[serde(deny_unknown_fields)]
 pub struct SseConfig {
     /// A comment line is sent this often so proxies and clients keep the stream open.
-    #[serde(default = "defaults::keep_alive")]
     pub keep_alive_interval: ConfigDuration,
     /// Reconnect delay suggested to clients (`retry:` field) at stream start, ms
     /// (0: don't send one).
-    #[serde(default = "defaults::retry_ms")]
     pub retry_ms: u32,
     /// Allowed `Origin` values (exact match, `"*"` for any); empty allows any.
     /// Others get 403; allowed ones are reflected in `Access-Control-Allow-Origin`.
-    #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Built-in room-stream endpoints.
-    #[serde(default)]
     pub endpoints: Vec<SseEndpointConfig>,
 }
 
 impl Default for SseConfig {
+    /// The `sse:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            keep_alive_interval: defaults::keep_alive(),
-            retry_ms: defaults::retry_ms(),
-            allowed_origins: Vec::new(),
-            endpoints: Vec::new(),
-        }
+        Config::default().sse
     }
 }
 
@@ -605,7 +525,6 @@ impl Default for SseConfig {
 pub struct ApiConfig {
     /// The key clients present as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
     /// Empty: the API is disabled (404). `env:NAME` reads it from variable NAME.
-    #[serde(default)]
     pub key: String,
 }
 
@@ -668,35 +587,25 @@ impl<'de> Deserialize<'de> for Shards {
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Registered io_uring buffer memory per shard, bytes.
-    #[serde(default = "defaults::io_memory")]
     pub io_memory: usize,
     /// io_uring ring depth.
-    #[serde(default = "defaults::ring_depth")]
     pub ring_depth: usize,
     /// Messages a shard's inbox holds before senders see it as full.
-    #[serde(default = "defaults::mesh_capacity")]
     pub mesh_capacity: usize,
     /// Messages a shard holds, per destination shard, while that shard's inbox is
     /// full; they are sent in order as it frees up. Past this, publishes to rooms
     /// that shard owns are refused and deliveries to it are lost (`mesh_overflows`).
-    #[serde(default = "defaults::mesh_capacity")]
     pub mesh_outbox: usize,
     /// Hold write-ready connections up to this long before writing, so more frames
     /// share each send(): less CPU per delivery at a fixed rate, more latency.
     /// 0 writes as soon as frames are queued.
-    #[serde(default = "defaults::flush_delay")]
     pub flush_delay: ConfigDuration,
 }
 
 impl Default for RuntimeConfig {
+    /// The `runtime:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            io_memory: defaults::io_memory(),
-            ring_depth: defaults::ring_depth(),
-            mesh_capacity: defaults::mesh_capacity(),
-            mesh_outbox: defaults::mesh_capacity(),
-            flush_delay: defaults::flush_delay(),
-        }
+        Config::default().runtime
     }
 }
 
@@ -729,66 +638,42 @@ pub struct EndpointConfig {
 #[serde(deny_unknown_fields)]
 pub struct WebSocketConfig {
     /// Bytes read per recv().
-    #[serde(default = "defaults::read_buffer_size")]
     pub read_buffer_size: usize,
     /// Bytes gathered from the outbound queue into one send().
-    #[serde(default = "defaults::write_buffer_size")]
     pub write_buffer_size: usize,
     /// Offer permessage-deflate.
-    #[serde(default = "defaults::yes")]
     pub enable_compression: bool,
     /// Largest message, bytes (1009 beyond).
-    #[serde(default = "defaults::max_message_size")]
     pub max_message_size: usize,
     /// Largest frame payload, bytes (1009 beyond).
-    #[serde(default = "defaults::max_message_size")]
     pub max_frame_size: usize,
     /// Outbound queue cap per connection, bytes.
-    #[serde(default = "defaults::outbound_queue_bytes")]
     pub outbound_queue_bytes: usize,
     /// A WebSocket connection silent this long is pinged; silent for twice as long
     /// (no pong, no data) it is dropped and its rooms and registry entry freed
     /// (half-open sockets, killed clients). `0s` disables.
-    #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: ConfigDuration,
     /// Most frames one fragmented message may arrive in (1009 beyond). The bytes an
     /// incomplete message holds are bounded by `max_message_size`.
-    #[serde(default = "defaults::max_fragments")]
     pub max_fragments: usize,
     /// Pongs a connection may have queued and unwritten; pings beyond that are not
     /// answered until the client reads (RFC 6455 5.5.3 lets a pong answer only the
     /// latest ping), so a ping flood from a client that does not read costs bounded
     /// memory.
-    #[serde(default = "defaults::max_pending_pongs")]
     pub max_pending_pongs: usize,
     /// Per-connection inbound rate limit; `null`: none.
-    #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
     /// Allowed `Origin` values (exact match, `"*"` for any); empty allows any.
     /// Others get 403 before the upgrade and before any handler runs.
-    #[serde(default)]
     pub allowed_origins: Vec<String>,
     /// Built-in endpoints.
-    #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
 }
 
 impl Default for WebSocketConfig {
+    /// The `websocket:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            read_buffer_size: defaults::read_buffer_size(),
-            write_buffer_size: defaults::write_buffer_size(),
-            enable_compression: true,
-            max_message_size: defaults::max_message_size(),
-            max_frame_size: defaults::max_message_size(),
-            outbound_queue_bytes: defaults::outbound_queue_bytes(),
-            idle_timeout: defaults::idle_timeout(),
-            max_fragments: defaults::max_fragments(),
-            max_pending_pongs: defaults::max_pending_pongs(),
-            rate_limit: None,
-            allowed_origins: Vec::new(),
-            endpoints: Vec::new(),
-        }
+        Config::default().websocket
     }
 }
 
@@ -797,129 +682,111 @@ impl Default for WebSocketConfig {
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
     /// How long to wait for queues to drain and clients to close, ms.
-    #[serde(default = "defaults::drain_timeout_ms")]
     pub drain_timeout_ms: u64,
 }
 
 impl Default for ShutdownConfig {
+    /// The `shutdown:` section of the embedded `config.yaml`.
     fn default() -> Self {
-        Self {
-            drain_timeout_ms: defaults::drain_timeout_ms(),
-        }
+        Config::default().shutdown
     }
 }
 
 mod defaults {
-    use std::net::SocketAddr;
 
-    pub fn listen() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 8080))
-    }
-    pub fn io_memory() -> usize {
-        512 * 1024
-    }
-    pub fn ring_depth() -> usize {
-        128
-    }
-    pub fn mesh_capacity() -> usize {
-        65536
-    }
-    pub fn flush_delay() -> super::ConfigDuration {
-        super::ConfigDuration(std::time::Duration::ZERO)
-    }
-    pub fn read_buffer_size() -> usize {
-        16 * 1024
-    }
-    pub fn write_buffer_size() -> usize {
-        64 * 1024
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn max_message_size() -> usize {
-        1 << 20
-    }
-    pub fn outbound_queue_bytes() -> usize {
-        4 << 20
-    }
-    pub fn idle_timeout() -> super::ConfigDuration {
-        super::ConfigDuration(std::time::Duration::from_secs(60))
-    }
-    pub fn drain_timeout_ms() -> u64 {
-        5000
-    }
-    pub fn history_messages() -> usize {
-        1000
-    }
-    pub fn history_age() -> super::ConfigDuration {
-        super::ConfigDuration(std::time::Duration::from_secs(300))
-    }
-    pub fn keep_alive() -> super::ConfigDuration {
-        super::ConfigDuration(std::time::Duration::from_secs(15))
-    }
-    pub fn retry_ms() -> u32 {
-        2000
-    }
-    pub fn cert_auto() -> String {
-        "auto".into()
-    }
-    pub fn wt_sessions() -> usize {
-        16
-    }
-    pub fn wt_connections() -> usize {
-        10_000
-    }
-    pub fn log_level() -> String {
-        "info".into()
-    }
-    pub fn metrics_path() -> String {
-        "/metrics".into()
-    }
-    pub fn max_request_head_bytes() -> usize {
-        16 * 1024
-    }
-    pub fn max_headers() -> usize {
-        64
-    }
-    pub fn handshake_timeout() -> super::ConfigDuration {
-        super::ConfigDuration(std::time::Duration::from_secs(10))
-    }
-    pub fn max_connections_per_shard() -> usize {
-        100_000
-    }
-    pub fn max_fragments() -> usize {
-        65_536
-    }
-    pub fn max_pending_pongs() -> usize {
-        16
-    }
     pub fn burst() -> super::ConfigDuration {
         super::ConfigDuration(std::time::Duration::from_secs(1))
     }
-    pub fn write_stall_timeout() -> super::ConfigDuration {
-        super::ConfigDuration(std::time::Duration::from_secs(30))
-    }
-    pub fn wt_idle() -> super::ConfigDuration {
-        super::ConfigDuration(std::time::Duration::from_secs(30))
+}
+
+/// Merge `over` into `base`: mappings key by key, recursively; any other value
+/// (scalar, list, null) replaces what `base` had. An empty document (null at the
+/// top) changes nothing.
+fn merge_over(base: &mut serde_yaml_ng::Value, over: serde_yaml_ng::Value) {
+    use serde_yaml_ng::Value;
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) if slot.is_mapping() && v.is_mapping() => merge_over(slot, v),
+                    Some(slot) => *slot = v,
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (_, Value::Null) => {}
+        (b, o) => *b = o,
     }
 }
 
 impl Default for Config {
-    /// The embedded `config.yaml`.
+    /// The embedded `config.yaml` (parsed once per process).
     fn default() -> Self {
-        Self::from_yaml(DEFAULT_YAML, "config.yaml (embedded)")
-            .expect("the embedded config.yaml is valid")
+        static EMBEDDED: std::sync::OnceLock<Config> = std::sync::OnceLock::new();
+        EMBEDDED
+            .get_or_init(|| {
+                Self::from_yaml(DEFAULT_YAML, "config.yaml (embedded)")
+                    .expect("the embedded config.yaml is valid")
+            })
+            .clone()
     }
 }
 
 impl Config {
-    /// Parse and validate YAML text; `origin` names it in errors.
+    /// Parse YAML text, merge it over the embedded `config.yaml` (keys the text
+    /// leaves out keep their defaults; a list given replaces the default list) and
+    /// validate the result. `origin` names the text in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let merged = Self::effective_yaml(text, origin)?;
         let cfg: Config =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+            serde_path_to_error::deserialize(merged).map_err(|e| Self::explain(text, origin, e))?;
         cfg.validate()
             .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
         Ok(cfg)
+    }
+
+    /// The configuration `text` amounts to once merged over the embedded
+    /// defaults, as YAML (`corecast check-config --print`). Values are shown as
+    /// written (`env:NAME` references are not resolved); keys and types are not
+    /// checked here ([`Config::from_yaml`] does).
+    pub fn effective_yaml(text: &str, origin: &str) -> Result<serde_yaml_ng::Value, ConfigError> {
+        let user: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError(format!("{origin}: {e}")))?;
+        let mut merged: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(DEFAULT_YAML).expect("the embedded config.yaml is YAML");
+        merge_over(&mut merged, user);
+        Ok(merged)
+    }
+
+    /// Why the merged document did not deserialize, with the line in `text` where
+    /// possible: the text alone is read again, and its first error is used unless
+    /// it is only a key the text leaves to the defaults.
+    fn explain(
+        text: &str,
+        origin: &str,
+        merged: serde_path_to_error::Error<serde_yaml_ng::Error>,
+    ) -> ConfigError {
+        if let Err(e) = serde_yaml_ng::from_str::<Config>(text) {
+            if !e.to_string().contains("missing field") {
+                return ConfigError(format!("{origin}: {e}"));
+            }
+        }
+        let path = merged.path().to_string();
+        ConfigError(format!("{origin}: {path}: {}", merged.into_inner()))
+    }
+
+    /// The embedded defaults with no built-in endpoints (no WebSocket, SSE or
+    /// WebTransport paths, WebTransport off): for an embedder that registers its
+    /// own handlers only.
+    pub fn bare() -> Self {
+        let mut c = Self::default();
+        c.websocket.endpoints.clear();
+        c.sse.endpoints.clear();
+        c.webtransport.endpoints.clear();
+        c.webtransport.enabled = false;
+        c
     }
 
     /// Read, parse and validate a file.
@@ -1382,5 +1249,73 @@ mod tests {
     fn zero_sizes_are_rejected_by_name() {
         let e = Config::from_yaml("websocket:\n  write_buffer_size: 0\n", "t.yaml").unwrap_err();
         assert!(e.0.contains("websocket.write_buffer_size"), "{e}");
+    }
+
+    #[test]
+    fn a_partial_file_keeps_every_default_it_leaves_out() {
+        let c = Config::from_yaml(
+            "listen: 127.0.0.1:9000\nwebsocket:\n  max_frame_size: 4096\n",
+            "t",
+        )
+        .unwrap();
+        let d = Config::default();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.websocket.max_frame_size, 4096);
+        // Siblings of the override and whole sections keep the embedded values.
+        assert_eq!(c.websocket.max_message_size, d.websocket.max_message_size);
+        let paths = |c: &Config| -> Vec<String> {
+            c.websocket
+                .endpoints
+                .iter()
+                .map(|e| e.path.clone())
+                .collect()
+        };
+        assert_eq!(paths(&c), paths(&d));
+        assert!(!paths(&c).is_empty());
+        assert_eq!(c.sse.endpoints.len(), d.sse.endpoints.len());
+        assert_eq!(c.webtransport.enabled, d.webtransport.enabled);
+        assert_eq!(format!("{:?}", c.history), format!("{:?}", d.history));
+    }
+
+    #[test]
+    fn a_list_in_the_file_replaces_the_default_list() {
+        let c = Config::from_yaml(
+            "websocket:\n  endpoints: []\nsse:\n  endpoints:\n    - path: /events\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.websocket.endpoints.is_empty());
+        assert_eq!(c.sse.endpoints.len(), 1);
+        assert_eq!(c.sse.endpoints[0].path, "/events");
+    }
+
+    #[test]
+    fn an_empty_file_is_the_default_config() {
+        let c = Config::from_yaml("", "t").unwrap();
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn the_effective_yaml_shows_overrides_and_defaults() {
+        let v = Config::effective_yaml("shards: 3\n", "t").unwrap();
+        assert_eq!(v["shards"], serde_yaml_ng::Value::from(3));
+        assert_eq!(
+            v["websocket"]["endpoints"][0]["path"],
+            serde_yaml_ng::Value::from("/ws/chat")
+        );
+        // Errors carry the line of the text, not of the merged document.
+        let e = Config::from_yaml("shards: 2\nwebsocket:\n  nope: 1\n", "t").unwrap_err();
+        assert!(e.0.contains("nope") && e.0.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn bare_serves_no_built_in_endpoint() {
+        let c = Config::bare();
+        assert!(c.websocket.endpoints.is_empty() && c.sse.endpoints.is_empty());
+        assert!(c.webtransport.endpoints.is_empty() && !c.webtransport.enabled);
+        assert_eq!(
+            c.history.max_messages,
+            Config::default().history.max_messages
+        );
     }
 }

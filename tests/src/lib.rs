@@ -210,6 +210,10 @@ pub struct ServerOptions {
     pub replacements: Vec<(String, String)>,
     /// YAML appended to the config (new top-level sections).
     pub append: String,
+    /// The whole config file as written, instead of the edited default config
+    /// (the server merges it over its embedded defaults; `--listen` and
+    /// `--shards` are still passed).
+    pub text: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -220,6 +224,7 @@ impl Default for ServerOptions {
             env: Vec::new(),
             replacements: Vec::new(),
             append: String::new(),
+            text: None,
         }
     }
 }
@@ -262,8 +267,18 @@ impl ServerOptions {
         self.env("CORECAST_API_KEY", TEST_API_KEY)
     }
 
+    /// Serve `text` as the whole config file (a partial file: what it leaves out
+    /// comes from the embedded defaults).
+    pub fn text(mut self, text: &str) -> ServerOptions {
+        self.text = Some(text.to_string());
+        self
+    }
+
     /// The config file text for these options, listening on `listen`.
     pub fn config_text(&self, listen: SocketAddr) -> String {
+        if let Some(text) = &self.text {
+            return text.replace("{listen}", &listen.to_string()) + &self.append;
+        }
         let default = std::fs::read_to_string(default_config_path()).expect("read config.yaml");
         let mut yaml = set_yaml_value(&default, "listen", &listen.to_string());
         yaml = set_yaml_value(&yaml, "shards", &self.shards.to_string());

@@ -161,3 +161,46 @@ fn serve_refuses_an_invalid_config_without_listening() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A file with only `listen:` and one override is merged over the embedded
+/// defaults: the default endpoints are served, and the override applies.
+#[tokio::test]
+async fn a_partial_config_serves_the_default_endpoints() {
+    use corecast_tests::client::{self, recv, send_text};
+    use corecast_tests::raw::{Frame, WsConn};
+    use corecast_tests::sse::SseClient;
+    use corecast_tests::{Server, ServerOptions};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let text = "listen: {listen}\nwebsocket:\n  max_message_size: 1000\n";
+    let server = Server::start_with(ServerOptions::default().text(text)).await;
+    // /ws/echo and /sse come from config.yaml, which the file does not mention.
+    let mut ws = client::connect(&server.url("/ws/echo")).await;
+    send_text(&mut ws, "hello").await;
+    assert_eq!(recv(&mut ws).await, Message::Text("hello".into()));
+    // Panics unless /sse answers 200 with an event stream.
+    let _sse = SseClient::connect(server.addr(), "/sse?room=partial").await;
+    // The override: a 2,000-byte message is over max_message_size (1009).
+    let mut raw = WsConn::connect(server.addr(), "/ws/echo").await;
+    raw.send(&Frame::text("x".repeat(2000)))
+        .await
+        .expect("send");
+    raw.expect_close_code(1009).await;
+}
+
+/// `check-config --print` shows the file merged over the defaults.
+#[test]
+fn check_config_print_shows_the_effective_config() {
+    let (_dir, path) = write_config("shards: 3\n");
+    let out = run_corecast(&["check-config", "--print", &path], TIMEOUT);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("shards: 3"), "{stdout}");
+    assert!(stdout.contains("path: /ws/chat"), "{stdout}");
+    assert!(stdout.contains("max_message_size: 1048576"), "{stdout}");
+}

@@ -11,12 +11,13 @@ corecast — thread-per-core real-time fan-out server
 
 USAGE:
     corecast serve [--config FILE] [--listen ADDR] [--shards N|auto]
-    corecast check-config FILE
+    corecast check-config [--print] FILE
     corecast cert --out DIR [--days N] [--host NAME]...
     corecast --help | --version
 
 serve         run the server (without --config: the embedded default config.yaml)
-check-config  validate a configuration file and exit (0 = valid)
+check-config  validate a configuration file and exit (0 = valid); --print also
+              prints it merged over the embedded defaults (the effective config)
 cert          write a self-signed ECDSA P-256 cert.pem + key.pem for WebTransport
               (at most 14 days, default 14; hosts default: localhost 127.0.0.1 ::1)
               and print the SHA-256 for a browser's serverCertificateHashes
@@ -47,19 +48,28 @@ fn fail(msg: &str) -> ExitCode {
 }
 
 fn check_config(args: &[String]) -> ExitCode {
-    let [file] = args else {
-        return fail("usage: corecast check-config FILE");
+    let (print, file) = match args {
+        [file] if file != "--print" => (false, file),
+        [flag, file] | [file, flag] if flag == "--print" => (true, file),
+        _ => return fail("usage: corecast check-config [--print] FILE"),
     };
-    match Config::from_file(&PathBuf::from(file)) {
-        Ok(_) => {
-            println!("ok");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("corecast: invalid configuration: {e}");
-            ExitCode::from(1)
+    let path = PathBuf::from(file);
+    let config = Config::from_file(&path);
+    if let Err(e) = config {
+        eprintln!("corecast: invalid configuration: {e}");
+        return ExitCode::from(1);
+    }
+    if print {
+        // Valid, so it reads and merges: print what the server would run with.
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        match Config::effective_yaml(&text, file).map(|v| serde_yaml_ng::to_string(&v)) {
+            Ok(Ok(yaml)) => print!("{yaml}"),
+            Ok(Err(e)) => return fail(&format!("cannot print the configuration: {e}")),
+            Err(e) => return fail(&e.to_string()),
         }
     }
+    println!("ok");
+    ExitCode::SUCCESS
 }
 
 fn cert(args: &[String]) -> ExitCode {
