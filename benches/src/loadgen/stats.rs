@@ -31,7 +31,13 @@ fn monotonic_ns() -> u64 {
 }
 
 fn epoch_pair() -> (Instant, u64) {
-    *EPOCH.get_or_init(|| (Instant::now(), monotonic_ns()))
+    // CLOCK_MONOTONIC is read before the Instant: a preemption between the two
+    // reads then makes shared timestamps a little early, never later than the
+    // clock itself (read in the other order, a timestamp could lie in the future).
+    *EPOCH.get_or_init(|| {
+        let mono = monotonic_ns();
+        (Instant::now(), mono)
+    })
 }
 
 /// Fixes the process epoch (call first thing in `main`).
