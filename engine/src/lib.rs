@@ -62,6 +62,23 @@ pub use vocab::message::Message;
 pub use vocab::meta::{Meta, MetaError};
 pub use vocab::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
 
+/// What a handler needs from the shard's executor, so an embedder needs no direct
+/// glommio dependency: handlers run on their connection's shard (a glommio
+/// executor pinned to one core), where these spawn and sleep. Futures spawned here
+/// need not be `Send`; they must not block the thread.
+pub mod rt {
+    /// Sleep for a duration on the shard's timer (no thread is blocked).
+    pub use glommio::timer::sleep;
+    /// A task spawned on the current shard; await it for its output, or
+    /// `detach()` it to let it run on its own.
+    pub use glommio::Task;
+
+    /// Spawn `future` on the current shard (call it from a handler).
+    pub fn spawn<T: 'static>(future: impl std::future::Future<Output = T> + 'static) -> Task<T> {
+        glommio::spawn_local(future)
+    }
+}
+
 /// Action routing (re-exported from `app::router`).
 pub mod router {
     pub use crate::app::router::*;

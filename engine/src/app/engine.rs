@@ -2,10 +2,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use corecast_shards::{owner_of, Mesh, PoolConfig, ShardPool};
 
@@ -17,12 +15,11 @@ use super::router::Router;
 use super::sse::SseStream;
 use super::wt::WtSession;
 use crate::config::{Config, EndpointKind};
-use crate::net::accept::accept_loop;
-pub use crate::net::boot::StartError;
-use crate::net::boot::{bind_listeners, bind_udp};
+use crate::net::boot::{bind_listeners, bind_udp, ShardBoot};
+pub use crate::net::boot::{Listener, StartError};
 use crate::net::endpoint::{Endpoint, EndpointHandler, EndpointTransport, Shared, WtEndpoint};
 pub use crate::net::endpoint::{HandlerFuture, HttpHandler, HttpResponse, WsHandler, WtHandler};
-use crate::net::shard::{BroadcastError, Shard, ShardMsg};
+use crate::net::shard::{BroadcastError, ShardMsg};
 use crate::proto::ws::deflate::DeflateSettings;
 use crate::stats::ShardStats;
 use crate::vocab::connect::Admission;
@@ -298,19 +295,19 @@ impl Engine {
     /// Bind the listeners and start the shards.
     pub fn start(self) -> Result<RunningEngine, StartError> {
         if let Some(e) = &self.setup_error {
-            return Err(StartError(e.clone()));
+            return Err(StartError::Config(e.clone()));
         }
         let shards = self.config.shard_count();
         if shards > corecast_shards::room::MAX_SHARDS {
-            return Err(StartError(format!(
+            return Err(StartError::Config(format!(
                 "shards: {shards} is more than the {} supported",
                 corecast_shards::room::MAX_SHARDS
             )));
         }
-        let (listeners, local_addr) = bind_listeners(self.config.listen, shards)?;
+        let (listeners, local_addr) = bind_listeners(Listener::Main, self.config.listen, shards)?;
         let (wt, udp_sockets, wt_addr) = if self.config.webtransport.enabled {
-            let wt =
-                crate::net::quic::prepare_tls(&self.config.webtransport).map_err(StartError)?;
+            let wt = crate::net::quic::prepare_tls(&self.config.webtransport)
+                .map_err(StartError::Certificate)?;
             let udp_addr = self.config.webtransport.listen.unwrap_or(local_addr);
             let (sockets, addr) = bind_udp(udp_addr, shards)?;
             (Some(wt), sockets, Some(addr))
@@ -319,9 +316,8 @@ impl Engine {
         };
         let (tls, tls_listeners, tls_addr) = match &self.config.tls {
             Some(c) => {
-                let tls = crate::net::tls::TlsShared::new(c).map_err(StartError)?;
-                let (ls, addr) = bind_listeners(c.listen, shards)
-                    .map_err(|e| StartError(format!("tls.listen: {e}")))?;
+                let tls = crate::net::tls::TlsShared::new(c).map_err(StartError::Certificate)?;
+                let (ls, addr) = bind_listeners(Listener::Tls, c.listen, shards)?;
                 (Some(Arc::new(tls)), ls, Some(addr))
             }
             None => (None, Vec::new(), None),
@@ -374,12 +370,16 @@ impl Engine {
                     routers.clone(),
                     cluster_stats.clone(),
                 )
-                .map_err(|e| StartError(format!("metrics: cannot listen on {addr}: {e}")))?,
+                .map_err(|source| StartError::Bind {
+                    listener: Listener::Metrics,
+                    addr,
+                    source,
+                })?,
             ),
             _ => None,
         };
         let mut mesh = Mesh::new(shards, self.config.runtime.mesh_capacity)
-            .map_err(|e| StartError(format!("cannot build the shard mesh: {e}")))?;
+            .map_err(|e| StartError::Runtime(format!("cannot build the shard mesh: {e}")))?;
         let deflate = DeflateSettings {
             enabled: self.config.websocket.enable_compression,
             ..DeflateSettings::default()
@@ -390,6 +390,7 @@ impl Engine {
             senders: mesh.senders(),
             stats,
             shutdown: AtomicBool::new(false),
+            stopped: crate::net::endpoint::Stopped::new(shards),
             epoch_base: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64),
@@ -413,26 +414,16 @@ impl Engine {
                     end,
                     Box::new(crate::net::cluster::MeshPort(mesh.senders())),
                 )
-                .map_err(|e| StartError(format!("cluster: cannot start the bridge: {e}")))?,
+                .map_err(StartError::Cluster)?,
             ),
             _ => None,
         };
-        let udp_fds: Vec<Mutex<Option<i32>>> = udp_sockets
-            .into_iter()
-            .map(|s| Mutex::new(Some(s.into_raw_fd())))
-            .collect();
-        let inboxes: Vec<_> = (0..shards)
-            .map(|i| Mutex::new(mesh.take_inbox(i)))
-            .collect();
-        let listener_fds: Vec<Mutex<Option<i32>>> = listeners
-            .into_iter()
-            .map(|l| Mutex::new(Some(l.into_raw_fd())))
-            .collect();
-        let tls_fds: Vec<Mutex<Option<i32>>> = tls_listeners
-            .into_iter()
-            .map(|l| Mutex::new(Some(l.into_raw_fd())))
-            .collect();
-        let boot = Arc::new((inboxes, listener_fds, udp_fds, tls_fds));
+        let boot = Arc::new(ShardBoot::new(
+            (0..shards).map(|i| mesh.take_inbox(i)).collect(),
+            listeners,
+            udp_sockets,
+            tls_listeners,
+        ));
         let pool_config = PoolConfig {
             shards,
             io_memory: shared.config.runtime.io_memory,
@@ -442,56 +433,9 @@ impl Engine {
         };
         let shared2 = shared.clone();
         let pool = ShardPool::start(&pool_config, move |i| {
-            let shared = shared2.clone();
-            let boot = boot.clone();
-            async move {
-                let inbox = boot.0[i].lock().ok().and_then(|mut g| g.take());
-                let fd = boot.1[i].lock().ok().and_then(|mut g| g.take());
-                let (Some(inbox), Some(fd)) = (inbox, fd) else {
-                    return;
-                };
-                // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
-                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                let shard = Rc::new(Shard::new(i, shared.clone()));
-                let udp = boot
-                    .2
-                    .get(i)
-                    .and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
-                if let (Some(fd), Some(wt)) = (udp, shared.wt.as_ref()) {
-                    // SAFETY: `fd` is a UDP socket we bound and handed to this shard only.
-                    let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
-                    let endpoint = crate::net::quic::quiche_config(&shared, wt)
-                        .and_then(|q| crate::net::quic::Endpoint::new(shard.clone(), socket, q));
-                    match endpoint {
-                        Ok(ep) => {
-                            ep.spawn();
-                            *shard.quic.borrow_mut() = Some(ep);
-                        }
-                        Err(e) => tracing::error!(shard = i, error = %e, "WebTransport disabled"),
-                    }
-                }
-                glommio::spawn_local(accept_loop(shard.clone(), listener, None)).detach();
-                let tls_fd = boot
-                    .3
-                    .get(i)
-                    .and_then(|m| m.lock().ok().and_then(|mut g| g.take()));
-                if let (Some(fd), Some(tls)) = (tls_fd, shared.tls.clone()) {
-                    // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
-                    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
-                    glommio::spawn_local(accept_loop(shard.clone(), listener, Some(tls))).detach();
-                }
-                glommio::spawn_local(shard.clone().run_driver()).detach();
-                glommio::spawn_local(shard.clone().run_sweeper()).detach();
-                glommio::spawn_local(shard.clone().run_idle_sweeper()).detach();
-                glommio::spawn_local(shard.clone().run_stall_sweeper()).detach();
-                glommio::spawn_local(shard.clone().run_keepalive()).detach();
-                glommio::spawn_local(shard.clone().run_flusher()).detach();
-                glommio::spawn_local(shard.clone().run_bridge_backlog()).detach();
-                glommio::spawn_local(shard.clone().run_cluster_counts()).detach();
-                shard.run_inbox(inbox).await;
-            }
+            crate::net::boot::run_shard(i, shared2.clone(), boot.clone())
         })
-        .map_err(|e| StartError(e.to_string()))?;
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
         Ok(RunningEngine {
             pool: Some(pool),
             bridge,
@@ -566,6 +510,14 @@ impl EngineHandle {
                 s.ring();
             }
         }
+    }
+
+    /// Resolves once every shard has stopped (after [`EngineHandle::shutdown`] and
+    /// the drain): await it from any executor or thread, e.g. a tokio task, instead
+    /// of blocking in [`RunningEngine::wait`]. The future is `Send`.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        std::future::poll_fn(move |cx| shared.stopped.poll(cx))
     }
 
     /// Counters summed over shards, as JSON (the body of `GET /stats`).
@@ -654,7 +606,7 @@ impl RunningEngine {
     /// Wait until every shard has finished (after [`EngineHandle::shutdown`]).
     pub fn wait(mut self) -> Result<(), StartError> {
         let joined = match self.pool.take() {
-            Some(pool) => pool.join().map_err(|e| StartError(e.to_string())),
+            Some(pool) => pool.join().map_err(|e| StartError::Runtime(e.to_string())),
             None => Ok(()),
         };
         if let Some(mut m) = self.metrics.take() {

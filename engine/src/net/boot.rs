@@ -3,34 +3,113 @@
 //! works), handed to the shards afterwards.
 
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
-/// Why the engine could not start.
+use corecast_shards::Inbox;
+
+use super::accept::accept_loop;
+use super::endpoint::Shared;
+use super::shard::{Shard, ShardMsg};
+
+/// Which listener a [`StartError::Bind`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// `listen` (WebSocket, SSE, the API).
+    Main,
+    /// `tls.listen`.
+    Tls,
+    /// `webtransport.listen` (UDP).
+    WebTransport,
+    /// `metrics.listen`.
+    Metrics,
+}
+
+/// Why the engine could not start. `Display` gives the message the binary prints.
 #[derive(Debug)]
-pub struct StartError(pub String);
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration or a registration cannot be served (e.g. a bad `auth:`
+    /// section, more shards than supported).
+    Config(String),
+    /// A listener could not be bound.
+    Bind {
+        /// Which one.
+        listener: Listener,
+        /// The address it was to bind.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A certificate or key (`tls:`, `webtransport.cert`) could not be loaded or made.
+    Certificate(String),
+    /// The shard runtime could not start or a shard failed (io_uring set-up over
+    /// `RLIMIT_MEMLOCK`, threads, the mesh), with the reason.
+    Runtime(String),
+    /// The cluster bridge thread could not start (`cluster.url`, its runtime).
+    Cluster(std::io::Error),
+}
 
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            StartError::Config(m) | StartError::Certificate(m) | StartError::Runtime(m) => {
+                f.write_str(m)
+            }
+            StartError::Bind {
+                listener,
+                addr,
+                source,
+            } => match listener {
+                Listener::Main => write!(f, "cannot listen on {addr}: {source}"),
+                Listener::Tls => write!(f, "tls.listen: cannot listen on {addr}: {source}"),
+                Listener::Metrics => write!(f, "metrics: cannot listen on {addr}: {source}"),
+                Listener::WebTransport => write!(
+                    f,
+                    "webtransport: cannot bind UDP {addr}: {source} (set webtransport.listen)"
+                ),
+            },
+            StartError::Cluster(e) => write!(f, "cluster: cannot start the bridge: {e}"),
+        }
     }
 }
 
-impl std::error::Error for StartError {}
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::Bind { source, .. } | StartError::Cluster(source) => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl StartError {
+    /// A listener's address was taken or not allowed.
+    pub fn is_bind(&self) -> bool {
+        matches!(self, StartError::Bind { .. })
+    }
+}
 
 /// Bind one SO_REUSEPORT listener per shard on `addr` (port 0: the first bind
 /// picks the port and the rest share it).
 pub(crate) fn bind_listeners(
+    listener: Listener,
     addr: SocketAddr,
     shards: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
     let mut out = Vec::with_capacity(shards);
     let mut addr = addr;
     for _ in 0..shards {
-        let l = bind_reuseport(addr)
-            .map_err(|e| StartError(format!("cannot listen on {addr}: {e}")))?;
+        let l = bind_reuseport(addr).map_err(|source| StartError::Bind {
+            listener,
+            addr,
+            source,
+        })?;
         if addr.port() == 0 {
             addr = l
                 .local_addr()
-                .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
+                .map_err(|e| StartError::Runtime(format!("cannot read the bound address: {e}")))?;
         }
         out.push(l);
     }
@@ -46,15 +125,15 @@ pub(crate) fn bind_udp(
     let mut out = Vec::with_capacity(shards);
     let mut addr = addr;
     for _ in 0..shards {
-        let s = bind_udp_reuseport(addr).map_err(|e| {
-            StartError(format!(
-                "webtransport: cannot bind UDP {addr}: {e} (set webtransport.listen)"
-            ))
+        let s = bind_udp_reuseport(addr).map_err(|source| StartError::Bind {
+            listener: Listener::WebTransport,
+            addr,
+            source,
         })?;
         if addr.port() == 0 {
             addr = s
                 .local_addr()
-                .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
+                .map_err(|e| StartError::Runtime(format!("cannot read the bound address: {e}")))?;
         }
         out.push(s);
     }
@@ -152,4 +231,76 @@ pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::sockl
         }
     };
     (storage, len as libc::socklen_t)
+}
+
+/// What each shard takes at start-up, once: its mesh inbox and the sockets bound for
+/// it on the main thread (as raw descriptors: glommio sockets are made on the shard).
+pub(crate) struct ShardBoot {
+    inboxes: Vec<Mutex<Option<Inbox<ShardMsg>>>>,
+    tcp: Vec<Mutex<Option<RawFd>>>,
+    udp: Vec<Mutex<Option<RawFd>>>,
+    tls: Vec<Mutex<Option<RawFd>>>,
+}
+
+impl ShardBoot {
+    pub(crate) fn new(
+        inboxes: Vec<Option<Inbox<ShardMsg>>>,
+        tcp: Vec<std::net::TcpListener>,
+        udp: Vec<std::net::UdpSocket>,
+        tls: Vec<std::net::TcpListener>,
+    ) -> Self {
+        let fds = |v: Vec<RawFd>| v.into_iter().map(|fd| Mutex::new(Some(fd))).collect();
+        Self {
+            inboxes: inboxes.into_iter().map(Mutex::new).collect(),
+            tcp: fds(tcp.into_iter().map(IntoRawFd::into_raw_fd).collect()),
+            udp: fds(udp.into_iter().map(IntoRawFd::into_raw_fd).collect()),
+            tls: fds(tls.into_iter().map(IntoRawFd::into_raw_fd).collect()),
+        }
+    }
+}
+
+/// Take slot `i` of `v` (each is taken by its shard, once).
+fn take<T>(v: &[Mutex<Option<T>>], i: usize) -> Option<T> {
+    v.get(i)
+        .and_then(|m| m.lock().ok().and_then(|mut g| g.take()))
+}
+
+/// Shard `i`'s life on its executor: make its sockets, spawn its accept loops,
+/// QUIC endpoint, driver and periodic tasks, then run its inbox until shutdown.
+pub(crate) async fn run_shard(i: usize, shared: Arc<Shared>, boot: Arc<ShardBoot>) {
+    let (Some(inbox), Some(fd)) = (take(&boot.inboxes, i), take(&boot.tcp, i)) else {
+        return;
+    };
+    // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
+    let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+    let shard = Rc::new(Shard::new(i, shared.clone()));
+    if let (Some(fd), Some(wt)) = (take(&boot.udp, i), shared.wt.as_ref()) {
+        // SAFETY: `fd` is a UDP socket we bound and handed to this shard only.
+        let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
+        let endpoint = super::quic::quiche_config(&shared, wt)
+            .and_then(|q| super::quic::Endpoint::new(shard.clone(), socket, q));
+        match endpoint {
+            Ok(ep) => {
+                ep.spawn();
+                *shard.quic.borrow_mut() = Some(ep);
+            }
+            Err(e) => tracing::error!(shard = i, error = %e, "WebTransport disabled"),
+        }
+    }
+    glommio::spawn_local(accept_loop(shard.clone(), listener, None)).detach();
+    if let (Some(fd), Some(tls)) = (take(&boot.tls, i), shared.tls.clone()) {
+        // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
+        let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+        glommio::spawn_local(accept_loop(shard.clone(), listener, Some(tls))).detach();
+    }
+    glommio::spawn_local(shard.clone().run_driver()).detach();
+    glommio::spawn_local(shard.clone().run_sweeper()).detach();
+    glommio::spawn_local(shard.clone().run_idle_sweeper()).detach();
+    glommio::spawn_local(shard.clone().run_stall_sweeper()).detach();
+    glommio::spawn_local(shard.clone().run_keepalive()).detach();
+    glommio::spawn_local(shard.clone().run_flusher()).detach();
+    glommio::spawn_local(shard.clone().run_bridge_backlog()).detach();
+    glommio::spawn_local(shard.clone().run_cluster_counts()).detach();
+    shard.run_inbox(inbox).await;
+    shared.stopped.shard_done();
 }

@@ -137,6 +137,8 @@ pub(crate) struct Shared {
     pub(crate) senders: Vec<MeshSender<ShardMsg>>,
     pub(crate) stats: Vec<Arc<ShardStats>>,
     pub(crate) shutdown: AtomicBool,
+    /// Shards still running (the future [`crate::EngineHandle::stopped`] waits on).
+    pub(crate) stopped: Stopped,
     /// Epochs of room records derive from this (the start time), so they change
     /// across restarts.
     pub(crate) epoch_base: u64,
@@ -194,5 +196,50 @@ impl Shared {
     pub(crate) fn main_metrics_path(&self) -> Option<&str> {
         let m = &self.config.metrics;
         (m.enabled && m.listen.is_none()).then_some(m.path.as_str())
+    }
+}
+
+/// Counts shards still running and wakes whoever awaits the last one (from any
+/// thread, any executor: a tokio task can await it).
+pub(crate) struct Stopped {
+    running: std::sync::atomic::AtomicUsize,
+    waiters: std::sync::Mutex<Vec<std::task::Waker>>,
+}
+
+impl Stopped {
+    pub(crate) fn new(shards: usize) -> Self {
+        Self {
+            running: std::sync::atomic::AtomicUsize::new(shards),
+            waiters: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A shard's inbox loop has returned.
+    pub(crate) fn shard_done(&self) {
+        if self.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Ok(mut w) = self.waiters.lock() {
+                for waker in w.drain(..) {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    /// Ready once every shard is done.
+    pub(crate) fn poll(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.running.load(Ordering::Acquire) == 0 {
+            return std::task::Poll::Ready(());
+        }
+        if let Ok(mut w) = self.waiters.lock() {
+            if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
+            }
+        }
+        // Checked again under the registration: the last shard may have just left.
+        if self.running.load(Ordering::Acquire) == 0 {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }
