@@ -403,10 +403,13 @@ impl Engine {
                 crate::net::limits::IpTable::new(self.config.limits.max_connections_per_ip)
             }),
             tls,
-            cluster,
+            sequencer: match cluster {
+                Some(link) => crate::net::sequencer::Sequencer::Cluster(link),
+                None => crate::net::sequencer::Sequencer::Local,
+            },
             config: self.config,
         });
-        let bridge = match (bridge_end, shared.config.cluster.clone(), &shared.cluster) {
+        let bridge = match (bridge_end, shared.config.cluster.clone(), shared.cluster()) {
             (Some(end), Some(cfg), Some(link)) => Some(
                 crate::cluster::bridge::spawn(
                     cfg,
@@ -459,7 +462,7 @@ impl EngineHandle {
     /// Publish `msg` to `room` from any thread; it is sequenced by the room's owner
     /// shard and reaches every member on every shard.
     pub fn broadcast(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
-        if let Some(link) = &self.shared.cluster {
+        if let Some(link) = self.shared.cluster() {
             if !link.is_connected() {
                 crate::cluster::ClusterStats::add(&link.stats.publish_failures, 1);
                 return Err(BroadcastError::Unavailable);
@@ -531,7 +534,7 @@ impl EngineHandle {
         crate::metrics::render(
             &self.shared.stats,
             &self.shared.routers,
-            self.shared.cluster.as_ref().map(|l| l.families()).as_ref(),
+            self.shared.cluster().map(|l| l.families()).as_ref(),
         )
     }
 
@@ -622,7 +625,7 @@ impl RunningEngine {
         let Some(bridge) = self.bridge.take() else {
             return;
         };
-        if let Some(link) = &self.handle.shared.cluster {
+        if let Some(link) = self.handle.shared.cluster() {
             let _ = link.send(crate::cluster::ToBridge::Shutdown);
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);

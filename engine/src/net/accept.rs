@@ -268,7 +268,7 @@ async fn route(
             &req.method,
             &shared.stats,
             &shared.routers,
-            shared.cluster.as_ref().map(|l| l.families()).as_ref(),
+            shared.cluster().map(|l| l.families()).as_ref(),
         ),
         Target::Stats => stats_response(&shared, &req),
         Target::CertHash => cert_hash_response(&shared),

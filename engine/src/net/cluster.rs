@@ -82,17 +82,53 @@ impl ShardPort for MeshPort {
 
 impl Shard {
     fn link(&self) -> Option<&ClusterLink> {
-        self.shared.cluster.as_ref()
+        self.shared.sequencer.cluster()
     }
 
-    /// Whether rooms are sequenced by the cluster broker.
+    /// Whether this node is one of a cluster.
     pub(crate) fn clustered(&self) -> bool {
-        self.shared.cluster.is_some()
+        self.link().is_some()
+    }
+
+    /// As owner: whether the bridge reported `room`'s position (the node follows it).
+    pub(crate) fn cluster_synced(&self, room: &str) -> bool {
+        self.cluster.synced.borrow().contains(room)
+    }
+
+    /// A local member joined or left `room`: its counts go out with the next report.
+    pub(crate) fn cluster_members_changed(&self, room: &Arc<str>) {
+        self.cluster.dirty.borrow_mut().insert(room.clone());
     }
 
     /// This node's id in cluster mode.
     pub(crate) fn node_id(&self) -> Option<&str> {
         self.link().map(|l| &*l.node_id)
+    }
+
+    /// Cluster mode: publish through Redis and wait for the position it gave.
+    pub(crate) async fn publish_acked_cluster(
+        self: &Rc<Self>,
+        link: &ClusterLink,
+        room: &str,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Position, BroadcastError> {
+        let (token, slot) = self.pending.new_ack();
+        let ack = Some(AckTo {
+            shard: self.id,
+            token,
+        });
+        if let Err(e) = self.cluster_publish(link, room, msg, None, None, ack) {
+            self.pending.forget(token);
+            return Err(e);
+        }
+        let got = futures_lite::future::or(async { Some(slot.wait().await) }, async {
+            glommio::timer::sleep(timeout).await;
+            None
+        })
+        .await;
+        self.pending.forget(token);
+        got.flatten().ok_or(BroadcastError::Unavailable)
     }
 
     /// Cluster mode: hand a publish to the bridge. Refused at once while Redis is
@@ -157,7 +193,7 @@ impl Shard {
 
     /// Move the backlog into the bridge queue as room frees up.
     pub(crate) async fn run_bridge_backlog(self: Rc<Self>) {
-        let Some(link) = self.shared.cluster.as_ref() else {
+        let Some(link) = self.link() else {
             return;
         };
         loop {
@@ -220,19 +256,6 @@ impl Shard {
             }
         }
         counts
-    }
-
-    /// Whether this owner knows `room`'s position: always alone; in cluster mode
-    /// once the bridge reported it (the node follows the room).
-    pub(crate) fn position_known(&self, room: &str) -> bool {
-        !self.clustered() || self.cluster.synced.borrow().contains(room)
-    }
-
-    /// A local member joined or left `room`: its counts go out with the next report.
-    pub(crate) fn cluster_touch(&self, room: &Arc<str>) {
-        if self.clustered() {
-            self.cluster.dirty.borrow_mut().insert(room.clone());
-        }
     }
 
     /// As owner in cluster mode: the interest set of `room` went from empty to

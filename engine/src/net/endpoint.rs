@@ -157,21 +157,26 @@ pub(crate) struct Shared {
     pub(crate) ip_table: Option<Arc<crate::net::limits::IpTable>>,
     /// The TLS listener's certificate and settings (`tls:`).
     pub(crate) tls: Option<Arc<crate::net::tls::TlsShared>>,
-    /// The cluster bridge, when `cluster:` is set.
-    pub(crate) cluster: Option<crate::cluster::ClusterLink>,
+    /// Who sequences rooms: the owner shard, or Redis through the cluster bridge.
+    pub(crate) sequencer: super::sequencer::Sequencer,
 }
 
 impl Shared {
     /// The body of `GET /stats`: shard counters, plus `cluster` in cluster mode.
     pub(crate) fn stats_json(&self) -> String {
         let mut json = crate::stats::to_json(&self.stats);
-        if let Some(link) = &self.cluster {
+        if let Some(link) = self.cluster() {
             json.pop();
             json.push_str(",\"cluster\":");
             json.push_str(&crate::cluster::stats_json(&link.node_id, &link.stats));
             json.push('}');
         }
         json
+    }
+
+    /// The cluster bridge link, when `cluster:` is set (counters, node ids).
+    pub(crate) fn cluster(&self) -> Option<&crate::cluster::ClusterLink> {
+        self.sequencer.cluster()
     }
 
     /// The endpoint at `path` and its index.

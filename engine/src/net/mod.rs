@@ -21,6 +21,7 @@ pub(crate) mod presence;
 pub(crate) mod quic;
 pub(crate) mod read;
 pub(crate) mod registry;
+pub(crate) mod sequencer;
 pub(crate) mod shard;
 pub(crate) mod socket;
 pub(crate) mod stall;

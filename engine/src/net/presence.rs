@@ -61,23 +61,29 @@ impl Shard {
 
     /// As owner: add a member, tell the room, show the newcomer who is there.
     pub(crate) fn presence_join(self: &Rc<Self>, room: Arc<str>, member: PresenceMember) {
-        if let Some(node) = self.node_id() {
-            // Cluster: the bridge keeps the room's members of every node in Redis,
-            // sends the snapshot and publishes the event with the cluster-wide count.
-            let json = cluster_member_json(node, &member);
-            self.presence
-                .borrow_mut()
-                .rooms
-                .entry(room.clone())
-                .or_default()
-                .insert(member.id, member.meta);
-            self.to_bridge(crate::cluster::ToBridge::PresenceJoin {
-                room,
-                member_id: member.id,
-                member: json,
-            });
-            return;
-        }
+        let shared = self.shared.clone();
+        shared.sequencer.presence_join(self, room, member);
+    }
+
+    /// Cluster: the bridge keeps the room's members of every node in Redis, sends
+    /// the snapshot and publishes the event with the cluster-wide count.
+    pub(crate) fn presence_join_cluster(&self, node: &str, room: Arc<str>, member: PresenceMember) {
+        let json = cluster_member_json(node, &member);
+        self.presence
+            .borrow_mut()
+            .rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(member.id, member.meta);
+        self.to_bridge(crate::cluster::ToBridge::PresenceJoin {
+            room,
+            member_id: member.id,
+            member: json,
+        });
+    }
+
+    /// Alone: add the member, send it the snapshot, sequence the join event.
+    pub(crate) fn presence_join_local(self: &Rc<Self>, room: Arc<str>, member: PresenceMember) {
         let (count, snapshot) = {
             let mut table = self.presence.borrow_mut();
             let members = table.rooms.entry(room.clone()).or_default();
@@ -116,28 +122,40 @@ impl Shard {
 
     /// As owner: remove a member and tell the room.
     pub(crate) fn presence_leave(self: &Rc<Self>, room: Arc<str>, id: ConnId) {
-        let left = {
-            let mut table = self.presence.borrow_mut();
-            let Some(members) = table.rooms.get_mut(&room) else {
-                return;
-            };
-            let meta = members.remove(&id);
-            let count = members.len();
-            if members.is_empty() {
-                table.rooms.remove(&room);
-            }
-            meta.map(|m| (m, count))
-        };
-        let Some((meta, count)) = left else {
-            return;
-        };
-        if self.clustered() {
-            self.to_bridge(crate::cluster::ToBridge::PresenceLeave {
-                room,
-                member_id: id,
-            });
+        let shared = self.shared.clone();
+        shared.sequencer.presence_leave(self, room, id);
+    }
+
+    /// Cluster: forget the member here; the bridge removes it from Redis and
+    /// publishes the leave event with the cluster-wide count.
+    pub(crate) fn presence_leave_cluster(&self, room: Arc<str>, id: ConnId) {
+        if self.remove_presence_member(&room, id).is_none() {
             return;
         }
+        self.to_bridge(crate::cluster::ToBridge::PresenceLeave {
+            room,
+            member_id: id,
+        });
+    }
+
+    /// Forget member `id` of `room`: its metadata and the members left, if it was
+    /// one.
+    fn remove_presence_member(&self, room: &Arc<str>, id: ConnId) -> Option<(Meta, usize)> {
+        let mut table = self.presence.borrow_mut();
+        let members = table.rooms.get_mut(room)?;
+        let meta = members.remove(&id);
+        let count = members.len();
+        if members.is_empty() {
+            table.rooms.remove(room);
+        }
+        meta.map(|m| (m, count))
+    }
+
+    /// Alone: forget the member and sequence the leave event.
+    pub(crate) fn presence_leave_local(self: &Rc<Self>, room: Arc<str>, id: ConnId) {
+        let Some((meta, count)) = self.remove_presence_member(&room, id) else {
+            return;
+        };
         let event = member_event("leave", &room, PresenceMember { id, meta }.to_json(), count);
         self.sequence(&room, Message::text(event.to_string()), None);
     }

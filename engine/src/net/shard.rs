@@ -447,31 +447,10 @@ impl Shard {
                 msg,
                 ack,
                 except,
-            } => {
-                if let Some(link) = self.shared.cluster.as_ref() {
-                    // Sequenced by Redis; a refusal goes back to the waiting publisher.
-                    if let (Err(_), Some(ack)) = (
-                        self.cluster_publish(link, &room, msg, except, except, ack),
-                        ack,
-                    ) {
-                        self.send_reliable(
-                            ack.shard,
-                            ShardMsg::PublishRefused { token: ack.token },
-                        );
-                    }
-                    return;
-                }
-                let pos = self.sequence(&room, msg, except);
-                if let Some(ack) = ack {
-                    self.send_reliable(
-                        ack.shard,
-                        ShardMsg::PublishAck {
-                            token: ack.token,
-                            pos,
-                        },
-                    );
-                }
-            }
+            } => self
+                .shared
+                .sequencer
+                .publish_at_owner(self, room, msg, ack, except),
             ShardMsg::Deliver {
                 room,
                 pos,
@@ -572,15 +551,15 @@ impl Shard {
 
     /// As owner: shard `shard` has (or no longer has) members of `room`. In cluster
     /// mode the node follows the room's channel while any shard has members.
-    fn set_interest_bit(&self, room: &Arc<str>, shard: usize, interested: bool) {
+    pub(crate) fn set_interest_bit(&self, room: &Arc<str>, shard: usize, interested: bool) {
         let limits = self.shared.config.history.limits_for(room);
         let mut t = self.interest.borrow_mut();
         let before = t.get(room).map_or(0, |(_, _, s)| s);
         t.set(room, shard, interested, limits);
         let after = t.get(room).map_or(0, |(_, _, s)| s);
         drop(t);
-        if self.clustered() && (before == 0) != (after == 0) {
-            self.cluster_interest_changed(room, after != 0);
+        if (before == 0) != (after == 0) {
+            self.shared.sequencer.interest_edge(self, room, after != 0);
         }
     }
 
@@ -623,9 +602,19 @@ impl Shard {
         except: Option<ConnId>,
         origin: Option<ConnId>,
     ) -> Result<(), BroadcastError> {
-        if let Some(link) = self.shared.cluster.as_ref() {
-            return self.cluster_publish(link, room, msg, except, origin, None);
-        }
+        self.shared
+            .sequencer
+            .publish(self, room, msg, except, origin)
+    }
+
+    /// Alone: sequence `msg` here if this shard owns `room`, else send it to the
+    /// owner.
+    pub(crate) fn publish_to_owner(
+        &self,
+        room: &str,
+        msg: Message,
+        except: Option<ConnId>,
+    ) -> Result<(), BroadcastError> {
         let owner = owner_of(room, self.senders().len());
         if owner == self.id {
             self.sequence(room, msg, except);
@@ -664,31 +653,27 @@ impl Shard {
         result
     }
 
-    /// Publish and learn the position the owner gave the message.
+    /// Publish and learn the position the message was given.
     pub(crate) async fn publish_acked(
         self: &Rc<Self>,
         room: &str,
         msg: Message,
         timeout: Duration,
     ) -> Result<Position, BroadcastError> {
-        if let Some(link) = self.shared.cluster.as_ref() {
-            let (token, slot) = self.pending.new_ack();
-            let ack = Some(AckTo {
-                shard: self.id,
-                token,
-            });
-            if let Err(e) = self.cluster_publish(link, room, msg, None, None, ack) {
-                self.pending.forget(token);
-                return Err(e);
-            }
-            let got = futures_lite::future::or(async { Some(slot.wait().await) }, async {
-                glommio::timer::sleep(timeout).await;
-                None
-            })
-            .await;
-            self.pending.forget(token);
-            return got.flatten().ok_or(BroadcastError::Unavailable);
-        }
+        let shared = self.shared.clone();
+        shared
+            .sequencer
+            .publish_acked(self, room, msg, timeout)
+            .await
+    }
+
+    /// Alone: publish through the owner shard and wait for its position.
+    pub(crate) async fn publish_acked_local(
+        self: &Rc<Self>,
+        room: &str,
+        msg: Message,
+        timeout: Duration,
+    ) -> Result<Position, BroadcastError> {
         let owner = owner_of(room, self.senders().len());
         if owner == self.id {
             return Ok(self.sequence(room, msg, None));
@@ -835,14 +820,19 @@ impl Shard {
 
     /// As the owner: answer a resume request for `conn` (local or on another shard).
     fn serve_replay(self: &Rc<Self>, room: Arc<str>, since: Option<Position>, conn: ConnId) {
+        let shared = self.shared.clone();
+        shared.sequencer.serve_replay(self, room, since, conn);
+    }
+
+    /// Alone: answer a resume from this owner's history.
+    pub(crate) fn replay_local(
+        self: &Rc<Self>,
+        room: Arc<str>,
+        since: Option<Position>,
+        conn: ConnId,
+    ) {
         let limits = self.shared.config.history.limits_for(&room);
         let shard = usize::from(conn.shard);
-        if self.clustered() {
-            // A resume implies interest (see below); then the cache or Redis answers.
-            self.set_interest_bit(&room, shard, true);
-            self.cluster_replay(room, since, conn);
-            return;
-        }
         let replay = {
             let mut t = self.interest.borrow_mut();
             // A resume implies interest: set it here so no message falls between the
@@ -920,7 +910,9 @@ impl Shard {
             webtransport: members.webtransport,
             position: None,
         };
-        if owner_of(room, self.senders().len()) == self.id && self.position_known(room) {
+        if owner_of(room, self.senders().len()) == self.id
+            && self.shared.sequencer.position_known(self, room)
+        {
             counts.position = self
                 .interest
                 .borrow()
@@ -1049,7 +1041,7 @@ impl Shard {
         if change == Change::FirstJoined {
             self.set_interest(&room, true);
         }
-        self.cluster_touch(&room);
+        self.shared.sequencer.members_changed(self, &room);
         self.announce_presence(&room, conn.id, &conn.meta, true);
         true
     }
@@ -1100,7 +1092,7 @@ impl Shard {
         };
         let room = rooms.swap_remove(pos);
         drop(rooms);
-        self.cluster_touch(&room);
+        self.shared.sequencer.members_changed(self, &room);
         self.announce_presence(&room, conn.id, &conn.meta, false);
         if change == Change::LastLeft {
             self.set_interest(&room, false);
@@ -1137,7 +1129,7 @@ impl Shard {
             self.set_interest(&name, true);
         }
         if change != Change::None {
-            self.cluster_touch(&name);
+            self.shared.sequencer.members_changed(self, &name);
             self.announce_presence(&name, session.reg_id, &session.meta, true);
         }
         name
@@ -1151,7 +1143,7 @@ impl Shard {
             return;
         }
         let room: Arc<str> = Arc::from(room);
-        self.cluster_touch(&room);
+        self.shared.sequencer.members_changed(self, &room);
         self.announce_presence(&room, session.reg_id, &session.meta, false);
         if change == Change::LastLeft {
             self.set_interest(&room, false);
