@@ -22,8 +22,11 @@ use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
     PKCS_ECDSA_P256_SHA256,
 };
+#[cfg(feature = "tls")]
 use rustls::sign::CertifiedKey;
+#[cfg(feature = "tls")]
 use rustls_pki_types::pem::PemObject;
+#[cfg(feature = "tls")]
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::OffsetDateTime;
 
@@ -379,6 +382,7 @@ fn gen_err(e: rcgen::Error) -> CertError {
 
 /// The `tls:` certificate: parse a PEM certificate chain and private key (PKCS#8, RSA or SEC1) and check
 /// that they belong together. Errors name the config key and the file.
+#[cfg(feature = "tls")]
 pub(crate) fn load_certified_key(
     cert_path: &str,
     key_path: &str,

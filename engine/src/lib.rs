@@ -40,9 +40,11 @@
 //! ```
 
 pub mod app;
+#[cfg(feature = "jwt")]
 pub use app::auth;
 
 pub mod cert;
+#[cfg(feature = "cluster")]
 pub mod cluster;
 pub mod config;
 pub mod logging;

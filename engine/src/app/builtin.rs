@@ -21,7 +21,7 @@ impl WsCallbacks for Rooms {
         // counted in /stats and answered with an error frame naming the room.
         for room in conn.rooms() {
             if let Err(e) = conn.broadcast_to_room(&room, msg.clone()) {
-                let _ = conn.send(crate::net::cluster::publish_error_frame(&room, e));
+                let _ = conn.send(crate::net::shard::publish_error_frame(&room, e));
             }
         }
     }

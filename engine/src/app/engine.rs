@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use corecast_shards::{owner_of, Mesh, PoolConfig, ShardPool};
+use corecast_shards::{Mesh, PoolConfig, ShardPool};
 
 use super::builtin;
 use super::callbacks::WsCallbacks;
@@ -50,20 +50,7 @@ impl Engine {
         };
         // Built-in endpoints with `auth: true` get a router with only the JWT
         // middleware: it decides before the upgrade; their behaviour is unchanged.
-        let auth_router = match engine.config.auth.as_ref() {
-            Some(a) => match crate::app::auth::JwtMiddleware::from_config(a) {
-                Ok(m) => {
-                    let mut r = Router::new();
-                    r.middleware(m);
-                    Some(Arc::new(r))
-                }
-                Err(e) => {
-                    engine.setup_error = Some(format!("auth: {e}"));
-                    None
-                }
-            },
-            None => None,
-        };
+        let auth_router = engine.auth_router();
         let guard = |auth: bool| if auth { auth_router.clone() } else { None };
         for ep in engine.config.webtransport.endpoints.clone() {
             let handler: WtHandler = match ep.kind {
@@ -93,6 +80,32 @@ impl Engine {
             engine.set_endpoint_router(&ep.path, guard(ep.auth));
         }
         engine
+    }
+
+    /// For built-in endpoints with `auth: true`: a router with only the JWT
+    /// middleware of the `auth:` section.
+    #[cfg(feature = "jwt")]
+    fn auth_router(&mut self) -> Option<Arc<Router>> {
+        match crate::app::auth::JwtMiddleware::from_config(self.config.auth.as_ref()?) {
+            Ok(m) => {
+                let mut r = Router::new();
+                r.middleware(m);
+                Some(Arc::new(r))
+            }
+            Err(e) => {
+                self.setup_error = Some(format!("auth: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Built without JWT: an `auth:` section cannot be served.
+    #[cfg(not(feature = "jwt"))]
+    fn auth_router(&mut self) -> Option<Arc<Router>> {
+        self.config.auth.as_ref()?;
+        self.setup_error =
+            Some("auth: this build has no JWT support (the `jwt` cargo feature)".into());
+        None
     }
 
     fn set_endpoint_router(&mut self, path: &str, router: Option<Arc<Router>>) {
@@ -315,10 +328,17 @@ impl Engine {
             (None, Vec::new(), None)
         };
         let (tls, tls_listeners, tls_addr) = match &self.config.tls {
+            #[cfg(feature = "tls")]
             Some(c) => {
                 let tls = crate::net::tls::TlsShared::new(c).map_err(StartError::Certificate)?;
                 let (ls, addr) = bind_listeners(Listener::Tls, c.listen, shards)?;
                 (Some(Arc::new(tls)), ls, Some(addr))
+            }
+            #[cfg(not(feature = "tls"))]
+            Some(_) => {
+                return Err(StartError::Config(
+                    "tls: this build has no TLS support (the `tls` cargo feature)".into(),
+                ))
             }
             None => (None, Vec::new(), None),
         };
@@ -352,15 +372,8 @@ impl Engine {
                 routers.push((path.clone(), router.clone()));
             }
         }
-        let (cluster, bridge_end) = match &self.config.cluster {
-            Some(c) => {
-                let node: Arc<str> = Arc::from(c.node_id());
-                let (link, end) = crate::cluster::link(node, c.bridge_capacity);
-                (Some(link), Some(end))
-            }
-            None => (None, None),
-        };
-        let cluster_stats = cluster.as_ref().map(|l| l.families());
+        let (sequencer, bridge_end) = crate::net::sequencer::Sequencer::start(&self.config)?;
+        let cluster_stats = sequencer.families();
         let metrics = match self.config.metrics.listen {
             Some(addr) if self.config.metrics.enabled => Some(
                 crate::metrics::MetricsServer::start(
@@ -403,24 +416,10 @@ impl Engine {
                 crate::net::limits::IpTable::new(self.config.limits.max_connections_per_ip)
             }),
             tls,
-            sequencer: match cluster {
-                Some(link) => crate::net::sequencer::Sequencer::Cluster(link),
-                None => crate::net::sequencer::Sequencer::Local,
-            },
+            sequencer,
             config: self.config,
         });
-        let bridge = match (bridge_end, shared.config.cluster.clone(), shared.cluster()) {
-            (Some(end), Some(cfg), Some(link)) => Some(
-                crate::cluster::bridge::spawn(
-                    cfg,
-                    link.node_id.clone(),
-                    end,
-                    Box::new(crate::net::cluster::MeshPort(mesh.senders())),
-                )
-                .map_err(StartError::Cluster)?,
-            ),
-            _ => None,
-        };
+        let bridge = crate::net::sequencer::spawn_bridge(&shared, bridge_end, mesh.senders())?;
         let boot = Arc::new(ShardBoot::new(
             (0..shards).map(|i| mesh.take_inbox(i)).collect(),
             listeners,
@@ -462,33 +461,8 @@ impl EngineHandle {
     /// Publish `msg` to `room` from any thread; it is sequenced by the room's owner
     /// shard and reaches every member on every shard.
     pub fn broadcast(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
-        if let Some(link) = self.shared.cluster() {
-            if !link.is_connected() {
-                crate::cluster::ClusterStats::add(&link.stats.publish_failures, 1);
-                return Err(BroadcastError::Unavailable);
-            }
-            let cmd = crate::cluster::ToBridge::Publish {
-                room: Arc::from(room),
-                msg,
-                except: None,
-                origin: None,
-                ack: None,
-                limits: self.shared.config.history.limits_for(room),
-            };
-            return link.send(cmd).map_err(|_| {
-                crate::cluster::ClusterStats::add(&link.stats.publish_failures, 1);
-                BroadcastError::Overloaded
-            });
-        }
-        let owner = owner_of(room, self.shared.senders.len());
-        self.shared.senders[owner]
-            .send(ShardMsg::Publish {
-                room: Arc::from(room),
-                msg,
-                ack: None,
-                except: None,
-            })
-            .map_err(|_| BroadcastError::Overloaded)
+        let shared = &self.shared;
+        shared.sequencer.publish_from_outside(shared, room, msg)
     }
 
     /// Send `msg` to connection `to` (any shard, any transport) from any thread.
@@ -534,7 +508,7 @@ impl EngineHandle {
         crate::metrics::render(
             &self.shared.stats,
             &self.shared.routers,
-            self.shared.cluster().map(|l| l.families()).as_ref(),
+            self.shared.sequencer.families().as_ref(),
         )
     }
 
@@ -553,7 +527,10 @@ impl EngineHandle {
         let tls = self.shared.tls.as_ref().ok_or_else(|| {
             crate::config::ConfigError("tls: no tls section: nothing to reload".into())
         })?;
-        tls.reload().map_err(crate::config::ConfigError)
+        #[cfg(feature = "tls")]
+        return tls.reload().map_err(crate::config::ConfigError);
+        #[cfg(not(feature = "tls"))]
+        match **tls {}
     }
 }
 
@@ -588,7 +565,10 @@ impl RunningEngine {
 
     /// SHA-256 of the TLS listener's certificate in use (changes on reload).
     pub fn tls_cert_sha256(&self) -> Option<[u8; 32]> {
-        self.handle.shared.tls.as_ref().map(|t| t.cert_sha256())
+        #[cfg(feature = "tls")]
+        return self.handle.shared.tls.as_ref().map(|t| t.cert_sha256());
+        #[cfg(not(feature = "tls"))]
+        None
     }
 
     /// The separate metrics address (`metrics.listen`), when configured.
@@ -625,9 +605,7 @@ impl RunningEngine {
         let Some(bridge) = self.bridge.take() else {
             return;
         };
-        if let Some(link) = self.handle.shared.cluster() {
-            let _ = link.send(crate::cluster::ToBridge::Shutdown);
-        }
+        crate::net::sequencer::leave_cluster(&self.handle.shared);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while !bridge.is_finished() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));

@@ -3,6 +3,7 @@
 //! ([`WsConn`](conn::WsConn)), the [`Connection`](connection::Connection) handle,
 //! messages, and the built-in endpoints.
 
+#[cfg(feature = "jwt")]
 pub mod auth;
 pub mod builtin;
 pub mod engine;

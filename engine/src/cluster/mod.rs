@@ -37,23 +37,7 @@ use corecast_shards::{ConnId, HistoryLimits, Position};
 use crate::vocab::message::AckTo;
 use crate::vocab::message::Message;
 
-/// Members of a room on one node, by transport.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct MemberCounts {
-    /// WebSocket members.
-    pub(crate) websocket: u64,
-    /// SSE members.
-    pub(crate) sse: u64,
-    /// WebTransport members.
-    pub(crate) webtransport: u64,
-}
-
-impl MemberCounts {
-    /// All members.
-    pub(crate) fn total(&self) -> u64 {
-        self.websocket + self.sse + self.webtransport
-    }
-}
+pub(crate) use crate::vocab::registry::MemberCounts;
 
 /// What shards ask of the bridge.
 #[derive(Debug)]

@@ -48,6 +48,7 @@ impl Algorithm {
         }
     }
 
+    #[cfg(feature = "jwt")]
     pub(crate) fn family(self) -> Family {
         match self {
             Algorithm::Hs256 | Algorithm::Hs384 | Algorithm::Hs512 => Family::Hmac,
@@ -56,6 +57,7 @@ impl Algorithm {
         }
     }
 
+    #[cfg(feature = "jwt")]
     pub(crate) fn key_description(self) -> &'static str {
         match self {
             Algorithm::Es256 => "an EC P-256 public key",
@@ -66,8 +68,10 @@ impl Algorithm {
 }
 
 /// Largest `auth.leeway` accepted.
+#[cfg(feature = "jwt")]
 pub const MAX_LEEWAY: Duration = Duration::from_secs(24 * 3600);
 
+#[cfg(feature = "jwt")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Family {
     Hmac,

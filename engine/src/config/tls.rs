@@ -74,6 +74,9 @@ impl TlsConfig {
         if self.key.trim().is_empty() {
             return Err("tls.key is required: the private key PEM file".into());
         }
-        crate::cert::load_certified_key(&self.cert, &self.key).map(|_| ())
+        #[cfg(feature = "tls")]
+        return crate::cert::load_certified_key(&self.cert, &self.key).map(|_| ());
+        #[cfg(not(feature = "tls"))]
+        Err("tls: this build has no TLS support (the `tls` cargo feature)".into())
     }
 }

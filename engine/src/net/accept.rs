@@ -24,7 +24,7 @@ use crate::stats::ShardStats;
 pub(crate) async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
-    tls: Option<Arc<super::tls::TlsShared>>,
+    tls: Option<Arc<super::endpoint::TlsShared>>,
 ) {
     loop {
         let accepted = async { Some(listener.accept().await) }
@@ -40,7 +40,10 @@ pub(crate) async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let socket = match &tls {
                     None => Some(Socket::Plain(stream)),
+                    #[cfg(feature = "tls")]
                     Some(tls) => super::tls::wrap(&shard, tls, stream),
+                    #[cfg(not(feature = "tls"))]
+                    Some(never) => match **never {},
                 };
                 if let Some(socket) = socket {
                     glommio::spawn_local(serve(shard.clone(), socket)).detach();
@@ -82,6 +85,7 @@ pub(crate) async fn serve(shard: Rc<Shard>, stream: Socket) {
     let mut pending = BytesMut::new();
     let timeout = shard.shared.config.limits.handshake_timeout.0;
     let head = async {
+        #[cfg(feature = "tls")]
         super::tls::handshake(&shard, &stream)
             .await
             .map_err(|()| None)?;
@@ -157,6 +161,7 @@ async fn refuse(mut stream: Socket, response: Vec<u8>) {
     let half_closed = match &stream {
         Socket::Plain(s) => s.shutdown(std::net::Shutdown::Write).await.is_ok(),
         // TLS: close_notify ends the stream; nothing to linger for.
+        #[cfg(feature = "tls")]
         Socket::Tls(_) => {
             let _ = stream
                 .close()
@@ -268,7 +273,7 @@ async fn route(
             &req.method,
             &shared.stats,
             &shared.routers,
-            shared.cluster().map(|l| l.families()).as_ref(),
+            shared.sequencer.families().as_ref(),
         ),
         Target::Stats => stats_response(&shared, &req),
         Target::CertHash => cert_hash_response(&shared),

@@ -8,6 +8,7 @@
 //! Both need the configured key as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
 
 use std::rc::Rc;
+#[cfg(feature = "cluster")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -150,9 +151,12 @@ async fn connections(
             &format!("invalid connection id {raw_id:?}: ids look like SHARD.SLOT.GENERATION, e.g. 0.12.3"),
         );
     };
+    #[cfg(feature = "cluster")]
     if let Some(node) = remote {
         return remote_connection(shard, stream, req, pending, node, id, action).await;
     }
+    #[cfg(not(feature = "cluster"))]
+    let _ = remote; // alone, an id with a node was refused above
     match (req.method.as_str(), action) {
         ("GET", None) => match shard.lookup_conn(id).await {
             Ok(Some(info)) => json_response(200, &info.to_json()),
@@ -189,6 +193,7 @@ async fn connections(
 }
 
 /// A connection of another node: only `POST .../send` (through the broker).
+#[cfg(feature = "cluster")]
 async fn remote_connection(
     shard: &Rc<Shard>,
     stream: &RefCell<Socket>,
@@ -238,6 +243,7 @@ async fn remote_connection(
     }
 }
 
+#[cfg(feature = "cluster")]
 fn broker_unavailable() -> Vec<u8> {
     let e = crate::net::shard::BroadcastError::Unavailable;
     error_503(e.code(), &e.to_string())
@@ -287,6 +293,22 @@ async fn room_connections(shard: &Rc<Shard>, req: &Request, room: &str) -> Vec<u
     }
 }
 
+/// `GET /api/rooms/{room}/presence` in cluster mode: every node's members, from
+/// Redis.
+#[cfg(feature = "cluster")]
+async fn cluster_presence(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
+    match shard
+        .cluster_query(crate::cluster::Query::Presence(Arc::from(room)))
+        .await
+    {
+        crate::cluster::Answer::Presence(list, truncated) => json_response(
+            200,
+            &serde_json::json!({"room": room, "count": list.len(), "members": list, "truncated": truncated}),
+        ),
+        _ => broker_unavailable(),
+    }
+}
+
 /// `GET /api/rooms/{room}/presence`.
 async fn room_presence(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
     if shard.shared.config.presence.rule_for(room).is_none() {
@@ -297,17 +319,9 @@ async fn room_presence(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
             &format!("room {room:?} has no presence (no presence.rooms pattern matches it)"),
         );
     }
+    #[cfg(feature = "cluster")]
     if shard.clustered() {
-        return match shard
-            .cluster_query(crate::cluster::Query::Presence(Arc::from(room)))
-            .await
-        {
-            crate::cluster::Answer::Presence(list, truncated) => json_response(
-                200,
-                &serde_json::json!({"room": room, "count": list.len(), "members": list, "truncated": truncated}),
-            ),
-            _ => broker_unavailable(),
-        };
+        return cluster_presence(shard, room).await;
     }
     match shard.presence_list(room).await {
         Ok(members) => {
@@ -436,6 +450,7 @@ async fn read_body(
     filled.then(|| buf.split_to(len).freeze())
 }
 
+#[cfg_attr(not(feature = "cluster"), allow(unused_mut))]
 async fn room_info(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
     let Some(counts) = shard.room_info(room, ACK_TIMEOUT).await else {
         return http::response(
@@ -456,33 +471,12 @@ async fn room_info(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
     };
     let mut counts = counts;
     let mut nodes = String::new();
+    #[cfg(feature = "cluster")]
     if let Some(node) = shard.node_id() {
-        let local = crate::cluster::MemberCounts {
-            websocket: counts.websocket,
-            sse: counts.sse,
-            webtransport: counts.webtransport,
-        };
-        let others = match shard
-            .cluster_query(crate::cluster::Query::Counts(Arc::from(room)))
-            .await
-        {
-            crate::cluster::Answer::Counts(list) => list,
-            _ => return broker_unavailable(),
-        };
-        let mut by_node = serde_json::Map::new();
-        for (name, c) in std::iter::once((node.to_string(), local)).chain(others) {
-            if name != node {
-                counts.websocket += c.websocket;
-                counts.sse += c.sse;
-                counts.webtransport += c.webtransport;
-            }
-            by_node.insert(
-                name,
-                serde_json::json!({"websocket": c.websocket, "sse": c.sse,
-                    "webtransport": c.webtransport, "total": c.total()}),
-            );
+        match cluster_counts(shard, room, node, &mut counts).await {
+            Ok(by_node) => nodes = format!(",\"nodes\":{by_node}"),
+            Err(resp) => return resp,
         }
-        nodes = format!(",\"nodes\":{}", serde_json::Value::Object(by_node));
     }
     let json = format!(
         "{{\"room\":{},\"members\":{{\"websocket\":{},\"sse\":{},\"webtransport\":{},\"total\":{}}},{position}{nodes}}}\n",
@@ -493,4 +487,41 @@ async fn room_info(shard: &Rc<Shard>, room: &str) -> Vec<u8> {
         counts.websocket + counts.sse + counts.webtransport,
     );
     http::response_with_type(200, "OK", &[], "application/json", json.as_bytes())
+}
+
+/// Cluster mode: add the other nodes' members of `room` to `counts`; the per-node
+/// breakdown as JSON, or the answer to give when Redis cannot be asked.
+#[cfg(feature = "cluster")]
+async fn cluster_counts(
+    shard: &Rc<Shard>,
+    room: &str,
+    node: &str,
+    counts: &mut super::pending::RoomCounts,
+) -> Result<serde_json::Value, Vec<u8>> {
+    let local = crate::cluster::MemberCounts {
+        websocket: counts.websocket,
+        sse: counts.sse,
+        webtransport: counts.webtransport,
+    };
+    let others = match shard
+        .cluster_query(crate::cluster::Query::Counts(Arc::from(room)))
+        .await
+    {
+        crate::cluster::Answer::Counts(list) => list,
+        _ => return Err(broker_unavailable()),
+    };
+    let mut by_node = serde_json::Map::new();
+    for (name, c) in std::iter::once((node.to_string(), local)).chain(others) {
+        if name != node {
+            counts.websocket += c.websocket;
+            counts.sse += c.sse;
+            counts.webtransport += c.webtransport;
+        }
+        by_node.insert(
+            name,
+            serde_json::json!({"websocket": c.websocket, "sse": c.sse,
+                "webtransport": c.webtransport, "total": c.total()}),
+        );
+    }
+    Ok(serde_json::Value::Object(by_node))
 }

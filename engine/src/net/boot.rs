@@ -299,8 +299,11 @@ pub(crate) async fn run_shard(i: usize, shared: Arc<Shared>, boot: Arc<ShardBoot
     glommio::spawn_local(shard.clone().run_stall_sweeper()).detach();
     glommio::spawn_local(shard.clone().run_keepalive()).detach();
     glommio::spawn_local(shard.clone().run_flusher()).detach();
-    glommio::spawn_local(shard.clone().run_bridge_backlog()).detach();
-    glommio::spawn_local(shard.clone().run_cluster_counts()).detach();
+    #[cfg(feature = "cluster")]
+    {
+        glommio::spawn_local(shard.clone().run_bridge_backlog()).detach();
+        glommio::spawn_local(shard.clone().run_cluster_counts()).detach();
+    }
     shard.run_inbox(inbox).await;
     shared.stopped.shard_done();
 }

@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use corecast_shards::room::GapReason;
 use corecast_shards::{ConnId, MeshSender, Position, Replay};
 
-use super::shard::{AckTo, BroadcastError, Member, Shard, ShardMsg};
+use super::shard::{AckTo, BroadcastError, Shard, ShardMsg};
 use crate::cluster::{
-    Answer, ClusterLink, ClusterStats, Fetched, FromBridge, MemberCounts, Query, ShardPort,
-    ToBridge,
+    Answer, ClusterLink, ClusterStats, Fetched, FromBridge, Query, ShardPort, ToBridge,
 };
 use crate::vocab::message::Message;
 
@@ -47,16 +46,46 @@ pub(crate) struct ClusterState {
     dirty: RefCell<HashSet<Arc<str>>>,
 }
 
-/// `{"type":"error","error":CODE,"message":..,"room":..}`, the frame a publisher
-/// gets when its message could not be published.
-pub(crate) fn publish_error_frame(room: &str, e: BroadcastError) -> Message {
-    let value = serde_json::json!({
-        "type": "error",
-        "error": e.code(),
-        "message": e.to_string(),
-        "room": room,
-    });
-    Message::text(value.to_string())
+/// Who a publish handed to the bridge is from and for.
+#[derive(Default)]
+pub(crate) struct BridgePublish {
+    /// A member not to deliver to (on this node).
+    pub(crate) except: Option<ConnId>,
+    /// The publishing connection, told if the publish fails later.
+    pub(crate) origin: Option<ConnId>,
+    /// Where to report the position Redis gave it.
+    pub(crate) ack: Option<AckTo>,
+}
+
+/// Cluster mode: hand a publish to the bridge, from a shard or any thread. Refused
+/// at once while Redis is unreachable (`Unavailable`) or the bridge's queue is
+/// full (`Overloaded`), counted as a publish failure.
+pub(crate) fn publish_to_bridge(
+    link: &ClusterLink,
+    config: &crate::config::Config,
+    room: &str,
+    msg: Message,
+    publish: BridgePublish,
+) -> Result<(), BroadcastError> {
+    let refused = |e| {
+        ClusterStats::add(&link.stats.publish_failures, 1);
+        Err(e)
+    };
+    if !link.is_connected() {
+        return refused(BroadcastError::Unavailable);
+    }
+    let cmd = ToBridge::Publish {
+        room: Arc::from(room),
+        msg,
+        except: publish.except,
+        origin: publish.origin,
+        ack: publish.ack,
+        limits: config.history.limits_for(room),
+    };
+    match link.send(cmd) {
+        Ok(()) => Ok(()),
+        Err(_) => refused(BroadcastError::Overloaded),
+    }
 }
 
 /// The shard mesh as the cluster bridge sees it: each [`FromBridge`] travels as
@@ -85,11 +114,6 @@ impl Shard {
         self.shared.sequencer.cluster()
     }
 
-    /// Whether this node is one of a cluster.
-    pub(crate) fn clustered(&self) -> bool {
-        self.link().is_some()
-    }
-
     /// As owner: whether the bridge reported `room`'s position (the node follows it).
     pub(crate) fn cluster_synced(&self, room: &str) -> bool {
         self.cluster.synced.borrow().contains(room)
@@ -98,11 +122,6 @@ impl Shard {
     /// A local member joined or left `room`: its counts go out with the next report.
     pub(crate) fn cluster_members_changed(&self, room: &Arc<str>) {
         self.cluster.dirty.borrow_mut().insert(room.clone());
-    }
-
-    /// This node's id in cluster mode.
-    pub(crate) fn node_id(&self) -> Option<&str> {
-        self.link().map(|l| &*l.node_id)
     }
 
     /// Cluster mode: publish through Redis and wait for the position it gave.
@@ -131,8 +150,7 @@ impl Shard {
         got.flatten().ok_or(BroadcastError::Unavailable)
     }
 
-    /// Cluster mode: hand a publish to the bridge. Refused at once while Redis is
-    /// unreachable (`Unavailable`) or the bridge's queue is full (`Overloaded`).
+    /// Cluster mode: hand a publish to the bridge (see [`publish_to_bridge`]).
     pub(crate) fn cluster_publish(
         &self,
         link: &ClusterLink,
@@ -142,25 +160,12 @@ impl Shard {
         origin: Option<ConnId>,
         ack: Option<AckTo>,
     ) -> Result<(), BroadcastError> {
-        let refused = |e| {
-            ClusterStats::add(&link.stats.publish_failures, 1);
-            Err(e)
-        };
-        if !link.is_connected() {
-            return refused(BroadcastError::Unavailable);
-        }
-        let cmd = ToBridge::Publish {
-            room: Arc::from(room),
-            msg,
+        let publish = BridgePublish {
             except,
             origin,
             ack,
-            limits: self.shared.config.history.limits_for(room),
         };
-        match link.send(cmd) {
-            Ok(()) => Ok(()),
-            Err(_) => refused(BroadcastError::Overloaded),
-        }
+        publish_to_bridge(link, &self.shared.config, room, msg, publish)
     }
 
     /// Queue a command for the bridge in order with the other reliable ones; a
@@ -243,21 +248,6 @@ impl Shard {
         }
     }
 
-    /// Members of `room` on this shard, by transport.
-    pub(crate) fn local_member_counts(&self, room: &str) -> MemberCounts {
-        let mut counts = MemberCounts::default();
-        if let Some(members) = self.rooms.borrow().members(room) {
-            for (_, m) in members.iter() {
-                match m {
-                    Member::Conn(c) if c.is_sse() => counts.sse += 1,
-                    Member::Conn(_) => counts.websocket += 1,
-                    Member::Wt(_) => counts.webtransport += 1,
-                }
-            }
-        }
-        counts
-    }
-
     /// As owner in cluster mode: the interest set of `room` went from empty to
     /// not (`subscribed`) or back: follow the room's channel or stop.
     pub(crate) fn cluster_interest_changed(&self, room: &Arc<str>, subscribed: bool) {
@@ -315,7 +305,7 @@ impl Shard {
             } => self.apply_fetched(room, conn, since, upto, fetched),
             FromBridge::PublishRefused { token } => self.pending.refuse(token),
             FromBridge::PublishFailed { conn, room } => {
-                let frame = publish_error_frame(&room, BroadcastError::Unavailable);
+                let frame = super::shard::publish_error_frame(&room, BroadcastError::Unavailable);
                 self.deliver_direct(conn, &frame);
             }
             FromBridge::Answer { token, answer } => self.pending.answer(token, answer),
@@ -443,15 +433,13 @@ impl Shard {
 
     /// Send `msg` to connection `to` of node `node`, fire-and-forget (the bridge
     /// publishes it on that node's direct channel).
-    pub(crate) fn send_to_node(
+    pub(crate) fn cluster_send_to_node(
         &self,
+        link: &ClusterLink,
         node: &str,
         to: ConnId,
         msg: Message,
     ) -> Result<(), BroadcastError> {
-        let Some(link) = self.link() else {
-            return Err(BroadcastError::Unavailable);
-        };
         if *link.node_id == *node {
             return self.send_to(to, msg);
         }

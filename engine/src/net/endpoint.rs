@@ -19,6 +19,13 @@ use crate::proto::ws::deflate::DeflateSettings;
 use crate::stats::ShardStats;
 use crate::vocab::connect::Admission;
 
+/// The TLS listener's certificate and settings (`tls:`).
+#[cfg(feature = "tls")]
+pub(crate) use super::tls::TlsShared;
+/// Built without TLS: there is never a TLS listener.
+#[cfg(not(feature = "tls"))]
+pub(crate) enum TlsShared {}
+
 /// A boxed handler future (runs on the connection's shard; need not be `Send`).
 pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + 'static>>;
 
@@ -156,7 +163,7 @@ pub(crate) struct Shared {
     /// is set.
     pub(crate) ip_table: Option<Arc<crate::net::limits::IpTable>>,
     /// The TLS listener's certificate and settings (`tls:`).
-    pub(crate) tls: Option<Arc<crate::net::tls::TlsShared>>,
+    pub(crate) tls: Option<Arc<TlsShared>>,
     /// Who sequences rooms: the owner shard, or Redis through the cluster bridge.
     pub(crate) sequencer: super::sequencer::Sequencer,
 }
@@ -165,16 +172,17 @@ impl Shared {
     /// The body of `GET /stats`: shard counters, plus `cluster` in cluster mode.
     pub(crate) fn stats_json(&self) -> String {
         let mut json = crate::stats::to_json(&self.stats);
-        if let Some(link) = self.cluster() {
+        if let Some(cluster) = self.sequencer.stats_json() {
             json.pop();
             json.push_str(",\"cluster\":");
-            json.push_str(&crate::cluster::stats_json(&link.node_id, &link.stats));
+            json.push_str(&cluster);
             json.push('}');
         }
         json
     }
 
-    /// The cluster bridge link, when `cluster:` is set (counters, node ids).
+    /// The cluster bridge link, when `cluster:` is set (shutdown, the bridge).
+    #[cfg(feature = "cluster")]
     pub(crate) fn cluster(&self) -> Option<&crate::cluster::ClusterLink> {
         self.sequencer.cluster()
     }

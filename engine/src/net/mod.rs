@@ -6,6 +6,7 @@
 pub(crate) mod accept;
 pub(crate) mod api;
 pub(crate) mod boot;
+#[cfg(feature = "cluster")]
 pub(crate) mod cluster;
 pub(crate) mod conn_io;
 pub(crate) mod driver;
@@ -26,6 +27,7 @@ pub(crate) mod shard;
 pub(crate) mod socket;
 pub(crate) mod stall;
 pub(crate) mod tcp_conn;
+#[cfg(feature = "tls")]
 pub(crate) mod tls;
 pub(crate) mod udp;
 pub(crate) mod upgrade;

@@ -82,6 +82,7 @@ pub(crate) struct Pending {
     lists: RefCell<HashMap<u64, ListGather>>,
     flags: RefCell<HashMap<u64, Rc<Slot<bool>>>>,
     presence: RefCell<HashMap<u64, Rc<Slot<Vec<PresenceMember>>>>>,
+    #[cfg(feature = "cluster")]
     answers: RefCell<HashMap<u64, Rc<Slot<crate::cluster::Answer>>>>,
 }
 
@@ -123,6 +124,7 @@ impl Pending {
     }
 
     /// A publish was refused (cluster mode: Redis failed it).
+    #[cfg(feature = "cluster")]
     pub(crate) fn refuse(&self, token: u64) {
         if let Some(slot) = self.acks.borrow_mut().remove(&token) {
             slot.fill(None);
@@ -130,6 +132,7 @@ impl Pending {
     }
 
     /// Register a cluster query's answer to wait for.
+    #[cfg(feature = "cluster")]
     pub(crate) fn new_answer(&self) -> (u64, Rc<Slot<crate::cluster::Answer>>) {
         let token = self.token();
         let slot = Rc::new(Slot::default());
@@ -138,6 +141,7 @@ impl Pending {
     }
 
     /// A cluster query's answer arrived.
+    #[cfg(feature = "cluster")]
     pub(crate) fn answer(&self, token: u64, answer: crate::cluster::Answer) {
         if let Some(slot) = self.answers.borrow_mut().remove(&token) {
             slot.fill(answer);
@@ -247,6 +251,7 @@ impl Pending {
         self.lists.borrow_mut().remove(&token);
         self.flags.borrow_mut().remove(&token);
         self.presence.borrow_mut().remove(&token);
+        #[cfg(feature = "cluster")]
         self.answers.borrow_mut().remove(&token);
     }
 }

@@ -19,9 +19,7 @@ use crate::vocab::message::Message;
 use crate::vocab::meta::{Meta, MetaCell};
 use crate::vocab::registry::{LookupError, PresenceMember};
 
-pub(crate) use crate::vocab::registry::{
-    cluster_member_json, member_event, snapshot_event, SNAPSHOT_MAX,
-};
+pub(crate) use crate::vocab::registry::{member_event, snapshot_event, SNAPSHOT_MAX};
 
 /// As owner: members of each presence room.
 #[derive(Default)]
@@ -67,8 +65,9 @@ impl Shard {
 
     /// Cluster: the bridge keeps the room's members of every node in Redis, sends
     /// the snapshot and publishes the event with the cluster-wide count.
+    #[cfg(feature = "cluster")]
     pub(crate) fn presence_join_cluster(&self, node: &str, room: Arc<str>, member: PresenceMember) {
-        let json = cluster_member_json(node, &member);
+        let json = crate::vocab::registry::cluster_member_json(node, &member);
         self.presence
             .borrow_mut()
             .rooms
@@ -128,6 +127,7 @@ impl Shard {
 
     /// Cluster: forget the member here; the bridge removes it from Redis and
     /// publishes the leave event with the cluster-wide count.
+    #[cfg(feature = "cluster")]
     pub(crate) fn presence_leave_cluster(&self, room: Arc<str>, id: ConnId) {
         if self.remove_presence_member(&room, id).is_none() {
             return;

@@ -130,14 +130,28 @@ pub(crate) enum ShardMsg {
         members: Vec<crate::vocab::registry::PresenceMember>,
     },
     /// From the cluster bridge (its own message type; see [`crate::cluster::FromBridge`]).
+    #[cfg(feature = "cluster")]
     Cluster(crate::cluster::FromBridge),
     /// The publish with this ack token was refused (cluster mode: Redis unavailable).
+    #[cfg(feature = "cluster")]
     PublishRefused { token: u64 },
     /// Look at the shutdown flag.
     Shutdown,
     /// Shutdown barrier marker (see [`Shard::run_inbox`]): the sender has stopped
     /// taking client input and, for round 1, has handled every marker of round 0.
     Quiesced { round: u8 },
+}
+
+/// `{"type":"error","error":CODE,"message":..,"room":..}`, the frame a publisher
+/// gets when its message could not be published.
+pub(crate) fn publish_error_frame(room: &str, e: BroadcastError) -> Message {
+    let value = serde_json::json!({
+        "type": "error",
+        "error": e.code(),
+        "message": e.to_string(),
+        "room": room,
+    });
+    Message::text(value.to_string())
 }
 
 /// A room member on this shard: a TCP connection (WebSocket, SSE) or a
@@ -233,6 +247,8 @@ pub(crate) struct Shard {
     /// `Quiesced` markers received per round.
     quiesced: [Cell<usize>; 2],
     /// Cluster mode state (unused on a standalone node).
+    #[cfg(feature = "cluster")]
+    #[cfg(feature = "cluster")]
     pub(crate) cluster: super::cluster::ClusterState,
 }
 
@@ -266,6 +282,7 @@ impl Shard {
             )),
             quiescing: Cell::new(false),
             quiesced: [Cell::new(0), Cell::new(0)],
+            #[cfg(feature = "cluster")]
             cluster: Default::default(),
             shared,
         }
@@ -533,7 +550,9 @@ impl Shard {
             ShardMsg::PresenceListReply { token, members } => {
                 self.pending.presence_reply(token, members)
             }
+            #[cfg(feature = "cluster")]
             ShardMsg::PublishRefused { token } => self.pending.refuse(token),
+            #[cfg(feature = "cluster")]
             ShardMsg::Cluster(msg) => self.handle_cluster(msg),
             ShardMsg::Shutdown => {}
             ShardMsg::Quiesced { round } => {
@@ -545,6 +564,7 @@ impl Shard {
     }
 
     /// The owner-side table of rooms this shard owns.
+    #[cfg(feature = "cluster")]
     pub(crate) fn interest_table(&self) -> &RefCell<InterestTable<Message>> {
         &self.interest
     }
@@ -899,6 +919,21 @@ impl Shard {
             }
         }
         self.schedule(&conn, WRITE);
+    }
+
+    /// Members of `room` on this shard, by transport.
+    pub(crate) fn local_member_counts(&self, room: &str) -> crate::vocab::registry::MemberCounts {
+        let mut counts = crate::vocab::registry::MemberCounts::default();
+        if let Some(members) = self.rooms.borrow().members(room) {
+            for (_, m) in members.iter() {
+                match m {
+                    Member::Conn(c) if c.is_sse() => counts.sse += 1,
+                    Member::Conn(_) => counts.websocket += 1,
+                    Member::Wt(_) => counts.webtransport += 1,
+                }
+            }
+        }
+        counts
     }
 
     /// Members of `room` on this shard by transport, plus the owner's record.

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+#[cfg(feature = "tls")]
 use super::tls::TlsStream;
 
 /// A connection's socket.
@@ -20,6 +21,7 @@ pub(crate) enum Socket {
     Plain(TcpStream),
     /// TLS over TCP (`wss://`, `https://`); boxed: the TLS state is large and the
     /// per-connection struct is a headline figure.
+    #[cfg(feature = "tls")]
     Tls(Box<TlsStream>),
 }
 
@@ -27,6 +29,7 @@ impl Socket {
     fn tcp(&self) -> &TcpStream {
         match self {
             Socket::Plain(s) => s,
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => t.tcp(),
         }
     }
@@ -43,7 +46,10 @@ impl Socket {
 
     /// Whether this is a TLS connection.
     pub(crate) fn is_tls(&self) -> bool {
-        matches!(self, Socket::Tls(_))
+        #[cfg(feature = "tls")]
+        return matches!(self, Socket::Tls(_));
+        #[cfg(not(feature = "tls"))]
+        false
     }
 
     /// TLS records are waiting to be written (a reply rustls produced while
@@ -51,15 +57,18 @@ impl Socket {
     pub(crate) fn wants_write(&self) -> bool {
         match self {
             Socket::Plain(_) => false,
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => t.wants_write(),
         }
     }
 
     /// Write buffered TLS records until none are left or the socket is full.
     /// Plain TCP buffers nothing: always ready.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
     pub(crate) fn poll_flush_buffered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Socket::Plain(_) => Poll::Ready(Ok(())),
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => t.poll_flush_tls(cx),
         }
     }
@@ -76,6 +85,7 @@ impl Socket {
     ) -> Poll<io::Result<usize>> {
         match self {
             Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => t.poll_send(cx, buf),
         }
     }
@@ -83,6 +93,7 @@ impl Socket {
     /// Best effort, never waiting: end a TLS session with close_notify. Called
     /// when a connection finishes; plain TCP has nothing to say.
     pub(crate) fn close_notify(&mut self) {
+        #[cfg(feature = "tls")]
         if let Socket::Tls(t) = self {
             t.close_notify();
         }
@@ -97,6 +108,7 @@ impl AsyncRead for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => t.poll_read_plain(cx, buf),
         }
     }
@@ -113,6 +125,7 @@ impl AsyncWrite for Socket {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => t.poll_write_through(cx, buf),
         }
     }
@@ -120,6 +133,7 @@ impl AsyncWrite for Socket {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => t.poll_flush_tls(cx),
         }
     }
@@ -127,6 +141,7 @@ impl AsyncWrite for Socket {
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Socket::Plain(s) => Pin::new(s).poll_close(cx),
+            #[cfg(feature = "tls")]
             Socket::Tls(t) => {
                 t.close_notify();
                 futures_lite::ready!(t.poll_flush_tls(cx))?;

@@ -120,6 +120,7 @@ impl PresenceMember {
 }
 
 /// `{"id","node","meta"}`: a presence member in cluster mode.
+#[cfg(feature = "cluster")]
 pub(crate) fn cluster_member_json(node: &str, member: &PresenceMember) -> serde_json::Value {
     serde_json::json!({"id": member.id.to_string(), "node": node, "meta": member.meta})
 }
@@ -154,4 +155,23 @@ pub(crate) fn snapshot_event(
         "count": count,
         "truncated": count > SNAPSHOT_MAX,
     })
+}
+
+/// Members of a room on one node, by transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MemberCounts {
+    /// WebSocket members.
+    pub(crate) websocket: u64,
+    /// SSE members.
+    pub(crate) sse: u64,
+    /// WebTransport members.
+    pub(crate) webtransport: u64,
+}
+
+impl MemberCounts {
+    /// All members.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn total(&self) -> u64 {
+        self.websocket + self.sse + self.webtransport
+    }
 }

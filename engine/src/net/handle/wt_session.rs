@@ -455,7 +455,7 @@ impl WtSession {
     pub(crate) fn publish_to_my_rooms(&self, msg: &Message) {
         for (room, _) in self.rooms() {
             if let Err(e) = self.broadcast_to_room(&room, msg.clone()) {
-                let frame = crate::net::cluster::publish_error_frame(&room, e);
+                let frame = crate::net::shard::publish_error_frame(&room, e);
                 let _ = self.state.send_direct(&frame, &self.shard.stats);
             }
         }
