@@ -9,6 +9,8 @@
 #   3. cargo build --release corecast + examples        (used by every suite), and
 #      route_probe (tests/src/bin: the router application test_router.py drives)
 #   4. cargo test --workspace      unit tests + tests/ end-to-end (CORECAST_BIN=release)
+#      scripts/minimal-build.sh     corecast --no-default-features: no quiche/redis/JWT,
+#                                   clippy, unit tests + engine/tests/embed_bare.rs
 #      scripts/fuzz-smoke.sh        every libFuzzer target in fuzz/ for FUZZ_SECONDS (20)
 #   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
 #   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume,
@@ -152,6 +154,10 @@ echo "ROUTE_PROBE_BIN=$ROUTE_PROBE_BIN"
 run_stage "cargo test --workspace" "$LOGS/cargo-test.log" \
   cargo test --workspace --no-fail-fast -- --test-threads "${TEST_THREADS:-4}" || true
 count_cargo "$LOGS/cargo-test.log"
+
+# The engine without default features (WebSocket/SSE only): no quiche, redis, JWT.
+run_stage "corecast --no-default-features" "$LOGS/minimal.log" bash scripts/minimal-build.sh || true
+count_cargo "$LOGS/minimal.log"
 
 # libFuzzer targets in fuzz/, FUZZ_SECONDS (default 20) each; counts targets.
 run_stage "fuzz smoke (fuzz/)" "$LOGS/fuzz.log" bash scripts/fuzz-smoke.sh || true

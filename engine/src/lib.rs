@@ -103,6 +103,7 @@ pub mod fuzzing {
     }
 }
 pub use app::sse::{Event, SseStream};
+#[cfg(feature = "webtransport")]
 pub use app::wt::{Delivery, WtError, WtIncoming, WtRecvStream, WtSendStream, WtSession, WtStream};
 pub use config::Config;
 pub use net::shard::BroadcastError;

@@ -13,12 +13,19 @@ use super::conn::WsConn;
 use super::message::Message;
 use super::router::Router;
 use super::sse::SseStream;
+#[cfg(feature = "webtransport")]
 use super::wt::WtSession;
 use crate::config::{Config, EndpointKind};
-use crate::net::boot::{bind_listeners, bind_udp, ShardBoot};
+#[cfg(feature = "webtransport")]
+use crate::net::boot::bind_udp;
+use crate::net::boot::{bind_listeners, ShardBoot};
 pub use crate::net::boot::{Listener, StartError};
-use crate::net::endpoint::{Endpoint, EndpointHandler, EndpointTransport, Shared, WtEndpoint};
-pub use crate::net::endpoint::{HandlerFuture, HttpHandler, HttpResponse, WsHandler, WtHandler};
+#[cfg(feature = "webtransport")]
+use crate::net::endpoint::WtEndpoint;
+#[cfg(feature = "webtransport")]
+pub use crate::net::endpoint::WtHandler;
+use crate::net::endpoint::{Endpoint, EndpointHandler, EndpointTransport, Shared};
+pub use crate::net::endpoint::{HandlerFuture, HttpHandler, HttpResponse, WsHandler};
 use crate::net::shard::{BroadcastError, ShardMsg};
 use crate::proto::ws::deflate::DeflateSettings;
 use crate::stats::ShardStats;
@@ -28,6 +35,7 @@ use crate::vocab::connect::Admission;
 pub struct Engine {
     config: Config,
     endpoints: Vec<(String, Endpoint)>,
+    #[cfg(feature = "webtransport")]
     wt_endpoints: Vec<WtEndpoint>,
     http_routes: Vec<(String, HttpHandler)>,
     /// Every router registered, by path (the endpoints hold them only as their
@@ -43,6 +51,7 @@ impl Engine {
         let mut engine = Self {
             config,
             endpoints: Vec::new(),
+            #[cfg(feature = "webtransport")]
             wt_endpoints: Vec::new(),
             http_routes: Vec::new(),
             routers: Vec::new(),
@@ -52,6 +61,7 @@ impl Engine {
         // middleware: it decides before the upgrade; their behaviour is unchanged.
         let auth_router = engine.auth_router();
         let guard = |auth: bool| if auth { auth_router.clone() } else { None };
+        #[cfg(feature = "webtransport")]
         for ep in engine.config.webtransport.endpoints.clone() {
             let handler: WtHandler = match ep.kind {
                 EndpointKind::Rooms => {
@@ -233,6 +243,7 @@ impl Engine {
     /// `webtransport.enabled`. The handler gets a [`WtSession`]: incoming streams
     /// and datagrams ([`WtSession::next`]), `open_uni`/`open_bi`, `send_datagram`,
     /// rooms, query, `close`.
+    #[cfg(feature = "webtransport")]
     pub fn webtransport<F, Fut>(&mut self, path: &str, handler: F) -> &mut Self
     where
         F: Fn(WtSession) -> Fut + Send + Sync + 'static,
@@ -242,6 +253,7 @@ impl Engine {
         self.add_wt_endpoint(path, handler, None)
     }
 
+    #[cfg(feature = "webtransport")]
     fn add_wt_endpoint(
         &mut self,
         path: &str,
@@ -272,6 +284,7 @@ impl Engine {
     }
 
     /// The WebTransport endpoint paths registered so far.
+    #[cfg(feature = "webtransport")]
     pub fn webtransport_paths(&self) -> Vec<String> {
         self.wt_endpoints.iter().map(|e| e.path.clone()).collect()
     }
@@ -297,6 +310,7 @@ impl Engine {
     /// Serve WebTransport sessions on `path` with `router`: each text record the
     /// client sends (on any stream, or as a datagram) is routed; replies arrive on
     /// the session's delivery stream as records with an empty room name.
+    #[cfg(feature = "webtransport")]
     pub fn webtransport_router(&mut self, path: &str, router: impl Into<Arc<Router>>) -> &mut Self {
         let router = router.into();
         let r = router.clone();
@@ -318,6 +332,7 @@ impl Engine {
             )));
         }
         let (listeners, local_addr) = bind_listeners(Listener::Main, self.config.listen, shards)?;
+        #[cfg(feature = "webtransport")]
         let (wt, udp_sockets, wt_addr) = if self.config.webtransport.enabled {
             let wt = crate::net::quic::prepare_tls(&self.config.webtransport)
                 .map_err(StartError::Certificate)?;
@@ -326,6 +341,16 @@ impl Engine {
             (Some(wt), sockets, Some(addr))
         } else {
             (None, Vec::new(), None)
+        };
+        #[cfg(not(feature = "webtransport"))]
+        let (udp_sockets, wt_addr) = if self.config.webtransport.enabled {
+            return Err(StartError::Config(
+                "webtransport.enabled: this build has no WebTransport support (the \
+                 `webtransport` cargo feature); set webtransport.enabled: false"
+                    .into(),
+            ));
+        } else {
+            (Vec::new(), None)
         };
         let (tls, tls_listeners, tls_addr) = match &self.config.tls {
             #[cfg(feature = "tls")]
@@ -354,13 +379,17 @@ impl Engine {
         // replaced one), found by the `$connect` each endpoint holds.
         let serving = |r: &Arc<Router>| {
             let is = |a: &Arc<dyn Admission>| std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(r));
-            self.endpoints
+            #[cfg(feature = "webtransport")]
+            let wt = self
+                .wt_endpoints
+                .iter()
+                .any(|e| e.admission.as_ref().is_some_and(is));
+            #[cfg(not(feature = "webtransport"))]
+            let wt = false;
+            wt || self
+                .endpoints
                 .iter()
                 .any(|(_, e)| e.admission.as_ref().is_some_and(is))
-                || self
-                    .wt_endpoints
-                    .iter()
-                    .any(|e| e.admission.as_ref().is_some_and(is))
         };
         let mut seen: Vec<&Arc<Router>> = Vec::new();
         for (path, router) in &self.routers {
@@ -408,9 +437,11 @@ impl Engine {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_millis() as u64),
             api_key: self.config.api.resolved_key(),
+            #[cfg(feature = "webtransport")]
             wt_endpoints: self.wt_endpoints,
             http_routes: self.http_routes,
             routers,
+            #[cfg(feature = "webtransport")]
             wt,
             ip_table: (self.config.limits.max_connections_per_ip > 0).then(|| {
                 crate::net::limits::IpTable::new(self.config.limits.max_connections_per_ip)
@@ -578,7 +609,7 @@ impl RunningEngine {
 
     /// SHA-256 of the WebTransport certificate (for `serverCertificateHashes`).
     pub fn webtransport_cert_sha256(&self) -> Option<[u8; 32]> {
-        self.handle.shared.wt.as_ref().map(|w| w.cert_sha256)
+        self.handle.shared.wt_cert_sha256()
     }
 
     /// A handle for broadcasting and shutdown.

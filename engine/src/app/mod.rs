@@ -8,6 +8,7 @@ pub mod auth;
 pub mod builtin;
 pub mod engine;
 pub mod router;
+#[cfg(feature = "webtransport")]
 pub mod wt_builtin;
 
 // The vocabulary types live below the engine (crate::vocab); kept here under their old paths.
@@ -16,5 +17,6 @@ pub use crate::vocab::{message, meta, registry};
 // public API under their old paths.
 pub use crate::net::handle::sse_stream as sse;
 pub use crate::net::handle::ws_task as conn;
+#[cfg(feature = "webtransport")]
 pub use crate::net::handle::wt_session as wt;
 pub use crate::net::handle::{callbacks, connection};

@@ -2,6 +2,7 @@
 //! rooms their claims allow. Data only; [`crate::app::auth::JwtAuth`] does the verifying.
 
 use std::path::PathBuf;
+#[cfg(feature = "jwt")]
 use std::time::Duration;
 
 use serde::Deserialize;

@@ -311,16 +311,16 @@ fn stats_response(shared: &Shared, req: &Request) -> Vec<u8> {
 }
 
 fn cert_hash_response(shared: &Shared) -> Vec<u8> {
-    match &shared.wt {
-        Some(wt) => http::response_with_type(
+    match shared.wt_cert_sha256() {
+        Some(sha) => http::response_with_type(
             200,
             "OK",
             &[("Access-Control-Allow-Origin", "*")],
             "application/json",
             format!(
                 "{{\"sha256\":\"{}\",\"base64\":\"{}\"}}",
-                crate::cert::hex(&wt.cert_sha256),
-                crate::cert::base64(&wt.cert_sha256)
+                crate::cert::hex(&sha),
+                crate::cert::base64(&sha)
             )
             .as_bytes(),
         ),

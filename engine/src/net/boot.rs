@@ -118,6 +118,7 @@ pub(crate) fn bind_listeners(
 
 /// Bind one SO_REUSEPORT UDP socket per shard on `addr` (port 0: the first bind
 /// picks the port).
+#[cfg(feature = "webtransport")]
 pub(crate) fn bind_udp(
     addr: SocketAddr,
     shards: usize,
@@ -140,6 +141,7 @@ pub(crate) fn bind_udp(
     Ok((out, addr))
 }
 
+#[cfg(feature = "webtransport")]
 fn bind_udp_reuseport(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let domain = if addr.is_ipv4() {
         socket2::Domain::IPV4
@@ -238,6 +240,7 @@ pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::sockl
 pub(crate) struct ShardBoot {
     inboxes: Vec<Mutex<Option<Inbox<ShardMsg>>>>,
     tcp: Vec<Mutex<Option<RawFd>>>,
+    #[cfg_attr(not(feature = "webtransport"), allow(dead_code))]
     udp: Vec<Mutex<Option<RawFd>>>,
     tls: Vec<Mutex<Option<RawFd>>>,
 }
@@ -274,6 +277,7 @@ pub(crate) async fn run_shard(i: usize, shared: Arc<Shared>, boot: Arc<ShardBoot
     // SAFETY: `fd` is a listening socket we bound and handed to this shard only.
     let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
     let shard = Rc::new(Shard::new(i, shared.clone()));
+    #[cfg(feature = "webtransport")]
     if let (Some(fd), Some(wt)) = (take(&boot.udp, i), shared.wt.as_ref()) {
         // SAFETY: `fd` is a UDP socket we bound and handed to this shard only.
         let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };

@@ -11,7 +11,9 @@ use corecast_shards::MeshSender;
 
 use super::handle::callbacks::WsCallbacks;
 use super::handle::ws_task::WsConn;
+#[cfg(feature = "webtransport")]
 use super::handle::wt_session::WtSession;
+#[cfg(feature = "webtransport")]
 use super::quic::WtShared;
 use super::shard::ShardMsg;
 use crate::config::Config;
@@ -33,6 +35,7 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + 'static>>;
 pub type WsHandler = Arc<dyn Fn(WsConn) -> HandlerFuture + Send + Sync>;
 
 /// A WebTransport session handler shared by every shard.
+#[cfg(feature = "webtransport")]
 pub type WtHandler = Arc<dyn Fn(WtSession) -> HandlerFuture + Send + Sync>;
 
 /// A plain HTTP response from an [`Engine::http_get`](crate::Engine::http_get) handler.
@@ -128,6 +131,7 @@ pub(crate) struct Endpoint {
 }
 
 /// A WebTransport endpoint.
+#[cfg(feature = "webtransport")]
 #[derive(Clone)]
 pub(crate) struct WtEndpoint {
     pub(crate) path: String,
@@ -152,8 +156,10 @@ pub(crate) struct Shared {
     /// The publish API key, if the API is enabled.
     pub(crate) api_key: Option<String>,
     /// WebTransport endpoints by path.
+    #[cfg(feature = "webtransport")]
     pub(crate) wt_endpoints: Vec<WtEndpoint>,
     /// Certificate and key when WebTransport is on.
+    #[cfg(feature = "webtransport")]
     pub(crate) wt: Option<WtShared>,
     /// Plain HTTP GET routes (pages, small JSON answers).
     pub(crate) http_routes: Vec<(String, HttpHandler)>,
@@ -196,7 +202,16 @@ impl Shared {
             .map(|(i, (_, e))| (i, e))
     }
 
+    /// SHA-256 of the WebTransport certificate, when WebTransport is on.
+    pub(crate) fn wt_cert_sha256(&self) -> Option<[u8; 32]> {
+        #[cfg(feature = "webtransport")]
+        return self.wt.as_ref().map(|w| w.cert_sha256);
+        #[cfg(not(feature = "webtransport"))]
+        None
+    }
+
     /// The WebTransport endpoint at `path`.
+    #[cfg(feature = "webtransport")]
     pub(crate) fn wt_endpoint(&self, path: &str) -> Option<&WtEndpoint> {
         self.wt_endpoints.iter().find(|e| e.path == path)
     }

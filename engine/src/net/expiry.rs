@@ -23,6 +23,7 @@ pub(crate) fn arm_expiry(shard: &std::rc::Rc<Shard>, id: ConnId, at: SystemTime)
             Some(super::shard::Member::Conn(c)) => {
                 shard.close(&c, CLOSE_TOKEN_EXPIRED, "token expired")
             }
+            #[cfg(feature = "webtransport")]
             Some(super::shard::Member::Wt(s)) => {
                 s.conn
                     .close_session(&s, u32::from(CLOSE_TOKEN_EXPIRED), "token expired")

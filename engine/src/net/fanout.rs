@@ -10,6 +10,7 @@ use super::shard::Shard;
 use super::tcp_conn::{Conn, Transport};
 use crate::proto::sse::{self, Cursor};
 use crate::proto::ws::frame::{self, OpCode};
+#[cfg(feature = "webtransport")]
 use crate::proto::wt::record::{self, ServerRecord};
 use crate::vocab::message::Message;
 
@@ -55,6 +56,7 @@ pub(crate) struct Encodings<'a> {
     ws_deflate: Option<Bytes>,
     ws_envelope: Option<Bytes>,
     sse: Option<Bytes>,
+    #[cfg(feature = "webtransport")]
     wt: Option<ServerRecord>,
 }
 
@@ -70,12 +72,14 @@ impl<'a> Encodings<'a> {
             ws_deflate: None,
             ws_envelope: None,
             sse: None,
+            #[cfg(feature = "webtransport")]
             wt: None,
         }
     }
 
     /// The WebTransport record (reliable stream bytes; the datagram body is a
     /// slice of it).
+    #[cfg(feature = "webtransport")]
     pub(crate) fn for_wt(&mut self) -> &ServerRecord {
         let (room, msg) = (self.room, self.msg);
         self.wt.get_or_insert_with(|| {

@@ -19,6 +19,7 @@ pub(crate) mod notify;
 pub(crate) mod outbox;
 pub(crate) mod pending;
 pub(crate) mod presence;
+#[cfg(feature = "webtransport")]
 pub(crate) mod quic;
 pub(crate) mod read;
 pub(crate) mod registry;
@@ -29,5 +30,6 @@ pub(crate) mod stall;
 pub(crate) mod tcp_conn;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
+#[cfg(feature = "webtransport")]
 pub(crate) mod udp;
 pub(crate) mod upgrade;

@@ -11,6 +11,7 @@ use corecast_shards::ConnId;
 use super::driver::WRITE;
 use super::shard::{AckTo, BroadcastError, Member, Shard, ShardMsg};
 use super::tcp_conn::{Conn, ConnState};
+#[cfg(feature = "webtransport")]
 use crate::net::handle::wt_session::SessionState;
 use crate::stats::ShardStats;
 use crate::vocab::message::Message;
@@ -47,6 +48,7 @@ impl Shard {
     }
 
     /// A WebTransport session's registry entry.
+    #[cfg(feature = "webtransport")]
     pub(crate) fn session_info(&self, s: &SessionState) -> ConnInfo {
         ConnInfo {
             id: s.reg_id,
@@ -67,6 +69,7 @@ impl Shard {
     fn member_info(&self, m: &Member) -> ConnInfo {
         match m {
             Member::Conn(c) => self.conn_info(c),
+            #[cfg(feature = "webtransport")]
             Member::Wt(s) => self.session_info(s),
         }
     }
@@ -76,9 +79,14 @@ impl Shard {
         if let Some(c) = self.conns.borrow().get(id) {
             return (c.state() != ConnState::Done).then(|| Member::Conn(c.clone()));
         }
-        let sessions = self.wt_sessions.borrow();
-        let s = sessions.get(id)?;
-        (!s.is_closed()).then(|| Member::Wt(s.clone()))
+        #[cfg(feature = "webtransport")]
+        {
+            let sessions = self.wt_sessions.borrow();
+            let s = sessions.get(id)?;
+            (!s.is_closed()).then(|| Member::Wt(s.clone()))
+        }
+        #[cfg(not(feature = "webtransport"))]
+        None
     }
 
     /// Answer a registry question from this shard's connections.
@@ -172,6 +180,7 @@ impl Shard {
                 self.schedule(&c, WRITE);
                 queued
             }
+            #[cfg(feature = "webtransport")]
             Some(Member::Wt(s)) => {
                 if s.send_direct(msg, &self.stats).is_err() {
                     s.evict();
@@ -272,7 +281,9 @@ impl Shard {
             let _ = c.enqueue(f, &self.stats);
             self.schedule(&c, WRITE);
         }
+        #[cfg(feature = "webtransport")]
         let sessions: Vec<Rc<SessionState>> = self.wt_sessions.borrow().iter().cloned().collect();
+        #[cfg(feature = "webtransport")]
         for s in sessions {
             if s.send_direct(msg, &self.stats).is_err() {
                 s.evict();

@@ -21,6 +21,7 @@ use super::pending::{Pending, RoomCounts};
 use super::read::ReadArena;
 use super::tcp_conn::{Conn, ConnState};
 use crate::net::endpoint::Shared;
+#[cfg(feature = "webtransport")]
 use crate::net::handle::wt_session::SessionState;
 use crate::proto::ws::deflate::Deflater;
 use crate::proto::ws::{close, frame};
@@ -29,6 +30,7 @@ use crate::vocab::message::Message;
 
 /// Registry ids of WebTransport sessions have slots from here up, so they never
 /// equal a TCP connection's.
+#[cfg(feature = "webtransport")]
 pub(crate) const WT_SLOT_BASE: u32 = 1 << 31;
 
 pub(crate) use crate::vocab::message::AckTo;
@@ -85,6 +87,7 @@ pub(crate) enum ShardMsg {
     RoomInfoReply { token: u64, counts: RoomCounts },
     /// A QUIC packet for a connection this shard owns (it reached another shard's
     /// socket).
+    #[cfg(feature = "webtransport")]
     QuicPacket {
         data: Vec<u8>,
         from: std::net::SocketAddr,
@@ -154,6 +157,13 @@ pub(crate) fn publish_error_frame(room: &str, e: BroadcastError) -> Message {
     Message::text(value.to_string())
 }
 
+/// A member found too slow during a delivery (evicted after it).
+#[cfg(feature = "webtransport")]
+type Slow = Rc<SessionState>;
+/// Only WebTransport sessions are evicted that way.
+#[cfg(not(feature = "webtransport"))]
+type Slow = std::convert::Infallible;
+
 /// A room member on this shard: a TCP connection (WebSocket, SSE) or a
 /// WebTransport session.
 #[derive(Clone)]
@@ -161,6 +171,7 @@ pub(crate) enum Member {
     /// WebSocket or SSE.
     Conn(Rc<Conn>),
     /// WebTransport session.
+    #[cfg(feature = "webtransport")]
     Wt(Rc<SessionState>),
 }
 
@@ -169,6 +180,7 @@ impl Member {
     pub(crate) fn id(&self) -> ConnId {
         match self {
             Member::Conn(c) => c.id,
+            #[cfg(feature = "webtransport")]
             Member::Wt(s) => s.reg_id,
         }
     }
@@ -232,8 +244,10 @@ pub(crate) struct Shard {
     pub(crate) idle: LocalNotify,
     drain_started: Cell<bool>,
     /// This shard's QUIC endpoint, when WebTransport is on.
+    #[cfg(feature = "webtransport")]
     pub(crate) quic: RefCell<Option<Rc<super::quic::Endpoint>>>,
     /// Live WebTransport sessions by registry id (slots above TCP connections').
+    #[cfg(feature = "webtransport")]
     pub(crate) wt_sessions: RefCell<ConnSlab<Rc<SessionState>>>,
     /// Coarse clock in seconds since the shard started, ticked by the idle sweeper
     /// (reads stamp connections with it without a clock call).
@@ -271,7 +285,9 @@ impl Shard {
             flush_delay: shared.config.runtime.flush_delay.0,
             idle: LocalNotify::default(),
             drain_started: Cell::new(false),
+            #[cfg(feature = "webtransport")]
             quic: RefCell::new(None),
+            #[cfg(feature = "webtransport")]
             wt_sessions: RefCell::new(ConnSlab::with_slot_base(id as u16, WT_SLOT_BASE)),
             presence: RefCell::new(Default::default()),
             clock: Cell::new(0),
@@ -497,6 +513,7 @@ impl Shard {
                 self.send_reliable(reply_to, ShardMsg::RoomInfoReply { token, counts });
             }
             ShardMsg::RoomInfoReply { token, counts } => self.pending.info_reply(token, counts),
+            #[cfg(feature = "webtransport")]
             ShardMsg::QuicPacket { mut data, from } => {
                 let ep = self.quic.borrow().clone();
                 if let Some(ep) = ep {
@@ -784,14 +801,24 @@ impl Shard {
         except: Option<ConnId>,
         published: u64,
     ) {
-        let mut slow: Vec<Rc<SessionState>> = Vec::new();
+        let mut slow: Vec<Slow> = Vec::new();
         self.deliver_to_members(room, pos, msg, except, published, &mut slow);
         // Closing leaves rooms: only now that the room table is no longer borrowed.
+        #[cfg(feature = "webtransport")]
         for session in slow {
             session.evict();
         }
     }
 
+    // Without WebTransport every member is a `Conn` and nothing is evicted here.
+    #[cfg_attr(
+        not(feature = "webtransport"),
+        allow(
+            unused_variables,
+            clippy::ptr_arg,
+            clippy::infallible_destructuring_match
+        )
+    )]
     fn deliver_to_members(
         &self,
         room: &str,
@@ -799,7 +826,7 @@ impl Shard {
         msg: &Message,
         except: Option<ConnId>,
         published: u64,
-        slow: &mut Vec<Rc<SessionState>>,
+        slow: &mut Vec<Slow>,
     ) {
         let rooms = self.rooms.borrow();
         let Some(members) = rooms.members(room) else {
@@ -813,6 +840,7 @@ impl Shard {
             }
             let conn = match member {
                 Member::Conn(c) => c,
+                #[cfg(feature = "webtransport")]
                 Member::Wt(session) => {
                     let class = enc.class;
                     if session
@@ -929,6 +957,7 @@ impl Shard {
                 match m {
                     Member::Conn(c) if c.is_sse() => counts.sse += 1,
                     Member::Conn(_) => counts.websocket += 1,
+                    #[cfg(feature = "webtransport")]
                     Member::Wt(_) => counts.webtransport += 1,
                 }
             }
@@ -1155,6 +1184,7 @@ impl Shard {
     }
 
     /// Add a WebTransport session to `room`; returns the table's shared room name.
+    #[cfg(feature = "webtransport")]
     pub(crate) fn join_wt(self: &Rc<Self>, room: &str, session: &Rc<SessionState>) -> Arc<str> {
         let (change, name) =
             self.rooms
@@ -1171,6 +1201,7 @@ impl Shard {
     }
 
     /// Take a WebTransport session out of `room`.
+    #[cfg(feature = "webtransport")]
     pub(crate) fn leave_wt(self: &Rc<Self>, room: &str, session: &SessionState) {
         let change = self.rooms.borrow_mut().leave(room, &session.member_key);
         session.rooms.borrow_mut().retain(|(r, _)| &**r != room);
@@ -1186,6 +1217,7 @@ impl Shard {
     }
 
     /// Take a WebTransport session out of all its rooms.
+    #[cfg(feature = "webtransport")]
     pub(crate) fn leave_all_wt(self: &Rc<Self>, session: &SessionState) {
         let rooms: Vec<Arc<str>> = session
             .rooms
@@ -1221,13 +1253,21 @@ impl Shard {
     async fn drain(self: &Rc<Self>) {
         let deadline = std::time::Instant::now()
             + Duration::from_millis(self.shared.config.shutdown.drain_timeout_ms);
-        let quic = self.quic.borrow().clone();
-        let quic_drain = async move {
-            if let Some(ep) = quic {
-                ep.drain(deadline).await;
-            }
-        };
-        futures_lite::future::zip(self.drain_tcp(), quic_drain).await;
+        #[cfg(feature = "webtransport")]
+        {
+            let quic = self.quic.borrow().clone();
+            let quic_drain = async move {
+                if let Some(ep) = quic {
+                    ep.drain(deadline).await;
+                }
+            };
+            futures_lite::future::zip(self.drain_tcp(), quic_drain).await;
+        }
+        #[cfg(not(feature = "webtransport"))]
+        {
+            let _ = deadline;
+            self.drain_tcp().await;
+        }
     }
 
     async fn drain_tcp(self: &Rc<Self>) {

@@ -2,7 +2,9 @@
 //! and take bytes (or events) out, which is what the unit tests and fuzz targets do.
 
 pub mod http;
+#[cfg(feature = "webtransport")]
 pub mod quic_token;
 pub mod sse;
 pub mod ws;
+#[cfg(feature = "webtransport")]
 pub mod wt;

@@ -6,6 +6,7 @@ use super::*;
 #[derive(Clone)]
 pub(super) enum Peer {
     Ws(Connection),
+    #[cfg(feature = "webtransport")]
     Wt(WtSession),
 }
 
@@ -45,6 +46,7 @@ impl Ctx {
         }
     }
 
+    #[cfg(feature = "webtransport")]
     pub(crate) fn wt(session: WtSession, router: Arc<Router>) -> Self {
         Self {
             peer: Peer::Wt(session),
@@ -55,6 +57,7 @@ impl Ctx {
     pub(super) fn shard_state(&self) -> &std::rc::Rc<Shard> {
         match &self.peer {
             Peer::Ws(c) => &c.shard,
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => &s.shard,
         }
     }
@@ -63,6 +66,7 @@ impl Ctx {
     pub fn id(&self) -> ConnId {
         match &self.peer {
             Peer::Ws(c) => c.id(),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => s.state.reg_id,
         }
     }
@@ -76,6 +80,7 @@ impl Ctx {
     pub fn transport(&self) -> TransportKind {
         match &self.peer {
             Peer::Ws(c) => c.transport(),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(_) => TransportKind::WebTransport,
         }
     }
@@ -84,14 +89,17 @@ impl Ctx {
     pub fn connection(&self) -> Option<&Connection> {
         match &self.peer {
             Peer::Ws(c) => Some(c),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(_) => None,
         }
     }
 
     /// The WebTransport session, for transport-specific calls.
+    #[cfg(feature = "webtransport")]
     pub fn session(&self) -> Option<&WtSession> {
         match &self.peer {
             Peer::Ws(_) => None,
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => Some(s),
         }
     }
@@ -99,6 +107,7 @@ impl Ctx {
     pub(super) fn meta_cell(&self) -> &crate::vocab::meta::MetaCell {
         match &self.peer {
             Peer::Ws(c) => &c.conn.meta,
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => &s.state.meta,
         }
     }
@@ -128,6 +137,7 @@ impl Ctx {
     pub fn info(&self) -> ConnInfo {
         match &self.peer {
             Peer::Ws(c) => c.info(),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => s.shard.session_info(&s.state),
         }
     }
@@ -137,6 +147,7 @@ impl Ctx {
             Peer::Ws(c) => c
                 .send(msg)
                 .map_err(|e| RouteError::client("send_failed", e.to_string())),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => {
                 if s.state.send_direct(&msg, &s.shard.stats).is_err() {
                     s.state.evict();
@@ -228,6 +239,7 @@ impl Ctx {
         }
         match &self.peer {
             Peer::Ws(c) => c.join_room(room),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => {
                 s.join_room(room, Delivery::Reliable);
             }
@@ -239,6 +251,7 @@ impl Ctx {
     pub fn leave(&self, room: &str) {
         match &self.peer {
             Peer::Ws(c) => c.leave_room(room),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => s.leave_room(room),
         }
     }
@@ -247,6 +260,7 @@ impl Ctx {
     pub fn rooms(&self) -> Vec<String> {
         match &self.peer {
             Peer::Ws(c) => c.rooms().iter().map(|r| r.to_string()).collect(),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => s.rooms().into_iter().map(|(r, _)| r).collect(),
         }
     }
@@ -289,6 +303,7 @@ impl Ctx {
     pub fn close(&self, code: u16, reason: &str) {
         match &self.peer {
             Peer::Ws(c) => c.close(code, reason),
+            #[cfg(feature = "webtransport")]
             Peer::Wt(s) => s.close(u32::from(code), reason),
         }
     }

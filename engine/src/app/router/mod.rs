@@ -50,7 +50,9 @@ mod stats;
 pub use ctx::Ctx;
 pub use errors::{parse_body, RouteError};
 pub use middleware::Middleware;
-pub(crate) use serve::{serve_wt, RoutedWs};
+#[cfg(feature = "webtransport")]
+pub(crate) use serve::serve_wt;
+pub(crate) use serve::RoutedWs;
 use stats::RouteStats;
 
 use std::collections::HashMap;
@@ -67,6 +69,7 @@ use super::connection::Connection;
 use super::message::Message;
 use super::meta::{Meta, MetaError};
 use super::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
+#[cfg(feature = "webtransport")]
 use super::wt::{Delivery, WtSession};
 use crate::net::shard::{BroadcastError, Shard};
 use crate::stats::ShardStats;

@@ -23,6 +23,7 @@ impl crate::app::callbacks::WsCallbacks for RoutedWs {
 /// Serve a routed WebTransport session: every text record (on any client stream
 /// or datagram) is a message to route; replies go on the session's delivery stream
 /// as records with an empty room name. `$disconnect` runs when the session ends.
+#[cfg(feature = "webtransport")]
 pub(crate) async fn serve_wt(session: WtSession, router: Arc<Router>) {
     use crate::app::wt::WtIncoming;
     use crate::proto::wt::record::{self, RecordReader};

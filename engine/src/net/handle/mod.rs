@@ -8,4 +8,5 @@ pub mod callbacks;
 pub mod connection;
 pub mod sse_stream;
 pub mod ws_task;
+#[cfg(feature = "webtransport")]
 pub mod wt_session;
