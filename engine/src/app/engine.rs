@@ -16,9 +16,7 @@ use super::sse::SseStream;
 #[cfg(feature = "webtransport")]
 use super::wt::WtSession;
 use crate::config::{Config, EndpointKind};
-#[cfg(feature = "webtransport")]
-use crate::net::boot::bind_udp;
-use crate::net::boot::{bind_listeners, ShardBoot};
+use crate::net::boot::{bind_all, ShardBoot};
 pub use crate::net::boot::{Listener, StartError};
 #[cfg(feature = "webtransport")]
 use crate::net::endpoint::WtEndpoint;
@@ -319,61 +317,9 @@ impl Engine {
         self.add_wt_endpoint(path, handler, Some(router))
     }
 
-    /// Bind the listeners and start the shards.
-    pub fn start(self) -> Result<RunningEngine, StartError> {
-        if let Some(e) = &self.setup_error {
-            return Err(StartError::Config(e.clone()));
-        }
-        let shards = self.config.shard_count();
-        if shards > corecast_shards::room::MAX_SHARDS {
-            return Err(StartError::Config(format!(
-                "shards: {shards} is more than the {} supported",
-                corecast_shards::room::MAX_SHARDS
-            )));
-        }
-        let (listeners, local_addr) = bind_listeners(Listener::Main, self.config.listen, shards)?;
-        #[cfg(feature = "webtransport")]
-        let (wt, udp_sockets, wt_addr) = if self.config.webtransport.enabled {
-            let wt = crate::net::quic::prepare_tls(&self.config.webtransport)
-                .map_err(StartError::Certificate)?;
-            let udp_addr = self.config.webtransport.listen.unwrap_or(local_addr);
-            let (sockets, addr) = bind_udp(udp_addr, shards)?;
-            (Some(wt), sockets, Some(addr))
-        } else {
-            (None, Vec::new(), None)
-        };
-        #[cfg(not(feature = "webtransport"))]
-        let (udp_sockets, wt_addr) = if self.config.webtransport.enabled {
-            return Err(StartError::Config(
-                "webtransport.enabled: this build has no WebTransport support (the \
-                 `webtransport` cargo feature); set webtransport.enabled: false"
-                    .into(),
-            ));
-        } else {
-            (Vec::new(), None)
-        };
-        let (tls, tls_listeners, tls_addr) = match &self.config.tls {
-            #[cfg(feature = "tls")]
-            Some(c) => {
-                let tls = crate::net::tls::TlsShared::new(c).map_err(StartError::Certificate)?;
-                let (ls, addr) = bind_listeners(Listener::Tls, c.listen, shards)?;
-                (Some(Arc::new(tls)), ls, Some(addr))
-            }
-            #[cfg(not(feature = "tls"))]
-            Some(_) => {
-                return Err(StartError::Config(
-                    "tls: this build has no TLS support (the `tls` cargo feature)".into(),
-                ))
-            }
-            None => (None, Vec::new(), None),
-        };
-        // The process-wide clock base of the latency histogram, fixed before any shard.
-        let _ = crate::stats::clock_base();
-        let stats: Vec<Arc<ShardStats>> = (0..shards)
-            .map(|_| Arc::new(ShardStats::default()))
-            .collect();
-        // Routed endpoints with declared routes (not the auth-only guards of the
-        // built-in endpoints), each router once, for the per-route metrics.
+    /// Routed endpoints with declared routes (not the auth-only guards of the
+    /// built-in endpoints), each router once, for the per-route metrics.
+    fn metric_routers(&self) -> Vec<crate::metrics::RoutedEndpoint> {
         let mut routers: Vec<crate::metrics::RoutedEndpoint> = Vec::new();
         // The routers still serving an endpoint (a later registration may have
         // replaced one), found by the `$connect` each endpoint holds.
@@ -401,6 +347,28 @@ impl Engine {
                 routers.push((path.clone(), router.clone()));
             }
         }
+        routers
+    }
+
+    /// Bind the listeners and start the shards.
+    pub fn start(self) -> Result<RunningEngine, StartError> {
+        if let Some(e) = &self.setup_error {
+            return Err(StartError::Config(e.clone()));
+        }
+        let shards = self.config.shard_count();
+        if shards > corecast_shards::room::MAX_SHARDS {
+            return Err(StartError::Config(format!(
+                "shards: {shards} is more than the {} supported",
+                corecast_shards::room::MAX_SHARDS
+            )));
+        }
+        let bound = bind_all(&self.config, shards)?;
+        // The process-wide clock base of the latency histogram, fixed before any shard.
+        let _ = crate::stats::clock_base();
+        let stats: Vec<Arc<ShardStats>> = (0..shards)
+            .map(|_| Arc::new(ShardStats::default()))
+            .collect();
+        let routers = self.metric_routers();
         let (sequencer, bridge_end) = crate::net::sequencer::Sequencer::start(&self.config)?;
         let cluster_stats = sequencer.families();
         let metrics = match self.config.metrics.listen {
@@ -442,20 +410,20 @@ impl Engine {
             http_routes: self.http_routes,
             routers,
             #[cfg(feature = "webtransport")]
-            wt,
+            wt: bound.wt,
             ip_table: (self.config.limits.max_connections_per_ip > 0).then(|| {
                 crate::net::limits::IpTable::new(self.config.limits.max_connections_per_ip)
             }),
-            tls,
+            tls: bound.tls,
             sequencer,
             config: self.config,
         });
         let bridge = crate::net::sequencer::spawn_bridge(&shared, bridge_end, mesh.senders())?;
         let boot = Arc::new(ShardBoot::new(
             (0..shards).map(|i| mesh.take_inbox(i)).collect(),
-            listeners,
-            udp_sockets,
-            tls_listeners,
+            bound.tcp,
+            bound.udp,
+            bound.tls_listeners,
         ));
         let pool_config = PoolConfig {
             shards,
@@ -473,9 +441,9 @@ impl Engine {
             pool: Some(pool),
             bridge,
             handle: EngineHandle { shared },
-            local_addr,
-            wt_addr,
-            tls_addr,
+            local_addr: bound.local_addr,
+            wt_addr: bound.wt_addr,
+            tls_addr: bound.tls_addr,
             metrics,
         })
     }

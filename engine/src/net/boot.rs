@@ -12,6 +12,7 @@ use corecast_shards::Inbox;
 use super::accept::accept_loop;
 use super::endpoint::Shared;
 use super::shard::{Shard, ShardMsg};
+use crate::config::Config;
 
 /// Which listener a [`StartError::Bind`] is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +90,75 @@ impl StartError {
     pub fn is_bind(&self) -> bool {
         matches!(self, StartError::Bind { .. })
     }
+}
+
+/// Every socket the configuration asks for, bound on the main thread before any
+/// shard starts, with the TLS and WebTransport material they need.
+pub(crate) struct Bound {
+    /// The main listener, one socket per shard, and its address.
+    pub(crate) tcp: Vec<std::net::TcpListener>,
+    pub(crate) local_addr: SocketAddr,
+    /// WebTransport's UDP sockets and address (empty / `None` when off).
+    pub(crate) udp: Vec<std::net::UdpSocket>,
+    pub(crate) wt_addr: Option<SocketAddr>,
+    /// WebTransport's certificate and key.
+    #[cfg(feature = "webtransport")]
+    pub(crate) wt: Option<super::quic::WtShared>,
+    /// The TLS listener (`tls:`): settings, sockets, address.
+    pub(crate) tls: Option<std::sync::Arc<super::endpoint::TlsShared>>,
+    pub(crate) tls_listeners: Vec<std::net::TcpListener>,
+    pub(crate) tls_addr: Option<SocketAddr>,
+}
+
+/// Bind what `config` asks for, `shards` sockets each.
+pub(crate) fn bind_all(config: &Config, shards: usize) -> Result<Bound, StartError> {
+    let (listeners, local_addr) = bind_listeners(Listener::Main, config.listen, shards)?;
+    #[cfg(feature = "webtransport")]
+    let (wt, udp_sockets, wt_addr) = if config.webtransport.enabled {
+        let wt =
+            crate::net::quic::prepare_tls(&config.webtransport).map_err(StartError::Certificate)?;
+        let udp_addr = config.webtransport.listen.unwrap_or(local_addr);
+        let (sockets, addr) = bind_udp(udp_addr, shards)?;
+        (Some(wt), sockets, Some(addr))
+    } else {
+        (None, Vec::new(), None)
+    };
+    #[cfg(not(feature = "webtransport"))]
+    let (udp_sockets, wt_addr) = if config.webtransport.enabled {
+        return Err(StartError::Config(
+            "webtransport.enabled: this build has no WebTransport support (the \
+             `webtransport` cargo feature); set webtransport.enabled: false"
+                .into(),
+        ));
+    } else {
+        (Vec::new(), None)
+    };
+    let (tls, tls_listeners, tls_addr) = match &config.tls {
+        #[cfg(feature = "tls")]
+        Some(c) => {
+            let tls = crate::net::tls::TlsShared::new(c).map_err(StartError::Certificate)?;
+            let (ls, addr) = bind_listeners(Listener::Tls, c.listen, shards)?;
+            (Some(std::sync::Arc::new(tls)), ls, Some(addr))
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(_) => {
+            return Err(StartError::Config(
+                "tls: this build has no TLS support (the `tls` cargo feature)".into(),
+            ))
+        }
+        None => (None, Vec::new(), None),
+    };
+    Ok(Bound {
+        tcp: listeners,
+        local_addr,
+        udp: udp_sockets,
+        wt_addr,
+        #[cfg(feature = "webtransport")]
+        wt,
+        tls,
+        tls_listeners,
+        tls_addr,
+    })
 }
 
 /// Bind one SO_REUSEPORT listener per shard on `addr` (port 0: the first bind

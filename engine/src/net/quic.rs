@@ -682,96 +682,145 @@ impl Endpoint {
         }
     }
 
+    /// An extended CONNECT: check it, run `$connect`, then accept the session
+    /// and start its handler, or answer with the refusal.
     fn on_request(
         self: &Rc<Self>,
         qc: &Rc<QuicConn>,
         stream_id: u64,
         req: crate::proto::wt::session::Request,
     ) {
-        let shared = &self.shard.shared;
         let full_path = req.path.clone().unwrap_or_default();
         let (path, query) = full_path.split_once('?').unwrap_or((&full_path, ""));
-        let endpoint = shared.wt_endpoint(path);
-        let reject = |status: u16, why: &str| {
-            qc.with(|inner| inner.wt.reject(&mut inner.conn, stream_id, status, why));
-            ShardStats::add(&self.shard.stats.wt_rejected, 1);
+        let admitted = self.check_request(qc, &req, path).and_then(|endpoint| {
+            let admitted = self.admit_session(qc, &req, endpoint, path, query)?;
+            Ok((endpoint, admitted))
+        });
+        let (endpoint, admitted) = match admitted {
+            Ok(ok) => ok,
+            Err((status, why)) => {
+                qc.with(|inner| inner.wt.reject(&mut inner.conn, stream_id, status, &why));
+                ShardStats::add(&self.shard.stats.wt_rejected, 1);
+                return;
+            }
         };
+        qc.with(|inner| inner.wt.accept(&mut inner.conn, stream_id));
+        let origin = req.origin.clone();
+        let state = self.open_session(qc, stream_id, &endpoint.path, query, origin, admitted);
+        tracing::debug!(
+            target: crate::logging::CONN_TARGET,
+            session_id = stream_id,
+            shard = self.shard.id,
+            transport = "webtransport",
+            path,
+            query = %crate::logging::redact_query(query),
+            origin = req.origin.as_deref().unwrap_or("-"),
+            "session opened"
+        );
+        self.run_session_handler(endpoint.handler.clone(), state, path);
+    }
+
+    /// The CONNECT's method, pseudo-headers, path, origin, drain state and the
+    /// connection's session count: the endpoint, or the status and reason to refuse.
+    fn check_request<'a>(
+        &'a self,
+        qc: &QuicConn,
+        req: &crate::proto::wt::session::Request,
+        path: &str,
+    ) -> Result<&'a crate::net::endpoint::WtEndpoint, (u16, String)> {
+        let shared = &self.shard.shared;
+        let refuse = |status: u16, why: &str| Err((status, why.to_string()));
         if req.method != "CONNECT" || !req.is_webtransport() {
-            return reject(
+            return refuse(
                 405,
                 "only extended CONNECT with :protocol webtransport is served",
             );
         }
         if req.authority.is_none() || req.path.is_none() || req.scheme.is_none() {
-            return reject(400, "missing :authority, :path or :scheme");
+            return refuse(400, "missing :authority, :path or :scheme");
         }
-        let Some(endpoint) = endpoint else {
-            return reject(404, &format!("no WebTransport endpoint at {path}"));
+        let Some(endpoint) = shared.wt_endpoint(path) else {
+            return refuse(404, &format!("no WebTransport endpoint at {path}"));
         };
         if !shared
             .config
             .webtransport
             .origin_allowed(req.origin.as_deref())
         {
-            return reject(403, "origin not allowed");
+            return refuse(403, "origin not allowed");
         }
         if self.shard.draining.fired() {
-            return reject(503, "server is shutting down");
+            return refuse(503, "server is shutting down");
         }
         let open = qc
             .with(|inner| inner.wt.session_count())
             .unwrap_or(usize::MAX);
         if open >= shared.config.webtransport.max_sessions_per_connection {
-            return reject(429, "too many sessions on this connection");
+            return refuse(429, "too many sessions on this connection");
         }
-        let admitted = match &endpoint.admission {
-            Some(router) => {
-                let head = crate::proto::http::Request {
-                    method: req.method.clone(),
-                    path: path.to_string(),
-                    query: query.to_string(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-                        .collect(),
-                };
-                let connecting = crate::vocab::connect::Connecting::new(
-                    &head,
-                    Some(qc.peer),
-                    crate::vocab::registry::TransportKind::WebTransport,
-                );
-                match router.admit(connecting) {
-                    Ok(a) => Some(a),
-                    Err(r) => {
-                        ShardStats::add(&self.shard.stats.connect_rejected, 1);
-                        if matches!(r.status, 401 | 403) {
-                            ShardStats::add(&self.shard.stats.auth_failures, 1);
-                        }
-                        return reject(r.status, &r.reason);
-                    }
-                }
-            }
-            None => None,
+        Ok(endpoint)
+    }
+
+    /// Run the endpoint's `$connect` on the CONNECT head.
+    fn admit_session(
+        &self,
+        qc: &QuicConn,
+        req: &crate::proto::wt::session::Request,
+        endpoint: &crate::net::endpoint::WtEndpoint,
+        path: &str,
+        query: &str,
+    ) -> Result<Option<crate::vocab::connect::Admitted>, (u16, String)> {
+        let Some(admission) = endpoint.admission.as_deref() else {
+            return Ok(None);
         };
-        let handler = endpoint.handler.clone();
-        qc.with(|inner| inner.wt.accept(&mut inner.conn, stream_id));
+        let head = crate::proto::http::Request {
+            method: req.method.clone(),
+            path: path.to_string(),
+            query: query.to_string(),
+            headers: req
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+                .collect(),
+        };
+        let connecting = crate::vocab::connect::Connecting::new(
+            &head,
+            Some(qc.peer),
+            crate::vocab::registry::TransportKind::WebTransport,
+        );
+        super::upgrade::run_admission(&self.shard.stats, Some(admission), connecting)
+            .map_err(|r| (r.status, r.reason))
+    }
+
+    /// The accepted session's state: in the shard's registry slab and the
+    /// connection's session table, with what `$connect` attached.
+    fn open_session(
+        &self,
+        qc: &Rc<QuicConn>,
+        stream_id: u64,
+        path: &str,
+        query: &str,
+        origin: Option<String>,
+        admitted: Option<crate::vocab::connect::Admitted>,
+    ) -> Rc<SessionState> {
         let key = self.next_member.get();
         self.next_member.set(key + 1);
+        let queue_cap = self.shard.shared.config.websocket.outbound_queue_bytes;
         let state = {
             let mut slab = self.shard.wt_sessions.borrow_mut();
             let id = slab.insert_with(|reg_id| {
+                let origin = SessionOrigin {
+                    reg_id,
+                    path,
+                    query,
+                    origin,
+                };
                 Rc::new(SessionState::new(
                     stream_id,
                     key,
                     qc.clone(),
-                    SessionOrigin {
-                        reg_id,
-                        path: &endpoint.path,
-                        query,
-                        origin: req.origin.clone(),
-                    },
-                    shared.config.websocket.outbound_queue_bytes,
+                    origin,
+                    queue_cap,
                 ))
             });
             slab.get(id).cloned().expect("just inserted")
@@ -784,20 +833,20 @@ impl Endpoint {
         }
         qc.sessions.borrow_mut().insert(stream_id, state.clone());
         ShardStats::add(&self.shard.stats.wt_sessions, 1);
-        tracing::debug!(
-            target: crate::logging::CONN_TARGET,
-            session_id = stream_id,
-            shard = self.shard.id,
-            transport = "webtransport",
-            path,
-            query = %crate::logging::redact_query(query),
-            origin = req.origin.as_deref().unwrap_or("-"),
-            "session opened"
-        );
+        state
+    }
+
+    /// The endpoint's handler task for a session; a panic closes the session.
+    fn run_session_handler(
+        &self,
+        handler: crate::net::endpoint::WtHandler,
+        state: Rc<SessionState>,
+        path: &str,
+    ) {
         let span = tracing::debug_span!(
             target: crate::logging::CONN_TARGET,
             "connection",
-            session_id = stream_id,
+            session_id = state.id,
             shard = self.shard.id,
             transport = "webtransport",
             path,

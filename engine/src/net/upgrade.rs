@@ -384,20 +384,32 @@ fn admit(
     stream: &Socket,
     transport: TransportKind,
 ) -> Result<Option<crate::vocab::connect::Admitted>, Vec<u8>> {
-    let Some(router) = &endpoint.admission else {
-        return Ok(None);
-    };
     let connecting = Connecting::new(req, stream.peer_addr().ok(), transport);
-    router.admit(connecting).map(Some).map_err(|r| {
-        ShardStats::add(&shard.stats.connect_rejected, 1);
-        if matches!(r.status, 401 | 403) {
-            ShardStats::add(&shard.stats.auth_failures, 1);
-        }
+    run_admission(&shard.stats, endpoint.admission.as_deref(), connecting).map_err(|r| {
         let mut headers = Vec::new();
         if r.status == 401 {
             headers.push(("WWW-Authenticate", "Bearer"));
         }
         http::response(r.status, r.phrase(), &headers, &r.reason)
+    })
+}
+
+/// Run an endpoint's `$connect` (if it has one) and count a refusal
+/// (`connect_rejected`, and `auth_failures` for 401/403). Shared by the TCP
+/// upgrade and the WebTransport CONNECT.
+pub(crate) fn run_admission(
+    stats: &ShardStats,
+    admission: Option<&dyn crate::vocab::connect::Admission>,
+    connecting: Connecting<'_>,
+) -> Result<Option<crate::vocab::connect::Admitted>, crate::vocab::connect::Reject> {
+    let Some(admission) = admission else {
+        return Ok(None);
+    };
+    admission.admit(connecting).map(Some).inspect_err(|r| {
+        ShardStats::add(&stats.connect_rejected, 1);
+        if matches!(r.status, 401 | 403) {
+            ShardStats::add(&stats.auth_failures, 1);
+        }
     })
 }
 
