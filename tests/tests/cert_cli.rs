@@ -80,5 +80,5 @@ fn cert_refuses_validity_browsers_would_reject() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--days must be 1..=14"), "{err}");
     let out = run_cert(&["--days", "3"]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--out DIR is required"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--out <DIR>"));
 }

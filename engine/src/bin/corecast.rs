@@ -1,109 +1,127 @@
 //! The `corecast` command: `serve`, `check-config`, `cert`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use corecast::config::Shards;
 use corecast::{Config, Engine};
 
-const USAGE: &str = "\
-corecast — thread-per-core real-time fan-out server
+/// corecast — thread-per-core real-time fan-out server (WebSocket, SSE, WebTransport).
+#[derive(Parser)]
+#[command(name = "corecast", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-USAGE:
-    corecast serve [--config FILE] [--listen ADDR] [--shards N|auto]
-    corecast check-config [--print] FILE
-    corecast cert --out DIR [--days N] [--host NAME]...
-    corecast --help | --version
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (without --config: the embedded default config.yaml).
+    Serve {
+        /// A configuration file, merged over the embedded defaults.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Listen here instead of the configuration's `listen`.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Shard count instead of the configuration's `shards`: `auto` (one per
+        /// allowed core) or 1..=64.
+        #[arg(long, value_name = "N|auto", value_parser = parse_shards)]
+        shards: Option<Shards>,
+    },
+    /// Validate a configuration file and exit (0 = valid, 1 = invalid, naming the
+    /// key and line).
+    CheckConfig {
+        /// Also print the effective configuration: FILE merged over the embedded
+        /// defaults (`env:NAME` references shown as written).
+        #[arg(long)]
+        print: bool,
+        /// The configuration file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Write a self-signed ECDSA P-256 cert.pem + key.pem for WebTransport and print
+    /// the SHA-256 a browser passes in serverCertificateHashes.
+    Cert {
+        /// Directory to write cert.pem and key.pem into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Validity in days, 1..=14 (browsers refuse longer certificates for
+        /// serverCertificateHashes).
+        #[arg(long, value_name = "N", default_value_t = 14, value_parser = parse_days)]
+        days: u64,
+        /// A host name or address the certificate is for (repeat the flag);
+        /// default: localhost 127.0.0.1 ::1.
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+    },
+}
 
-serve         run the server (without --config: the embedded default config.yaml)
-check-config  validate a configuration file and exit (0 = valid); --print also
-              prints it merged over the embedded defaults (the effective config)
-cert          write a self-signed ECDSA P-256 cert.pem + key.pem for WebTransport
-              (at most 14 days, default 14; hosts default: localhost 127.0.0.1 ::1)
-              and print the SHA-256 for a browser's serverCertificateHashes
-";
-
-fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => serve(&args[1..]),
-        Some("check-config") => check_config(&args[1..]),
-        Some("cert") => cert(&args[1..]),
-        Some("--help") | Some("-h") | Some("help") => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        Some("--version") | Some("-V") => {
-            println!("corecast {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        Some(other) => fail(&format!("unknown command {other:?}\n\n{USAGE}")),
-        None => fail(USAGE),
+fn parse_shards(s: &str) -> Result<Shards, String> {
+    match s {
+        "auto" => Ok(Shards::Auto),
+        n => match n.parse::<usize>() {
+            Ok(n) if (1..=64).contains(&n) => Ok(Shards::Count(n)),
+            _ => Err(format!("{s:?} is not `auto` or 1..=64")),
+        },
     }
 }
 
-fn fail(msg: &str) -> ExitCode {
-    eprintln!("corecast: {msg}");
-    ExitCode::from(2)
+fn parse_days(s: &str) -> Result<u64, String> {
+    match s.parse() {
+        Ok(d) if (1..=14).contains(&d) => Ok(d),
+        _ => Err("--days must be 1..=14 (browsers refuse longer certificates for serverCertificateHashes)".into()),
+    }
 }
 
-fn check_config(args: &[String]) -> ExitCode {
-    let (print, file) = match args {
-        [file] if file != "--print" => (false, file),
-        [flag, file] | [file, flag] if flag == "--print" => (true, file),
-        _ => return fail("usage: corecast check-config [--print] FILE"),
-    };
-    let path = PathBuf::from(file);
-    let config = Config::from_file(&path);
-    if let Err(e) = config {
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Serve {
+            config,
+            listen,
+            shards,
+        } => serve(config, listen, shards),
+        Command::CheckConfig { print, file } => check_config(print, &file),
+        Command::Cert { out, days, hosts } => cert(&out, days, hosts),
+    }
+}
+
+fn check_config(print: bool, path: &Path) -> ExitCode {
+    let file = path.display().to_string();
+    if let Err(e) = Config::from_file(path) {
         eprintln!("corecast: invalid configuration: {e}");
         return ExitCode::from(1);
     }
     if print {
         // Valid, so it reads and merges: print what the server would run with.
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        match Config::effective_yaml(&text, file).map(|v| serde_yaml_ng::to_string(&v)) {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        match Config::effective_yaml(&text, &file).map(|v| serde_yaml_ng::to_string(&v)) {
             Ok(Ok(yaml)) => print!("{yaml}"),
-            Ok(Err(e)) => return fail(&format!("cannot print the configuration: {e}")),
-            Err(e) => return fail(&e.to_string()),
+            Ok(Err(e)) => eprintln!("corecast: cannot print the configuration: {e}"),
+            Err(e) => eprintln!("corecast: {e}"),
         }
     }
     println!("ok");
     ExitCode::SUCCESS
 }
 
-fn cert(args: &[String]) -> ExitCode {
+fn cert(out: &Path, days: u64, mut hosts: Vec<String>) -> ExitCode {
     use corecast::cert;
-    let mut out: Option<PathBuf> = None;
-    let mut days: u64 = 14;
-    let mut hosts: Vec<String> = Vec::new();
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let Some(value) = it.next() else {
-            return fail(&format!("cert: {flag} needs a value"));
-        };
-        match flag.as_str() {
-            "--out" => out = Some(PathBuf::from(value)),
-            "--host" => hosts.push(value.clone()),
-            "--days" => match value.parse() {
-                Ok(d) if (1..=14).contains(&d) => days = d,
-                _ => return fail("cert: --days must be 1..=14 (browsers refuse longer certificates for serverCertificateHashes)"),
-            },
-            other => return fail(&format!("cert: unknown flag {other:?}\n\n{USAGE}")),
-        }
-    }
-    let Some(out) = out else {
-        return fail("cert: --out DIR is required");
-    };
     if hosts.is_empty() {
         hosts = ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
     }
     let validity = std::time::Duration::from_secs(days * 24 * 3600);
     let made = match cert::generate(&hosts, validity, std::time::SystemTime::now()) {
         Ok(m) => m,
-        Err(e) => return fail(&format!("cert: {e}")),
+        Err(e) => {
+            eprintln!("corecast: cert: {e}");
+            return ExitCode::from(2);
+        }
     };
-    match cert::write_pair(&out, &made) {
+    match cert::write_pair(out, &made) {
         Ok((c, k)) => {
             println!("certificate: {}", c.display());
             println!("private key: {}", k.display());
@@ -118,31 +136,7 @@ fn cert(args: &[String]) -> ExitCode {
     }
 }
 
-fn serve(args: &[String]) -> ExitCode {
-    let mut config_path: Option<PathBuf> = None;
-    let mut listen: Option<String> = None;
-    let mut shards: Option<String> = None;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let slot = match flag.as_str() {
-            "--config" | "-c" => {
-                config_path = it.next().map(PathBuf::from);
-                config_path.is_some()
-            }
-            "--listen" => {
-                listen = it.next().cloned();
-                listen.is_some()
-            }
-            "--shards" => {
-                shards = it.next().cloned();
-                shards.is_some()
-            }
-            other => return fail(&format!("serve: unknown flag {other:?}\n\n{USAGE}")),
-        };
-        if !slot {
-            return fail(&format!("serve: {flag} needs a value"));
-        }
-    }
+fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>, shards: Option<Shards>) -> ExitCode {
     let mut config = match &config_path {
         Some(p) => match Config::from_file(p) {
             Ok(c) => c,
@@ -154,23 +148,10 @@ fn serve(args: &[String]) -> ExitCode {
         None => Config::default(),
     };
     if let Some(l) = listen {
-        match l.parse() {
-            Ok(a) => config.listen = a,
-            Err(_) => {
-                return fail(&format!(
-                    "--listen: {l:?} is not an address like 127.0.0.1:8080"
-                ))
-            }
-        }
+        config.listen = l;
     }
     if let Some(s) = shards {
-        config.shards = match s.as_str() {
-            "auto" => corecast::config::Shards::Auto,
-            n => match n.parse::<usize>() {
-                Ok(n) if (1..=64).contains(&n) => corecast::config::Shards::Count(n),
-                _ => return fail(&format!("--shards: {s:?} is not `auto` or 1..=64")),
-            },
-        };
+        config.shards = s;
     }
     // Logs from here on go through tracing (stderr), as the `log:` section says.
     let _log_guard = match corecast::logging::init(&config.log) {
