@@ -18,13 +18,13 @@ fn main() -> ExitCode {
     loadgen::stats::init_clock();
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let cmd = match args::parse(&argv) {
-        Ok(Command::Help) => {
-            print!("{}", args::USAGE);
+        Ok(Command::Help(text)) => {
+            print!("{text}");
             return ExitCode::SUCCESS;
         }
         Ok(c) => c,
         Err(msg) => {
-            eprintln!("loadgen: {msg}\n\n{}", args::USAGE);
+            eprintln!("loadgen: {msg}");
             return ExitCode::from(2);
         }
     };
@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         Command::Wt(c) => c.fanout.common.threads,
         Command::Echo(c) => c.common.threads,
         Command::Idle(c) => c.common.threads,
-        Command::Help => 1,
+        Command::Help(_) => 1,
     };
     let nofile = loadgen::net::raise_nofile_limit();
     let runtime = if threads <= 1 {
@@ -61,7 +61,7 @@ fn main() -> ExitCode {
             Command::Wt(c) => loadgen::wt::run(c).await,
             Command::Echo(c) => loadgen::echo::run(c).await,
             Command::Idle(c) => loadgen::idle::run(c, nofile).await,
-            Command::Help => unreachable!("handled above"),
+            Command::Help(_) => unreachable!("handled above"),
         }
     });
     let code = match outcome {

@@ -1,102 +1,215 @@
-//! Hand-rolled command-line parsing (no clap): `loadgen MODE --flag value ...`.
-//! Flags accept `--flag value` or `--flag=value`. Errors name the bad flag.
+//! The command line (clap, derive): `loadgen MODE --flag value ...` (or
+//! `--flag=value`). Errors name the bad flag; `loadgen MODE --help` lists every flag
+//! with its default.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::loadgen::payload;
 
-/// Usage text.
-pub const USAGE: &str = "\
-loadgen: WebSocket, Server-Sent Events and WebTransport load generator for corecast benchmarks
-
-USAGE:
-  loadgen fanout [FLAGS]   publishers broadcast into one room, subscribers measure latency/loss
-  loadgen sse    [FLAGS]   like fanout, but the subscribers are SSE streams (GET /sse?room=)
-  loadgen wt     [FLAGS]   like fanout, but the subscribers are WebTransport sessions (HTTP/3)
-  loadgen echo   [FLAGS]   round trips against an echo endpoint
-  loadgen idle   [FLAGS]   open N connections and hold them idle (for RSS measurements)
-  loadgen --help
-
-COMMON FLAGS:
-  --addr HOST:PORT        server address                         [127.0.0.1:8080]
-  --targets A,B,...       several servers; connections go round-robin (overrides --addr)
-  --path PATH             WebSocket path        [fanout, idle: /ws/chat; echo: /ws/echo]
-                          (sse: the event-stream path                        [/sse])
-                          (wt: the WebTransport path                     [/wt/chat])
-  --connect-rate N        new connections per second while ramping             [5000]
-  --per-source N          connections per source address; on a 127.x target sources are
-                          127.0.0.1, 127.0.0.2, ... (0 = let the kernel choose) [15000]
-  --sources IP,IP,...     explicit source addresses (cycled per --per-source block)
-  --threads N             runtime threads (1 = current_thread runtime)            [1]
-  --timeout SECS          connect and handshake timeout, each                     [5]
-
-FANOUT FLAGS:
-  --subscribers N         subscriber connections                                  [100]
-  --publishers P          publisher connections (also room members)                 [1]
-  --size BYTES            payload size (>= 24, or >= 44 with --text)               [64]
-  --rate N                total messages/s over all publishers (0 = as fast as the
-                          in-flight window allows)                                  [0]
-  --window N              rate 0 only: max unacknowledged messages per publisher   [64]
-  --duration SECS         measured window                                          [10]
-  --warmup SECS           traffic before the window                                 [2]
-  --drain SECS            max wait for in-flight messages after the window           [2]
-  --room NAME             room to join                                          [bench]
-  --text                  send text frames (hex head) instead of binary
-  --slow N                fanout only: N more room members that handshake and never
-                          read (4 KiB SO_RCVBUF), opened before the others; their
-                          messages are not counted (slow-consumer benchmark)      [0]
-  --start-at UNIX_SECS    fanout only: publishing starts at this wall-clock time
-                          (e.g. $(( $(date +%s) + 20 ))) instead of right after the
-                          ramp, so several loadgen processes share one warmup and
-                          window (payload timestamps are on the machine-wide
-                          CLOCK_MONOTONIC, so any process can time any message)
-  --listen-only           fanout only: no publishers here (--publishers 0); the
-                          subscribers count and time messages that other loadgen
-                          processes publish into the room (same --size, --text,
-                          --warmup, --duration and --start-at). `published` is then
-                          inferred per publisher from the lowest to the highest
-                          sequence number received inside the window
-
-ECHO FLAGS:
-  --connections N         connections                                              [100]
-  --size BYTES            payload size                                              [64]
-  --pipeline K            messages in flight per connection                          [1]
-  --duration SECS / --warmup SECS / --drain SECS / --text    as for fanout
-
-SSE FLAGS (plus every FANOUT flag except --text: SSE carries text, so payloads
-always use the hex text head and --size must be >= 44):
-  --publish ws|http       ws: WebSocket publishers on --ws-path, also room members,
-                          acked by their own message coming back; http: one
-                          POST /api/rooms/ROOM/publish per message, each on its own
-                          TCP connection (the server answers Connection: close),
-                          acked by the 200 response                               [ws]
-  --ws-path PATH          WebSocket path of ws publishers                   [/ws/chat]
-  --api-key KEY           X-API-Key for http publishers    [env CORECAST_API_KEY]
-  --window N              as for fanout; with --publish http also caps concurrent
-                          POSTs per publisher at a fixed --rate                    [64]
-
-WT FLAGS (plus every FANOUT flag; --text sends text, kind 0x00 records):
-  --delivery reliable|datagram
-                          reliable: /wt/chat?room=R, records on the server-opened
-                          unidirectional stream (loss must be 0); datagram: adds
-                          &datagram=R, one datagram per message (loss is counted,
-                          not an error; prefer a fixed --rate)              [reliable]
-  --ws-path PATH          WebSocket path of the publishers (room members, acked by
-                          their own message coming back)                    [/ws/chat]
-  The session's UDP port is the TCP port of --addr/--targets (the default
-  webtransport.listen); the certificate is trusted by the SHA-256 served at
-  GET /webtransport/cert-hash. One QUIC connection (and UDP socket) per session.
-
-IDLE FLAGS:
-  --connections N         connections to open                                     [1000]
-  --hold SECS             how long to hold them once the ramp is done              [30]
-  --room NAME             room to join (with the default /ws/chat path)          [idle]
-
+/// What `--help` adds after the flags.
+const OUTPUT_NOTE: &str = "\
 Output: one JSON line on stdout; progress every second on stderr.
-Exit status: 0 = ran (see the JSON for failures), 1 = no connection succeeded, 2 = bad usage.
-";
+Exit status: 0 = ran (see the JSON for failures), 1 = no connection succeeded, 2 = bad usage.";
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "WebSocket, Server-Sent Events and WebTransport load generator for corecast benchmarks",
+    after_help = OUTPUT_NOTE
+)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Publishers broadcast into one room; subscribers measure latency and loss.
+    Fanout(FanoutArgs),
+    /// Like fanout, but the subscribers are SSE streams (GET /sse?room=); payloads
+    /// always carry the text head, so --size must be >= 44.
+    Sse(SseArgs),
+    /// Like fanout, but the subscribers are WebTransport sessions (HTTP/3); the
+    /// session's UDP port is the TCP port of --addr/--targets, and the certificate
+    /// is trusted by the SHA-256 served at GET /webtransport/cert-hash.
+    Wt(WtArgs),
+    /// Round trips against an echo endpoint.
+    Echo(EchoArgs),
+    /// Open N connections and hold them idle (for RSS measurements).
+    Idle(IdleArgs),
+}
+
+/// Flags every mode takes.
+#[derive(Args)]
+struct CommonArgs {
+    /// Server address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Several servers; connections go round-robin (overrides --addr).
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Endpoint path [fanout, idle: /ws/chat; echo: /ws/echo; sse: /sse; wt: /wt/chat].
+    #[arg(long, value_name = "PATH", value_parser = abs_path)]
+    path: Option<String>,
+    /// New connections per second while ramping.
+    #[arg(long, value_name = "N", default_value_t = 5000.0, value_parser = positive)]
+    connect_rate: f64,
+    /// Connections per source address; on a 127.x target sources are 127.0.0.1,
+    /// 127.0.0.2, ... (0 = let the kernel choose).
+    #[arg(long, value_name = "N", default_value_t = 15_000)]
+    per_source: usize,
+    /// Explicit source addresses (cycled per --per-source block).
+    #[arg(long, value_name = "IP,IP,...", value_delimiter = ',')]
+    sources: Vec<IpAddr>,
+    /// Runtime threads (1 = current_thread runtime).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+    /// Connect and handshake timeout, each, in seconds.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = positive_secs)]
+    timeout: Duration,
+}
+
+/// The fan-out shape (fanout, sse, wt).
+#[derive(Args)]
+struct ShapeArgs {
+    /// Subscriber connections.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    subscribers: usize,
+    /// Publisher connections, also room members [1; 0 with --listen-only].
+    #[arg(long, value_name = "P")]
+    publishers: Option<usize>,
+    /// Payload size in bytes (>= 24, or >= 44 for text payloads).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    size: usize,
+    /// Total messages/s over all publishers (0 = as fast as the in-flight window allows).
+    #[arg(long, value_name = "N", default_value_t = 0.0, value_parser = non_negative)]
+    rate: f64,
+    /// Rate 0 only: max unacknowledged messages per publisher (sse with --publish
+    /// http: also caps concurrent POSTs per publisher at a fixed --rate).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    window: u64,
+    /// Measured window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
+    duration: Duration,
+    /// Traffic before the window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
+    warmup: Duration,
+    /// Max wait for in-flight messages after the window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
+    drain: Duration,
+    /// Room to join.
+    #[arg(long, value_name = "NAME", default_value = "bench")]
+    room: String,
+}
+
+#[derive(Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// Send text frames (hex head) instead of binary.
+    #[arg(long)]
+    text: bool,
+    /// N more room members that handshake and never read (4 KiB SO_RCVBUF), opened
+    /// before the others; their messages are not counted (slow-consumer benchmark).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    slow: usize,
+    /// Publishing starts at this wall-clock time (e.g. $(( $(date +%s) + 20 )))
+    /// instead of right after the ramp, so several loadgen processes share one
+    /// warmup and window (payload timestamps are on the machine-wide CLOCK_MONOTONIC).
+    #[arg(long, value_name = "UNIX_SECS", allow_negative_numbers = true, value_parser = unix_secs)]
+    start_at: Option<f64>,
+    /// No publishers here (--publishers 0): the subscribers count and time what
+    /// other loadgen processes publish into the room (same --size, --text, --warmup,
+    /// --duration and --start-at).
+    #[arg(long)]
+    listen_only: bool,
+}
+
+#[derive(Args)]
+struct SseArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// ws: WebSocket publishers on --ws-path (room members, acked by their own
+    /// message); http: one POST /api/rooms/ROOM/publish per message, acked by the 200.
+    #[arg(long, value_enum, default_value = "ws")]
+    publish: PublishVia,
+    /// WebSocket path of ws publishers.
+    #[arg(long, value_name = "PATH", default_value = "/ws/chat", value_parser = abs_path)]
+    ws_path: String,
+    /// X-API-Key for http publishers [env CORECAST_API_KEY].
+    #[arg(long, value_name = "KEY", value_parser = api_key)]
+    api_key: Option<String>,
+}
+
+#[derive(Args)]
+struct WtArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    shape: ShapeArgs,
+    /// reliable: records on the server-opened unidirectional stream (loss must be
+    /// 0); datagram: one datagram per message (loss is counted; prefer a fixed --rate).
+    #[arg(long, value_enum, default_value = "reliable")]
+    delivery: WtDelivery,
+    /// WebSocket path of the publishers (room members, acked by their own message).
+    #[arg(long, value_name = "PATH", default_value = "/ws/chat", value_parser = abs_path)]
+    ws_path: String,
+    /// Send text (kind 0x00 records) instead of binary.
+    #[arg(long)]
+    text: bool,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Connections.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    connections: usize,
+    /// Payload size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    size: usize,
+    /// Messages in flight per connection (1..=1048576).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pipeline: usize,
+    /// Measured window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
+    duration: Duration,
+    /// Traffic before the window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
+    warmup: Duration,
+    /// Max wait for in-flight messages after the window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
+    drain: Duration,
+    /// Send text frames instead of binary.
+    #[arg(long)]
+    text: bool,
+}
+
+#[derive(Args)]
+struct IdleArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Connections to open.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    connections: usize,
+    /// How long to hold them once the ramp is done, seconds.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = secs)]
+    hold: Duration,
+    /// Room to join (with the default /ws/chat path).
+    #[arg(long, value_name = "NAME", default_value = "idle")]
+    room: String,
+}
 
 /// Flags shared by every mode.
 #[derive(Debug, Clone)]
@@ -115,20 +228,6 @@ pub struct Common {
     pub threads: usize,
     /// Connect and handshake timeout.
     pub timeout: Duration,
-}
-
-impl Default for Common {
-    fn default() -> Self {
-        Common {
-            targets: vec!["127.0.0.1:8080".into()],
-            path: None,
-            connect_rate: 5000.0,
-            per_source: 15_000,
-            sources: Vec::new(),
-            threads: 1,
-            timeout: Duration::from_secs(5),
-        }
-    }
 }
 
 /// `loadgen fanout` configuration.
@@ -168,7 +267,7 @@ pub struct Fanout {
 }
 
 /// How `loadgen sse` publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PublishVia {
     /// WebSocket publishers (room members; their own message is the ack).
     Ws,
@@ -201,7 +300,7 @@ pub struct Sse {
 }
 
 /// How `loadgen wt` subscribers receive room messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum WtDelivery {
     /// Records on the server-opened unidirectional stream.
     Reliable,
@@ -277,104 +376,102 @@ pub enum Command {
     Echo(Echo),
     /// Idle connections.
     Idle(Idle),
-    /// Print usage and exit 0.
-    Help,
+    /// `--help` or `--version`: print this text and exit 0.
+    Help(String),
 }
 
-fn num<T: FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse()
-        .map_err(|_| format!("invalid value for {flag}: '{v}'"))
-}
-
-fn secs(flag: &str, v: &str) -> Result<Duration, String> {
-    let s: f64 = num(flag, v)?;
+fn secs(v: &str) -> Result<Duration, String> {
+    let s: f64 = v
+        .parse()
+        .map_err(|_| format!("'{v}' is not a number of seconds"))?;
     if !s.is_finite() || !(0.0..=1e7).contains(&s) {
-        return Err(format!("invalid value for {flag}: '{v}' (seconds, >= 0)"));
+        return Err(format!("'{v}' (seconds, >= 0)"));
     }
     Ok(Duration::from_secs_f64(s))
 }
 
-/// Applies a common flag; `Ok(false)` if `flag` is not a common flag.
-fn common_flag(c: &mut Common, flag: &str, v: &str) -> Result<bool, String> {
-    match flag {
-        "--addr" => c.targets = vec![v.to_string()],
-        "--targets" => {
-            c.targets = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect();
-            if c.targets.is_empty() {
-                return Err(format!("invalid value for {flag}: '{v}'"));
-            }
-        }
-        "--path" => {
-            if !v.starts_with('/') {
-                return Err(format!(
-                    "invalid value for {flag}: '{v}' (must start with '/')"
-                ));
-            }
-            c.path = Some(v.to_string());
-        }
-        "--connect-rate" => {
-            c.connect_rate = num(flag, v)?;
-            if !(c.connect_rate > 0.0 && c.connect_rate.is_finite()) {
-                return Err(format!("invalid value for {flag}: '{v}' (must be > 0)"));
-            }
-        }
-        "--per-source" => c.per_source = num(flag, v)?,
-        "--sources" => {
-            c.sources = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| num::<IpAddr>(flag, s))
-                .collect::<Result<_, _>>()?;
-        }
-        "--threads" => {
-            c.threads = num(flag, v)?;
-            if c.threads == 0 || c.threads > 1024 {
-                return Err(format!("invalid value for {flag}: '{v}' (1..=1024)"));
-            }
-        }
-        "--timeout" => {
-            c.timeout = secs(flag, v)?;
-            if c.timeout.is_zero() {
-                return Err(format!("invalid value for {flag}: '{v}' (must be > 0)"));
-            }
-        }
-        _ => return Ok(false),
+fn positive_secs(v: &str) -> Result<Duration, String> {
+    let d = secs(v)?;
+    if d.is_zero() {
+        return Err(format!("'{v}' (must be > 0)"));
     }
-    Ok(true)
+    Ok(d)
 }
 
-/// Flags that take no value.
-const SWITCHES: &[&str] = &["--text", "--listen-only", "--help", "-h"];
-
-/// Splits `args` (after the mode) into `(flag, value)` pairs.
-fn pairs(args: &[String]) -> Result<Vec<(String, String)>, String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < args.len() {
-        let a = &args[i];
-        if !a.starts_with('-') {
-            return Err(format!("unexpected argument '{a}' (flags start with --)"));
-        }
-        if let Some((f, v)) = a.split_once('=') {
-            out.push((f.to_string(), v.to_string()));
-        } else if SWITCHES.contains(&a.as_str()) {
-            out.push((a.clone(), String::new()));
-        } else {
-            let v = args
-                .get(i + 1)
-                .ok_or_else(|| format!("flag {a} needs a value"))?;
-            out.push((a.clone(), v.clone()));
-            i += 1;
-        }
-        i += 1;
+fn positive(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x > 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("'{v}' (must be > 0)")),
     }
-    Ok(out)
+}
+
+fn non_negative(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(x) if x >= 0.0 && x.is_finite() => Ok(x),
+        _ => Err(format!("'{v}' (must be >= 0)")),
+    }
+}
+
+fn unix_secs(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 => Ok(t),
+        _ => Err(format!("'{v}' (unix seconds, > 0)")),
+    }
+}
+
+fn abs_path(v: &str) -> Result<String, String> {
+    if v.starts_with('/') {
+        Ok(v.to_string())
+    } else {
+        Err(format!("'{v}' (must start with '/')"))
+    }
+}
+
+fn api_key(v: &str) -> Result<String, String> {
+    if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
+        return Err("empty or control characters".into());
+    }
+    Ok(v.to_string())
+}
+
+impl CommonArgs {
+    fn into_common(self) -> Common {
+        Common {
+            targets: if self.targets.is_empty() {
+                vec![self.addr]
+            } else {
+                self.targets
+            },
+            path: self.path,
+            connect_rate: self.connect_rate,
+            per_source: self.per_source,
+            sources: self.sources,
+            threads: usize::from(self.threads),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl ShapeArgs {
+    /// The shape as a [`Fanout`]; `listen_only` decides the default publisher count.
+    fn into_fanout(self, common: Common, text: bool, listen_only: bool) -> Fanout {
+        Fanout {
+            common,
+            subscribers: self.subscribers,
+            publishers: self.publishers.unwrap_or(if listen_only { 0 } else { 1 }),
+            size: self.size,
+            rate: self.rate,
+            window: self.window,
+            duration: self.duration,
+            warmup: self.warmup,
+            drain: self.drain,
+            room: self.room,
+            text,
+            slow: 0,
+            start_at: None,
+            listen_only,
+        }
+    }
 }
 
 /// Checks a payload size; `text_note` explains a text-payload minimum (e.g. " with --text").
@@ -390,47 +487,6 @@ fn check_size(flag: &str, size: usize, text: bool, text_note: &str) -> Result<()
         return Err(format!("invalid value for {flag}: {size} (max 64 MiB)"));
     }
     Ok(())
-}
-
-fn fanout_defaults() -> Fanout {
-    Fanout {
-        common: Common::default(),
-        subscribers: 100,
-        publishers: 1,
-        size: 64,
-        rate: 0.0,
-        window: 64,
-        duration: Duration::from_secs(10),
-        warmup: Duration::from_secs(2),
-        drain: Duration::from_secs(2),
-        room: "bench".into(),
-        text: false,
-        slow: 0,
-        start_at: None,
-        listen_only: false,
-    }
-}
-
-/// Applies a fan-out shape flag (shared by `fanout` and `sse`); `Ok(false)` if it is not one.
-fn fanout_flag(c: &mut Fanout, f: &str, v: &str) -> Result<bool, String> {
-    match f {
-        "--subscribers" => c.subscribers = num(f, v)?,
-        "--publishers" => c.publishers = num(f, v)?,
-        "--size" => c.size = num(f, v)?,
-        "--rate" => {
-            c.rate = num(f, v)?;
-            if !(c.rate >= 0.0 && c.rate.is_finite()) {
-                return Err(format!("invalid value for {f}: '{v}' (must be >= 0)"));
-            }
-        }
-        "--window" => c.window = num(f, v)?,
-        "--duration" => c.duration = secs(f, v)?,
-        "--warmup" => c.warmup = secs(f, v)?,
-        "--drain" => c.drain = secs(f, v)?,
-        "--room" => c.room = v.to_string(),
-        _ => return Ok(false),
-    }
-    Ok(true)
 }
 
 fn check_fanout(c: &Fanout, text_note: &str) -> Result<(), String> {
@@ -457,163 +513,59 @@ fn check_fanout(c: &Fanout, text_note: &str) -> Result<(), String> {
 
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, String> {
-    let Some(mode) = args.first() else {
-        return Err("missing mode (fanout, sse, wt, echo or idle)".into());
+    let argv = std::iter::once("loadgen".to_string()).chain(args.iter().cloned());
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    Ok(Command::Help(e.render().to_string()))
+                }
+                _ => Err(e.render().to_string()),
+            };
+        }
     };
-    let rest = &args[1..];
-    if matches!(mode.as_str(), "--help" | "-h" | "help") {
-        return Ok(Command::Help);
-    }
-    let flags = pairs(rest)?;
-    if flags.iter().any(|(f, _)| f == "--help" || f == "-h") {
-        return Ok(Command::Help);
-    }
-    let mut common = Common::default();
-    match mode.as_str() {
-        "fanout" => {
-            let mut c = fanout_defaults();
-            for (f, v) in &flags {
-                if common_flag(&mut common, f, v)? || fanout_flag(&mut c, f, v)? {
-                    continue;
-                }
-                match f.as_str() {
-                    "--text" => c.text = true,
-                    "--slow" => c.slow = num(f, v)?,
-                    "--start-at" => {
-                        let t: f64 = num(f, v)?;
-                        if !(t.is_finite() && t > 0.0) {
-                            return Err(format!(
-                                "invalid value for {f}: '{v}' (unix seconds, > 0)"
-                            ));
-                        }
-                        c.start_at = Some(t);
-                    }
-                    "--listen-only" => c.listen_only = true,
-                    _ => return Err(format!("unknown flag '{f}' for mode fanout")),
-                }
-            }
-            // Listen-only has no publishers unless asked otherwise (then refused below).
-            if c.listen_only && !flags.iter().any(|(f, _)| f == "--publishers") {
-                c.publishers = 0;
-            }
+    match cli.mode {
+        Mode::Fanout(a) => {
+            let mut c = a
+                .shape
+                .into_fanout(a.common.into_common(), a.text, a.listen_only);
+            c.slow = a.slow;
+            c.start_at = a.start_at;
             check_fanout(&c, " with --text")?;
-            c.common = common;
             Ok(Command::Fanout(c))
         }
-        "sse" => {
-            let mut c = Sse {
-                fanout: Fanout {
-                    text: true,
-                    ..fanout_defaults()
-                },
-                publish: PublishVia::Ws,
-                ws_path: "/ws/chat".into(),
-                api_key: None,
+        Mode::Sse(a) => {
+            let c = Sse {
+                fanout: a.shape.into_fanout(a.common.into_common(), true, false),
+                publish: a.publish,
+                ws_path: a.ws_path,
+                api_key: a.api_key,
             };
-            for (f, v) in &flags {
-                if common_flag(&mut common, f, v)? || fanout_flag(&mut c.fanout, f, v)? {
-                    continue;
-                }
-                match f.as_str() {
-                    "--publish" => {
-                        c.publish = match v.as_str() {
-                            "ws" => PublishVia::Ws,
-                            "http" => PublishVia::Http,
-                            _ => {
-                                return Err(format!(
-                                    "invalid value for {f}: '{v}' (expected ws or http)"
-                                ))
-                            }
-                        }
-                    }
-                    "--ws-path" => {
-                        if !v.starts_with('/') {
-                            return Err(format!(
-                                "invalid value for {f}: '{v}' (must start with '/')"
-                            ));
-                        }
-                        c.ws_path = v.clone();
-                    }
-                    "--api-key" => {
-                        if v.is_empty() || v.bytes().any(|b| b.is_ascii_control()) {
-                            return Err(format!(
-                                "invalid value for {f}: empty or control characters"
-                            ));
-                        }
-                        c.api_key = Some(v.clone());
-                    }
-                    "--text" => {
-                        return Err("--text is implied in mode sse (SSE carries text)".to_string())
-                    }
-                    _ => return Err(format!("unknown flag '{f}' for mode sse")),
-                }
-            }
             check_fanout(&c.fanout, ": SSE payloads carry the 44-byte text head")?;
-            c.fanout.common = common;
             Ok(Command::Sse(c))
         }
-        "wt" => {
-            let mut c = Wt {
-                fanout: fanout_defaults(),
-                delivery: WtDelivery::Reliable,
-                ws_path: "/ws/chat".into(),
+        Mode::Wt(a) => {
+            let c = Wt {
+                fanout: a.shape.into_fanout(a.common.into_common(), a.text, false),
+                delivery: a.delivery,
+                ws_path: a.ws_path,
             };
-            for (f, v) in &flags {
-                if common_flag(&mut common, f, v)? || fanout_flag(&mut c.fanout, f, v)? {
-                    continue;
-                }
-                match f.as_str() {
-                    "--delivery" => {
-                        c.delivery = match v.as_str() {
-                            "reliable" => WtDelivery::Reliable,
-                            "datagram" => WtDelivery::Datagram,
-                            _ => {
-                                return Err(format!(
-                                    "invalid value for {f}: '{v}' (expected reliable or datagram)"
-                                ))
-                            }
-                        }
-                    }
-                    "--ws-path" if !v.starts_with('/') => {
-                        return Err(format!(
-                            "invalid value for {f}: '{v}' (must start with '/')"
-                        ));
-                    }
-                    "--ws-path" => c.ws_path = v.clone(),
-                    "--text" => c.fanout.text = true,
-                    _ => return Err(format!("unknown flag '{f}' for mode wt")),
-                }
-            }
             check_fanout(&c.fanout, " with --text")?;
-            c.fanout.common = common;
             Ok(Command::Wt(c))
         }
-        "echo" => {
-            let mut c = Echo {
-                common: Common::default(),
-                connections: 100,
-                size: 64,
-                pipeline: 1,
-                duration: Duration::from_secs(10),
-                warmup: Duration::from_secs(2),
-                drain: Duration::from_secs(2),
-                text: false,
+        Mode::Echo(a) => {
+            let c = Echo {
+                common: a.common.into_common(),
+                connections: a.connections,
+                size: a.size,
+                pipeline: a.pipeline,
+                duration: a.duration,
+                warmup: a.warmup,
+                drain: a.drain,
+                text: a.text,
             };
-            for (f, v) in &flags {
-                if common_flag(&mut common, f, v)? {
-                    continue;
-                }
-                match f.as_str() {
-                    "--connections" => c.connections = num(f, v)?,
-                    "--size" => c.size = num(f, v)?,
-                    "--pipeline" => c.pipeline = num(f, v)?,
-                    "--duration" => c.duration = secs(f, v)?,
-                    "--warmup" => c.warmup = secs(f, v)?,
-                    "--drain" => c.drain = secs(f, v)?,
-                    "--text" => c.text = true,
-                    _ => return Err(format!("unknown flag '{f}' for mode echo")),
-                }
-            }
             if c.pipeline == 0 || c.pipeline > 1 << 20 {
                 return Err("invalid value for --pipeline: must be 1..=1048576".into());
             }
@@ -624,33 +576,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 return Err("invalid value for --duration: must be > 0".into());
             }
             check_size("--size", c.size, c.text, " with --text")?;
-            c.common = common;
             Ok(Command::Echo(c))
         }
-        "idle" => {
-            let mut c = Idle {
-                common: Common::default(),
-                connections: 1000,
-                hold: Duration::from_secs(30),
-                room: "idle".into(),
-            };
-            for (f, v) in &flags {
-                if common_flag(&mut common, f, v)? {
-                    continue;
-                }
-                match f.as_str() {
-                    "--connections" => c.connections = num(f, v)?,
-                    "--hold" => c.hold = secs(f, v)?,
-                    "--room" => c.room = v.clone(),
-                    _ => return Err(format!("unknown flag '{f}' for mode idle")),
-                }
-            }
-            c.common = common;
-            Ok(Command::Idle(c))
-        }
-        other => Err(format!(
-            "unknown mode '{other}' (expected fanout, sse, wt, echo or idle)"
-        )),
+        Mode::Idle(a) => Ok(Command::Idle(Idle {
+            common: a.common.into_common(),
+            connections: a.connections,
+            hold: a.hold,
+            room: a.room,
+        })),
     }
 }
 
@@ -779,6 +712,6 @@ mod tests {
         assert!(e.contains("--size"), "{e}");
         let e = p("idle --hold").unwrap_err();
         assert!(e.contains("--hold"), "{e}");
-        assert!(matches!(p("idle --help"), Ok(Command::Help)));
+        assert!(matches!(p("idle --help"), Ok(Command::Help(_))));
     }
 }
