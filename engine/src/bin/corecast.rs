@@ -136,7 +136,11 @@ fn cert(out: &Path, days: u64, mut hosts: Vec<String>) -> ExitCode {
     }
 }
 
-fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>, shards: Option<Shards>) -> ExitCode {
+fn serve(
+    config_path: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    shards: Option<Shards>,
+) -> ExitCode {
     let mut config = match &config_path {
         Some(p) => match Config::from_file(p) {
             Ok(c) => c,
