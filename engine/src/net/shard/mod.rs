@@ -1,0 +1,292 @@
+//! One shard's state and the cross-shard protocol.
+//!
+//! A room message goes to the room's owner shard ([`owner_of`]), which assigns the
+//! next sequence number and hands it to every shard in the room's interest set — one
+//! hop per shard. Each shard encodes the frame once (and compresses it once) and
+//! pushes the same `Bytes` to each local member's queue.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corecast_shards::room::{Change, InterestTable, RoomTable};
+use corecast_shards::{owner_of, ConnId, ConnSlab, Inbox, MeshSender, Position, Replay};
+
+use super::driver::{self, Ready, READ, WRITE};
+use super::notify::LocalNotify;
+use super::pending::{Pending, RoomCounts};
+use super::read::ReadArena;
+use crate::net::endpoint::Shared;
+use crate::net::fanout::Encodings;
+#[cfg(feature = "webtransport")]
+use crate::net::handle::wt_session::SessionState;
+use crate::net::tcp_conn::{Conn, ConnState};
+use crate::proto::ws::deflate::Deflater;
+use crate::proto::ws::{close, frame};
+use crate::stats::ShardStats;
+use crate::vocab::message::Message;
+
+mod inbox;
+mod lifecycle;
+mod membership;
+mod msg;
+mod publish;
+mod replay;
+
+pub(crate) use msg::ShardMsg;
+
+/// Registry ids of WebTransport sessions have slots from here up, so they never
+/// equal a TCP connection's.
+#[cfg(feature = "webtransport")]
+pub(crate) const WT_SLOT_BASE: u32 = 1 << 31;
+
+pub(crate) use crate::vocab::message::AckTo;
+
+/// `{"type":"error","error":CODE,"message":..,"room":..}`, the frame a publisher
+/// gets when its message could not be published.
+pub(crate) fn publish_error_frame(room: &str, e: BroadcastError) -> Message {
+    let value = serde_json::json!({
+        "type": "error",
+        "error": e.code(),
+        "message": e.to_string(),
+        "room": room,
+    });
+    Message::text(value.to_string())
+}
+
+/// A member found too slow during a delivery (evicted after it).
+#[cfg(feature = "webtransport")]
+type Slow = Rc<SessionState>;
+/// Only WebTransport sessions are evicted that way.
+#[cfg(not(feature = "webtransport"))]
+type Slow = std::convert::Infallible;
+
+/// A room member on this shard: a TCP connection (WebSocket, SSE) or a
+/// WebTransport session.
+#[derive(Clone)]
+pub(crate) enum Member {
+    /// WebSocket or SSE.
+    Conn(Rc<Conn>),
+    /// WebTransport session.
+    #[cfg(feature = "webtransport")]
+    Wt(Rc<SessionState>),
+}
+
+impl Member {
+    /// Its registry id.
+    pub(crate) fn id(&self) -> ConnId {
+        match self {
+            Member::Conn(c) => c.id,
+            #[cfg(feature = "webtransport")]
+            Member::Wt(s) => s.reg_id,
+        }
+    }
+}
+
+/// Why a broadcast was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BroadcastError {
+    /// The owner shard's inbox (or, in cluster mode, the bridge's queue) is full;
+    /// the message was not published.
+    Overloaded,
+    /// Cluster mode: the broker (Redis) is unreachable; the message was not
+    /// published (or, when the connection broke while publishing, may not have been).
+    Unavailable,
+}
+
+impl BroadcastError {
+    /// The `error` code of error frames and API answers: `overloaded` or
+    /// `broker_unavailable`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BroadcastError::Overloaded => "overloaded",
+            BroadcastError::Unavailable => "broker_unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for BroadcastError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BroadcastError::Overloaded => {
+                "the room's owner shard is overloaded; message not published"
+            }
+            BroadcastError::Unavailable => {
+                "cluster broker (redis) unreachable; message not published"
+            }
+        })
+    }
+}
+
+impl std::error::Error for BroadcastError {}
+
+/// A shard's state; lives on the shard's thread only.
+pub(crate) struct Shard {
+    pub(crate) id: usize,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stats: Arc<ShardStats>,
+    pub(crate) rooms: RefCell<RoomTable<u64, Member>>,
+    interest: RefCell<InterestTable<Message>>,
+    pub(crate) pending: Pending,
+    pub(crate) conns: RefCell<ConnSlab<Rc<Conn>>>,
+    deflater: RefCell<Option<Deflater>>,
+    pub(crate) arena: RefCell<ReadArena>,
+    pub(crate) scratch: RefCell<Vec<u8>>,
+    pub(crate) draining: LocalNotify,
+    /// Write-ready connections held back by `runtime.flush_delay`.
+    deferred: RefCell<Vec<(u32, u32)>>,
+    flusher: Cell<Option<std::task::Waker>>,
+    flush_delay: Duration,
+    /// All connections gone while draining.
+    pub(crate) idle: LocalNotify,
+    drain_started: Cell<bool>,
+    /// This shard's QUIC endpoint, when WebTransport is on.
+    #[cfg(feature = "webtransport")]
+    pub(crate) quic: RefCell<Option<Rc<crate::net::quic::Endpoint>>>,
+    /// Live WebTransport sessions by registry id (slots above TCP connections').
+    #[cfg(feature = "webtransport")]
+    pub(crate) wt_sessions: RefCell<ConnSlab<Rc<SessionState>>>,
+    /// Coarse clock in seconds since the shard started, ticked by the idle sweeper
+    /// (reads stamp connections with it without a clock call).
+    pub(crate) clock: Cell<u32>,
+    /// As owner of presence-enabled rooms: their members.
+    pub(crate) presence: RefCell<super::presence::PresenceTable>,
+    /// Messages for shards whose inbox is full, in order (bounded).
+    outbox: Rc<crate::net::outbox::Outbox>,
+    /// Shutdown has begun: client input is no longer read (until the drain).
+    pub(crate) quiescing: Cell<bool>,
+    /// `Quiesced` markers received per round.
+    quiesced: [Cell<usize>; 2],
+    /// Cluster mode state (unused on a standalone node).
+    #[cfg(feature = "cluster")]
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: crate::net::cluster::ClusterState,
+}
+
+impl Shard {
+    pub(crate) fn new(id: usize, shared: Arc<Shared>) -> Self {
+        let stats = shared.stats[id].clone();
+        Self {
+            id,
+            stats: stats.clone(),
+            rooms: RefCell::new(RoomTable::default()),
+            interest: RefCell::new(InterestTable::new(shared.epoch_base)),
+            pending: Pending::default(),
+            conns: RefCell::new(ConnSlab::new(id as u16)),
+            deflater: RefCell::new(None),
+            arena: RefCell::new(ReadArena::new()),
+            scratch: RefCell::new(Vec::new()),
+            draining: LocalNotify::default(),
+            deferred: RefCell::new(Vec::new()),
+            flusher: Cell::new(None),
+            flush_delay: shared.config.runtime.flush_delay.0,
+            idle: LocalNotify::default(),
+            drain_started: Cell::new(false),
+            #[cfg(feature = "webtransport")]
+            quic: RefCell::new(None),
+            #[cfg(feature = "webtransport")]
+            wt_sessions: RefCell::new(ConnSlab::with_slot_base(id as u16, WT_SLOT_BASE)),
+            presence: RefCell::new(Default::default()),
+            clock: Cell::new(0),
+            outbox: Rc::new(crate::net::outbox::Outbox::new(
+                shared.senders.clone(),
+                shared.config.runtime.mesh_outbox,
+                stats.clone(),
+            )),
+            quiescing: Cell::new(false),
+            quiesced: [Cell::new(0), Cell::new(0)],
+            #[cfg(feature = "cluster")]
+            cluster: Default::default(),
+            shared,
+        }
+    }
+
+    /// Put `conn` on the driver's ready list for `kind` (once until it is handled).
+    pub(crate) fn schedule(&self, conn: &Conn, kind: u8) {
+        let s = conn.scheduled.get();
+        if s & kind != 0 {
+            return;
+        }
+        if kind == WRITE && s & driver::WRITE_BLOCKED != 0 && conn.state() == ConnState::Open {
+            // Its pending write's waker will schedule it (a closing connection still
+            // goes through, so its close timer is armed).
+            return;
+        }
+        conn.scheduled.set(s | kind);
+        if kind == WRITE && !self.flush_delay.is_zero() && conn.state() == ConnState::Open {
+            self.deferred
+                .borrow_mut()
+                .push((conn.id.slot, conn.id.generation));
+            if let Some(w) = self.flusher.take() {
+                w.wake();
+            }
+            return;
+        }
+        driver::push_ready(conn.id.slot, conn.id.generation, kind);
+    }
+
+    /// With `runtime.flush_delay`: once something is deferred, wait the delay, then
+    /// hand everything deferred meanwhile to the driver in one batch.
+    pub(crate) async fn run_flusher(self: Rc<Self>) {
+        if self.flush_delay.is_zero() {
+            return;
+        }
+        loop {
+            std::future::poll_fn(|cx| {
+                if self.deferred.borrow().is_empty() {
+                    self.flusher.set(Some(cx.waker().clone()));
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(())
+                }
+            })
+            .await;
+            glommio::timer::sleep(self.flush_delay).await;
+            let batch = std::mem::take(&mut *self.deferred.borrow_mut());
+            for (slot, generation) in batch {
+                driver::push_ready(slot, generation, WRITE);
+            }
+        }
+    }
+
+    /// The live connection at `(slot, generation)`.
+    fn conn_at(&self, r: &Ready) -> Option<Rc<Conn>> {
+        let id = corecast_shards::ConnId {
+            shard: self.id as u16,
+            slot: r.slot,
+            generation: r.generation,
+        };
+        self.conns.borrow().get(id).cloned()
+    }
+
+    /// The driver task: read and write connections as they become ready.
+    pub(crate) async fn run_driver(self: Rc<Self>) {
+        let mut batch: Vec<Ready> = Vec::with_capacity(1024);
+        loop {
+            driver::next_batch(&mut batch).await;
+            for r in batch.drain(..) {
+                let Some(conn) = self.conn_at(&r) else {
+                    continue;
+                };
+                let mut done = r.kind;
+                if r.kind & WRITE != 0 {
+                    done |= driver::WRITE_BLOCKED;
+                }
+                conn.scheduled.set(conn.scheduled.get() & !done);
+                if r.kind & driver::READ != 0 {
+                    self.drive_read(&conn);
+                }
+                if r.kind & WRITE != 0 {
+                    self.drive_write(&conn);
+                }
+            }
+            glommio::yield_if_needed().await;
+        }
+    }
+
+    fn senders(&self) -> &[MeshSender<ShardMsg>] {
+        &self.shared.senders
+    }
+}
