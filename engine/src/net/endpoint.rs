@@ -174,6 +174,37 @@ pub(crate) struct Shared {
     pub(crate) sequencer: super::sequencer::Sequencer,
 }
 
+#[cfg(test)]
+impl Shared {
+    /// The state a shard reads, for the in-memory harness: `config`'s limits and
+    /// history, no endpoints, no listeners, sequenced by the owner shard.
+    pub(crate) fn for_harness(config: Config, senders: Vec<MeshSender<ShardMsg>>) -> Self {
+        let shards = senders.len();
+        Self {
+            deflate: DeflateSettings::default(),
+            endpoints: Vec::new(),
+            senders,
+            stats: (0..shards)
+                .map(|_| Arc::new(ShardStats::default()))
+                .collect(),
+            shutdown: AtomicBool::new(false),
+            stopped: Stopped::new(shards),
+            epoch_base: 1,
+            api_key: None,
+            #[cfg(feature = "webtransport")]
+            wt_endpoints: Vec::new(),
+            #[cfg(feature = "webtransport")]
+            wt: None,
+            http_routes: Vec::new(),
+            routers: Vec::new(),
+            ip_table: None,
+            tls: None,
+            sequencer: super::sequencer::Sequencer::Local,
+            config,
+        }
+    }
+}
+
 impl Shared {
     /// The body of `GET /stats`: shard counters, plus `cluster` in cluster mode.
     pub(crate) fn stats_json(&self) -> String {

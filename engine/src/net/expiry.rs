@@ -28,6 +28,8 @@ pub(crate) fn arm_expiry(shard: &std::rc::Rc<Shard>, id: ConnId, at: SystemTime)
                 s.conn
                     .close_session(&s, u32::from(CLOSE_TOKEN_EXPIRED), "token expired")
             }
+            #[cfg(test)]
+            Some(super::shard::Member::Probe(_)) => {}
             None => {}
         }
     })

@@ -14,6 +14,8 @@ pub(crate) mod endpoint;
 pub(crate) mod expiry;
 pub(crate) mod fanout;
 pub(crate) mod handle;
+#[cfg(test)]
+pub(crate) mod harness;
 pub(crate) mod limits;
 pub(crate) mod notify;
 pub(crate) mod outbox;

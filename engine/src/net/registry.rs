@@ -71,6 +71,16 @@ impl Shard {
             Member::Conn(c) => self.conn_info(c),
             #[cfg(feature = "webtransport")]
             Member::Wt(s) => self.session_info(s),
+            #[cfg(test)]
+            Member::Probe(p) => ConnInfo {
+                id: p.id,
+                transport: TransportKind::WebSocket,
+                path: "/probe".into(),
+                remote: None,
+                connected_at: std::time::SystemTime::UNIX_EPOCH,
+                rooms: Vec::new(),
+                meta: crate::vocab::meta::Meta::new(),
+            },
         }
     }
 
@@ -189,6 +199,8 @@ impl Shard {
                     true
                 }
             }
+            #[cfg(test)]
+            Some(Member::Probe(_)) => false,
             None => false,
         };
         if !delivered {

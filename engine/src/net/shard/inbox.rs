@@ -185,6 +185,8 @@ impl Shard {
             #[cfg(feature = "cluster")]
             ShardMsg::Cluster(msg) => self.handle_cluster(msg),
             ShardMsg::Shutdown => {}
+            #[cfg(test)]
+            ShardMsg::Test(call) => (call.0)(self),
             ShardMsg::Quiesced { round } => {
                 let seen = &self.quiesced[usize::from(round.min(1))];
                 seen.set(seen.get().saturating_add(1));

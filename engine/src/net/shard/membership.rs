@@ -14,6 +14,8 @@ impl Shard {
                     Member::Conn(_) => counts.websocket += 1,
                     #[cfg(feature = "webtransport")]
                     Member::Wt(_) => counts.webtransport += 1,
+                    #[cfg(test)]
+                    Member::Probe(_) => counts.websocket += 1,
                 }
             }
         }
@@ -227,6 +229,38 @@ impl Shard {
         }
         if self.drain_started.get() && self.conns.borrow().is_empty() {
             self.idle.fire();
+        }
+    }
+
+    /// Add a harness probe to `room`, resuming after `since` if given (tests only;
+    /// the same steps as [`Shard::join_since`] for a connection).
+    #[cfg(test)]
+    pub(crate) fn join_probe(
+        self: &Rc<Self>,
+        room: &str,
+        probe: &Rc<crate::net::harness::Probe>,
+        since: Option<Position>,
+    ) {
+        let (change, name) = self.rooms.borrow_mut().join(
+            room,
+            u64::from(probe.id.slot),
+            Member::Probe(probe.clone()),
+        );
+        if change == Change::FirstJoined {
+            self.set_interest(&name, true);
+        }
+        if since.is_some() {
+            probe.begin_replay(name.clone());
+            let owner = owner_of(room, self.senders().len());
+            let conn = probe.id;
+            self.send_reliable(
+                owner,
+                ShardMsg::Replay {
+                    room: name,
+                    since,
+                    conn,
+                },
+            );
         }
     }
 }

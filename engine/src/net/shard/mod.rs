@@ -72,6 +72,9 @@ pub(crate) enum Member {
     /// WebTransport session.
     #[cfg(feature = "webtransport")]
     Wt(Rc<SessionState>),
+    /// A test probe of the in-memory harness (`net::harness`): no socket.
+    #[cfg(test)]
+    Probe(Rc<crate::net::harness::Probe>),
 }
 
 impl Member {
@@ -81,6 +84,8 @@ impl Member {
             Member::Conn(c) => c.id,
             #[cfg(feature = "webtransport")]
             Member::Wt(s) => s.reg_id,
+            #[cfg(test)]
+            Member::Probe(p) => p.id,
         }
     }
 }
@@ -152,6 +157,9 @@ pub(crate) struct Shard {
     /// (reads stamp connections with it without a clock call).
     pub(crate) clock: Cell<u32>,
     /// As owner of presence-enabled rooms: their members.
+    /// The harness's probes on this shard, by id (tests only).
+    #[cfg(test)]
+    pub(crate) probes: RefCell<std::collections::HashMap<ConnId, Rc<crate::net::harness::Probe>>>,
     pub(crate) presence: RefCell<super::presence::PresenceTable>,
     /// Messages for shards whose inbox is full, in order (bounded).
     outbox: Rc<crate::net::outbox::Outbox>,
@@ -188,6 +196,8 @@ impl Shard {
             quic: RefCell::new(None),
             #[cfg(feature = "webtransport")]
             wt_sessions: RefCell::new(ConnSlab::with_slot_base(id as u16, WT_SLOT_BASE)),
+            #[cfg(test)]
+            probes: RefCell::new(Default::default()),
             presence: RefCell::new(Default::default()),
             clock: Cell::new(0),
             outbox: Rc::new(crate::net::outbox::Outbox::new(

@@ -111,4 +111,7 @@ pub(crate) enum ShardMsg {
     /// Shutdown barrier marker (see [`Shard::run_inbox`]): the sender has stopped
     /// taking client input and, for round 1, has handled every marker of round 0.
     Quiesced { round: u8 },
+    /// Run a closure on the shard (the in-memory harness's way in; tests only).
+    #[cfg(test)]
+    Test(crate::net::harness::OnShard),
 }

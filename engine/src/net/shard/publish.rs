@@ -258,6 +258,12 @@ impl Shard {
                     delivered += 1;
                     continue;
                 }
+                #[cfg(test)]
+                Member::Probe(p) => {
+                    p.deliver(room, pos, msg, enc.class, &self.stats);
+                    delivered += 1;
+                    continue;
+                }
             };
             if conn.is_replaying(room) {
                 // Its replay (cut after this message) is on its way from the owner.

@@ -53,6 +53,10 @@ impl Shard {
         replay: Replay<Message>,
     ) {
         let Some(conn) = self.conns.borrow().get(id).cloned() else {
+            #[cfg(test)]
+            if let Some(p) = self.probes.borrow().get(&id).cloned() {
+                p.apply_replay(room, since, replay);
+            }
             return;
         };
         conn.end_replay(room);
