@@ -23,14 +23,19 @@ fn status_of(addr: std::net::SocketAddr, path: &str) -> String {
     head.lines().next().unwrap_or_default().to_string()
 }
 
-#[test]
-fn a_bare_config_serves_only_the_registered_endpoint() {
+/// `Config::bare()` on a free loopback port, one small shard, a short drain.
+fn small_bare_config() -> Config {
     let mut config = Config::bare();
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.shards = Shards::Count(1);
     config.runtime.io_memory = 128 * 1024;
     config.shutdown.drain_timeout_ms = 200;
-    let mut engine = Engine::new(config);
+    config
+}
+
+#[test]
+fn a_bare_config_serves_only_the_registered_endpoint() {
+    let mut engine = Engine::new(small_bare_config());
     engine.websocket("/mine", |mut conn| async move {
         while let Some(msg) = conn.recv().await {
             let _ = conn.send(msg);
@@ -56,12 +61,7 @@ fn a_bare_config_serves_only_the_registered_endpoint() {
 
 #[test]
 fn handlers_spawn_and_sleep_through_corecast_rt() {
-    let mut config = Config::bare();
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.shards = Shards::Count(1);
-    config.runtime.io_memory = 128 * 1024;
-    config.shutdown.drain_timeout_ms = 200;
-    let mut engine = Engine::new(config);
+    let mut engine = Engine::new(small_bare_config());
     engine.websocket("/later", |mut conn| async move {
         while let Some(msg) = conn.recv().await {
             // A task on the shard that answers after a timer: no glommio import.
