@@ -1,10 +1,12 @@
-//! Messages as handlers see them.
+//! The room message: what handlers send and receive and what rooms carry, on every
+//! transport (a WebSocket frame's payload, an SSE event's data, a WebTransport
+//! record's body).
 
 use bytes::Bytes;
 
 use crate::proto::ws::OpCode;
 
-/// A WebSocket data message.
+/// A message: text or binary, whatever transport carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// UTF-8 text (the bytes are guaranteed valid UTF-8).

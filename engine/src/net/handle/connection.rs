@@ -179,7 +179,7 @@ impl Connection {
     /// Broadcast `msg` to every room this connection is in.
     pub fn broadcast_to_my_rooms(&self, msg: &Message) -> Result<(), BroadcastError> {
         let rooms = self.conn.rooms.borrow().clone();
-        self.shard.publish_to_all(rooms, msg, Some(self.conn.id))
+        self.shard.publish_to_rooms(rooms, msg, Some(self.conn.id))
     }
 
     /// Start the close handshake with `code` and `reason`.

@@ -471,7 +471,7 @@ impl WtSession {
             .map(|(r, _)| r.clone())
             .collect();
         self.shard
-            .publish_to_all(rooms, msg, Some(self.state.reg_id))
+            .publish_to_rooms(rooms, msg, Some(self.state.reg_id))
     }
 
     /// Close the session with `code` and `reason` (CLOSE_WEBTRANSPORT_SESSION).

@@ -81,7 +81,7 @@ impl Shard {
 
     /// Publish `msg` to each of `rooms`; the last refusal, if any (the other rooms
     /// still get it).
-    pub(crate) fn publish_to_all(
+    pub(crate) fn publish_to_rooms(
         &self,
         rooms: impl IntoIterator<Item = Arc<str>>,
         msg: &Message,
