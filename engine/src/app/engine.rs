@@ -24,6 +24,7 @@ use crate::net::endpoint::WtEndpoint;
 pub use crate::net::endpoint::WtHandler;
 use crate::net::endpoint::{Endpoint, EndpointHandler, EndpointTransport, Shared};
 pub use crate::net::endpoint::{HandlerFuture, HttpHandler, HttpResponse, WsHandler};
+use crate::net::shard::RegistryMsg;
 use crate::net::shard::{BroadcastError, ShardMsg};
 use crate::proto::ws::deflate::DeflateSettings;
 use crate::stats::ShardStats;
@@ -473,7 +474,11 @@ impl EngineHandle {
             .get(shard)
             .ok_or(BroadcastError::Overloaded)?;
         sender
-            .send(ShardMsg::SendTo { to, msg, ack: None })
+            .send(ShardMsg::Registry(RegistryMsg::SendTo {
+                to,
+                msg,
+                ack: None,
+            }))
             .map_err(|_| BroadcastError::Overloaded)
     }
 

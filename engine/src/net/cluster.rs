@@ -21,6 +21,7 @@ use super::shard::{AckTo, BroadcastError, Shard, ShardMsg};
 use crate::cluster::{
     Answer, ClusterLink, ClusterStats, Fetched, FromBridge, Query, ShardPort, ToBridge,
 };
+use crate::net::shard::RoomMsg;
 use crate::vocab::message::Message;
 
 /// Commands for the bridge that must not be lost (subscriptions, presence,
@@ -422,12 +423,12 @@ impl Shard {
     ) {
         self.send_reliable(
             usize::from(conn.shard),
-            ShardMsg::ReplayData {
+            ShardMsg::Room(RoomMsg::ReplayData {
                 conn,
                 room,
                 since,
                 replay,
-            },
+            }),
         );
     }
 

@@ -121,18 +121,19 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::shard::RoomMsg;
     use corecast_shards::Mesh;
 
     fn deliver_marker(n: u64) -> ShardMsg {
-        ShardMsg::PublishAck {
+        ShardMsg::Room(RoomMsg::PublishAck {
             token: n,
             pos: corecast_shards::Position { epoch: 1, seq: n },
-        }
+        })
     }
 
     fn token(msg: &ShardMsg) -> u64 {
         match msg {
-            ShardMsg::PublishAck { token, .. } => *token,
+            ShardMsg::Room(RoomMsg::PublishAck { token, .. }) => *token,
             _ => panic!("unexpected message"),
         }
     }

@@ -15,6 +15,7 @@ use corecast_shards::{owner_of, ConnId};
 
 use super::registry::with_timeout;
 use super::shard::{Shard, ShardMsg};
+use crate::net::shard::{PresenceMsg, RegistryMsg};
 use crate::vocab::message::Message;
 use crate::vocab::meta::{Meta, MetaCell};
 use crate::vocab::registry::{LookupError, PresenceMember};
@@ -41,18 +42,18 @@ impl Shard {
         };
         let owner = owner_of(room, self.shared.senders.len());
         let msg = if joined {
-            ShardMsg::PresenceJoin {
+            ShardMsg::Presence(PresenceMsg::Join {
                 room: room.clone(),
                 member: PresenceMember {
                     id,
                     meta: meta.subset(&rule.meta),
                 },
-            }
+            })
         } else {
-            ShardMsg::PresenceLeave {
+            ShardMsg::Presence(PresenceMsg::Leave {
                 room: room.clone(),
                 member: id,
-            }
+            })
         };
         self.send_reliable(owner, msg);
     }
@@ -108,11 +109,11 @@ impl Shard {
         } else {
             self.send_reliable(
                 usize::from(member.id.shard),
-                ShardMsg::SendTo {
+                ShardMsg::Registry(RegistryMsg::SendTo {
                     to: member.id,
                     msg: Message::text(snapshot.to_string()),
                     ack: None,
-                },
+                }),
             );
         }
         let event = member_event("join", &room, member.to_json(), count);
@@ -189,11 +190,11 @@ impl Shard {
         let (token, slot) = self.pending.new_presence();
         self.send_reliable(
             owner,
-            ShardMsg::PresenceList {
+            ShardMsg::Presence(PresenceMsg::List {
                 room: Arc::from(room),
                 token,
                 reply_to: self.id,
-            },
+            }),
         );
         let got = with_timeout(slot.wait(), super::registry::LOOKUP_TIMEOUT).await;
         self.pending.forget(token);

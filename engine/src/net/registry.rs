@@ -13,6 +13,7 @@ use super::shard::{AckTo, BroadcastError, Member, Shard, ShardMsg};
 use super::tcp_conn::{Conn, ConnState};
 #[cfg(feature = "webtransport")]
 use crate::net::handle::wt_session::SessionState;
+use crate::net::shard::RegistryMsg;
 use crate::stats::ShardStats;
 use crate::vocab::message::Message;
 use crate::vocab::registry::{ConnInfo, LookupError, TransportKind};
@@ -139,11 +140,11 @@ impl Shard {
         for &s in shards {
             self.send_reliable(
                 s,
-                ShardMsg::Lookup {
+                ShardMsg::Registry(RegistryMsg::Lookup {
                     query: query.clone(),
                     token,
                     reply_to: self.id,
-                },
+                }),
             );
         }
         let got = with_timeout(slot.wait(), LOOKUP_TIMEOUT).await;
@@ -221,7 +222,11 @@ impl Shard {
             return Ok(());
         };
         sender
-            .send(ShardMsg::SendTo { to, msg, ack: None })
+            .send(ShardMsg::Registry(RegistryMsg::SendTo {
+                to,
+                msg,
+                ack: None,
+            }))
             .map_err(|_| {
                 ShardStats::add(&self.stats.mesh_overflows, 1);
                 BroadcastError::Overloaded
@@ -242,14 +247,14 @@ impl Shard {
             return Ok(self.deliver_direct(to, &msg));
         }
         let (token, slot) = self.pending.new_flag();
-        let sent = self.shared.senders[shard].send(ShardMsg::SendTo {
+        let sent = self.shared.senders[shard].send(ShardMsg::Registry(RegistryMsg::SendTo {
             to,
             msg,
             ack: Some(AckTo {
                 shard: self.id,
                 token,
             }),
-        });
+        }));
         if sent.is_err() {
             self.pending.forget(token);
             ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -268,7 +273,9 @@ impl Shard {
                 continue;
             }
             if sender
-                .send(ShardMsg::BroadcastAll { msg: msg.clone() })
+                .send(ShardMsg::Registry(RegistryMsg::BroadcastAll {
+                    msg: msg.clone(),
+                }))
                 .is_err()
             {
                 ShardStats::add(&self.stats.mesh_overflows, 1);

@@ -16,6 +16,7 @@ use super::shard::{BroadcastError, Shard, ShardMsg};
 #[cfg(feature = "cluster")]
 use crate::cluster::ClusterLink;
 use crate::config::Config;
+use crate::net::shard::RoomMsg;
 use crate::vocab::message::{AckTo, Message};
 use crate::vocab::registry::PresenceMember;
 
@@ -108,12 +109,12 @@ impl Sequencer {
         match self {
             Sequencer::Local => {
                 let owner = corecast_shards::owner_of(room, shared.senders.len());
-                let publish = ShardMsg::Publish {
+                let publish = ShardMsg::Room(RoomMsg::Publish {
                     room: Arc::from(room),
                     msg,
                     ack: None,
                     except: None,
-                };
+                });
                 shared.senders[owner]
                     .send(publish)
                     .map_err(|_| BroadcastError::Overloaded)
@@ -180,7 +181,10 @@ impl Sequencer {
                 let pos = shard.sequence(&room, msg, except);
                 if let Some(ack) = ack {
                     let token = ack.token;
-                    shard.send_reliable(ack.shard, ShardMsg::PublishAck { token, pos });
+                    shard.send_reliable(
+                        ack.shard,
+                        ShardMsg::Room(RoomMsg::PublishAck { token, pos }),
+                    );
                 }
             }
             #[cfg(feature = "cluster")]
@@ -189,7 +193,10 @@ impl Sequencer {
                 let sent = shard.cluster_publish(link, &room, msg, except, except, ack);
                 if let (Err(_), Some(ack)) = (sent, ack) {
                     let token = ack.token;
-                    shard.send_reliable(ack.shard, ShardMsg::PublishRefused { token });
+                    shard.send_reliable(
+                        ack.shard,
+                        ShardMsg::Room(RoomMsg::PublishRefused { token }),
+                    );
                 }
             }
         }

@@ -88,44 +88,9 @@ impl Shard {
 
     pub(super) fn handle(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Publish {
-                room,
-                msg,
-                ack,
-                except,
-            } => self
-                .shared
-                .sequencer
-                .publish_at_owner(self, room, msg, ack, except),
-            ShardMsg::Deliver {
-                room,
-                pos,
-                msg,
-                except,
-                published,
-            } => self.deliver(&room, pos, &msg, except, published),
-            ShardMsg::Interest {
-                room,
-                shard,
-                interested,
-            } => self.set_interest_bit(&room, shard, interested),
-            ShardMsg::Replay { room, since, conn } => self.serve_replay(room, since, conn),
-            ShardMsg::ReplayData {
-                conn,
-                room,
-                since,
-                replay,
-            } => self.apply_replay(conn, &room, since, replay),
-            ShardMsg::PublishAck { token, pos } => self.pending.ack(token, pos),
-            ShardMsg::RoomInfo {
-                room,
-                token,
-                reply_to,
-            } => {
-                let counts = self.local_counts(&room);
-                self.send_reliable(reply_to, ShardMsg::RoomInfoReply { token, counts });
-            }
-            ShardMsg::RoomInfoReply { token, counts } => self.pending.info_reply(token, counts),
+            ShardMsg::Room(m) => self.handle_room(m),
+            ShardMsg::Registry(m) => self.handle_registry(m),
+            ShardMsg::Presence(m) => self.handle_presence(m),
             #[cfg(feature = "webtransport")]
             ShardMsg::QuicPacket { mut data, from } => {
                 let ep = self.quic.borrow().clone();
@@ -133,55 +98,6 @@ impl Shard {
                     ep.on_forwarded(&mut data, from);
                 }
             }
-            ShardMsg::Lookup {
-                query,
-                token,
-                reply_to,
-            } => {
-                let (infos, truncated) = self.local_lookup(&query);
-                self.send_reliable(
-                    reply_to,
-                    ShardMsg::LookupReply {
-                        token,
-                        infos,
-                        truncated,
-                    },
-                );
-            }
-            ShardMsg::LookupReply {
-                token,
-                infos,
-                truncated,
-            } => self.pending.list_reply(token, infos, truncated),
-            ShardMsg::SendTo { to, msg, ack } => {
-                let delivered = self.deliver_direct(to, &msg);
-                if let Some(ack) = ack {
-                    self.send_reliable(
-                        ack.shard,
-                        ShardMsg::SendToAck {
-                            token: ack.token,
-                            delivered,
-                        },
-                    );
-                }
-            }
-            ShardMsg::SendToAck { token, delivered } => self.pending.flag_reply(token, delivered),
-            ShardMsg::BroadcastAll { msg } => self.deliver_to_everyone(&msg),
-            ShardMsg::PresenceJoin { room, member } => self.presence_join(room, member),
-            ShardMsg::PresenceLeave { room, member } => self.presence_leave(room, member),
-            ShardMsg::PresenceList {
-                room,
-                token,
-                reply_to,
-            } => {
-                let members = self.presence_members(&room);
-                self.send_reliable(reply_to, ShardMsg::PresenceListReply { token, members });
-            }
-            ShardMsg::PresenceListReply { token, members } => {
-                self.pending.presence_reply(token, members)
-            }
-            #[cfg(feature = "cluster")]
-            ShardMsg::PublishRefused { token } => self.pending.refuse(token),
             #[cfg(feature = "cluster")]
             ShardMsg::Cluster(msg) => self.handle_cluster(msg),
             ShardMsg::Shutdown => {}
@@ -191,6 +107,106 @@ impl Shard {
                 let seen = &self.quiesced[usize::from(round.min(1))];
                 seen.set(seen.get().saturating_add(1));
                 self.maybe_quiesce_round_1();
+            }
+        }
+    }
+
+    fn handle_room(self: &Rc<Self>, msg: RoomMsg) {
+        match msg {
+            RoomMsg::Publish {
+                room,
+                msg,
+                ack,
+                except,
+            } => self
+                .shared
+                .sequencer
+                .publish_at_owner(self, room, msg, ack, except),
+            RoomMsg::Deliver {
+                room,
+                pos,
+                msg,
+                except,
+                published,
+            } => self.deliver(&room, pos, &msg, except, published),
+            RoomMsg::Interest {
+                room,
+                shard,
+                interested,
+            } => self.set_interest_bit(&room, shard, interested),
+            RoomMsg::Replay { room, since, conn } => self.serve_replay(room, since, conn),
+            RoomMsg::ReplayData {
+                conn,
+                room,
+                since,
+                replay,
+            } => self.apply_replay(conn, &room, since, replay),
+            RoomMsg::PublishAck { token, pos } => self.pending.ack(token, pos),
+            #[cfg(feature = "cluster")]
+            RoomMsg::PublishRefused { token } => self.pending.refuse(token),
+            RoomMsg::RoomInfo {
+                room,
+                token,
+                reply_to,
+            } => {
+                let counts = self.local_counts(&room);
+                let reply = RoomMsg::RoomInfoReply { token, counts };
+                self.send_reliable(reply_to, ShardMsg::Room(reply));
+            }
+            RoomMsg::RoomInfoReply { token, counts } => self.pending.info_reply(token, counts),
+        }
+    }
+
+    fn handle_registry(self: &Rc<Self>, msg: RegistryMsg) {
+        match msg {
+            RegistryMsg::Lookup {
+                query,
+                token,
+                reply_to,
+            } => {
+                let (infos, truncated) = self.local_lookup(&query);
+                let reply = RegistryMsg::LookupReply {
+                    token,
+                    infos,
+                    truncated,
+                };
+                self.send_reliable(reply_to, ShardMsg::Registry(reply));
+            }
+            RegistryMsg::LookupReply {
+                token,
+                infos,
+                truncated,
+            } => self.pending.list_reply(token, infos, truncated),
+            RegistryMsg::SendTo { to, msg, ack } => {
+                let delivered = self.deliver_direct(to, &msg);
+                if let Some(ack) = ack {
+                    let token = ack.token;
+                    let reply = RegistryMsg::SendToAck { token, delivered };
+                    self.send_reliable(ack.shard, ShardMsg::Registry(reply));
+                }
+            }
+            RegistryMsg::SendToAck { token, delivered } => {
+                self.pending.flag_reply(token, delivered)
+            }
+            RegistryMsg::BroadcastAll { msg } => self.deliver_to_everyone(&msg),
+        }
+    }
+
+    fn handle_presence(self: &Rc<Self>, msg: PresenceMsg) {
+        match msg {
+            PresenceMsg::Join { room, member } => self.presence_join(room, member),
+            PresenceMsg::Leave { room, member } => self.presence_leave(room, member),
+            PresenceMsg::List {
+                room,
+                token,
+                reply_to,
+            } => {
+                let members = self.presence_members(&room);
+                let reply = PresenceMsg::ListReply { token, members };
+                self.send_reliable(reply_to, ShardMsg::Presence(reply));
+            }
+            PresenceMsg::ListReply { token, members } => {
+                self.pending.presence_reply(token, members)
             }
         }
     }

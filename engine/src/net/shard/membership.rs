@@ -55,11 +55,11 @@ impl Shard {
         for s in 0..shards {
             self.send_reliable(
                 s,
-                ShardMsg::RoomInfo {
+                ShardMsg::Room(RoomMsg::RoomInfo {
                     room: room.clone(),
                     token,
                     reply_to: self.id,
-                },
+                }),
             );
         }
         let got = futures_lite::future::or(async { Some(slot.wait().await) }, async {
@@ -117,11 +117,11 @@ impl Shard {
         conn.begin_replay(room.clone());
         self.send_reliable(
             owner,
-            ShardMsg::Replay {
+            ShardMsg::Room(RoomMsg::Replay {
                 room,
                 since,
                 conn: conn.id,
-            },
+            }),
         );
     }
 
@@ -149,11 +149,11 @@ impl Shard {
 
     pub(super) fn set_interest(self: &Rc<Self>, room: &Arc<str>, interested: bool) {
         let owner = owner_of(room, self.senders().len());
-        let msg = ShardMsg::Interest {
+        let msg = ShardMsg::Room(RoomMsg::Interest {
             room: room.clone(),
             shard: self.id,
             interested,
-        };
+        });
         // Interest must not be lost (handled inline when this shard is the owner).
         self.send_reliable(owner, msg);
     }
@@ -255,11 +255,11 @@ impl Shard {
             let conn = probe.id;
             self.send_reliable(
                 owner,
-                ShardMsg::Replay {
+                ShardMsg::Room(RoomMsg::Replay {
                     room: name,
                     since,
                     conn,
-                },
+                }),
             );
         }
     }

@@ -35,7 +35,7 @@ mod msg;
 mod publish;
 mod replay;
 
-pub(crate) use msg::ShardMsg;
+pub(crate) use msg::{PresenceMsg, RegistryMsg, RoomMsg, ShardMsg};
 
 /// Registry ids of WebTransport sessions have slots from here up, so they never
 /// equal a TCP connection's.

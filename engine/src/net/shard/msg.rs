@@ -6,6 +6,35 @@ use super::*;
 /// Messages between shards (and from other threads to a shard).
 #[derive(Debug)]
 pub(crate) enum ShardMsg {
+    /// Room traffic: publish, sequence, deliver, interest, resume, room info.
+    Room(RoomMsg),
+    /// Registry questions and messages for one connection or for all.
+    Registry(RegistryMsg),
+    /// A presence room's member list, kept by the room's owner.
+    Presence(PresenceMsg),
+    /// A QUIC packet for a connection this shard owns (it reached another shard's
+    /// socket).
+    #[cfg(feature = "webtransport")]
+    QuicPacket {
+        data: Vec<u8>,
+        from: std::net::SocketAddr,
+    },
+    /// From the cluster bridge (its own message type; see [`crate::cluster::FromBridge`]).
+    #[cfg(feature = "cluster")]
+    Cluster(crate::cluster::FromBridge),
+    /// Look at the shutdown flag.
+    Shutdown,
+    /// Shutdown barrier marker (see [`Shard::run_inbox`]): the sender has stopped
+    /// taking client input and, for round 1, has handled every marker of round 0.
+    Quiesced { round: u8 },
+    /// Run a closure on the shard (the in-memory harness's way in; tests only).
+    #[cfg(test)]
+    Test(crate::net::harness::OnShard),
+}
+
+/// Room traffic between shards.
+#[derive(Debug)]
+pub(crate) enum RoomMsg {
     /// To the room's owner: sequence this message, keep it in history, fan it out.
     Publish {
         room: Arc<str>,
@@ -53,13 +82,14 @@ pub(crate) enum ShardMsg {
     },
     /// One shard's answer to `RoomInfo`.
     RoomInfoReply { token: u64, counts: RoomCounts },
-    /// A QUIC packet for a connection this shard owns (it reached another shard's
-    /// socket).
-    #[cfg(feature = "webtransport")]
-    QuicPacket {
-        data: Vec<u8>,
-        from: std::net::SocketAddr,
-    },
+    /// The publish with this ack token was refused (cluster mode: Redis unavailable).
+    #[cfg(feature = "cluster")]
+    PublishRefused { token: u64 },
+}
+
+/// Registry traffic between shards.
+#[derive(Debug)]
+pub(crate) enum RegistryMsg {
     /// Registry question for this shard's connections.
     Lookup {
         query: crate::net::registry::Lookup,
@@ -82,36 +112,27 @@ pub(crate) enum ShardMsg {
     SendToAck { token: u64, delivered: bool },
     /// To every shard: send `msg` to every local connection and session.
     BroadcastAll { msg: Message },
+}
+
+/// Presence traffic, to and from a presence room's owner.
+#[derive(Debug)]
+pub(crate) enum PresenceMsg {
     /// To a presence room's owner: `member` joined `room`.
-    PresenceJoin {
+    Join {
         room: Arc<str>,
         member: crate::vocab::registry::PresenceMember,
     },
     /// To a presence room's owner: `member` left `room`.
-    PresenceLeave { room: Arc<str>, member: ConnId },
+    Leave { room: Arc<str>, member: ConnId },
     /// To a presence room's owner: list its members.
-    PresenceList {
+    List {
         room: Arc<str>,
         token: u64,
         reply_to: usize,
     },
     /// The owner's answer to `PresenceList`.
-    PresenceListReply {
+    ListReply {
         token: u64,
         members: Vec<crate::vocab::registry::PresenceMember>,
     },
-    /// From the cluster bridge (its own message type; see [`crate::cluster::FromBridge`]).
-    #[cfg(feature = "cluster")]
-    Cluster(crate::cluster::FromBridge),
-    /// The publish with this ack token was refused (cluster mode: Redis unavailable).
-    #[cfg(feature = "cluster")]
-    PublishRefused { token: u64 },
-    /// Look at the shutdown flag.
-    Shutdown,
-    /// Shutdown barrier marker (see [`Shard::run_inbox`]): the sender has stopped
-    /// taking client input and, for round 1, has handled every marker of round 0.
-    Quiesced { round: u8 },
-    /// Run a closure on the shard (the in-memory harness's way in; tests only).
-    #[cfg(test)]
-    Test(crate::net::harness::OnShard),
 }

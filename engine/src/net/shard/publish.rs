@@ -66,12 +66,12 @@ impl Shard {
         self.outbox
             .send(
                 owner,
-                ShardMsg::Publish {
+                ShardMsg::Room(RoomMsg::Publish {
                     room: Arc::from(room),
                     msg,
                     ack: None,
                     except,
-                },
+                }),
             )
             .map_err(|_| {
                 ShardStats::add(&self.stats.mesh_overflows, 1);
@@ -124,7 +124,7 @@ impl Shard {
         let (token, slot) = self.pending.new_ack();
         let sent = self.outbox.send(
             owner,
-            ShardMsg::Publish {
+            ShardMsg::Room(RoomMsg::Publish {
                 room: Arc::from(room),
                 msg,
                 ack: Some(AckTo {
@@ -132,7 +132,7 @@ impl Shard {
                     token,
                 }),
                 except: None,
-            },
+            }),
         );
         if sent.is_err() {
             self.pending.forget(token);
@@ -182,13 +182,13 @@ impl Shard {
             } else {
                 let sent = self.outbox.send(
                     s,
-                    ShardMsg::Deliver {
+                    ShardMsg::Room(RoomMsg::Deliver {
                         room: room.clone(),
                         pos,
                         msg: msg.clone(),
                         except,
                         published,
-                    },
+                    }),
                 );
                 if sent.is_err() {
                     ShardStats::add(&self.stats.mesh_overflows, 1);

@@ -34,12 +34,12 @@ impl Shard {
 
         self.send_reliable(
             shard,
-            ShardMsg::ReplayData {
+            ShardMsg::Room(RoomMsg::ReplayData {
                 conn,
                 room,
                 since,
                 replay,
-            },
+            }),
         );
     }
 
