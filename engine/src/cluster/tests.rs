@@ -255,7 +255,7 @@ impl Node {
 
     fn sync(&mut self, room: &str) -> (u64, u64) {
         let (shard, m) = self.take(
-            "ClusterSync",
+            "FromBridge::Sync",
             |m| matches!(m, FromBridge::Sync { room: r, .. } if &**r == room),
         );
         assert_eq!(
@@ -292,10 +292,10 @@ impl Node {
         }
     }
 
-    /// The next `ClusterDeliver` of `room`: (position, text, except).
+    /// The next `FromBridge::Deliver` of `room`: (position, text, except).
     fn deliver(&mut self, room: &str) -> (Position, String, Option<ConnId>) {
         let (shard, m) = self.take(
-            "ClusterDeliver",
+            "FromBridge::Deliver",
             |m| matches!(m, FromBridge::Deliver { room: r, .. } if &**r == room),
         );
         assert_eq!(
@@ -318,7 +318,7 @@ impl Node {
             query,
         });
         let (shard, m) = self.take(
-            "ClusterAnswer",
+            "FromBridge::Answer",
             |m| matches!(m, FromBridge::Answer { token: t, .. } if *t == token),
         );
         assert_eq!(shard, 1, "answers go to reply_to");
@@ -542,7 +542,7 @@ fn fetch_reads_history_by_epoch_and_age() {
                 max_age,
             },
         });
-        let (shard, m) = a.take("ClusterFetched", |m| {
+        let (shard, m) = a.take("FromBridge::Fetched", |m| {
             matches!(m, FromBridge::Fetched { .. })
         });
         assert_eq!(shard, 1);
@@ -683,7 +683,7 @@ fn redis_down_refuses_publishes_and_a_restart_catches_up() {
         reply_to: 1,
         limits: limits(),
     });
-    a.take("ClusterFetched(None)", |m| {
+    a.take("FromBridge::Fetched(None)", |m| {
         matches!(m, FromBridge::Fetched { fetched: None, .. })
     });
 
@@ -714,7 +714,7 @@ fn redis_down_refuses_publishes_and_a_restart_catches_up() {
     a.publish("r", "m5", 5, None);
     for n in [&mut a, &mut b] {
         assert_eq!(n.deliver("r").0.seq, 5);
-        n.expect_none("ClusterSync", Duration::from_millis(50), |m| {
+        n.expect_none("FromBridge::Sync", Duration::from_millis(50), |m| {
             matches!(m, FromBridge::Sync { .. })
         });
     }

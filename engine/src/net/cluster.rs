@@ -2,7 +2,7 @@
 //!
 //! With a `cluster:` section, a room's messages are sequenced by Redis, not by the
 //! room's owner shard: every publish goes to the bridge thread, and what Redis
-//! publishes comes back to the owner as [`ShardMsg::ClusterDeliver`] with its
+//! publishes comes back to the owner as [`FromBridge::Deliver`] (as `ShardMsg::Cluster`) with its
 //! position. The owner still keeps the interest set and a history cache (what it
 //! received since it subscribed), so delivery to shards and most resumes work
 //! exactly as they do on one node; a resume from further back than the cache is
