@@ -75,6 +75,20 @@ struct CommonArgs {
     timeout: Duration,
 }
 
+/// The measured window (fanout, sse, wt, echo).
+#[derive(Args)]
+struct TimingArgs {
+    /// Measured window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
+    duration: Duration,
+    /// Traffic before the window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
+    warmup: Duration,
+    /// Max wait for in-flight messages after the window, seconds.
+    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
+    drain: Duration,
+}
+
 /// The fan-out shape (fanout, sse, wt).
 #[derive(Args)]
 struct ShapeArgs {
@@ -94,15 +108,8 @@ struct ShapeArgs {
     /// http: also caps concurrent POSTs per publisher at a fixed --rate).
     #[arg(long, value_name = "N", default_value_t = 64)]
     window: u64,
-    /// Measured window, seconds.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
-    duration: Duration,
-    /// Traffic before the window, seconds.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
-    warmup: Duration,
-    /// Max wait for in-flight messages after the window, seconds.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
-    drain: Duration,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Room to join.
     #[arg(long, value_name = "NAME", default_value = "bench")]
     room: String,
@@ -182,15 +189,8 @@ struct EchoArgs {
     /// Messages in flight per connection (1..=1048576).
     #[arg(long, value_name = "K", default_value_t = 1)]
     pipeline: usize,
-    /// Measured window, seconds.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = secs)]
-    duration: Duration,
-    /// Traffic before the window, seconds.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
-    warmup: Duration,
-    /// Max wait for in-flight messages after the window, seconds.
-    #[arg(long, value_name = "SECS", default_value = "2", value_parser = secs)]
-    drain: Duration,
+    #[command(flatten)]
+    timing: TimingArgs,
     /// Send text frames instead of binary.
     #[arg(long)]
     text: bool,
@@ -462,9 +462,9 @@ impl ShapeArgs {
             size: self.size,
             rate: self.rate,
             window: self.window,
-            duration: self.duration,
-            warmup: self.warmup,
-            drain: self.drain,
+            duration: self.timing.duration,
+            warmup: self.timing.warmup,
+            drain: self.timing.drain,
             room: self.room,
             text,
             slow: 0,
@@ -561,9 +561,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 connections: a.connections,
                 size: a.size,
                 pipeline: a.pipeline,
-                duration: a.duration,
-                warmup: a.warmup,
-                drain: a.drain,
+                duration: a.timing.duration,
+                warmup: a.timing.warmup,
+                drain: a.timing.drain,
                 text: a.text,
             };
             if c.pipeline == 0 || c.pipeline > 1 << 20 {
