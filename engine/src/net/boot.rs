@@ -161,54 +161,54 @@ pub(crate) fn bind_all(config: &Config, shards: usize) -> Result<Bound, StartErr
     })
 }
 
-/// Bind one SO_REUSEPORT listener per shard on `addr` (port 0: the first bind
-/// picks the port and the rest share it).
-pub(crate) fn bind_listeners(
+/// Bind `shards` sockets on `addr` with `bind` (SO_REUSEPORT); port 0: the first
+/// bind picks the port and the rest share it. Errors name `listener`.
+fn bind_each<S>(
     listener: Listener,
     addr: SocketAddr,
     shards: usize,
-) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    bind: impl Fn(SocketAddr) -> std::io::Result<S>,
+    local_addr: impl Fn(&S) -> std::io::Result<SocketAddr>,
+) -> Result<(Vec<S>, SocketAddr), StartError> {
     let mut out = Vec::with_capacity(shards);
     let mut addr = addr;
     for _ in 0..shards {
-        let l = bind_reuseport(addr).map_err(|source| StartError::Bind {
+        let s = bind(addr).map_err(|source| StartError::Bind {
             listener,
             addr,
             source,
         })?;
         if addr.port() == 0 {
-            addr = l
-                .local_addr()
-                .map_err(|e| StartError::Runtime(format!("cannot read the bound address: {e}")))?;
-        }
-        out.push(l);
-    }
-    Ok((out, addr))
-}
-
-/// Bind one SO_REUSEPORT UDP socket per shard on `addr` (port 0: the first bind
-/// picks the port).
-#[cfg(feature = "webtransport")]
-pub(crate) fn bind_udp(
-    addr: SocketAddr,
-    shards: usize,
-) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), StartError> {
-    let mut out = Vec::with_capacity(shards);
-    let mut addr = addr;
-    for _ in 0..shards {
-        let s = bind_udp_reuseport(addr).map_err(|source| StartError::Bind {
-            listener: Listener::WebTransport,
-            addr,
-            source,
-        })?;
-        if addr.port() == 0 {
-            addr = s
-                .local_addr()
+            addr = local_addr(&s)
                 .map_err(|e| StartError::Runtime(format!("cannot read the bound address: {e}")))?;
         }
         out.push(s);
     }
     Ok((out, addr))
+}
+
+/// One SO_REUSEPORT TCP listener per shard on `addr`.
+pub(crate) fn bind_listeners(
+    listener: Listener,
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), StartError> {
+    bind_each(listener, addr, shards, bind_reuseport, |l| l.local_addr())
+}
+
+/// One SO_REUSEPORT UDP socket per shard on `addr` (WebTransport).
+#[cfg(feature = "webtransport")]
+pub(crate) fn bind_udp(
+    addr: SocketAddr,
+    shards: usize,
+) -> Result<(Vec<std::net::UdpSocket>, SocketAddr), StartError> {
+    bind_each(
+        Listener::WebTransport,
+        addr,
+        shards,
+        bind_udp_reuseport,
+        |s| s.local_addr(),
+    )
 }
 
 #[cfg(feature = "webtransport")]
