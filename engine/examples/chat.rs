@@ -5,6 +5,7 @@
 //! `cargo run -p corecast --example chat -- 127.0.0.1:9002`, then connect to
 //! `ws://127.0.0.1:9002/ws/chat?room=general&name=ada`.
 
+use corecast::ClientHandle;
 use std::time::Duration;
 
 use corecast::{Config, Engine, Message};
@@ -28,19 +29,19 @@ fn main() {
         let _ = conn.set_meta("name", &name);
         let rooms = conn.query_all("room");
         for room in &rooms {
-            conn.join_room(room);
-            let _ = conn.broadcast_to_room(room, Message::text(format!("* {name} joined {room}")));
+            conn.join(room);
+            let _ = conn.broadcast(room, Message::text(format!("* {name} joined {room}")));
         }
         while let Some(msg) = conn.recv().await {
             let Some(text) = msg.as_text() else { continue };
             let line = format!("{name}: {text}");
             for room in &rooms {
-                let _ = conn.broadcast_to_room(room, Message::text(line.clone()));
+                let _ = conn.broadcast(room, Message::text(line.clone()));
             }
         }
         for room in &rooms {
-            conn.leave_room(room);
-            let _ = conn.broadcast_to_room(room, Message::text(format!("* {name} left {room}")));
+            conn.leave(room);
+            let _ = conn.broadcast(room, Message::text(format!("* {name} left {room}")));
         }
     });
     let running = engine.start().expect("start");

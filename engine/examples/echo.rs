@@ -3,6 +3,7 @@
 //! `cargo run -p corecast --example echo -- 127.0.0.1:9001`, then connect to
 //! `ws://127.0.0.1:9001/echo`.
 
+use corecast::ClientHandle;
 use corecast::{Config, Engine};
 
 fn main() {

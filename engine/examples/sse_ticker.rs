@@ -6,6 +6,7 @@
 //! `cargo run -p corecast --example sse_ticker -- 127.0.0.1:9003`, then
 //! `curl -N http://127.0.0.1:9003/events?room=news`.
 
+use corecast::ClientHandle;
 use std::time::Duration;
 
 use bytes::Bytes;

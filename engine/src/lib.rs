@@ -14,7 +14,8 @@
 //! `echo` endpoints use it).
 //!
 //! ```
-//! use corecast::{Config, Engine, Message};
+//! use corecast::prelude::*;
+//! use corecast::Config;
 //!
 //! let mut config = Config::default();
 //! config.listen = "127.0.0.1:0".parse().unwrap();
@@ -24,11 +25,11 @@
 //! engine.websocket("/ws/chat", |mut conn| async move {
 //!     let rooms = conn.query_all("room");
 //!     for r in &rooms {
-//!         conn.join_room(r);
+//!         conn.join(r);
 //!     }
 //!     while let Some(msg) = conn.recv().await {
 //!         for r in &rooms {
-//!             let _ = conn.broadcast_to_room(r, msg.clone());
+//!             let _ = conn.broadcast(r, msg.clone());
 //!         }
 //!     }
 //! });
@@ -55,6 +56,7 @@ pub mod stats;
 pub mod vocab;
 
 pub use app::callbacks::WsCallbacks;
+pub use app::client::ClientHandle;
 pub use app::conn::WsConn;
 pub use app::connection::Connection;
 pub use app::engine::{Engine, EngineHandle, HttpResponse, RunningEngine, StartError};
@@ -79,6 +81,17 @@ pub mod rt {
     pub fn spawn<T: 'static>(future: impl std::future::Future<Output = T> + 'static) -> Task<T> {
         glommio::spawn_local(future)
     }
+}
+
+/// What most handlers import: `use corecast::prelude::*;` brings the handle
+/// types and the [`ClientHandle`] vocabulary their methods come from.
+pub mod prelude {
+    pub use crate::{
+        ClientHandle, ConnId, Connection, Ctx, Engine, Message, RouteError, Router, SseStream,
+        WsCallbacks, WsConn,
+    };
+    #[cfg(feature = "webtransport")]
+    pub use crate::{Delivery, WtIncoming, WtSession};
 }
 
 /// Action routing (re-exported from `app::router`).

@@ -1,6 +1,7 @@
 //! An embedder's engine from `Config::bare()`: only what it registers is served,
 //! over a real socket.
 
+use corecast::ClientHandle;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

@@ -1104,6 +1104,34 @@ async def test_wt_routed_session_echo_whoami_and_disconnect(probe):
         await conn.aclose()
 
 
+def assert_described(d: dict, me: dict, path: str, transport: str):
+    """The `describe` route's answer: the same generic code ran for every transport."""
+    assert d["type"] == "described" and d["id"] == me["id"]
+    assert d["path"] == path and d["tag"] == "t1" and d["transport"] == transport
+    assert d["remote_ip"] == "127.0.0.1"
+    assert 0 <= d["age_s"] < 60
+    assert d["joined"] and d["left"] and not d["closed"]
+
+
+@run
+async def test_one_handle_vocabulary_over_websocket_and_webtransport(probe):
+    async with ws_connect(probe.url("/ws/probe?tag=t1")) as ws:
+        me = await whoami(ws)
+        await ws.send(json.dumps({"action": "describe", "room": "d1"}))
+        assert_described(await recv_type(ws, "described"), me, "/ws/probe", "websocket")
+        assert (await whoami(ws))["rooms"] == []
+    conn, sess = await wt_client.connect(probe.host, probe.wt_port, "/wt/probe?tag=t1")
+    try:
+        st = sess.open_bidi()
+        me = await wt_call(sess, st, {"action": "whoami"})
+        d = await wt_call(sess, st, {"action": "describe", "room": "d1"})
+        assert_described(d, me, "/wt/probe", "webtransport")
+        assert (await wt_call(sess, st, {"action": "whoami"}))["rooms"] == []
+        sess.close(0, "bye")
+    finally:
+        await conn.aclose()
+
+
 @run
 async def test_wt_connect_reject(probe):
     conn, sess = await wt_client.connect(probe.host, probe.wt_port, "/wt/probe?reject=403")

@@ -1,6 +1,7 @@
 //! The endpoint kinds `config.yaml` can name, written against the public callback API.
 
 use super::callbacks::WsCallbacks;
+use super::client::ClientHandle;
 use super::connection::Connection;
 use super::message::Message;
 
@@ -20,7 +21,7 @@ impl WsCallbacks for Rooms {
         // A refused publish (owner shard overloaded, cluster broker unreachable) is
         // counted in /stats and answered with an error frame naming the room.
         for room in conn.rooms() {
-            if let Err(e) = conn.broadcast_to_room(&room, msg.clone()) {
+            if let Err(e) = conn.broadcast(&room, msg.clone()) {
                 let _ = conn.send(crate::net::shard::publish_error_frame(&room, e));
             }
         }

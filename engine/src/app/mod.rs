@@ -19,4 +19,4 @@ pub use crate::net::handle::sse_stream as sse;
 pub use crate::net::handle::ws_task as conn;
 #[cfg(feature = "webtransport")]
 pub use crate::net::handle::wt_session as wt;
-pub use crate::net::handle::{callbacks, connection};
+pub use crate::net::handle::{callbacks, client, connection};

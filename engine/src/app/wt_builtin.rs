@@ -1,6 +1,7 @@
 //! The built-in WebTransport endpoints, written against the public handler API:
 //! `rooms` (join `?room=`, publish every record the client sends) and `echo`.
 
+use super::client::ClientHandle;
 use super::message::Message;
 use super::wt::{Delivery, WtIncoming, WtRecvStream, WtSendStream, WtSession};
 use crate::proto::wt::record::{self, RecordReader};
@@ -17,7 +18,7 @@ pub async fn rooms(session: WtSession) {
         } else {
             Delivery::Reliable
         };
-        session.join_room(&room, delivery);
+        session.join_with(&room, delivery);
     }
     let max = session.shard.shared.config.websocket.max_message_size;
     while let Some(incoming) = session.next().await {

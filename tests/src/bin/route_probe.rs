@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use corecast::auth::{AuthConfig, JwtMiddleware};
 use corecast::router::{Connecting, Ctx, Reject, RouteError, Router};
-use corecast::{Config, ConnId, Engine};
+use corecast::{ClientHandle, Config, ConnId, Engine, Message};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -87,6 +87,32 @@ fn whoami(ctx: &Ctx) -> Value {
     })
 }
 
+/// What any client handle says about itself, written once against the
+/// transport-independent vocabulary: joins and leaves a room on the way, and
+/// answers with its own `send` (not `Ctx::reply`).
+fn describe(client: &dyn ClientHandle, room: &str) {
+    let joined = client.join(room) && client.in_room(room);
+    client.leave(room);
+    let age = client
+        .connected_at()
+        .elapsed()
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX);
+    let answer = json!({
+        "type": "described",
+        "id": client.id().to_string(),
+        "path": client.path(),
+        "tag": client.query_get("tag"),
+        "transport": client.transport().as_str(),
+        "remote_ip": client.remote_addr().map(|a| a.ip().to_string()),
+        "age_s": age,
+        "joined": joined,
+        "left": !client.in_room(room),
+        "closed": client.is_closed(),
+    });
+    let _ = client.send(Message::text(answer.to_string()));
+}
+
 /// Reply to `ctx` from a task once `fut` (a registry question) answers.
 fn reply_later<F>(ctx: &Ctx, fut: impl FnOnce(Ctx) -> F + 'static)
 where
@@ -130,6 +156,10 @@ fn build_router(default: bool, strict: bool, auth: Option<JwtMiddleware>) -> Rou
         ctx.reply(&json!({"type": "echo", "body": body}))
     })
     .route("whoami", |ctx, _: Value| ctx.reply(&whoami(ctx)))
+    .route("describe", |ctx, b: Room| {
+        describe(ctx.client(), &b.room);
+        Ok(())
+    })
     .route("join", |ctx, b: Room| {
         ctx.join(&b.room)?;
         ctx.reply(&json!({"type": "joined", "room": b.room}))

@@ -1,14 +1,8 @@
 //! [`Ctx`]: what a route handler gets, over a WebSocket connection or a
-//! WebTransport session.
+//! WebTransport session — the [`ClientHandle`] vocabulary with JSON bodies and
+//! route errors.
 
 use super::*;
-
-#[derive(Clone)]
-pub(super) enum Peer {
-    Ws(Connection),
-    #[cfg(feature = "webtransport")]
-    Wt(WtSession),
-}
 
 /// What a route handler gets: the connection (WebSocket or WebTransport session)
 /// and everything it can do — reply, send to any connection, rooms, metadata.
@@ -18,7 +12,7 @@ pub(super) enum Peer {
 /// [`Ctx::room_members`] or [`Ctx::presence`] and reply afterwards.
 #[derive(Clone)]
 pub struct Ctx {
-    peer: Peer,
+    client: Rc<dyn ClientHandle>,
     router: Arc<Router>,
 }
 
@@ -41,7 +35,7 @@ pub(super) fn overloaded(e: BroadcastError) -> RouteError {
 impl Ctx {
     pub(crate) fn ws(conn: Connection, router: Arc<Router>) -> Self {
         Self {
-            peer: Peer::Ws(conn),
+            client: Rc::new(conn),
             router,
         }
     }
@@ -49,116 +43,76 @@ impl Ctx {
     #[cfg(feature = "webtransport")]
     pub(crate) fn wt(session: WtSession, router: Arc<Router>) -> Self {
         Self {
-            peer: Peer::Wt(session),
+            client: Rc::new(session),
             router,
         }
     }
 
-    pub(super) fn shard_state(&self) -> &std::rc::Rc<Shard> {
-        match &self.peer {
-            Peer::Ws(c) => &c.shard,
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => &s.shard,
-        }
+    /// The connection or session, in the vocabulary every transport shares.
+    pub fn client(&self) -> &dyn ClientHandle {
+        &*self.client
+    }
+
+    pub(super) fn shard_state(&self) -> &Rc<Shard> {
+        self.client.parts().shard
     }
 
     /// The connection's registry id.
     pub fn id(&self) -> ConnId {
-        match &self.peer {
-            Peer::Ws(c) => c.id(),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => s.state.reg_id,
-        }
+        self.client.id()
     }
 
     /// The shard the connection lives on.
     pub fn shard(&self) -> usize {
-        self.shard_state().id
+        self.client.shard()
     }
 
     /// WebSocket or WebTransport.
     pub fn transport(&self) -> TransportKind {
-        match &self.peer {
-            Peer::Ws(c) => c.transport(),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(_) => TransportKind::WebTransport,
-        }
+        self.client.transport()
     }
 
     /// The WebSocket connection, for transport-specific calls.
     pub fn connection(&self) -> Option<&Connection> {
-        match &self.peer {
-            Peer::Ws(c) => Some(c),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(_) => None,
-        }
+        self.client.parts().any.downcast_ref()
     }
 
     /// The WebTransport session, for transport-specific calls.
     #[cfg(feature = "webtransport")]
     pub fn session(&self) -> Option<&WtSession> {
-        match &self.peer {
-            Peer::Ws(_) => None,
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => Some(s),
-        }
-    }
-
-    pub(super) fn meta_cell(&self) -> &crate::vocab::meta::MetaCell {
-        match &self.peer {
-            Peer::Ws(c) => &c.conn.meta,
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => &s.state.meta,
-        }
+        self.client.parts().any.downcast_ref()
     }
 
     /// The metadata value under `key` as a `T`.
     pub fn meta<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        self.meta_cell().get(key)
+        self.client.parts().meta.get(key)
     }
 
     /// Set metadata `key` (visible to the registry and, for presence keys, in
     /// later joins).
     pub fn set_meta<T: Serialize>(&self, key: &str, value: T) -> Result<(), MetaError> {
-        self.meta_cell().set(key, value)
+        self.client.parts().meta.set(key, value)
     }
 
     /// Remove metadata `key`.
     pub fn remove_meta(&self, key: &str) -> bool {
-        self.meta_cell().remove(key)
+        self.client.remove_meta(key)
     }
 
     /// All metadata.
     pub fn meta_all(&self) -> Meta {
-        self.meta_cell().snapshot()
+        self.client.meta_all()
     }
 
     /// This connection as the registry shows it.
     pub fn info(&self) -> ConnInfo {
-        match &self.peer {
-            Peer::Ws(c) => c.info(),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => s.shard.session_info(&s.state),
-        }
+        self.client.info()
     }
 
     pub(super) fn send_message(&self, msg: Message) -> Result<(), RouteError> {
-        match &self.peer {
-            Peer::Ws(c) => c
-                .send(msg)
-                .map_err(|e| RouteError::client("send_failed", e.to_string())),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => {
-                if s.state.send_direct(&msg, &s.shard.stats).is_err() {
-                    s.state.evict();
-                    return Err(RouteError::client(
-                        "send_failed",
-                        "slow consumer: delivery queue full",
-                    ));
-                }
-                Ok(())
-            }
-        }
+        self.client
+            .send(msg)
+            .map_err(|e| RouteError::client("send_failed", e.to_string()))
     }
 
     /// Send `value` as JSON to this connection.
@@ -198,7 +152,7 @@ impl Ctx {
 
     /// Send `value` as JSON to connection `to` on any shard (fire-and-forget).
     pub fn send_to<T: Serialize + ?Sized>(&self, to: ConnId, value: &T) -> Result<(), RouteError> {
-        self.shard_state()
+        self.client
             .send_to(to, to_message(value)?)
             .map_err(overloaded)
     }
@@ -212,7 +166,7 @@ impl Ctx {
         to: ConnId,
         value: &T,
     ) -> Result<(), RouteError> {
-        self.shard_state()
+        self.client
             .send_to_node(node, to, to_message(value)?)
             .map_err(overloaded)
     }
@@ -220,7 +174,7 @@ impl Ctx {
     /// This node's id in cluster mode (`None` alone): with [`Ctx::id`] it names
     /// this connection across the cluster (`NODE:SHARD.SLOT.GEN`).
     pub fn node_id(&self) -> Option<String> {
-        self.shard_state().node_id().map(str::to_string)
+        self.client.node_id()
     }
 
     /// Join `room` (after the global middleware's `may_join`, e.g. the auth
@@ -237,37 +191,23 @@ impl Ctx {
             ShardStats::add(&self.shard_state().stats.auth_failures, 1);
             return Err(e);
         }
-        match &self.peer {
-            Peer::Ws(c) => c.join_room(room),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => {
-                s.join_room(room, Delivery::Reliable);
-            }
-        }
+        self.client.join(room);
         Ok(())
     }
 
     /// Leave `room`.
     pub fn leave(&self, room: &str) {
-        match &self.peer {
-            Peer::Ws(c) => c.leave_room(room),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => s.leave_room(room),
-        }
+        self.client.leave(room);
     }
 
     /// Rooms this connection is in.
     pub fn rooms(&self) -> Vec<String> {
-        match &self.peer {
-            Peer::Ws(c) => c.rooms().iter().map(|r| r.to_string()).collect(),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => s.rooms().into_iter().map(|(r, _)| r).collect(),
-        }
+        self.client.rooms().iter().map(|r| r.to_string()).collect()
     }
 
     /// True if this connection is in `room`.
     pub fn in_room(&self, room: &str) -> bool {
-        self.rooms().iter().any(|r| r == room)
+        self.client.in_room(room)
     }
 
     /// Broadcast `value` as JSON to every member of `room` on every shard.
@@ -276,8 +216,8 @@ impl Ctx {
         room: &str,
         value: &T,
     ) -> Result<(), RouteError> {
-        self.shard_state()
-            .publish_from(room, to_message(value)?, None, Some(self.id()))
+        self.client
+            .broadcast(room, to_message(value)?)
             .map_err(overloaded)
     }
 
@@ -287,25 +227,21 @@ impl Ctx {
         room: &str,
         value: &T,
     ) -> Result<(), RouteError> {
-        self.shard_state()
-            .publish_except(room, to_message(value)?, Some(self.id()))
+        self.client
+            .broadcast_except_me(room, to_message(value)?)
             .map_err(overloaded)
     }
 
     /// Send `value` to every connection and session of the server.
     pub fn broadcast_all<T: Serialize + ?Sized>(&self, value: &T) -> Result<(), RouteError> {
-        self.shard_state()
+        self.client
             .broadcast_all(to_message(value)?)
             .map_err(overloaded)
     }
 
     /// Close the connection (WebSocket close code; WebTransport session error code).
     pub fn close(&self, code: u16, reason: &str) {
-        match &self.peer {
-            Peer::Ws(c) => c.close(code, reason),
-            #[cfg(feature = "webtransport")]
-            Peer::Wt(s) => s.close(u32::from(code), reason),
-        }
+        self.client.close(code, reason);
     }
 
     /// Look up any live connection by id.

@@ -70,11 +70,13 @@ use super::message::Message;
 use super::meta::{Meta, MetaError};
 use super::registry::{ConnInfo, LookupError, PresenceMember, TransportKind};
 #[cfg(feature = "webtransport")]
-use super::wt::{Delivery, WtSession};
+use super::wt::WtSession;
+use crate::net::handle::client::ClientHandle;
 use crate::net::shard::{BroadcastError, Shard};
 use crate::stats::ShardStats;
 use crate::vocab::connect::Admitted;
 pub use crate::vocab::connect::{Connecting, Reject};
+use std::rc::Rc;
 
 /// Close code for a connection whose token expired while it was open.
 pub use crate::net::expiry::CLOSE_TOKEN_EXPIRED;

@@ -63,7 +63,7 @@ impl Deref for SseStream {
 impl std::fmt::Debug for SseStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SseStream")
-            .field("id", &self.conn.id())
+            .field("id", &self.conn.conn.id)
             .finish()
     }
 }

@@ -13,7 +13,7 @@ use crate::vocab::message::Message;
 /// The shard's driver reads and decodes frames, answers pings and runs the close
 /// handshake; [`WsConn::recv`] hands over data messages (at most a small, fixed
 /// number wait — the driver stops reading the socket until the handler catches up).
-/// Everything else — `send`, rooms, `broadcast_to_room`, metadata — comes from
+/// Everything else — `send`, rooms, `broadcast`, metadata — comes from
 /// [`Connection`] through `Deref`. When the handler returns, the connection is closed
 /// with 1000 after what is queued has been written.
 pub struct WsConn {
@@ -62,7 +62,7 @@ impl Deref for WsConn {
 impl std::fmt::Debug for WsConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WsConn")
-            .field("id", &self.handle.id())
+            .field("id", &self.handle.conn.id)
             .finish()
     }
 }

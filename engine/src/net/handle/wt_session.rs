@@ -11,17 +11,21 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use corecast_shards::OutboundQueue;
 
+use super::client::{sealed, ClientHandle};
 use crate::net::quic::QuicConn;
-use crate::net::shard::{BroadcastError, Shard};
-use crate::proto::http;
+use crate::net::shard::Shard;
+use crate::net::tcp_conn::SendError;
 use crate::proto::wt::record::{self, ServerRecord};
 use crate::proto::wt::session::{app_code_to_h3, h3_to_app_code, OpenError};
 use crate::stats::ShardStats;
 use crate::vocab::message::Message;
+use crate::vocab::registry::{ConnInfo, TransportKind};
+use corecast_shards::ConnId;
 
 /// Events a session's inbox holds before new streams are refused and datagrams
 /// dropped (bounded, like every queue).
@@ -284,7 +288,9 @@ impl SessionState {
 }
 
 /// A WebTransport session, as its handler sees it. Cheap to clone; all clones
-/// refer to the same session.
+/// refer to the same session. What every client can do is [`ClientHandle`]'s
+/// vocabulary (shared with WebSocket and SSE connections); the session adds
+/// streams, datagrams, per-room [`Delivery`] and 32-bit close codes.
 #[derive(Clone)]
 pub struct WtSession {
     pub(crate) shard: Rc<Shard>,
@@ -297,39 +303,9 @@ impl WtSession {
         self.state.id
     }
 
-    /// The shard this session lives on.
-    pub fn shard(&self) -> usize {
-        self.shard.id
-    }
-
-    /// The request path (without query).
-    pub fn path(&self) -> &str {
-        &self.state.path
-    }
-
-    /// Query parameters in order (percent-decoded).
-    pub fn query(&self) -> Vec<(String, String)> {
-        http::parse_query(&self.state.query)
-    }
-
-    /// Every value of query parameter `key`, in order.
-    pub fn query_all(&self, key: &str) -> Vec<String> {
-        http::query_values(&self.state.query, key)
-    }
-
-    /// The first value of query parameter `key`.
-    pub fn query_get(&self, key: &str) -> Option<String> {
-        self.query_all(key).into_iter().next()
-    }
-
     /// The request's `Origin`, if it sent one.
     pub fn origin(&self) -> Option<&str> {
         self.state.origin.as_deref()
-    }
-
-    /// The client's UDP address.
-    pub fn remote_addr(&self) -> SocketAddr {
-        self.state.conn.peer
     }
 
     /// The next stream or datagram the peer started; `None` once the session ended.
@@ -420,7 +396,8 @@ impl WtSession {
     }
 
     /// Join `room` with the given delivery; false if already a member or closed.
-    pub fn join_room(&self, room: &str, delivery: Delivery) -> bool {
+    /// ([`ClientHandle::join`] joins with [`Delivery::Reliable`].)
+    pub fn join_with(&self, room: &str, delivery: Delivery) -> bool {
         if self.state.is_closed() || self.state.delivery_of(room).is_some() {
             return false;
         }
@@ -429,13 +406,8 @@ impl WtSession {
         true
     }
 
-    /// Leave `room`.
-    pub fn leave_room(&self, room: &str) {
-        self.shard.leave_wt(room, &self.state);
-    }
-
     /// The rooms this session is in, with their delivery.
-    pub fn rooms(&self) -> Vec<(String, Delivery)> {
+    pub fn rooms_with_delivery(&self) -> Vec<(String, Delivery)> {
         self.state
             .rooms
             .borrow()
@@ -444,44 +416,102 @@ impl WtSession {
             .collect()
     }
 
-    /// Publish `msg` to `room` (any member on any shard and transport receives it).
-    pub fn broadcast_to_room(&self, room: &str, msg: Message) -> Result<(), BroadcastError> {
-        self.shard
-            .publish_from(room, msg, None, Some(self.state.reg_id))
-    }
-
     /// Publish `msg` to each of this session's rooms; a room that refuses it gets
     /// the session an error record (`{"type":"error","error":..,"room":..}`).
     pub(crate) fn publish_to_my_rooms(&self, msg: &Message) {
-        for (room, _) in self.rooms() {
-            if let Err(e) = self.broadcast_to_room(&room, msg.clone()) {
+        for room in self.rooms() {
+            if let Err(e) = self.broadcast(&room, msg.clone()) {
                 let frame = crate::net::shard::publish_error_frame(&room, e);
                 let _ = self.state.send_direct(&frame, &self.shard.stats);
             }
         }
     }
 
-    /// Publish `msg` to every room this session is in.
-    pub fn broadcast_to_my_rooms(&self, msg: &Message) -> Result<(), BroadcastError> {
-        let rooms: Vec<Arc<str>> = self
-            .state
-            .rooms
-            .borrow()
-            .iter()
-            .map(|(r, _)| r.clone())
-            .collect();
-        self.shard
-            .publish_to_rooms(rooms, msg, Some(self.state.reg_id))
-    }
-
-    /// Close the session with `code` and `reason` (CLOSE_WEBTRANSPORT_SESSION).
-    pub fn close(&self, code: u32, reason: &str) {
+    /// Close the session with any WebTransport application error `code` (the
+    /// full 32-bit range; [`ClientHandle::close`] takes the 16-bit codes every
+    /// transport shares) and `reason` (CLOSE_WEBTRANSPORT_SESSION).
+    pub fn close_with(&self, code: u32, reason: &str) {
         self.state.conn.close_session(&self.state, code, reason);
     }
 
     /// `(code, reason)` once the session has ended.
     pub fn close_info(&self) -> Option<(u32, String)> {
         self.state.closed.borrow().clone()
+    }
+}
+
+impl sealed::Engine for WtSession {
+    fn parts(&self) -> sealed::Parts<'_> {
+        sealed::Parts {
+            shard: &self.shard,
+            meta: &self.state.meta,
+            query: &self.state.query,
+            any: self,
+        }
+    }
+}
+
+impl ClientHandle for WtSession {
+    fn id(&self) -> ConnId {
+        self.state.reg_id
+    }
+
+    fn path(&self) -> &str {
+        &self.state.path
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.state.conn.peer)
+    }
+
+    fn connected_at(&self) -> SystemTime {
+        self.state.connected_at
+    }
+
+    fn transport(&self) -> TransportKind {
+        TransportKind::WebTransport
+    }
+
+    fn info(&self) -> ConnInfo {
+        self.shard.session_info(&self.state)
+    }
+
+    /// A record on the session's reliable delivery stream; a full delivery queue
+    /// closes the session as a slow consumer.
+    fn send(&self, msg: Message) -> Result<(), SendError> {
+        if self.state.is_closed() {
+            return Err(SendError::Closed);
+        }
+        if self.state.send_direct(&msg, &self.shard.stats).is_err() {
+            self.state.evict();
+            return Err(SendError::SlowConsumer);
+        }
+        Ok(())
+    }
+
+    fn join(&self, room: &str) -> bool {
+        self.join_with(room, Delivery::Reliable)
+    }
+
+    fn leave(&self, room: &str) {
+        self.shard.leave_wt(room, &self.state);
+    }
+
+    fn rooms(&self) -> Vec<Arc<str>> {
+        self.state
+            .rooms
+            .borrow()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        self.close_with(u32::from(code), reason);
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state.is_closed()
     }
 }
 
