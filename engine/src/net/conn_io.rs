@@ -11,6 +11,7 @@ use super::read::{poll_read_into, settle};
 use super::shard::Shard;
 use super::tcp_conn::{Conn, ConnState, Handler, TASK_INBOX_CAP};
 use crate::net::handle::connection::Connection;
+use crate::proto::ws::session::{AfterClose, Step};
 use crate::proto::ws::{close, Incoming};
 use crate::stats::ShardStats;
 use crate::vocab::message::Message;
@@ -30,7 +31,7 @@ impl Shard {
         let read_size = self.shared.config.websocket.read_buffer_size;
         let mut budget = READ_BUDGET;
         while budget > 0 {
-            if conn.read_done.get() || conn.state() == ConnState::Done {
+            if !conn.reads() {
                 return;
             }
             if self.quiescing.get() {
@@ -83,7 +84,7 @@ impl Shard {
                         }
                         Poll::Ready(_) => {
                             // EOF or reset: nobody is left to read a close frame.
-                            conn.read_done.set(true);
+                            conn.session(|s| s.on_peer_gone());
                             self.finish(conn, "connection lost");
                             return;
                         }
@@ -102,43 +103,30 @@ impl Shard {
         self.schedule(conn, READ);
     }
 
+    /// Do what the connection's session makes of one decoded frame.
     fn on_incoming(self: &Rc<Self>, conn: &Rc<Conn>, incoming: Incoming) {
-        let open = conn.state() == ConnState::Open;
-        match incoming {
-            // After our close frame, data is ignored (RFC 6455 section 5.5.1).
-            Incoming::Text(_) | Incoming::Binary(_) if !open => {}
-            Incoming::Text(b) => {
-                if self.rate_admit(conn, b.len()) {
-                    self.dispatch(conn, Message::Text(b));
+        if let (Incoming::Close(c), Some(l)) = (&incoming, conn.log.as_deref()) {
+            l.record_close(c.as_ref().map_or(1005, |(code, _)| *code), "client");
+        }
+        match conn.session(|s| s.on_frame(incoming)) {
+            Step::Deliver { binary, payload } => {
+                if self.rate_admit(conn, payload.len()) {
+                    let msg = if binary {
+                        Message::Binary(payload)
+                    } else {
+                        Message::Text(payload)
+                    };
+                    self.dispatch(conn, msg);
                 }
             }
-            Incoming::Binary(b) => {
-                if self.rate_admit(conn, b.len()) {
-                    self.dispatch(conn, Message::Binary(b));
-                }
+            Step::Pong(pong) => self.answer_ping(conn, pong),
+            Step::ReplyClose(frame) => {
+                conn.push_close(Some(frame), &self.stats);
+                self.schedule(conn, WRITE);
             }
-            Incoming::Ping(p) => {
-                if open {
-                    self.answer_ping(conn, &p);
-                }
-            }
-            Incoming::Pong(_) => {}
-            Incoming::Close(c) => {
-                conn.read_done.set(true);
-                if let Some(l) = conn.log.as_deref() {
-                    l.record_close(c.as_ref().map_or(1005, |(code, _)| *code), "client");
-                }
-                let echoed = match c {
-                    Some((code, _)) => conn.enqueue_close(code, "", &self.stats),
-                    None => conn.enqueue_empty_close(&self.stats),
-                };
-                if echoed || !conn.queue.borrow().is_empty() {
-                    self.schedule(conn, WRITE);
-                } else {
-                    // Our close was already written: the handshake is complete.
-                    self.finish(conn, "close handshake");
-                }
-            }
+            Step::Flush => self.schedule(conn, WRITE),
+            Step::Finish(why) => self.finish(conn, why),
+            Step::Nothing => {}
         }
     }
 
@@ -182,7 +170,7 @@ impl Shard {
                 match flushed {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(_)) => {
-                        conn.read_done.set(true);
+                        conn.session(|s| s.on_peer_gone());
                         self.finish(conn, "write failed");
                         return;
                     }
@@ -196,7 +184,7 @@ impl Shard {
             match self.poll_write(conn) {
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(_)) => {
-                    conn.read_done.set(true);
+                    conn.session(|s| s.on_peer_gone());
                     self.finish(conn, "write failed");
                     return;
                 }
@@ -262,19 +250,11 @@ impl Shard {
     /// Our close frame is on the wire: finish now if the client already closed or
     /// this was an error; otherwise the client has until the close timer to reply.
     fn close_written(self: &Rc<Self>, conn: &Rc<Conn>) {
-        if conn.read_done.get() || conn.fail_fast.get() {
-            self.finish(
-                conn,
-                if conn.fail_fast.get() {
-                    "closed by server"
-                } else {
-                    "close handshake"
-                },
-            );
-            return;
+        match conn.session(|s| s.on_close_written()) {
+            AfterClose::Finish(why) => self.finish(conn, why),
+            // The client's reply may already be waiting to be read.
+            AfterClose::AwaitPeer => self.schedule(conn, READ),
         }
-        // The client's reply may already be waiting to be read.
-        self.schedule(conn, READ);
     }
 
     /// Bound a close: whatever happens, the connection is finished `CLOSE_TIMEOUT`
@@ -307,12 +287,11 @@ impl Shard {
 
     /// Fail the connection: send `code` and drop it once that is written.
     pub(crate) fn fail(&self, conn: &Conn, code: close::CloseCode, reason: &str) {
-        conn.fail_fast.set(true);
-        conn.read_done.set(true);
         if let Some(l) = conn.log.as_deref() {
             l.record_close(code, "server");
         }
-        conn.enqueue_close(code, reason, &self.stats);
+        let close = conn.session(|s| s.fail(code, reason));
+        conn.push_close(close, &self.stats);
         self.schedule(conn, WRITE);
     }
 
@@ -320,7 +299,7 @@ impl Shard {
     /// handler, free the slot. The socket closes when the last reference (slab,
     /// async handler) is dropped.
     pub(crate) fn finish(self: &Rc<Self>, conn: &Rc<Conn>, why: &'static str) {
-        if conn.state() == ConnState::Done {
+        if !conn.session(|s| s.finish()) {
             return;
         }
         if let Some(l) = conn.log.as_deref() {
@@ -338,8 +317,6 @@ impl Shard {
                 "connection closed"
             );
         }
-        conn.set_state(ConnState::Done);
-        conn.read_done.set(true);
         // TLS: end the session properly if the socket takes it (never waits).
         conn.stream.borrow_mut().close_notify();
         conn.clear_queue(&self.stats);

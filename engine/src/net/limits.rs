@@ -2,6 +2,7 @@
 //! caps checked at accept, the handshake gauge, and the per-connection inbound rate
 //! limit (token buckets) checked where data messages are decoded. See docs/SECURITY.md ("Limits").
 
+use bytes::Bytes;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -223,13 +224,13 @@ impl TokenBucket {
 }
 
 impl Shard {
-    /// Answer a ping, unless `websocket.max_pending_pongs` pongs are still unwritten
+    /// Queue `pong` (the encoded answer to a ping, from the connection's session),
+    /// unless `websocket.max_pending_pongs` pongs are still unwritten
     /// (a client flooding pings without reading gets no more until it reads). A
     /// pong into an empty queue is not tracked (no allocation for keepalive
     /// pings), so the bound is `max_pending_pongs + 1`.
-    pub(crate) fn answer_ping(&self, conn: &Conn, payload: &[u8]) {
+    pub(crate) fn answer_ping(&self, conn: &Conn, pong: Bytes) {
         let max = self.shared.config.websocket.max_pending_pongs;
-        let pong = frame::encode(frame::OpCode::Pong, false, payload);
         if conn.queue.borrow().is_empty() {
             // Nothing queued, so no pong is pending: the usual keepalive ping needs
             // no bookkeeping (and no allocation) until pongs start to pile up.

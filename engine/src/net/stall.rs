@@ -47,7 +47,7 @@ impl Shard {
                 c.close_slow(SLOW_WRITE_STALLED, &self.stats);
                 // Nothing more is read: the close timer ends it if the close frame
                 // cannot be written either.
-                c.read_done.set(true);
+                c.session(|s| s.stop_reading());
                 self.schedule(&c, WRITE);
             }
         }

@@ -13,7 +13,8 @@ use corecast_shards::{ConnId, FrameClass, OutboundQueue};
 
 use super::socket::Socket;
 use crate::net::handle::callbacks::WsCallbacks;
-use crate::proto::ws::{close, frame, Decoder};
+use crate::proto::ws::session::{Framing, Session};
+use crate::proto::ws::{close, Decoder};
 use crate::stats::ShardStats;
 use crate::vocab::message::Message;
 use crate::vocab::meta::MetaCell;
@@ -22,16 +23,8 @@ use crate::vocab::meta::MetaCell;
 /// socket (back-pressure instead of an unbounded inbox).
 pub(crate) const TASK_INBOX_CAP: usize = 32;
 
-/// Where a connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ConnState {
-    /// Frames may be queued.
-    Open,
-    /// Our close frame is queued (last in the queue); nothing more will be.
-    Closing,
-    /// Finished: removed from its shard.
-    Done,
-}
+/// Where a connection is in its life (its [`Session`]'s phase).
+pub(crate) use crate::proto::ws::session::Phase as ConnState;
 
 /// How room messages are framed for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,11 +147,9 @@ pub(crate) struct Conn {
     pub(crate) queue: RefCell<OutboundQueue>,
     pub(crate) decoder: RefCell<Decoder>,
     pub(crate) pending: RefCell<BytesMut>,
-    state: Cell<ConnState>,
-    /// The client's close frame arrived, or its side is gone: no more reading.
-    pub(crate) read_done: Cell<bool>,
-    /// Don't wait for the client's close reply after ours is written (errors).
-    pub(crate) fail_fast: Cell<bool>,
+    /// The connection's life: what frames mean, the close handshake, failing
+    /// fast (sans-IO, `proto::ws::session`; a few bytes).
+    session: Cell<Session>,
     /// A close-reply timer is running.
     pub(crate) close_timer: Cell<bool>,
     /// Shard clock (seconds) of the last bytes read; idle sweeps compare it.
@@ -230,9 +221,13 @@ impl Conn {
             queue: RefCell::new(OutboundQueue::new(p.queue_cap)),
             decoder: RefCell::new(p.decoder),
             pending: RefCell::new(p.pending),
-            state: Cell::new(ConnState::Open),
-            read_done: Cell::new(false),
-            fail_fast: Cell::new(false),
+            session: Cell::new(Session::new(
+                if matches!(p.transport, Transport::Sse | Transport::SseMultiRoom) {
+                    Framing::EventStream
+                } else {
+                    Framing::WebSocket
+                },
+            )),
             close_timer: Cell::new(false),
             last_read: Cell::new(p.now),
             scheduled: Cell::new(0),
@@ -255,18 +250,27 @@ impl Conn {
     }
 
     pub(crate) fn state(&self) -> ConnState {
-        self.state.get()
+        self.session.get().phase()
     }
 
-    pub(crate) fn set_state(&self, s: ConnState) {
-        self.state.set(s);
+    /// True while there is anything left to read from the client.
+    pub(crate) fn reads(&self) -> bool {
+        self.session.get().reads()
+    }
+
+    /// Run `f` on the connection's [`Session`] (it is `Copy`: read, step, store).
+    pub(crate) fn session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> R {
+        let mut s = self.session.get();
+        let r = f(&mut s);
+        self.session.set(s);
+        r
     }
 
     /// Queue an encoded frame that must not be dropped (a reply, a control frame;
     /// the caller schedules the write). A full queue closes the connection as a slow
     /// consumer rather than letting it grow.
     pub(crate) fn enqueue(&self, frame: Bytes, stats: &ShardStats) -> Result<(), SendError> {
-        if self.state.get() != ConnState::Open {
+        if self.state() != ConnState::Open {
             return Err(SendError::Closed);
         }
         let len = frame.len() as u64;
@@ -294,7 +298,7 @@ impl Conn {
         published: u64,
         stats: &ShardStats,
     ) -> Result<(), SendError> {
-        if self.state.get() != ConnState::Open {
+        if self.state() != ConnState::Open {
             return Err(SendError::Closed);
         }
         let len = frame.len() as u64;
@@ -336,11 +340,11 @@ impl Conn {
         }
         // What it was waiting for is gone: the close frame is not a room message.
         self.oldest_publish.set(0);
-        self.fail_fast.set(true);
         if let Some(l) = self.log.as_deref() {
             l.record_close(SLOW_CONSUMER_CODE, "server");
         }
-        self.enqueue_close(SLOW_CONSUMER_CODE, reason, stats);
+        let close = self.session(|s| s.abandon(SLOW_CONSUMER_CODE, reason));
+        self.push_close(close, stats);
     }
 
     /// Remove `n` written bytes from the queue (see [`OutboundQueue::consume`]);
@@ -387,29 +391,22 @@ impl Conn {
         reason: &str,
         stats: &ShardStats,
     ) -> bool {
-        if self.state.get() != ConnState::Open {
-            return false;
-        }
-        if self.is_sse() {
-            // An event stream has no close frame and no close reply: it ends once
-            // what is queued has been written.
-            self.fail_fast.set(true);
-            self.state.set(ConnState::Closing);
-            return true;
-        }
-        self.push_unbounded(frame::encode_close(code, reason), stats);
-        self.state.set(ConnState::Closing);
-        true
+        let close = self.session(|s| s.close(code, reason));
+        self.push_close(close, stats)
     }
 
-    /// Reply to a close frame that carried no status code.
-    pub(crate) fn enqueue_empty_close(&self, stats: &ShardStats) -> bool {
-        if self.state.get() != ConnState::Open {
-            return false;
+    /// Queue a close frame the [`Session`] produced, past the queue's cap (an
+    /// event stream's is empty: it just ends). False for none.
+    pub(crate) fn push_close(&self, close: Option<Bytes>, stats: &ShardStats) -> bool {
+        match close {
+            Some(frame) => {
+                if !frame.is_empty() {
+                    self.push_unbounded(frame, stats);
+                }
+                true
+            }
+            None => false,
         }
-        self.push_unbounded(frame::encode(frame::OpCode::Close, false, &[]), stats);
-        self.state.set(ConnState::Closing);
-        true
     }
 
     /// The transport's name in logs and metrics labels.
