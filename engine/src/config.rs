@@ -294,6 +294,57 @@ impl<'de> Deserialize<'de> for ConfigDuration {
     }
 }
 
+/// A size in config: a number of bytes, or a string with a unit (`"512KiB"`,
+/// `"4MiB"`, `"1GiB"`; `KB`/`MB`/`GB` are decimal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigBytes(pub usize);
+
+impl<'de> Deserialize<'de> for ConfigBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ConfigBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a size: bytes as a number, or a string like 512KiB, 4MiB, 1GiB")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ConfigBytes, E> {
+                usize::try_from(n)
+                    .map(ConfigBytes)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ConfigBytes, E> {
+                usize::try_from(n)
+                    .map(ConfigBytes)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ConfigBytes, E> {
+                parse_bytes(s)
+                    .map(ConfigBytes)
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_bytes(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().ok()?;
+    let unit: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
 fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -316,6 +367,17 @@ pub struct HistoryConfig {
     pub max_messages: usize,
     /// Oldest message kept.
     pub max_age: ConfigDuration,
+    /// Bytes kept per room (payloads plus a fixed per-message overhead); a message
+    /// heavier than this is not kept, and resuming from before it reports a gap.
+    pub max_bytes: ConfigBytes,
+    /// Bytes of history the whole server keeps (split evenly over the shards,
+    /// which each own a share of the rooms); beyond it the oldest history is
+    /// evicted first, counted in `corecast_history_evicted_messages_total`.
+    pub max_total_bytes: ConfigBytes,
+    /// Rooms holding history in the whole server (split over the shards like
+    /// `max_total_bytes`); beyond it the room holding the oldest message loses
+    /// its history.
+    pub max_rooms: usize,
     /// Overrides by room-name pattern (`*` matches any run of characters); the first
     /// matching pattern wins.
     pub rooms: Vec<HistoryOverride>,
@@ -338,6 +400,8 @@ pub struct HistoryOverride {
     pub max_messages: Option<usize>,
     /// Oldest message kept (default: the global value).
     pub max_age: Option<ConfigDuration>,
+    /// Bytes kept (default: the global value).
+    pub max_bytes: Option<ConfigBytes>,
 }
 
 impl HistoryConfig {
@@ -352,6 +416,16 @@ impl HistoryConfig {
                 .and_then(|o| o.max_messages)
                 .unwrap_or(self.max_messages),
             max_age: over.and_then(|o| o.max_age).unwrap_or(self.max_age).0,
+            max_bytes: over.and_then(|o| o.max_bytes).unwrap_or(self.max_bytes).0,
+        }
+    }
+
+    /// What one of `shards` owner shards may keep in total.
+    pub fn budget_per_shard(&self, shards: usize) -> corecast_shards::HistoryBudget {
+        let shards = shards.max(1);
+        corecast_shards::HistoryBudget {
+            max_bytes: self.max_total_bytes.0 / shards,
+            max_rooms: self.max_rooms.div_ceil(shards),
         }
     }
 }
@@ -817,6 +891,9 @@ impl Config {
             ("runtime.mesh_outbox", self.runtime.mesh_outbox),
             ("websocket.max_fragments", ws.max_fragments),
             ("websocket.max_pending_pongs", ws.max_pending_pongs),
+            ("history.max_bytes", self.history.max_bytes.0),
+            ("history.max_total_bytes", self.history.max_total_bytes.0),
+            ("history.max_rooms", self.history.max_rooms),
         ];
         for (key, v) in positive {
             if v == 0 {
@@ -1053,6 +1130,34 @@ mod tests {
         assert!(e.0.contains("auto"), "{e}");
         let e = Config::from_yaml("websocket:\n  max_message_size: big\n", "t.yaml").unwrap_err();
         assert!(e.0.contains("max_message_size"), "{e}");
+    }
+
+    #[test]
+    fn history_sizes_take_units_and_are_split_over_shards() {
+        let c = Config::from_yaml(
+            "history:\n  max_bytes: 256KiB\n  max_total_bytes: 1GiB\n  max_rooms: 5\n  rooms:\n    - pattern: big-*\n      max_bytes: 8MB\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.history.limits_for("chat").max_bytes, 256 * 1024);
+        assert_eq!(c.history.limits_for("big-1").max_bytes, 8_000_000);
+        let b = c.history.budget_per_shard(4);
+        assert_eq!((b.max_bytes, b.max_rooms), (256 << 20, 2));
+        for (yaml, needle) in [
+            ("history:\n  max_total_bytes: lots\n", "max_total_bytes"),
+            ("history:\n  max_bytes: 4XB\n", "max_bytes"),
+            (
+                "history:\n  max_rooms: 0\n",
+                "history.max_rooms must be greater than 0",
+            ),
+            (
+                "history:\n  max_total_bytes: 0\n",
+                "history.max_total_bytes must be",
+            ),
+        ] {
+            let e = Config::from_yaml(yaml, "t.yaml").unwrap_err();
+            assert!(e.0.contains(needle), "{yaml}: {e}");
+        }
     }
 
     #[test]

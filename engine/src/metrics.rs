@@ -156,6 +156,41 @@ const FAMILIES: &[Family] = &[
         |s| &s.outbound_queued_bytes,
     ),
     gauge(
+        "corecast_history_bytes",
+        "Accounted bytes of room history kept by this shard as owner (payloads plus per-message and per-room overhead).",
+        |s| &s.history_bytes,
+    ),
+    gauge(
+        "corecast_history_rooms",
+        "Rooms whose history this shard keeps.",
+        |s| &s.history_rooms,
+    ),
+    gauge(
+        "corecast_history_messages",
+        "Messages kept in room history by this shard.",
+        |s| &s.history_messages,
+    ),
+    counter(
+        "corecast_history_evicted_messages_total",
+        "History messages evicted, oldest first, to stay within history.max_total_bytes or history.max_rooms.",
+        |s| &s.history_evicted_messages,
+    ),
+    counter(
+        "corecast_history_evicted_bytes_total",
+        "Accounted bytes of history evicted for the server-wide bounds.",
+        |s| &s.history_evicted_bytes,
+    ),
+    counter(
+        "corecast_history_evicted_rooms_total",
+        "Rooms whose whole history was dropped for history.max_rooms.",
+        |s| &s.history_evicted_rooms,
+    ),
+    counter(
+        "corecast_history_not_kept_total",
+        "Messages not kept in history: heavier than history.max_bytes.",
+        |s| &s.history_not_kept,
+    ),
+    gauge(
         "corecast_handshaking_connections",
         "TCP connections accepted whose request head is still being read.",
         |s| &s.handshaking,

@@ -128,6 +128,22 @@ pub struct ShardStats {
     pub auth_failures: AtomicU64,
     /// Bytes queued on this shard's TCP connections, not yet written (a gauge).
     pub outbound_queued_bytes: AtomicU64,
+    /// Accounted bytes of room history this shard keeps as owner (a gauge).
+    pub history_bytes: AtomicU64,
+    /// Rooms whose history this shard keeps (a gauge).
+    pub history_rooms: AtomicU64,
+    /// Messages this shard keeps in room history (a gauge).
+    pub history_messages: AtomicU64,
+    /// History messages evicted to stay within `history.max_total_bytes` /
+    /// `history.max_rooms`.
+    pub history_evicted_messages: AtomicU64,
+    /// Accounted bytes of those messages.
+    pub history_evicted_bytes: AtomicU64,
+    /// Rooms whose whole history was dropped for `history.max_rooms`.
+    pub history_evicted_rooms: AtomicU64,
+    /// Messages not kept in history: heavier than `history.max_bytes` (or the
+    /// shard's share of `max_total_bytes`).
+    pub history_not_kept: AtomicU64,
     /// Time from a room message's sequencing by its owner shard to the write that
     /// emptied a member's queue with it (one observation per such write).
     pub publish_to_write: LatencyHistogram,
@@ -200,6 +216,19 @@ impl ShardStats {
     pub fn sub_local(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Relaxed).wrapping_sub(n), Relaxed);
     }
+
+    /// Publish the owner table's history counters (written by the owning shard
+    /// only, after each change).
+    pub fn set_history(&self, c: &corecast_shards::HistoryCounters) {
+        self.history_bytes.store(c.bytes as u64, Relaxed);
+        self.history_rooms.store(c.rooms as u64, Relaxed);
+        self.history_messages.store(c.messages as u64, Relaxed);
+        self.history_evicted_messages
+            .store(c.evicted_messages, Relaxed);
+        self.history_evicted_bytes.store(c.evicted_bytes, Relaxed);
+        self.history_evicted_rooms.store(c.evicted_rooms, Relaxed);
+        self.history_not_kept.store(c.not_kept, Relaxed);
+    }
 }
 
 /// The sum over shards, as JSON for `GET /stats`.
@@ -226,6 +255,9 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "\"wt_connections\":{},\"wt_sessions\":{},\"wt_rejected\":{},\"wt_retries\":{},",
             "\"wt_datagrams_dropped\":{},\"wt_datagrams_replaced\":{},\"wt_packets_out\":{},",
             "\"wt_send_calls\":{},\"wt_packets_per_send\":{:.2},",
+            "\"history_bytes\":{},\"history_rooms\":{},\"history_messages\":{},",
+            "\"history_evicted_messages\":{},\"history_evicted_bytes\":{},",
+            "\"history_evicted_rooms\":{},\"history_not_kept\":{},",
             "\"tls_handshakes\":{},\"tls_handshake_failures\":{}}}"
         ),
         shards.len(),
@@ -269,6 +301,13 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.wt_packets_out),
         sum(|s| &s.wt_send_calls),
         ratio(sum(|s| &s.wt_packets_out), sum(|s| &s.wt_send_calls)),
+        sum(|s| &s.history_bytes),
+        sum(|s| &s.history_rooms),
+        sum(|s| &s.history_messages),
+        sum(|s| &s.history_evicted_messages),
+        sum(|s| &s.history_evicted_bytes),
+        sum(|s| &s.history_evicted_rooms),
+        sum(|s| &s.history_not_kept),
         sum(|s| &s.tls_handshakes),
         sum(|s| &s.tls_handshake_failures),
     )

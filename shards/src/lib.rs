@@ -10,16 +10,16 @@
 //! - [`queue`] is the per-connection outbound queue, bounded in bytes.
 
 pub mod doorbell;
+pub mod history;
 pub mod mesh;
 pub mod pool;
 pub mod queue;
 pub mod room;
 pub mod slab;
 
+pub use history::{HistoryBudget, HistoryCounters, HistoryLimits, Weigh};
 pub use mesh::{Inbox, LocalInbox, Mesh, MeshSender};
 pub use pool::{PoolConfig, PoolError, ShardPool};
 pub use queue::{FrameClass, OutboundQueue, Overflow, Pushed, QueueFull};
-pub use room::{
-    owner_of, GapReason, HistoryLimits, InterestTable, MemberList, Position, Replay, RoomTable,
-};
+pub use room::{owner_of, GapReason, InterestTable, MemberList, Position, Replay, RoomTable};
 pub use slab::{ConnId, ConnSlab, ParseConnIdError};

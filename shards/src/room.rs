@@ -6,10 +6,12 @@
 //! once. Each shard keeps a [`RoomTable`] of its local members.
 
 use std::collections::HashMap;
-use std::collections::VecDeque;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use crate::history::{enforce, HistoryHolder, Ledger, RoomHistory};
+pub use crate::history::{HistoryBudget, HistoryCounters, HistoryLimits, Weigh};
 
 /// The most shards a mesh supports (the interest set is a 64-bit mask).
 pub const MAX_SHARDS: usize = 64;
@@ -160,15 +162,6 @@ impl<K: Copy + Eq + Hash, M> RoomTable<K, M> {
     }
 }
 
-/// How much history a room keeps for resume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryLimits {
-    /// Most messages kept (0 = no history).
-    pub max_messages: usize,
-    /// Oldest message kept.
-    pub max_age: Duration,
-}
-
 /// A position in a room's stream: the room's epoch and a message's sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Position {
@@ -213,50 +206,69 @@ pub struct RoomRecord<M> {
     pub epoch: u64,
     /// The last sequence number assigned.
     pub seq: u64,
-    history: VecDeque<(u64, Instant, M)>,
+    history: RoomHistory<M>,
     limits: HistoryLimits,
 }
 
-impl<M> RoomRecord<M> {
-    fn expire(&mut self, now: Instant) {
-        while let Some((_, at, _)) = self.history.front() {
-            if now.saturating_duration_since(*at) > self.limits.max_age {
-                self.history.pop_front();
-            } else {
-                break;
-            }
-        }
+impl<M: Clone> RoomRecord<M> {
+    fn first_available(&self) -> u64 {
+        self.history.first_seq().unwrap_or(self.seq + 1)
+    }
+}
+
+impl<M: Clone> HistoryHolder<M> for RoomRecord<M> {
+    fn epoch(&self) -> u64 {
+        self.epoch
     }
 
-    fn first_available(&self) -> u64 {
-        self.history.front().map_or(self.seq + 1, |(s, _, _)| *s)
+    fn history(&mut self) -> &mut RoomHistory<M> {
+        &mut self.history
     }
 }
 
 /// Owner-side table: interest sets, sequences, epochs and histories of the rooms a
-/// shard owns.
+/// shard owns. History memory is bounded per room ([`HistoryLimits`]) and for the
+/// whole table ([`HistoryBudget`]); see [`crate::history`].
 #[derive(Debug)]
 pub struct InterestTable<M> {
     rooms: HashMap<Arc<str>, RoomRecord<M>>,
+    ledger: Ledger,
     epoch_base: u64,
     records_made: u64,
 }
 
-impl<M: Clone> Default for InterestTable<M> {
+impl<M: Clone + Weigh> Default for InterestTable<M> {
     fn default() -> Self {
         Self::new(0)
     }
 }
 
-impl<M: Clone> InterestTable<M> {
+impl<M: Clone + Weigh> InterestTable<M> {
     /// An empty table whose rooms get epochs derived from `epoch_base` (e.g. the
-    /// process start time), so epochs differ across restarts.
+    /// process start time), so epochs differ across restarts; no table-wide
+    /// history bound.
     pub fn new(epoch_base: u64) -> Self {
+        Self::with_budget(epoch_base, HistoryBudget::UNBOUNDED)
+    }
+
+    /// An empty table whose history as a whole stays within `budget`.
+    pub fn with_budget(epoch_base: u64, budget: HistoryBudget) -> Self {
         Self {
             rooms: HashMap::new(),
+            ledger: Ledger::new(budget),
             epoch_base,
             records_made: 0,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn ledger_order_len(&self) -> usize {
+        self.ledger.order_len()
+    }
+
+    /// What the table's history holds and what its bounds have evicted.
+    pub fn history_counters(&self) -> HistoryCounters {
+        self.ledger.counters
     }
 
     fn record(&mut self, room: &str, limits: HistoryLimits) -> (Arc<str>, &mut RoomRecord<M>) {
@@ -274,7 +286,7 @@ impl<M: Clone> InterestTable<M> {
                         shards: 0,
                         epoch,
                         seq: 0,
-                        history: VecDeque::new(),
+                        history: RoomHistory::default(),
                         limits,
                     },
                 );
@@ -296,6 +308,18 @@ impl<M: Clone> InterestTable<M> {
         }
     }
 
+    /// Keep `msg` as message `seq` of the record `name` (within its limits and
+    /// the table's budget), then drop what is too old.
+    fn keep(&mut self, name: &Arc<str>, seq: u64, msg: M, now: Instant, limits: HistoryLimits) {
+        let rec = self.rooms.get_mut(name).unwrap_or_else(|| unreachable!());
+        rec.limits = limits;
+        let c = &mut self.ledger;
+        c.keep(name, rec.epoch, &mut rec.history, seq, now, msg, limits);
+        rec.history
+            .expire(name, now, limits.max_age, &mut c.counters);
+        enforce(&mut self.ledger, &mut self.rooms, name);
+    }
+
     /// Assign the room's next sequence number and keep `msg` in its history.
     /// Returns the shared room name, the message's position and the interest set.
     pub fn append(
@@ -306,20 +330,14 @@ impl<M: Clone> InterestTable<M> {
         limits: HistoryLimits,
     ) -> (Arc<str>, Position, u64) {
         let (name, rec) = self.record(room, limits);
-        rec.limits = limits;
         rec.seq += 1;
-        if limits.max_messages > 0 {
-            rec.history.push_back((rec.seq, now, msg));
-            while rec.history.len() > limits.max_messages {
-                rec.history.pop_front();
-            }
-        }
-        rec.expire(now);
         let pos = Position {
             epoch: rec.epoch,
             seq: rec.seq,
         };
-        (name, pos, rec.shards)
+        let shards = rec.shards;
+        self.keep(&name, pos.seq, msg, now, limits);
+        (name, pos, shards)
     }
 
     /// Cluster mode: record a message sequenced elsewhere (by the broker) at `pos`.
@@ -334,32 +352,28 @@ impl<M: Clone> InterestTable<M> {
         now: Instant,
         limits: HistoryLimits,
     ) -> Option<(Arc<str>, u64)> {
-        let (name, rec) = self.record(room, limits);
-        rec.limits = limits;
+        let (name, _) = self.record(room, limits);
+        let rec = self.rooms.get_mut(&name).unwrap_or_else(|| unreachable!());
         if rec.epoch != pos.epoch {
             rec.epoch = pos.epoch;
-            rec.history.clear();
+            rec.history.clear(&name, &mut self.ledger.counters);
         } else if pos.seq <= rec.seq {
             return None;
         }
         rec.seq = pos.seq;
-        if limits.max_messages > 0 {
-            rec.history.push_back((pos.seq, now, msg));
-            while rec.history.len() > limits.max_messages {
-                rec.history.pop_front();
-            }
-        }
-        rec.expire(now);
-        Some((name, rec.shards))
+        let shards = rec.shards;
+        self.keep(&name, pos.seq, msg, now, limits);
+        Some((name, shards))
     }
 
     /// Cluster mode: the broker says the room is at `epoch`/`seq` (this node just
     /// subscribed, or resubscribed). History the record holds stays only when it
     /// is from the same epoch and not ahead of the broker.
     pub fn set_position(&mut self, room: &str, epoch: u64, seq: u64, limits: HistoryLimits) {
-        let (_, rec) = self.record(room, limits);
+        let (name, _) = self.record(room, limits);
+        let rec = self.rooms.get_mut(&name).unwrap_or_else(|| unreachable!());
         if rec.epoch != epoch || rec.seq > seq {
-            rec.history.clear();
+            rec.history.clear(&name, &mut self.ledger.counters);
         }
         rec.epoch = epoch;
         rec.seq = seq;
@@ -368,8 +382,10 @@ impl<M: Clone> InterestTable<M> {
     /// Cluster mode: drop the room's history (the node stopped following the
     /// room, so what it holds may miss messages from now on).
     pub fn clear_history(&mut self, room: &str) {
-        if let Some(rec) = self.rooms.get_mut(room) {
-            rec.history.clear();
+        if let Some((name, _)) = self.rooms.get_key_value(room) {
+            let name = name.clone();
+            let rec = self.rooms.get_mut(room).unwrap_or_else(|| unreachable!());
+            rec.history.clear(&name, &mut self.ledger.counters);
         }
     }
 
@@ -380,21 +396,17 @@ impl<M: Clone> InterestTable<M> {
             return (Vec::new(), true);
         };
         let covers = after >= rec.seq || rec.first_available() <= after + 1;
-        let messages = rec
-            .history
-            .iter()
-            .filter(|(s, _, _)| *s > after)
-            .map(|(s, _, m)| (*s, m.clone()))
-            .collect();
-        (messages, covers)
+        (rec.history.after(after), covers)
     }
 
     /// The first sequence number `room`'s history still holds (`seq + 1` when none).
     pub fn first_available(&mut self, room: &str, now: Instant) -> Option<u64> {
-        self.rooms.get_mut(room).map(|r| {
-            r.expire(now);
-            r.first_available()
-        })
+        let (name, rec) = self.rooms.get_key_value(room)?;
+        let (name, max_age) = (name.clone(), rec.limits.max_age);
+        let rec = self.rooms.get_mut(room)?;
+        rec.history
+            .expire(&name, now, max_age, &mut self.ledger.counters);
+        Some(rec.first_available())
     }
 
     /// What a client resuming `room` after `since` must get before live messages;
@@ -406,8 +418,11 @@ impl<M: Clone> InterestTable<M> {
         now: Instant,
         limits: HistoryLimits,
     ) -> Replay<M> {
-        let (_, rec) = self.record(room, limits);
-        rec.expire(now);
+        let (name, _) = self.record(room, limits);
+        let rec = self.rooms.get_mut(&name).unwrap_or_else(|| unreachable!());
+        let max_age = rec.limits.max_age;
+        rec.history
+            .expire(&name, now, max_age, &mut self.ledger.counters);
         let first = rec.first_available();
         // No cursor: only the room's current position (no messages, no gap).
         let Some(since) = since else {
@@ -428,17 +443,11 @@ impl<M: Clone> InterestTable<M> {
         } else {
             (None, since.seq)
         };
-        let messages = rec
-            .history
-            .iter()
-            .filter(|(s, _, _)| *s > from)
-            .map(|(s, _, m)| (*s, m.clone()))
-            .collect();
         Replay {
             gap,
             epoch: rec.epoch,
             first_available: first,
-            messages,
+            messages: rec.history.after(from),
             upto: rec.seq,
         }
     }
@@ -450,8 +459,9 @@ impl<M: Clone> InterestTable<M> {
 
     /// Drop expired history, and forget rooms with no members and no history left.
     pub fn sweep(&mut self, now: Instant) {
-        self.rooms.retain(|_, rec| {
-            rec.expire(now);
+        let counters = &mut self.ledger.counters;
+        self.rooms.retain(|name, rec| {
+            rec.history.expire(name, now, rec.limits.max_age, counters);
             rec.shards != 0 || !rec.history.is_empty()
         });
     }
@@ -509,9 +519,18 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    use std::time::Duration;
+
+    impl Weigh for u32 {
+        fn weight(&self) -> usize {
+            4
+        }
+    }
+
     const LIMITS: HistoryLimits = HistoryLimits {
         max_messages: 3,
         max_age: Duration::from_secs(60),
+        max_bytes: usize::MAX,
     };
 
     #[test]
@@ -613,6 +632,7 @@ mod tests {
         let short = HistoryLimits {
             max_messages: 10,
             max_age: Duration::from_secs(1),
+            max_bytes: usize::MAX,
         };
         let first = t.append("r", 1, t0, short).1;
         let later = t0 + Duration::from_secs(5);

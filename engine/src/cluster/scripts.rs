@@ -107,11 +107,13 @@ mod tests {
         let l = HistoryLimits {
             max_messages: 5,
             max_age: Duration::ZERO,
+            max_bytes: usize::MAX,
         };
         assert_eq!(limit_args(l), (5, 1));
         let l = HistoryLimits {
             max_messages: 0,
             max_age: Duration::from_secs(300),
+            max_bytes: usize::MAX,
         };
         assert_eq!(limit_args(l), (0, 300_000));
     }

@@ -40,6 +40,7 @@ fn limits() -> HistoryLimits {
     HistoryLimits {
         max_messages: 100,
         max_age: Duration::from_secs(300),
+        max_bytes: usize::MAX,
     }
 }
 
@@ -540,6 +541,7 @@ fn fetch_reads_history_by_epoch_and_age() {
             limits: HistoryLimits {
                 max_messages: 100,
                 max_age,
+                max_bytes: usize::MAX,
             },
         });
         let (shard, m) = a.take("FromBridge::Fetched", |m| {

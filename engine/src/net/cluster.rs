@@ -285,13 +285,17 @@ impl Shard {
             } => {
                 let limits = self.shared.config.history.limits_for(&room);
                 let now = Instant::now();
-                let appended = self.interest_table().borrow_mut().append_at(
-                    &room,
-                    pos,
-                    msg.clone(),
-                    now,
-                    limits,
-                );
+                let kept = if limits.max_messages > 0 {
+                    msg.detached()
+                } else {
+                    msg.clone()
+                };
+                let appended = {
+                    let mut table = self.interest_table().borrow_mut();
+                    let appended = table.append_at(&room, pos, kept, now, limits);
+                    self.stats.set_history(&table.history_counters());
+                    appended
+                };
                 if let Some((name, shards)) = appended {
                     let published = crate::stats::instant_ns(now);
                     self.fan_out(&name, pos, &msg, except, published, shards);

@@ -49,11 +49,28 @@ impl Message {
         }
     }
 
+    /// The same message in an allocation of its own. A received message is a
+    /// slice of the shard's read arena; kept for long (history), it would hold
+    /// the whole arena block alive, which no byte budget would see.
+    pub(crate) fn detached(&self) -> Self {
+        match self {
+            Message::Text(b) => Message::Text(Bytes::copy_from_slice(b)),
+            Message::Binary(b) => Message::Binary(Bytes::copy_from_slice(b)),
+        }
+    }
+
     pub(crate) fn opcode(&self) -> OpCode {
         match self {
             Message::Text(_) => OpCode::Text,
             Message::Binary(_) => OpCode::Binary,
         }
+    }
+}
+
+/// History weighs a message by its payload.
+impl corecast_shards::Weigh for Message {
+    fn weight(&self) -> usize {
+        self.as_bytes().len()
     }
 }
 

@@ -65,7 +65,9 @@ impl Shard {
     pub(crate) async fn run_sweeper(self: Rc<Self>) {
         loop {
             glommio::timer::sleep(Duration::from_secs(5)).await;
-            self.interest.borrow_mut().sweep(std::time::Instant::now());
+            let mut table = self.interest.borrow_mut();
+            table.sweep(std::time::Instant::now());
+            self.stats.set_history(&table.history_counters());
         }
     }
 

@@ -180,7 +180,10 @@ impl Shard {
             id,
             stats: stats.clone(),
             rooms: RefCell::new(RoomTable::default()),
-            interest: RefCell::new(InterestTable::new(shared.epoch_base)),
+            interest: RefCell::new(InterestTable::with_budget(
+                shared.epoch_base,
+                shared.config.history.budget_per_shard(shared.stats.len()),
+            )),
             pending: Pending::default(),
             conns: RefCell::new(ConnSlab::new(id as u16)),
             deflater: RefCell::new(None),

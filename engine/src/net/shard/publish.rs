@@ -155,10 +155,17 @@ impl Shard {
         let now = std::time::Instant::now();
         // The history's clock read doubles as the publish time of the latency metric.
         let published = crate::stats::instant_ns(now);
-        let (room, pos, shards) = self
-            .interest
-            .borrow_mut()
-            .append(room, msg.clone(), now, limits);
+        let kept = if limits.max_messages > 0 {
+            msg.detached()
+        } else {
+            msg.clone()
+        };
+        let (room, pos, shards) = {
+            let mut table = self.interest.borrow_mut();
+            let appended = table.append(room, kept, now, limits);
+            self.stats.set_history(&table.history_counters());
+            appended
+        };
         self.fan_out(&room, pos, &msg, except, published, shards);
         pos
     }
