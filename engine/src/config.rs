@@ -268,29 +268,41 @@ impl WebTransportConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
+/// A config value written as a plain number or as a string with a unit: what the
+/// number means (`from_number`), how a string is read (`parse`), and what to say
+/// when it is neither.
+struct NumberOrUnit<T> {
+    expecting: &'static str,
+    from_number: fn(u64) -> Option<T>,
+    parse: fn(&str) -> Option<T>,
+}
+
+impl<T> Visitor<'_> for NumberOrUnit<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.expecting)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+        (self.from_number)(n).ok_or_else(|| E::invalid_value(de::Unexpected::Unsigned(n), &self))
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+        u64::try_from(n)
+            .ok()
+            .and_then(self.from_number)
+            .ok_or_else(|| E::invalid_value(de::Unexpected::Signed(n), &self))
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
+        (self.parse)(s).ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
+    }
+}
+
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ConfigDuration;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a duration: seconds as a number, or a string like 500ms, 15s, 5m, 1h")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ConfigDuration, E> {
-                Ok(ConfigDuration(Duration::from_secs(n)))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ConfigDuration, E> {
-                u64::try_from(n)
-                    .map(|n| ConfigDuration(Duration::from_secs(n)))
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ConfigDuration, E> {
-                parse_duration(s)
-                    .map(ConfigDuration)
-                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(NumberOrUnit {
+            expecting: "a duration: seconds as a number, or a string like 500ms, 15s, 5m, 1h",
+            from_number: |n| Some(ConfigDuration(Duration::from_secs(n))),
+            parse: |s| parse_duration(s).map(ConfigDuration),
+        })
     }
 }
 
@@ -301,29 +313,11 @@ pub struct ConfigBytes(pub usize);
 
 impl<'de> Deserialize<'de> for ConfigBytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ConfigBytes;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a size: bytes as a number, or a string like 512KiB, 4MiB, 1GiB")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ConfigBytes, E> {
-                usize::try_from(n)
-                    .map(ConfigBytes)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Unsigned(n), &self))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ConfigBytes, E> {
-                usize::try_from(n)
-                    .map(ConfigBytes)
-                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ConfigBytes, E> {
-                parse_bytes(s)
-                    .map(ConfigBytes)
-                    .ok_or_else(|| E::invalid_value(de::Unexpected::Str(s), &self))
-            }
-        }
-        d.deserialize_any(V)
+        d.deserialize_any(NumberOrUnit {
+            expecting: "a size: bytes as a number, or a string like 512KiB, 4MiB, 1GiB",
+            from_number: |n| usize::try_from(n).ok().map(ConfigBytes),
+            parse: |s| parse_bytes(s).map(ConfigBytes),
+        })
     }
 }
 

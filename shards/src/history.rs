@@ -303,6 +303,19 @@ pub(crate) fn enforce<M: Clone, R: HistoryHolder<M>>(
     }
 }
 
+/// The first sequence number `name` keeps, if it keeps any of `epoch`.
+fn first_kept<M: Clone, R: HistoryHolder<M>>(
+    rooms: &mut HashMap<Arc<str>, R>,
+    name: &str,
+    epoch: u64,
+) -> Option<u64> {
+    let r = rooms.get_mut(name)?;
+    if r.epoch() != epoch {
+        return None;
+    }
+    r.history().first_seq()
+}
+
 /// True when `(name, epoch, seq)` is the oldest message `name` still keeps (older
 /// entries of a room are gone; the order keeps each room's entries in sequence).
 fn is_live<M: Clone, R: HistoryHolder<M>>(
@@ -311,9 +324,7 @@ fn is_live<M: Clone, R: HistoryHolder<M>>(
     epoch: u64,
     seq: u64,
 ) -> bool {
-    rooms
-        .get_mut(name)
-        .is_some_and(|r| r.epoch() == epoch && r.history().first_seq() == Some(seq))
+    first_kept(rooms, name, epoch) == Some(seq)
 }
 
 /// True when `name` still keeps message `seq` of `epoch` (a room keeps a
@@ -324,9 +335,7 @@ fn is_held<M: Clone, R: HistoryHolder<M>>(
     epoch: u64,
     seq: u64,
 ) -> bool {
-    rooms.get_mut(name).is_some_and(|r| {
-        r.epoch() == epoch && r.history().first_seq().is_some_and(|first| first <= seq)
-    })
+    first_kept(rooms, name, epoch).is_some_and(|first| first <= seq)
 }
 
 /// Drop eviction entries of messages their rooms no longer keep.
