@@ -170,7 +170,7 @@ impl Default for LogConfig {
     }
 }
 
-/// Prometheus metrics (`GET /metrics`, text format 0.0.4).
+/// Prometheus metrics (`GET /metrics`, OpenMetrics text format).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {

@@ -1,12 +1,15 @@
-//! Prometheus metrics: the per-shard [`ShardStats`] rendered in the text exposition
-//! format 0.0.4, served at `metrics.path` on the main listener or, with
-//! `metrics.listen`, by a small blocking HTTP/1.1 server on its own thread (off the
-//! shards, so a scrape never costs a shard anything but the relaxed loads).
+//! Prometheus metrics: the per-shard [`ShardStats`] encoded by `prometheus-client`
+//! in the OpenMetrics text format, served at `metrics.path` on the main listener
+//! or, with `metrics.listen`, by a small blocking HTTP/1.1 server on its own
+//! thread (off the shards, so a scrape never costs a shard anything but the
+//! relaxed loads).
+//!
+//! Nothing is registered on the hot path: the counters stay plain per-shard
+//! atomics, and one [`Collector`] reads them when a scrape asks.
 //!
 //! Every series carries a `shard` label; connection gauges also a `transport` label.
 //! The list of metrics, their types and labels is in docs/METRICS.md.
 
-use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -16,16 +19,32 @@ use std::time::Duration;
 
 use crate::stats::{ShardStats, LATENCY_BUCKETS_NS};
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
 /// The `Content-Type` of the exposition.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Where a metric lives in a shard's stats.
 type Field = fn(&ShardStats) -> &AtomicU64;
 
+/// Whether a family counts up or goes up and down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up (its samples end in `_total`).
+    Counter,
+    /// A current value.
+    Gauge,
+}
+
 /// One counter or gauge read from every shard.
 struct Family {
     name: &'static str,
-    kind: &'static str,
+    kind: Kind,
     help: &'static str,
     field: Field,
 }
@@ -33,7 +52,7 @@ struct Family {
 const fn counter(name: &'static str, help: &'static str, field: Field) -> Family {
     Family {
         name,
-        kind: "counter",
+        kind: Kind::Counter,
         help,
         field,
     }
@@ -42,7 +61,7 @@ const fn counter(name: &'static str, help: &'static str, field: Field) -> Family
 const fn gauge(name: &'static str, help: &'static str, field: Field) -> Family {
     Family {
         name,
-        kind: "gauge",
+        kind: Kind::Gauge,
         help,
         field,
     }
@@ -279,47 +298,119 @@ const TRANSPORTS: [(&str, Field); 3] = [
     ("webtransport", |s| &s.wt_sessions),
 ];
 
-/// Render every shard's statistics in the Prometheus text format 0.0.4.
+/// Every shard's statistics (and the routers' and cluster's families) in the
+/// OpenMetrics text format.
 pub fn render(
     shards: &[Arc<ShardStats>],
     routers: &[RoutedEndpoint],
     cluster: Option<&ClusterView>,
 ) -> String {
-    let mut out = String::with_capacity(4096 + shards.len() * 2048);
-    let _ = writeln!(
-        out,
-        "# HELP corecast_shards Shards (one pinned executor each).\n# TYPE corecast_shards gauge\ncorecast_shards {}",
-        shards.len()
-    );
-    out.push_str("# HELP corecast_connections Live connections (WebTransport: sessions).\n");
-    out.push_str("# TYPE corecast_connections gauge\n");
-    for (transport, field) in TRANSPORTS {
-        for (i, s) in shards.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "corecast_connections{{transport=\"{transport}\",shard=\"{i}\"}} {}",
-                field(s).load(Relaxed)
-            );
-        }
-    }
-    for f in FAMILIES {
-        let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
-        let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
-        for (i, s) in shards.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{}{{shard=\"{i}\"}} {}",
-                f.name,
-                (f.field)(s).load(Relaxed)
-            );
-        }
-    }
-    render_latency(&mut out, shards);
-    render_routes(&mut out, routers);
-    if let Some(families) = cluster {
-        families.render_families(&mut out);
-    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Snapshot {
+        shards: shards.to_vec(),
+        routers: routers.to_vec(),
+        cluster: cluster.cloned(),
+    }));
+    let mut out = String::with_capacity(4096 + shards.len() * 4096);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
     out
+}
+
+/// What one scrape reads: the counter tables, encoded when the registry asks.
+struct Snapshot {
+    shards: Vec<Arc<ShardStats>>,
+    routers: Vec<RoutedEndpoint>,
+    cluster: Option<ClusterView>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("shards", &self.shards.len())
+            .field("routers", &self.routers.len())
+            .finish()
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let shards = &self.shards;
+        let m = enc.encode_descriptor(
+            "corecast_shards",
+            "Shards (one pinned executor each).",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(shards.len() as i64).encode(m)?;
+        encode_family(
+            &mut enc,
+            "corecast_connections",
+            "Live connections (WebTransport: sessions).",
+            Kind::Gauge,
+            TRANSPORTS.iter().flat_map(|(transport, field)| {
+                shards.iter().enumerate().map(move |(i, s)| {
+                    (
+                        vec![
+                            ("transport", transport.to_string()),
+                            ("shard", i.to_string()),
+                        ],
+                        field(s).load(Relaxed),
+                    )
+                })
+            }),
+        )?;
+        for f in FAMILIES {
+            encode_family(
+                &mut enc,
+                f.name,
+                f.help,
+                f.kind,
+                shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (vec![("shard", i.to_string())], (f.field)(s).load(Relaxed))),
+            )?;
+        }
+        encode_latency(&mut enc, shards)?;
+        encode_routes(&mut enc, &self.routers)?;
+        if let Some(families) = &self.cluster {
+            for g in families.gather() {
+                encode_family(&mut enc, g.name, g.help, g.kind, g.samples.into_iter())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Labels of one sample: `(name, value)` pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// Encode one counter or gauge family. A counter's name is given with its
+/// `_total` suffix (the sample name); OpenMetrics names the family without it.
+fn encode_family(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    kind: Kind,
+    samples: impl Iterator<Item = (Labels, u64)>,
+) -> std::fmt::Result {
+    let (family, ty) = match kind {
+        Kind::Counter => (
+            name.strip_suffix("_total").unwrap_or(name),
+            MetricType::Counter,
+        ),
+        Kind::Gauge => (name, MetricType::Gauge),
+    };
+    let mut m = enc.encode_descriptor(family, help, None, ty)?;
+    for (labels, v) in samples {
+        let sample = m.encode_family(&labels)?;
+        match kind {
+            Kind::Counter => ConstCounter::new(v).encode(sample)?,
+            Kind::Gauge => ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(sample)?,
+        }
+    }
+    Ok(())
 }
 
 /// A route's counters summed over shards (`/metrics`:
@@ -346,11 +437,24 @@ pub trait RouteCounters: Send + Sync {
     fn route_totals(&self) -> Vec<(String, RouteTotals)>;
 }
 
-/// Metric families a subsystem renders from its own counter table (the cluster
-/// bridge's `corecast_cluster_*`), appended after the shard families.
+/// One family a subsystem gathered from its own counter table.
+#[derive(Debug, Clone)]
+pub struct Gathered {
+    /// The sample name (counters end in `_total`).
+    pub name: &'static str,
+    /// The `# HELP` text.
+    pub help: &'static str,
+    /// Counter or gauge.
+    pub kind: Kind,
+    /// Labelled values.
+    pub samples: Vec<(Labels, u64)>,
+}
+
+/// Metric families a subsystem gathers from its own counter table (the cluster
+/// bridge's `corecast_cluster_*`), encoded after the shard families.
 pub trait Families: Send + Sync {
-    /// Append `# HELP`, `# TYPE` and samples to `out`.
-    fn render_families(&self, out: &mut String);
+    /// The families, with their current values.
+    fn gather(&self) -> Vec<Gathered>;
 }
 
 /// The cluster families, when the node runs with `cluster:`.
@@ -359,8 +463,10 @@ pub type ClusterView = Arc<dyn Families>;
 /// A routed endpoint's path and its per-route counters.
 pub type RoutedEndpoint = (String, Arc<dyn RouteCounters>);
 
-/// A label value with `\`, `"` and newlines escaped.
-fn label(v: &str) -> String {
+/// A label value with `\`, `"` and newlines escaped. `prometheus-client` writes
+/// label values as given (prometheus/client_rust#151), so values that come from
+/// configuration or code (endpoint paths, route names, node ids) pass through here.
+pub(crate) fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -368,99 +474,93 @@ fn label(v: &str) -> String {
 
 /// Per-route counters of routed endpoints (labels come from the declared routes,
 /// never from client input: unknown actions count under `$unrouted`).
-fn render_routes(out: &mut String, routers: &[RoutedEndpoint]) {
+fn encode_routes(enc: &mut DescriptorEncoder<'_>, routers: &[RoutedEndpoint]) -> std::fmt::Result {
     if routers.is_empty() {
-        return;
+        return Ok(());
     }
     let totals: Vec<(String, Vec<(String, RouteTotals)>)> = routers
         .iter()
-        .map(|(path, r)| (label(path), r.route_totals()))
+        .map(|(path, r)| {
+            let routes = r.route_totals();
+            let routes = routes.into_iter().map(|(n, t)| (escape_label(&n), t));
+            (escape_label(path), routes.collect())
+        })
         .collect();
-    out.push_str("# HELP corecast_route_messages_total Messages routed, by endpoint and route ($default: the default handler; $unrouted: unknown actions and messages that are not routable).\n");
-    out.push_str("# TYPE corecast_route_messages_total counter\n");
-    for (ep, routes) in &totals {
-        for (route, t) in routes {
-            let _ = writeln!(
-                out,
-                "corecast_route_messages_total{{endpoint=\"{ep}\",route=\"{}\"}} {}",
-                label(route),
-                t.calls
-            );
-        }
-    }
-    out.push_str("# HELP corecast_route_errors_total Route outcomes other than success: client (error frame), internal and panic (connection closed 1011).\n");
-    out.push_str("# TYPE corecast_route_errors_total counter\n");
-    for (ep, routes) in &totals {
-        for (route, t) in routes {
-            let route = label(route);
-            for (kind, n) in [
+    let each = || {
+        totals
+            .iter()
+            .flat_map(|(ep, routes)| routes.iter().map(move |(route, t)| (ep, route, t)))
+    };
+    encode_family(
+        enc,
+        "corecast_route_messages_total",
+        "Messages routed, by endpoint and route ($default: the default handler; $unrouted: unknown actions and messages that are not routable).",
+        Kind::Counter,
+        each().map(|(ep, route, t)| {
+            (vec![("endpoint", ep.to_string()), ("route", route.clone())], t.calls)
+        }),
+    )?;
+    encode_family(
+        enc,
+        "corecast_route_errors_total",
+        "Route outcomes other than success: client (error frame), internal and panic (connection closed 1011).",
+        Kind::Counter,
+        each().flat_map(|(ep, route, t)| {
+            [
                 ("client", t.client_errors),
                 ("internal", t.internal_errors),
                 ("panic", t.panics),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "corecast_route_errors_total{{endpoint=\"{ep}\",route=\"{route}\",kind=\"{kind}\"}} {n}"
-                );
-            }
-        }
+            ]
+            .into_iter()
+            .map(move |(kind, n)| {
+                (
+                    vec![
+                        ("endpoint", ep.to_string()),
+                        ("route", route.clone()),
+                        ("kind", kind.to_string()),
+                    ],
+                    n,
+                )
+            })
+        }),
+    )?;
+    let mut m = enc.encode_descriptor(
+        "corecast_route_handler_seconds",
+        "Time spent in middleware and handlers, by route.",
+        None,
+        MetricType::Counter,
+    )?;
+    for (ep, route, t) in each() {
+        let labels: Labels = vec![("endpoint", ep.to_string()), ("route", route.clone())];
+        ConstCounter::new(t.handler_seconds).encode(m.encode_family(&labels)?)?;
     }
-    out.push_str("# HELP corecast_route_handler_seconds_total Time spent in middleware and handlers, by route.\n");
-    out.push_str("# TYPE corecast_route_handler_seconds_total counter\n");
-    for (ep, routes) in &totals {
-        for (route, t) in routes {
-            let _ = writeln!(
-                out,
-                "corecast_route_handler_seconds_total{{endpoint=\"{ep}\",route=\"{}\"}} {:.9}",
-                label(route),
-                t.handler_seconds
-            );
-        }
-    }
+    Ok(())
 }
 
-fn render_latency(out: &mut String, shards: &[Arc<ShardStats>]) {
-    const NAME: &str = "corecast_publish_to_write_seconds";
-    let _ = writeln!(
-        out,
-        "# HELP {NAME} Time from a room message's sequencing by its owner shard to the write that emptied a member's queue with it (WebSocket, SSE)."
-    );
-    let _ = writeln!(out, "# TYPE {NAME} histogram");
+fn encode_latency(enc: &mut DescriptorEncoder<'_>, shards: &[Arc<ShardStats>]) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(
+        "corecast_publish_to_write_seconds",
+        "Time from a room message's sequencing by its owner shard to the write that emptied a member's queue with it (WebSocket, SSE).",
+        None,
+        MetricType::Histogram,
+    )?;
     for (i, s) in shards.iter().enumerate() {
         let h = &s.publish_to_write;
-        // Read each bucket once: the cumulative counts and `_count` agree even while
-        // the shard keeps observing.
-        let mut cumulative = 0u64;
-        for (b, le) in LATENCY_BUCKETS_NS.iter().enumerate() {
-            cumulative += h.buckets[b].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{NAME}_bucket{{shard=\"{i}\",le=\"{}\"}} {cumulative}",
-                seconds(*le)
-            );
-        }
-        cumulative += h.buckets[LATENCY_BUCKETS_NS.len()].load(Relaxed);
-        let _ = writeln!(
-            out,
-            "{NAME}_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
-        );
-        let _ = writeln!(
-            out,
-            "{NAME}_sum{{shard=\"{i}\"}} {}",
-            seconds(h.sum_ns.load(Relaxed))
-        );
-        let _ = writeln!(out, "{NAME}_count{{shard=\"{i}\"}} {cumulative}");
+        // Read each bucket once: the buckets and the count agree even while the
+        // shard keeps observing. The encoder makes the counts cumulative.
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_NS
+            .iter()
+            .enumerate()
+            .map(|(b, le)| (*le as f64 / 1e9, h.buckets[b].load(Relaxed)))
+            .collect();
+        buckets.push((f64::MAX, h.buckets[LATENCY_BUCKETS_NS.len()].load(Relaxed)));
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = h.sum_ns.load(Relaxed) as f64 / 1e9;
+        let labels: Labels = vec![("shard", i.to_string())];
+        m.encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
     }
-}
-
-/// Nanoseconds as a decimal number of seconds, exactly (no float rounding noise).
-fn seconds(ns: u64) -> String {
-    let (whole, frac) = (ns / 1_000_000_000, ns % 1_000_000_000);
-    if frac == 0 {
-        return format!("{whole}");
-    }
-    let frac = format!("{frac:09}");
-    format!("{whole}.{}", frac.trim_end_matches('0'))
+    Ok(())
 }
 
 /// The HTTP response for a request to the metrics path: 200 with the exposition
@@ -616,15 +716,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seconds_are_exact_decimals() {
-        assert_eq!(seconds(50_000), "0.00005");
-        assert_eq!(seconds(2_500_000), "0.0025");
-        assert_eq!(seconds(1_000_000_000), "1");
-        assert_eq!(seconds(1_500_000_001), "1.500000001");
-        assert_eq!(seconds(0), "0");
-    }
-
-    #[test]
     fn histogram_buckets_are_cumulative_and_end_at_the_count() {
         let s = Arc::new(ShardStats::default());
         for ns in [10_000, 60_000, 60_000, 3_000_000, 2_000_000_000] {
@@ -638,12 +729,12 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {prefix} in\n{text}"));
             l.rsplit(' ').next().unwrap().parse().unwrap()
         };
-        let b = "corecast_publish_to_write_seconds_bucket{shard=\"0\",";
-        assert_eq!(line(&format!("{b}le=\"0.00005\"}}")), 1);
-        assert_eq!(line(&format!("{b}le=\"0.0001\"}}")), 3);
-        assert_eq!(line(&format!("{b}le=\"0.005\"}}")), 4);
-        assert_eq!(line(&format!("{b}le=\"1\"}}")), 4);
-        assert_eq!(line(&format!("{b}le=\"+Inf\"}}")), 5);
+        let b = "corecast_publish_to_write_seconds_bucket{";
+        assert_eq!(line(&format!("{b}le=\"0.00005\",shard=\"0\"}}")), 1);
+        assert_eq!(line(&format!("{b}le=\"0.0001\",shard=\"0\"}}")), 3);
+        assert_eq!(line(&format!("{b}le=\"0.005\",shard=\"0\"}}")), 4);
+        assert_eq!(line(&format!("{b}le=\"1.0\",shard=\"0\"}}")), 4);
+        assert_eq!(line(&format!("{b}le=\"+Inf\",shard=\"0\"}}")), 5);
         assert_eq!(
             line("corecast_publish_to_write_seconds_count{shard=\"0\"}"),
             5
@@ -665,12 +756,19 @@ mod tests {
         let text = render(&shards, &[], None);
         assert!(text.contains("corecast_connections{transport=\"websocket\",shard=\"1\"} 3\n"));
         for f in FAMILIES {
-            assert!(text.contains(&format!("# TYPE {} {}\n", f.name, f.kind)));
+            let (family, kind) = match f.kind {
+                Kind::Counter => (f.name.strip_suffix("_total").unwrap(), "counter"),
+                Kind::Gauge => (f.name, "gauge"),
+            };
+            assert!(
+                text.contains(&format!("# TYPE {family} {kind}\n")),
+                "{family}"
+            );
             for i in 0..2 {
                 assert!(text.contains(&format!("{}{{shard=\"{i}\"}} 0\n", f.name)));
             }
         }
-        assert!(text.ends_with('\n'));
+        assert!(text.ends_with("# EOF\n"));
     }
 
     #[test]
@@ -705,6 +803,6 @@ mod tests {
             text.contains("route=\"$unrouted\",kind=\"client\"} 0"),
             "{text}"
         );
-        assert!(text.contains("# TYPE corecast_route_handler_seconds_total counter"));
+        assert!(text.contains("# TYPE corecast_route_handler_seconds counter"));
     }
 }

@@ -1,5 +1,6 @@
-"""GET /metrics read by an independent parser (prometheus_client's text parser):
-the whole exposition parses, every family has the type it says, the latency
+"""GET /metrics read by an independent parser (prometheus_client's strict
+OpenMetrics parser: names, types, escaping and the final `# EOF`): the whole
+exposition parses, every family has the type it says, the latency
 histogram is well-formed per shard, and the counters follow real WebSocket room
 traffic."""
 
@@ -11,7 +12,7 @@ import urllib.error
 import urllib.request
 from collections import defaultdict
 
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from corecast_harness import Server, run
@@ -82,7 +83,7 @@ async def test_exposition_parses_and_follows_room_traffic():
     with Server(shards=2) as server:
         status, ctype, text = fetch(server.addr)
         assert status == 200
-        assert ctype.startswith("text/plain") and "version=0.0.4" in ctype
+        assert ctype.startswith("application/openmetrics-text") and "version=1.0.0" in ctype
         fams = families(text)
         assert fams["corecast_connections"].type == "gauge"
         assert fams["corecast_deliveries"].type == "counter"

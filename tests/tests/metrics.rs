@@ -95,9 +95,10 @@ async fn scrape_at(addr: SocketAddr, path: &str) -> Scrape {
     assert_eq!(resp.status, 200, "GET {path}: {resp:?}");
     let ct = resp.header("content-type").unwrap_or_default();
     assert!(
-        ct.starts_with("text/plain") && ct.contains("version=0.0.4"),
+        ct.starts_with("application/openmetrics-text") && ct.contains("version=1.0.0"),
         "content type {ct:?}"
     );
+    assert!(resp.body_text().ends_with("# EOF\n"), "no # EOF");
     Scrape::parse(&resp.body_text())
 }
 

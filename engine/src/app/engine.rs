@@ -506,7 +506,7 @@ impl EngineHandle {
         self.shared.stats_json()
     }
 
-    /// Per-shard metrics in the Prometheus text format 0.0.4 (the body of
+    /// Per-shard metrics in the OpenMetrics text format (the body of
     /// `GET /metrics`).
     pub fn metrics_text(&self) -> String {
         crate::metrics::render(

@@ -425,7 +425,6 @@ pub(crate) fn stats_json(node: &str, s: &ClusterStats) -> String {
     serde_json::Value::Object(obj).to_string()
 }
 
-/// The `corecast_cluster_*` families (Prometheus text format), labelled by node.
 /// This node's counters as metric families (labelled with the node id).
 struct ClusterFamilies {
     node: Arc<str>,
@@ -433,24 +432,30 @@ struct ClusterFamilies {
 }
 
 impl crate::metrics::Families for ClusterFamilies {
-    fn render_families(&self, out: &mut String) {
-        render_metrics(out, &self.node, &self.stats);
+    fn gather(&self) -> Vec<crate::metrics::Gathered> {
+        gather(&self.node, &self.stats)
     }
 }
 
-pub(crate) fn render_metrics(out: &mut String, node: &str, s: &ClusterStats) {
-    use std::fmt::Write as _;
-    let node = node.replace('\\', "\\\\").replace('"', "\\\"");
-    for f in &FIELDS {
-        let _ = writeln!(out, "# HELP {} {}", f.metric, f.help);
-        let _ = writeln!(out, "# TYPE {} {}", f.metric, f.kind);
-        let _ = writeln!(
-            out,
-            "{}{{node=\"{node}\"}} {}",
-            f.metric,
-            ClusterStats::get((f.read)(s))
-        );
-    }
+/// The `corecast_cluster_*` families, labelled by node.
+pub(crate) fn gather(node: &str, s: &ClusterStats) -> Vec<crate::metrics::Gathered> {
+    use crate::metrics::{Gathered, Kind};
+    FIELDS
+        .iter()
+        .map(|f| Gathered {
+            name: f.metric,
+            help: f.help,
+            kind: if f.kind == "counter" {
+                Kind::Counter
+            } else {
+                Kind::Gauge
+            },
+            samples: vec![(
+                vec![("node", crate::metrics::escape_label(node))],
+                ClusterStats::get((f.read)(s)),
+            )],
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -465,13 +470,23 @@ mod stats_tests {
         }
         let json: serde_json::Value = serde_json::from_str(&stats_json("n\"1", &s)).unwrap();
         assert_eq!(json["node_id"], "n\"1");
-        let mut text = String::new();
-        render_metrics(&mut text, "n\"1", &s);
-        for (i, f) in FIELDS.iter().enumerate() {
+        let families = gather("n\"1", &s);
+        assert_eq!(families.len(), FIELDS.len());
+        for (i, (f, g)) in FIELDS.iter().zip(&families).enumerate() {
             assert_eq!(json[f.json], i as u64 + 1, "{}", f.json);
-            let line = format!("{}{{node=\"n\\\"1\"}} {}\n", f.metric, i + 1);
-            assert!(text.contains(&line), "{line} missing from\n{text}");
-            assert!(text.contains(&format!("# TYPE {} {}\n", f.metric, f.kind)));
+            assert_eq!(g.name, f.metric);
+            assert_eq!(g.kind == crate::metrics::Kind::Counter, f.kind == "counter");
+            assert_eq!(
+                g.samples,
+                vec![(vec![("node", "n\\\"1".to_string())], i as u64 + 1)]
+            );
+            // Counters are named with `_total`, gauges without.
+            assert_eq!(
+                f.metric.ends_with("_total"),
+                f.kind == "counter",
+                "{}",
+                f.metric
+            );
         }
         assert_eq!(json.as_object().unwrap().len(), FIELDS.len() + 1);
     }
