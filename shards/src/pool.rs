@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+pub use glommio::TaskRun;
 use glommio::{LocalExecutorBuilder, Placement};
 
 /// How to build the shards.
@@ -23,6 +24,11 @@ pub struct PoolConfig {
     pub pin: bool,
     /// Thread name prefix.
     pub name: String,
+    /// How the kernel hands network completions to a shard: `Interrupt` (stock
+    /// io_uring, an IPI per completion made on another CPU), `Cooperative` or
+    /// `Deferred` (no IPI; the shard collects them when it next enters the kernel).
+    /// A kernel that refuses the flags falls back to `Interrupt` with a warning.
+    pub task_run: TaskRun,
 }
 
 impl Default for PoolConfig {
@@ -33,6 +39,7 @@ impl Default for PoolConfig {
             ring_depth: 128,
             pin: true,
             name: "shard".into(),
+            task_run: TaskRun::Cooperative,
         }
     }
 }
@@ -119,15 +126,20 @@ impl ShardPool {
             let ready = ready_tx.clone();
             let main = shard_main.clone();
             let io_memory = config.io_memory;
+            let task_run = config.task_run;
             let thread = std::thread::Builder::new()
                 .name(format!("{}-{i}", config.name))
-                .spawn(move || match builder.make() {
-                    Ok(ex) => {
-                        let _ = ready.send(Ok(()));
-                        ex.run(main(i));
-                    }
-                    Err(e) => {
-                        let _ = ready.send(Err(describe_start_error(i, io_memory, &e)));
+                .spawn(move || {
+                    // The rings are built by make(), on this thread.
+                    glommio::set_io_uring_task_run(task_run);
+                    match builder.make() {
+                        Ok(ex) => {
+                            let _ = ready.send(Ok(()));
+                            ex.run(main(i));
+                        }
+                        Err(e) => {
+                            let _ = ready.send(Err(describe_start_error(i, io_memory, &e)));
+                        }
                     }
                 })
                 .map_err(|e| PoolError(format!("shard {i}: cannot spawn thread: {e}")))?;
@@ -170,4 +182,73 @@ fn describe_start_error(shard: usize, io_memory: usize, e: &glommio::GlommioErro
          (ulimit -l) is {limit}: lower runtime.io_memory or runtime.ring_depth, use fewer \
          shards, or raise the limit"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// Each task-run mode: the shard reports the mode it got, and a real TCP
+    /// round trip over glommio's io_uring completes (completions that the
+    /// kernel defers must still reach the shard without any IPI).
+    #[test]
+    fn every_task_run_mode_delivers_network_completions() {
+        for mode in [TaskRun::Interrupt, TaskRun::Cooperative, TaskRun::Deferred] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let (tx, rx) = mpsc::channel::<TaskRun>();
+            let config = PoolConfig {
+                shards: 1,
+                io_memory: 64 * 1024,
+                ring_depth: 32,
+                pin: false,
+                name: "taskrun-test".into(),
+                task_run: mode,
+            };
+            let pool = ShardPool::start(&config, move |_| {
+                let tx = tx.clone();
+                async move {
+                    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+                    let _ = tx.send(glommio::io_uring_task_run());
+                    let mut s = glommio::net::TcpStream::connect(addr).await.unwrap();
+                    // Three round trips: each read waits for a completion.
+                    for _ in 0..3 {
+                        let mut buf = [0u8; 5];
+                        s.read_exact(&mut buf).await.unwrap();
+                        s.write_all(&buf).await.unwrap();
+                    }
+                }
+            })
+            .unwrap();
+            let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            // Linux >= 6.1 grants every mode; older kernels fall back to interrupts.
+            if kernel_at_least(6, 1) {
+                assert_eq!(got, mode);
+            } else {
+                assert!(got == mode || got == TaskRun::Interrupt, "{mode:?}: got {got:?}");
+            }
+            let (mut c, _) = listener.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            for i in 0..3u8 {
+                let msg = [b'p', b'i', b'n', b'g', b'0' + i];
+                c.write_all(&msg).unwrap();
+                let mut back = [0u8; 5];
+                c.read_exact(&mut back).unwrap();
+                assert_eq!(back, msg, "{mode:?}");
+            }
+            pool.join().unwrap();
+        }
+    }
+
+    fn kernel_at_least(major: u32, minor: u32) -> bool {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release
+            .trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>().unwrap_or(0));
+        let (a, b) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (a, b) >= (major, minor)
+    }
 }

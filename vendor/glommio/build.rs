@@ -10,12 +10,17 @@ fn main() {
     let liburing = match env::var("GLOMMIO_LIBURING_DIR") {
         Ok(path) => PathBuf::from(path).canonicalize().unwrap(),
         Err(_) => {
-            Command::new("git")
-                .arg("submodule")
-                .arg("update")
-                .arg("--init")
-                .status()
-                .unwrap();
+            // corecast patch (PATCHES.md): liburing's sources are vendored next to
+            // this file, so no `git submodule update` (which needs git and a
+            // checkout: absent in a container build).
+            if !project.join("liburing/src").is_dir() {
+                Command::new("git")
+                    .arg("submodule")
+                    .arg("update")
+                    .arg("--init")
+                    .status()
+                    .unwrap();
+            }
 
             project.join("liburing")
         }

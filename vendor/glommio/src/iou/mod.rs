@@ -92,6 +92,15 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        // corecast patch (see PATCHES.md): task-work delivery without IPIs.
+        /// Completions are posted when the task next enters the kernel, not by an IPI (5.19).
+        const COOP_TASKRUN  = 1 << 8;
+        /// The kernel sets `IORING_SQ_TASKRUN` while task work is pending (5.19).
+        const TASKRUN_FLAG  = 1 << 9;
+        /// Only the creating thread submits (6.0).
+        const SINGLE_ISSUER = 1 << 12;
+        /// Task work runs only in `io_uring_enter(GETEVENTS)` (6.1; needs SINGLE_ISSUER).
+        const DEFER_TASKRUN = 1 << 13;
     }
 }
 
@@ -190,6 +199,34 @@ impl IoUring {
     /// Submit all prepared [`SQE`]s to the kernel.
     pub fn submit_sqes(&mut self) -> io::Result<u32> {
         self.sq().submit()
+    }
+
+    /// corecast patch: `io_uring_enter(fd, 0, 0, GETEVENTS)`, which runs the
+    /// task work the kernel deferred (COOP_TASKRUN / DEFER_TASKRUN) so that
+    /// its completions reach the CQ, without waiting for any.
+    pub fn get_events(&mut self) -> io::Result<()> {
+        let ret = unsafe {
+            uring_sys::syscalls::io_uring_enter(
+                self.ring.ring_fd as _,
+                0,
+                0,
+                uring_sys::IORING_ENTER_GETEVENTS,
+                std::ptr::null(),
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// corecast patch: whether the kernel flagged pending task work
+    /// (`IORING_SQ_TASKRUN`; only ever set with `SetupFlags::TASKRUN_FLAG`).
+    #[inline]
+    pub fn task_work_pending(&self) -> bool {
+        let flags = unsafe { std::ptr::read_volatile(self.ring.sq.kflags) };
+        flags & uring_sys::IORING_SQ_TASKRUN != 0
     }
 
     /// Submit all prepared [`SQE`]s to the kernel and wait until at least

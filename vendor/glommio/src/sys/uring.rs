@@ -261,6 +261,94 @@ lazy_static! {
     static ref IO_URING_RECENT_ENOUGH: bool = check_supported_operations(GLOMMIO_URING_OPS);
 }
 
+// ---- corecast patch (PATCHES.md): how the main ring's completions are delivered.
+
+/// How the kernel delivers completions of the main ring (the one that carries
+/// network readiness and socket I/O) to its executor thread.
+///
+/// io_uring completes most network operations (poll, recv) from the context that
+/// made the socket ready, usually another CPU, and then queues *task work* for
+/// the ring's thread. By default that task work is signalled with an
+/// inter-processor interrupt, which preempts the executor wherever it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskRun {
+    /// Stock io_uring: task work is signalled with an IPI (glommio 0.9 behaviour).
+    Interrupt,
+    /// `IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG | SINGLE_ISSUER` (Linux 6.0):
+    /// no IPI; task work runs the next time the thread enters the kernel for
+    /// any reason, and the executor enters when the kernel flags pending work.
+    Cooperative,
+    /// `IORING_SETUP_DEFER_TASKRUN | TASKRUN_FLAG | SINGLE_ISSUER` (Linux 6.1):
+    /// no IPI; task work runs only when the executor asks for completions.
+    Deferred,
+}
+
+impl TaskRun {
+    fn setup_flags(self) -> iou::SetupFlags {
+        match self {
+            TaskRun::Interrupt => iou::SetupFlags::empty(),
+            TaskRun::Cooperative => {
+                iou::SetupFlags::COOP_TASKRUN
+                    | iou::SetupFlags::TASKRUN_FLAG
+                    | iou::SetupFlags::SINGLE_ISSUER
+            }
+            TaskRun::Deferred => {
+                iou::SetupFlags::DEFER_TASKRUN
+                    | iou::SetupFlags::TASKRUN_FLAG
+                    | iou::SetupFlags::SINGLE_ISSUER
+            }
+        }
+    }
+}
+
+thread_local! {
+    static REQUESTED_TASK_RUN: Cell<TaskRun> = const { Cell::new(TaskRun::Interrupt) };
+    static TASK_RUN_IN_USE: Cell<TaskRun> = const { Cell::new(TaskRun::Interrupt) };
+}
+
+/// Chooses how an executor created later *on the calling thread* sets up its
+/// main ring (call it in the thread, before `LocalExecutorBuilder::make`; the
+/// rings are single-issuer, so they belong to that thread anyway). A kernel
+/// that refuses the flags gets [`TaskRun::Interrupt`] and a warning;
+/// [`io_uring_task_run`] tells what the executor actually got.
+pub fn set_io_uring_task_run(mode: TaskRun) {
+    REQUESTED_TASK_RUN.with(|m| m.set(mode));
+}
+
+/// The [`TaskRun`] mode of the calling executor thread's main ring
+/// (`Interrupt` on a thread that runs no executor).
+pub fn io_uring_task_run() -> TaskRun {
+    TASK_RUN_IN_USE.with(|m| m.get())
+}
+
+/// The main ring with the requested task-run mode, falling back to
+/// `Interrupt` when the kernel refuses the flags (EINVAL: older than 6.0/6.1).
+fn main_ring_with_task_run(
+    size: usize,
+    allocator: Rc<UringBufferAllocator>,
+    source_map: Rc<RefCell<SourceMap>>,
+) -> io::Result<SleepableRing> {
+    let wanted = REQUESTED_TASK_RUN.with(|m| m.get());
+    let ring = match SleepableRing::with_task_run(
+        size,
+        "main",
+        allocator.clone(),
+        source_map.clone(),
+        wanted,
+    ) {
+        Err(e) if wanted != TaskRun::Interrupt && e.raw_os_error() == Some(libc::EINVAL) => {
+            warn!(
+                "io_uring refused {:?} task running ({}); using interrupts",
+                wanted, e
+            );
+            SleepableRing::with_task_run(size, "main", allocator, source_map, TaskRun::Interrupt)?
+        }
+        other => other?,
+    };
+    TASK_RUN_IN_USE.with(|m| m.set(ring.task_run));
+    Ok(ring)
+}
+
 fn fill_sqe<F>(
     sqe: &mut iou::SQE<'_>,
     op: &UringDescriptor,
@@ -893,6 +981,7 @@ struct SleepableRing {
     task_queue_stats: AHashMap<TaskQueueHandle, RingIoStats>,
     source_map: Rc<RefCell<SourceMap>>,
     in_kernel: usize,
+    task_run: TaskRun,
 }
 
 impl SleepableRing {
@@ -902,9 +991,23 @@ impl SleepableRing {
         allocator: Rc<UringBufferAllocator>,
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
+        Self::with_task_run(size, name, allocator, source_map, TaskRun::Interrupt)
+    }
+
+    fn with_task_run(
+        size: usize,
+        name: &'static str,
+        allocator: Rc<UringBufferAllocator>,
+        source_map: Rc<RefCell<SourceMap>>,
+        task_run: TaskRun,
+    ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring: iou::IoUring::new_with_flags(
+                size as _,
+                task_run.setup_flags(),
+                iou::SetupFeatures::empty(),
+            )?,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
@@ -913,7 +1016,14 @@ impl SleepableRing {
             task_queue_stats: AHashMap::new(),
             source_map,
             in_kernel: 0,
+            task_run,
         })
+    }
+
+    /// corecast patch: the kernel holds completions as task work until we enter.
+    #[inline]
+    fn task_work_pending(&self) -> bool {
+        self.task_run != TaskRun::Interrupt && self.ring.task_work_pending()
     }
 
     fn ring_fd(&self) -> RawFd {
@@ -1130,14 +1240,16 @@ impl UringCommon for SleepableRing {
 
     fn needs_kernel_enter(&self) -> bool {
         // We only need to enter the kernel to submit SQEs, not to collect CQEs (the
-        // kernel posts the CQEs asynchronously for us)
-        self.waiting_kernel_submission() > 0
+        // kernel posts the CQEs asynchronously for us)...
+        // corecast patch: ...unless the ring defers that posting until we enter.
+        self.waiting_kernel_submission() > 0 || self.task_work_pending()
     }
 
     fn can_sleep(&self) -> bool {
         self.submission_queue.borrow().is_empty()
             && self.waiting_kernel_submission() == 0
             && self.waiting_kernel_collection() == 0
+            && !self.task_work_pending()
     }
 
     fn waiting_kernel_submission(&self) -> usize {
@@ -1157,8 +1269,17 @@ impl UringCommon for SleepableRing {
     }
 
     fn submit_sqes(&mut self) -> io::Result<usize> {
-        let x = self.ring.submit_sqes()? as usize;
+        let x = if self.task_run == TaskRun::Interrupt || self.waiting_kernel_submission() > 0 {
+            self.ring.submit_sqes()? as usize
+        } else {
+            0
+        };
         self.in_kernel += x;
+        // corecast patch: post the completions the kernel holds as task work.
+        // (Cooperative mode already ran them when the submit entered the kernel.)
+        if self.task_work_pending() {
+            self.ring.get_events()?;
+        }
         Ok(x)
     }
 
@@ -1306,8 +1427,7 @@ impl Reactor {
         let allocator = Rc::new(UringBufferAllocator::new(io_memory));
         let registry = vec![allocator.as_bytes()];
 
-        let main_ring =
-            SleepableRing::new(ring_depth, "main", allocator.clone(), source_map.clone())?;
+        let main_ring = main_ring_with_task_run(ring_depth, allocator.clone(), source_map.clone())?;
         let poll_ring = PollRing::new(ring_depth, allocator.clone(), source_map.clone())?;
         let mut latency_ring =
             SleepableRing::new(ring_depth, "latency", allocator.clone(), source_map.clone())?;
