@@ -664,10 +664,94 @@ pub struct RuntimeConfig {
     /// full; they are sent in order as it frees up. Past this, publishes to rooms
     /// that shard owns are refused and deliveries to it are lost (`mesh_overflows`).
     pub mesh_outbox: usize,
-    /// Hold write-ready connections up to this long before writing, so more frames
-    /// share each send(): less CPU per delivery at a fixed rate, more latency.
-    /// 0 writes as soon as frames are queued.
-    pub flush_delay: ConfigDuration,
+    /// Hold room deliveries up to this long before writing, so more frames share
+    /// each send(): less CPU per delivery at a fixed rate, more latency. `auto`
+    /// (the default) holds for `flush_delay_max` only while the shard is saturated
+    /// and the hold batches; 0 writes as soon as frames are queued.
+    pub flush_delay: FlushDelaySetting,
+    /// The hold `flush_delay: auto` uses while it holds.
+    pub flush_delay_max: ConfigDuration,
+    /// How io_uring hands network completions to a shard (see [`TaskRunMode`]).
+    pub io_uring_task_run: TaskRunMode,
+}
+
+/// `runtime.flush_delay` as written: `auto` or a duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushDelaySetting {
+    /// Decide from the shard's load (see [`FlushDelay::Auto`]).
+    Auto,
+    /// Always this long (0: never hold).
+    Fixed(ConfigDuration),
+}
+
+impl<'de> Deserialize<'de> for FlushDelaySetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NumberOrUnit {
+            expecting: "`auto`, or a duration: seconds as a number, or a string like 2ms",
+            from_number: |n| {
+                Some(FlushDelaySetting::Fixed(ConfigDuration(
+                    Duration::from_secs(n),
+                )))
+            },
+            parse: |s| {
+                if s.trim() == "auto" {
+                    Some(FlushDelaySetting::Auto)
+                } else {
+                    parse_duration(s).map(|d| FlushDelaySetting::Fixed(ConfigDuration(d)))
+                }
+            },
+        })
+    }
+}
+
+/// How long a shard holds room deliveries before writing them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushDelay {
+    /// Always this long (zero: write as soon as frames are queued).
+    Fixed(Duration),
+    /// Zero while the shard has CPU to spare; `max` while it is saturated and
+    /// holding puts several frames in each write (engine `net::shard::flush`).
+    Auto {
+        /// The hold while holding.
+        max: Duration,
+    },
+}
+
+impl RuntimeConfig {
+    /// `flush_delay` and `flush_delay_max` together.
+    pub fn flush_delay(&self) -> FlushDelay {
+        match self.flush_delay {
+            FlushDelaySetting::Auto => FlushDelay::Auto {
+                max: self.flush_delay_max.0,
+            },
+            FlushDelaySetting::Fixed(d) => FlushDelay::Fixed(d.0),
+        }
+    }
+}
+
+/// `runtime.io_uring_task_run`: how the kernel delivers a shard's network
+/// completions, which mostly happen on another CPU (the peer's, on loopback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskRunMode {
+    /// Stock io_uring: each completion interrupts the shard's core (an IPI).
+    Interrupt,
+    /// `IORING_SETUP_COOP_TASKRUN` (Linux 6.0): no IPI; completions are posted
+    /// when the shard next enters the kernel, which it does for every send.
+    Cooperative,
+    /// `IORING_SETUP_DEFER_TASKRUN` (Linux 6.1): no IPI; completions are posted
+    /// only when the shard asks for them.
+    Deferred,
+}
+
+impl From<TaskRunMode> for corecast_shards::pool::TaskRun {
+    fn from(m: TaskRunMode) -> Self {
+        match m {
+            TaskRunMode::Interrupt => Self::Interrupt,
+            TaskRunMode::Cooperative => Self::Cooperative,
+            TaskRunMode::Deferred => Self::Deferred,
+        }
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -897,6 +981,16 @@ impl Config {
         if ws.read_buffer_size < 1024 {
             return Err("websocket.read_buffer_size must be at least 1024".into());
         }
+        // A hold is a latency every room delivery may pay: keep it sub-second.
+        let max_hold = Duration::from_secs(1);
+        if let FlushDelaySetting::Fixed(d) = self.runtime.flush_delay {
+            if d.0 > max_hold {
+                return Err("runtime.flush_delay must be `auto` or at most 1s".into());
+            }
+        }
+        if self.runtime.flush_delay_max.0.is_zero() || self.runtime.flush_delay_max.0 > max_hold {
+            return Err("runtime.flush_delay_max must be between 1ms and 1s".into());
+        }
         if self.sse.keep_alive_interval.0 < Duration::from_millis(10) {
             return Err("sse.keep_alive_interval must be at least 10ms".into());
         }
@@ -1124,6 +1218,38 @@ mod tests {
         assert!(e.0.contains("auto"), "{e}");
         let e = Config::from_yaml("websocket:\n  max_message_size: big\n", "t.yaml").unwrap_err();
         assert!(e.0.contains("max_message_size"), "{e}");
+    }
+
+    #[test]
+    fn flush_delay_is_auto_or_a_bounded_duration() {
+        let d = Config::default();
+        assert_eq!(
+            d.runtime.flush_delay(),
+            FlushDelay::Auto {
+                max: Duration::from_millis(8)
+            }
+        );
+        assert_eq!(d.runtime.io_uring_task_run, TaskRunMode::Cooperative);
+        let c = Config::from_yaml(
+            "runtime:\n  flush_delay: 5ms\n  io_uring_task_run: deferred\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.runtime.flush_delay(),
+            FlushDelay::Fixed(Duration::from_millis(5))
+        );
+        assert_eq!(c.runtime.io_uring_task_run, TaskRunMode::Deferred);
+        for (yaml, needle) in [
+            ("flush_delay: soon", "auto"),
+            ("flush_delay: 2s", "runtime.flush_delay"),
+            ("flush_delay_max: 0ms", "runtime.flush_delay_max"),
+            ("flush_delay_max: 5s", "runtime.flush_delay_max"),
+            ("io_uring_task_run: sometimes", "cooperative"),
+        ] {
+            let e = Config::from_yaml(&format!("runtime:\n  {yaml}\n"), "t.yaml").unwrap_err();
+            assert!(e.0.contains(needle), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -175,6 +175,21 @@ const FAMILIES: &[Family] = &[
         |s| &s.outbound_queued_bytes,
     ),
     gauge(
+        "corecast_flush_hold_microseconds",
+        "How long room deliveries are held before writing now (runtime.flush_delay; auto adapts it to load).",
+        |s| &s.flush_hold_us,
+    ),
+    counter(
+        "corecast_flush_holds_total",
+        "Times runtime.flush_delay: auto started holding room deliveries because the shard was saturated.",
+        |s| &s.flush_holds,
+    ),
+    gauge(
+        "corecast_io_uring_task_run",
+        "How io_uring hands the shard its completions: 0 interrupt (IPI), 1 cooperative, 2 deferred.",
+        |s| &s.io_uring_task_run,
+    ),
+    gauge(
         "corecast_history_bytes",
         "Accounted bytes of room history kept by this shard as owner (payloads plus per-message and per-room overhead).",
         |s| &s.history_bytes,

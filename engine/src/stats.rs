@@ -128,6 +128,14 @@ pub struct ShardStats {
     pub auth_failures: AtomicU64,
     /// Bytes queued on this shard's TCP connections, not yet written (a gauge).
     pub outbound_queued_bytes: AtomicU64,
+    /// How long room deliveries are held before writing now, µs (a gauge;
+    /// `runtime.flush_delay`).
+    pub flush_hold_us: AtomicU64,
+    /// Times `flush_delay: auto` started holding (the shard was saturated).
+    pub flush_holds: AtomicU64,
+    /// How io_uring hands this shard its completions (a gauge): 0 interrupt,
+    /// 1 cooperative, 2 deferred (`runtime.io_uring_task_run`, after fallback).
+    pub io_uring_task_run: AtomicU64,
     /// Accounted bytes of room history this shard keeps as owner (a gauge).
     pub history_bytes: AtomicU64,
     /// Rooms whose history this shard keeps (a gauge).
@@ -258,7 +266,8 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
             "\"history_bytes\":{},\"history_rooms\":{},\"history_messages\":{},",
             "\"history_evicted_messages\":{},\"history_evicted_bytes\":{},",
             "\"history_evicted_rooms\":{},\"history_not_kept\":{},",
-            "\"tls_handshakes\":{},\"tls_handshake_failures\":{}}}"
+            "\"tls_handshakes\":{},\"tls_handshake_failures\":{},",
+            "\"flush_hold_us_max\":{},\"flush_holds\":{},\"io_uring_task_run\":\"{}\"}}"
         ),
         shards.len(),
         sum(|s| &s.connections),
@@ -310,7 +319,33 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.history_not_kept),
         sum(|s| &s.tls_handshakes),
         sum(|s| &s.tls_handshake_failures),
+        shards
+            .iter()
+            .map(|s| s.flush_hold_us.load(Relaxed))
+            .max()
+            .unwrap_or(0),
+        sum(|s| &s.flush_holds),
+        task_run_summary(shards),
     )
+}
+
+/// `io_uring_task_run` of every shard: its name when they agree, else `mixed`
+/// (some shards fell back to interrupts).
+fn task_run_summary(shards: &[std::sync::Arc<ShardStats>]) -> &'static str {
+    let name = |v: u64| match v {
+        1 => "cooperative",
+        2 => "deferred",
+        _ => "interrupt",
+    };
+    let mut modes = shards.iter().map(|s| s.io_uring_task_run.load(Relaxed));
+    let Some(first) = modes.next() else {
+        return "interrupt";
+    };
+    if modes.all(|m| m == first) {
+        name(first)
+    } else {
+        "mixed"
+    }
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

@@ -432,6 +432,7 @@ impl Engine {
             ring_depth: shared.config.runtime.ring_depth,
             pin: true,
             name: "corecast-shard".into(),
+            task_run: shared.config.runtime.io_uring_task_run.into(),
         };
         let shared2 = shared.clone();
         let pool = ShardPool::start(&pool_config, move |i| {

@@ -24,6 +24,9 @@ pub(crate) const WRITE: u8 = 2;
 /// pending (the socket is full); only its waker schedules the next one, so queueing
 /// to a member that does not read costs no gather and no send per message.
 pub(crate) const WRITE_BLOCKED: u8 = 4;
+/// Not a ready-list kind but a `Conn::scheduled` flag: a room delivery's write is
+/// held by the flush policy (`runtime.flush_delay`); the flusher schedules it.
+pub(crate) const HELD: u8 = 8;
 
 const _: () = assert!(
     usize::BITS == 64,

@@ -212,6 +212,7 @@ impl Harness {
             ring_depth: 32,
             pin: false,
             name: "harness-shard".into(),
+            task_run: shared.config.runtime.io_uring_task_run.into(),
         };
         let shared2 = shared.clone();
         let pool = ShardPool::start(&pool_config, move |i| {

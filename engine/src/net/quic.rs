@@ -309,7 +309,6 @@ pub(crate) struct Endpoint {
     stopped: Cell<bool>,
     /// Connections admitted past their handshake (see `admit`).
     admitted: Cell<usize>,
-    flush_delay: Duration,
 }
 
 /// Build the quiche configuration shared by a shard's connections.
@@ -348,7 +347,6 @@ impl Endpoint {
     ) -> Result<Rc<Self>, String> {
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let tokens = RetryTokens::new(TOKEN_LIFETIME).map_err(|e| e.to_string())?;
-        let flush_delay = shard.shared.config.runtime.flush_delay.0;
         Ok(Rc::new(Self {
             fd: socket.as_raw_fd(),
             shard,
@@ -365,7 +363,6 @@ impl Endpoint {
             timer_wake: WakeSlot::default(),
             next_member: Cell::new(1 << 63),
             admitted: Cell::new(0),
-            flush_delay,
             stopped: Cell::new(false),
         }))
     }
@@ -881,10 +878,11 @@ impl Endpoint {
             while self.dirty.borrow().is_empty() {
                 self.send_wake.wait().await;
             }
-            // `runtime.flush_delay`, as for TCP: let more records share each packet
+            // The shard's hold (`runtime.flush_delay`), as for TCP: more records per packet
             // (and each packet its sendmmsg) at the price of latency.
-            if !self.flush_delay.is_zero() && !self.shard.draining.fired() {
-                glommio::timer::sleep(self.flush_delay).await;
+            let hold = self.shard.flush.delay();
+            if !hold.is_zero() && !self.shard.draining.fired() {
+                glommio::timer::sleep(hold).await;
             }
             let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
             let mut used = 0;

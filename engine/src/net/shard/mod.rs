@@ -28,6 +28,7 @@ use crate::proto::ws::{close, frame};
 use crate::stats::ShardStats;
 use crate::vocab::message::Message;
 
+pub(crate) mod flush;
 mod inbox;
 mod lifecycle;
 mod membership;
@@ -127,6 +128,20 @@ impl std::fmt::Display for BroadcastError {
 
 impl std::error::Error for BroadcastError {}
 
+/// CPU time (user and system) the calling thread has used: one syscall, so the
+/// flush policy reads it once per window, not per batch.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// A shard's state; lives on the shard's thread only.
 pub(crate) struct Shard {
     pub(crate) id: usize,
@@ -140,10 +155,11 @@ pub(crate) struct Shard {
     pub(crate) arena: RefCell<ReadArena>,
     pub(crate) scratch: RefCell<Vec<u8>>,
     pub(crate) draining: LocalNotify,
-    /// Write-ready connections held back by `runtime.flush_delay`.
+    /// Room deliveries' write-ready connections held back by `runtime.flush_delay`.
     deferred: RefCell<Vec<(u32, u32)>>,
     flusher: Cell<Option<std::task::Waker>>,
-    flush_delay: Duration,
+    /// How long room deliveries are held now (fixed, or adapted to the load).
+    pub(crate) flush: flush::FlushPolicy,
     /// All connections gone while draining.
     pub(crate) idle: LocalNotify,
     drain_started: Cell<bool>,
@@ -192,7 +208,7 @@ impl Shard {
             draining: LocalNotify::default(),
             deferred: RefCell::new(Vec::new()),
             flusher: Cell::new(None),
-            flush_delay: shared.config.runtime.flush_delay.0,
+            flush: flush::FlushPolicy::new(shared.config.runtime.flush_delay()),
             idle: LocalNotify::default(),
             drain_started: Cell::new(false),
             #[cfg(feature = "webtransport")]
@@ -228,24 +244,34 @@ impl Shard {
             return;
         }
         conn.scheduled.set(s | kind);
-        if kind == WRITE && !self.flush_delay.is_zero() && conn.state() == ConnState::Open {
-            self.deferred
-                .borrow_mut()
-                .push((conn.id.slot, conn.id.generation));
-            if let Some(w) = self.flusher.take() {
-                w.wake();
-            }
-            return;
-        }
         driver::push_ready(conn.id.slot, conn.id.generation, kind);
     }
 
-    /// With `runtime.flush_delay`: once something is deferred, wait the delay, then
-    /// hand everything deferred meanwhile to the driver in one batch.
-    pub(crate) async fn run_flusher(self: Rc<Self>) {
-        if self.flush_delay.is_zero() {
+    /// Schedule the write of a room delivery just queued on `conn`: at once, or
+    /// held for `runtime.flush_delay` so the next deliveries share the send.
+    pub(crate) fn schedule_delivery(&self, conn: &Conn) {
+        let hold = self.flush.delay();
+        if hold.is_zero() || conn.state() != ConnState::Open {
+            return self.schedule(conn, WRITE);
+        }
+        let s = conn.scheduled.get();
+        if s & (WRITE | driver::HELD | driver::WRITE_BLOCKED) != 0 {
+            // Already on its way (or its pending write's waker will schedule it).
             return;
         }
+        conn.scheduled.set(s | driver::HELD);
+        self.deferred
+            .borrow_mut()
+            .push((conn.id.slot, conn.id.generation));
+        if let Some(w) = self.flusher.take() {
+            w.wake();
+        }
+    }
+
+    /// Once a delivery is held, wait the hold, then schedule everything held
+    /// meanwhile in one batch. Runs for the shard's life (the hold may be
+    /// turned on later by `flush_delay: auto`).
+    pub(crate) async fn run_flusher(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
                 if self.deferred.borrow().is_empty() {
@@ -256,12 +282,73 @@ impl Shard {
                 }
             })
             .await;
-            glommio::timer::sleep(self.flush_delay).await;
+            let hold = self.flush.delay();
+            if !hold.is_zero() && !self.draining.fired() {
+                glommio::timer::sleep(hold).await;
+            }
             let batch = std::mem::take(&mut *self.deferred.borrow_mut());
             for (slot, generation) in batch {
-                driver::push_ready(slot, generation, WRITE);
+                let r = Ready {
+                    slot,
+                    generation,
+                    kind: WRITE,
+                };
+                if let Some(conn) = self.conn_at(&r) {
+                    conn.scheduled.set(conn.scheduled.get() & !driver::HELD);
+                    self.schedule(&conn, WRITE);
+                }
             }
         }
+    }
+
+    /// Publish (and log) how this shard's ring delivers completions, after any
+    /// fallback, and the initial flush hold.
+    pub(crate) fn record_io_uring_task_run(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let got = glommio::io_uring_task_run();
+        let wanted: glommio::TaskRun = self.shared.config.runtime.io_uring_task_run.into();
+        let code = match got {
+            glommio::TaskRun::Interrupt => 0,
+            glommio::TaskRun::Cooperative => 1,
+            glommio::TaskRun::Deferred => 2,
+        };
+        self.stats.io_uring_task_run.store(code, Relaxed);
+        self.stats
+            .flush_hold_us
+            .store(self.flush.delay().as_micros() as u64, Relaxed);
+        if got != wanted {
+            tracing::warn!(
+                shard = self.id,
+                wanted = ?wanted,
+                got = ?got,
+                "io_uring refused runtime.io_uring_task_run (needs Linux >= 6.0 for cooperative, 6.1 for deferred); completions interrupt this shard's core"
+            );
+        }
+    }
+
+    /// `flush_delay: auto`: feed the policy this shard's load (executor busy
+    /// time) and write counters; it re-decides the hold once per window.
+    fn observe_load(&self) {
+        if !self.flush.is_auto() {
+            return;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.flush.delay();
+        let Some(hold) = self.flush.observe(std::time::Instant::now(), || {
+            (
+                thread_cpu_time(),
+                self.stats.frames_written.load(Relaxed),
+                self.stats.writes.load(Relaxed),
+            )
+        }) else {
+            return;
+        };
+        if before.is_zero() && !hold.is_zero() {
+            self.stats.flush_holds.fetch_add(1, Relaxed);
+        }
+        self.stats
+            .flush_hold_us
+            .store(hold.as_micros() as u64, Relaxed);
     }
 
     /// The live connection at `(slot, generation)`.
@@ -295,6 +382,7 @@ impl Shard {
                     self.drive_write(&conn);
                 }
             }
+            self.observe_load();
             glommio::yield_if_needed().await;
         }
     }

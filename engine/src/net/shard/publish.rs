@@ -278,8 +278,9 @@ impl Shard {
             }
             let f = enc.for_conn(conn);
             let _ = conn.enqueue_room(f, enc.class, published, &self.stats);
-            // Queue now, write later: the driver flushes each member once per batch.
-            self.schedule(conn, WRITE);
+            // Queue now, write later: the driver flushes each member once per batch
+            // (or after the flush policy's hold).
+            self.schedule_delivery(conn);
             delivered += 1;
         }
         ShardStats::add(&self.stats.deliveries, delivered);

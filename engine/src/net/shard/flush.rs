@@ -1,0 +1,250 @@
+//! When a shard writes room deliveries: at once, after a fixed delay, or — the
+//! default, `runtime.flush_delay: auto` — after a delay the shard turns on only
+//! while it is saturated and while the delay really puts several frames in each
+//! `send()`.
+//!
+//! Why: a send costs about the same for one frame as for many (on loopback it
+//! also pays the receiver's TCP work), so at a high fixed message rate most of a
+//! shard's CPU goes to sends that each carry one frame. Holding write-ready
+//! members for a millisecond or two lets the next messages join them. At a low
+//! rate the same hold only adds latency, so `auto` decides from the shard's own
+//! load, measured over short windows:
+//!
+//! - **enter** holding, for an eighth of `flush_delay_max`, when the executor was
+//!   busy for at least [`ENTER_LOAD`] of a window (it is CPU-bound and its
+//!   queues are about to grow, so latency is rising anyway);
+//! - **double** the hold, up to `flush_delay_max`, for every window that is
+//!   still that busy: the hold settles at the first step that leaves CPU spare;
+//! - **stay** while load is above [`EXIT_LOAD`] (holding lowers the load it
+//!   needs, so a lower exit threshold keeps it from flapping) and writes average
+//!   at least [`MIN_FRAMES_PER_WRITE`] frames (the hold is buying something);
+//! - otherwise **leave** holding: writes go out as soon as frames are queued.
+//!
+//! Only room deliveries are held; a direct reply (echo, an error frame, a
+//! request/response exchange) is always written at once.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+use crate::config::FlushDelay;
+
+/// Length of one load-measurement window.
+pub(crate) const WINDOW: Duration = Duration::from_millis(20);
+/// Busy share of a window that turns holding on.
+pub(crate) const ENTER_LOAD: f64 = 0.90;
+/// Busy share below which holding turns off again.
+pub(crate) const EXIT_LOAD: f64 = 0.40;
+/// Frames per write below which holding is not worth its latency.
+pub(crate) const MIN_FRAMES_PER_WRITE: f64 = 1.25;
+
+/// One window's measurements, as deltas.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    /// Wall time the window covered.
+    pub wall: Duration,
+    /// Time the executor spent running tasks in it.
+    pub busy: Duration,
+    /// Frames and writes (sends) it completed.
+    pub frames: u64,
+    pub writes: u64,
+}
+
+/// Decides how long room deliveries wait before they are written.
+#[derive(Debug)]
+pub(crate) struct FlushPolicy {
+    config: FlushDelay,
+    /// The hold in force now (zero: write at once).
+    current: Cell<Duration>,
+    /// Where the current window started, and the counters at that point.
+    window: Cell<Option<WindowStart>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WindowStart {
+    at: Instant,
+    busy: Duration,
+    frames: u64,
+    writes: u64,
+}
+
+impl FlushPolicy {
+    pub(crate) fn new(config: FlushDelay) -> Self {
+        let current = match config {
+            FlushDelay::Fixed(d) => d,
+            FlushDelay::Auto { .. } => Duration::ZERO,
+        };
+        Self {
+            config,
+            current: Cell::new(current),
+            window: Cell::new(None),
+        }
+    }
+
+    /// How long a room delivery may wait now.
+    #[inline]
+    pub(crate) fn delay(&self) -> Duration {
+        self.current.get()
+    }
+
+    /// Whether the delay adapts (the shard should call [`Self::observe`]).
+    pub(crate) fn is_auto(&self) -> bool {
+        matches!(self.config, FlushDelay::Auto { .. })
+    }
+
+    /// Called often (once per driver batch): when a window has passed, read the
+    /// running totals from `totals` — the thread's CPU time (user and kernel: the
+    /// sends are most of it), frames and writes so far — and re-decide the hold.
+    /// Returns the new hold when a window ended.
+    pub(crate) fn observe(
+        &self,
+        now: Instant,
+        totals: impl FnOnce() -> (Duration, u64, u64),
+    ) -> Option<Duration> {
+        let FlushDelay::Auto { max } = self.config else {
+            return None;
+        };
+        if let Some(w) = self.window.get() {
+            if now.saturating_duration_since(w.at) < WINDOW {
+                return None;
+            }
+        }
+        let (busy, frames, writes) = totals();
+        let start = WindowStart {
+            at: now,
+            busy,
+            frames,
+            writes,
+        };
+        // The first call only starts a window.
+        let w = self.window.replace(Some(start))?;
+        let wall = now.saturating_duration_since(w.at);
+        let sample = Sample {
+            wall,
+            busy: busy.saturating_sub(w.busy),
+            frames: frames.saturating_sub(w.frames),
+            writes: writes.saturating_sub(w.writes),
+        };
+        let hold = decide(self.current.get(), max, &sample);
+        self.current.set(hold);
+        Some(hold)
+    }
+}
+
+/// The hold for the next window, from the current one and what it measured.
+pub(crate) fn decide(current: Duration, max: Duration, s: &Sample) -> Duration {
+    // A gap much longer than a window means the shard was idle in between:
+    // whatever the load was before, it is not now.
+    if s.wall > WINDOW * 5 {
+        return Duration::ZERO;
+    }
+    let load = s.busy.as_secs_f64() / s.wall.as_secs_f64().max(1e-9);
+    if current.is_zero() {
+        if load >= ENTER_LOAD {
+            (max / 8).max(Duration::from_micros(100)).min(max)
+        } else {
+            Duration::ZERO
+        }
+    } else {
+        let frames_per_write = if s.writes == 0 {
+            0.0
+        } else {
+            s.frames as f64 / s.writes as f64
+        };
+        if load < EXIT_LOAD || frames_per_write < MIN_FRAMES_PER_WRITE {
+            Duration::ZERO
+        } else if load >= ENTER_LOAD {
+            (current * 2).min(max)
+        } else {
+            current
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_millis(8);
+    const FIRST: Duration = Duration::from_millis(1);
+
+    fn sample(load: f64, frames: u64, writes: u64) -> Sample {
+        Sample {
+            wall: WINDOW,
+            busy: WINDOW.mul_f64(load),
+            frames,
+            writes,
+        }
+    }
+
+    #[test]
+    fn an_unsaturated_shard_never_holds() {
+        assert_eq!(
+            decide(Duration::ZERO, MAX, &sample(0.64, 100, 100)),
+            Duration::ZERO
+        );
+        assert_eq!(
+            decide(Duration::ZERO, MAX, &sample(0.89, 100, 100)),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_saturated_shard_starts_holding_and_doubles_up_to_the_max() {
+        assert_eq!(decide(Duration::ZERO, MAX, &sample(0.95, 100, 100)), FIRST);
+        let mut hold = FIRST;
+        for expect in [2, 4, 8, 8] {
+            hold = decide(hold, MAX, &sample(0.95, 300, 100));
+            assert_eq!(hold, Duration::from_millis(expect));
+        }
+    }
+
+    #[test]
+    fn holding_stays_while_it_batches_and_the_shard_is_busy() {
+        // At 1,000 msg/s a 2 ms hold gives ~2 frames per write and ~66 % load.
+        let two = Duration::from_millis(2);
+        assert_eq!(decide(two, MAX, &sample(0.66, 2000, 1000)), two);
+    }
+
+    #[test]
+    fn holding_stops_when_it_buys_nothing() {
+        // Request/response traffic or a low per-member rate: one frame per write.
+        assert_eq!(decide(MAX, MAX, &sample(0.95, 1000, 1000)), Duration::ZERO);
+        assert_eq!(decide(MAX, MAX, &sample(0.95, 0, 0)), Duration::ZERO);
+    }
+
+    #[test]
+    fn holding_stops_when_load_falls() {
+        assert_eq!(decide(MAX, MAX, &sample(0.30, 5000, 1000)), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_idle_gap_resets_the_hold() {
+        let mut s = sample(0.0, 0, 0);
+        s.wall = WINDOW * 50;
+        s.busy = WINDOW * 49;
+        assert_eq!(decide(MAX, MAX, &s), Duration::ZERO);
+    }
+
+    #[test]
+    fn observe_decides_once_per_window() {
+        let p = FlushPolicy::new(FlushDelay::Auto { max: MAX });
+        let t0 = Instant::now();
+        assert_eq!(p.observe(t0, || (Duration::ZERO, 0, 0)), None);
+        // Half a window, fully busy: too early to decide (nor to read the totals).
+        let early = p.observe(t0 + WINDOW / 2, || unreachable!("read mid-window"));
+        assert_eq!(early, None);
+        assert_eq!(p.delay(), Duration::ZERO);
+        let hold = p.observe(t0 + WINDOW, || (WINDOW, 20, 20));
+        assert_eq!((hold, p.delay()), (Some(FIRST), FIRST));
+    }
+
+    #[test]
+    fn a_fixed_delay_never_changes() {
+        let p = FlushPolicy::new(FlushDelay::Fixed(MAX));
+        let t0 = Instant::now();
+        assert_eq!(p.observe(t0, || (Duration::ZERO, 0, 0)), None);
+        assert_eq!(p.observe(t0 + WINDOW * 2, || (WINDOW * 2, 0, 0)), None);
+        assert_eq!(p.delay(), MAX);
+        assert!(!p.is_auto());
+    }
+}
