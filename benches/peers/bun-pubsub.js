@@ -8,6 +8,9 @@
 // reaches every subscriber of the topic, the sender included (unlike
 // `ws.publish()`, which skips the sender unless `publishToSelf` is set).
 //
+// `/ws/echo` (corecast's `kind: echo`): every message goes back to its sender
+// only, for `loadgen echo`.
+//
 // Run: bun bun-pubsub.js [PORT]   (or PORT=... / HOST=... in the environment)
 // Prints "listening on HOST:PORT" once ready. GET /stats answers 404 (loadgen
 // then reports no server counters).
@@ -15,15 +18,20 @@
 const port = Number(process.argv[2] ?? process.env.PORT ?? 8080);
 const hostname = process.env.HOST ?? "127.0.0.1";
 const PATH = "/ws/chat";
+const ECHO_PATH = "/ws/echo";
 
 const server = Bun.serve({
   hostname,
   port,
   fetch(req, server) {
     const url = new URL(req.url);
+    if (url.pathname === ECHO_PATH) {
+      if (server.upgrade(req, { data: { rooms: [], echo: true } })) return undefined;
+      return new Response("expected a WebSocket upgrade\n", { status: 426 });
+    }
     if (url.pathname === PATH) {
       const rooms = url.searchParams.getAll("room").filter((r) => r.length > 0);
-      if (server.upgrade(req, { data: { rooms } })) return undefined;
+      if (server.upgrade(req, { data: { rooms, echo: false } })) return undefined;
       return new Response("expected a WebSocket upgrade\n", { status: 426 });
     }
     return new Response("not found\n", { status: 404 });
@@ -45,6 +53,10 @@ const server = Bun.serve({
       for (const room of ws.data.rooms) ws.subscribe(room);
     },
     message(ws, message) {
+      if (ws.data.echo) {
+        ws.send(message, false);
+        return;
+      }
       // `message` is a Buffer for binary frames, a string for text frames;
       // publish() keeps the opcode. compress = false.
       for (const room of ws.data.rooms) server.publish(room, message, false);
