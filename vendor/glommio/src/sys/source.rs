@@ -35,17 +35,20 @@ pub(crate) enum SourceType {
     PollAdd,
     SockSend(DmaBuffer),
     SockRecv(Option<DmaBuffer>),
+    // corecast patch (PATCHES.md): the message headers and socket addresses are
+    // boxed, so that every Source (one armed per idle TCP connection) does not
+    // carry ~250 bytes that only these datagram/connect/accept variants use.
     SockRecvMsg(
         Option<DmaBuffer>,
-        libc::iovec,
-        libc::msghdr,
-        MaybeUninit<nix::sys::socket::sockaddr_storage>,
+        Box<(
+            libc::iovec,
+            libc::msghdr,
+            MaybeUninit<nix::sys::socket::sockaddr_storage>,
+        )>,
     ),
     SockSendMsg(
         DmaBuffer,
-        libc::iovec,
-        libc::msghdr,
-        nix::sys::socket::SockaddrStorage,
+        Box<(libc::iovec, libc::msghdr, nix::sys::socket::SockaddrStorage)>,
     ),
     Open(CString),
     FdataSync,
@@ -56,8 +59,8 @@ pub(crate) enum SourceType {
     ForeignNotifier(u64, bool),
     Statx(CString, Box<RefCell<Statx>>),
     Timeout(TimeSpec64, u32),
-    Connect(nix::sys::socket::SockaddrStorage),
-    Accept(SockAddrStorage),
+    Connect(Box<nix::sys::socket::SockaddrStorage>),
+    Accept(Box<SockAddrStorage>),
     Rename(PathBuf, PathBuf),
     CreateDir(PathBuf),
     Remove(PathBuf),
@@ -129,7 +132,8 @@ pub(crate) struct InnerSource {
 
     pub(crate) enqueued: Option<EnqueuedSource>,
 
-    pub(crate) stats_collection: Option<StatsCollection>,
+    // corecast patch (PATCHES.md): boxed; network sources never have one.
+    pub(crate) stats_collection: Option<Box<StatsCollection>>,
 
     pub(crate) task_queue: Option<TaskQueueHandle>,
 }
@@ -173,7 +177,7 @@ impl Source {
                 io_requirements: ioreq,
                 enqueued: None,
                 timeout: None,
-                stats_collection,
+                stats_collection: stats_collection.map(Box::new),
                 task_queue,
             })),
         }
@@ -299,7 +303,7 @@ impl Source {
     }
 
     pub(crate) fn stats_collection(&self) -> Option<StatsCollection> {
-        self.inner.borrow().stats_collection
+        self.inner.borrow().stats_collection.as_deref().copied()
     }
 
     pub(crate) async fn collect_rw(&self) -> io::Result<usize> {
