@@ -11,6 +11,13 @@
 // `/ws/echo` (corecast's `kind: echo`): every message goes back to its sender
 // only, for `loadgen echo`.
 //
+// `/sse` (for `loadgen idle --sse`, idle-memory only): answers 200
+// `text/event-stream`, writes one comment line (`: ok`) so the client sees the
+// stream is up, and keeps the stream open forever (a ReadableStream that is
+// never closed; the per-request idle timeout is switched off). Nothing is
+// published to SSE streams; `?room=` is accepted and ignored. Bun sends the
+// body chunked (no Content-Length), which `loadgen idle --sse` accepts.
+//
 // Run: bun bun-pubsub.js [PORT]   (or PORT=... / HOST=... in the environment)
 // Prints "listening on HOST:PORT" once ready. GET /stats answers 404 (loadgen
 // then reports no server counters).
@@ -19,6 +26,13 @@ const port = Number(process.argv[2] ?? process.env.PORT ?? 8080);
 const hostname = process.env.HOST ?? "127.0.0.1";
 const PATH = "/ws/chat";
 const ECHO_PATH = "/ws/echo";
+const SSE_PATH = "/sse";
+const SSE_HELLO = new TextEncoder().encode(": ok\n\n");
+const SSE_HEADERS = {
+  "Content-Type": "text/event-stream",
+  "Cache-Control": "no-cache",
+  "X-Accel-Buffering": "no",
+};
 
 const server = Bun.serve({
   hostname,
@@ -28,6 +42,17 @@ const server = Bun.serve({
     if (url.pathname === ECHO_PATH) {
       if (server.upgrade(req, { data: { rooms: [], echo: true } })) return undefined;
       return new Response("expected a WebSocket upgrade\n", { status: 426 });
+    }
+    if (url.pathname === SSE_PATH) {
+      // Bun.serve closes a request idle for `idleTimeout` (default 10 s);
+      // an idle event stream must outlive the measurement.
+      server.timeout(req, 0);
+      const body = new ReadableStream({
+        start(controller) {
+          controller.enqueue(SSE_HELLO); // never closed
+        },
+      });
+      return new Response(body, { headers: SSE_HEADERS });
     }
     if (url.pathname === PATH) {
       const rooms = url.searchParams.getAll("room").filter((r) => r.length > 0);

@@ -64,6 +64,7 @@ fn main() -> ExitCode {
             Command::Help(_) => unreachable!("handled above"),
         }
     });
+    loadgen::stats::finish_progress();
     let code = match outcome {
         Ok((json, any_connected)) => {
             let mut out = std::io::stdout().lock();

@@ -11,7 +11,8 @@ use crate::loadgen::payload;
 
 /// What `--help` adds after the flags.
 const OUTPUT_NOTE: &str = "\
-Output: one JSON line on stdout; progress every second on stderr.
+Output: one JSON line on stdout; progress every second on stderr (on a terminal one line,
+redrawn in place; otherwise one line per second).
 Exit status: 0 = ran (see the JSON for failures), 1 = no connection succeeded, 2 = bad usage.";
 
 /// The command line.
@@ -53,7 +54,7 @@ struct CommonArgs {
     /// Several servers; connections go round-robin (overrides --addr).
     #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
     targets: Vec<String>,
-    /// Endpoint path [fanout, idle: /ws/chat; echo: /ws/echo; sse: /sse; wt: /wt/chat].
+    /// Endpoint path [fanout, idle: /ws/chat; echo: /ws/echo; sse, idle --sse: /sse; wt: /wt/chat].
     #[arg(long, value_name = "PATH", value_parser = abs_path)]
     path: Option<String>,
     /// New connections per second while ramping.
@@ -206,9 +207,14 @@ struct IdleArgs {
     /// How long to hold them once the ramp is done, seconds.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = secs)]
     hold: Duration,
-    /// Room to join (with the default /ws/chat path).
+    /// Room to join (added as ?room= unless --path already has one).
     #[arg(long, value_name = "NAME", default_value = "idle")]
     room: String,
+    /// Open Server-Sent Events streams (GET /sse?room=...) instead of
+    /// WebSockets: read the response head, then hold the socket, discarding
+    /// whatever the server sends (a chunked body is accepted).
+    #[arg(long)]
+    sse: bool,
 }
 
 /// Flags shared by every mode.
@@ -361,6 +367,8 @@ pub struct Idle {
     pub hold: Duration,
     /// Room name.
     pub room: String,
+    /// Server-Sent Events streams instead of WebSockets.
+    pub sse: bool,
 }
 
 /// A parsed command line.
@@ -583,6 +591,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             connections: a.connections,
             hold: a.hold,
             room: a.room,
+            sse: a.sse,
         })),
     }
 }
@@ -713,5 +722,19 @@ mod tests {
         let e = p("idle --hold").unwrap_err();
         assert!(e.contains("--hold"), "{e}");
         assert!(matches!(p("idle --help"), Ok(Command::Help(_))));
+    }
+
+    #[test]
+    fn parses_idle() {
+        let Ok(Command::Idle(i)) = p("idle --connections 7") else {
+            panic!("expected idle");
+        };
+        assert_eq!(i.connections, 7);
+        assert!(!i.sse);
+        let Ok(Command::Idle(i)) = p("idle --sse --path /events") else {
+            panic!("expected idle");
+        };
+        assert!(i.sse);
+        assert_eq!(i.common.path.as_deref(), Some("/events"));
     }
 }

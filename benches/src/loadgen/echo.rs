@@ -101,7 +101,9 @@ pub async fn run(cfg: Echo) -> Result<(Value, bool), String> {
     }
     let ramp_s = ramp_start.elapsed().as_secs_f64();
     let up = UP.load(Relaxed);
-    eprintln!("loadgen echo: ramp done in {ramp_s:.2}s: {up}/{n} connected");
+    stats::log_line(format_args!(
+        "loadgen echo: ramp done in {ramp_s:.2}s: {up}/{n} connected"
+    ));
 
     // Nothing connected: report at once instead of waiting out the run.
     let (warmup, duration, drain) = if up == 0 {

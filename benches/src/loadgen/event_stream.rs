@@ -37,6 +37,16 @@ pub fn request(host: &str, resource: &str) -> String {
 /// `HTTP/1.x 200` with `Content-Type: text/event-stream` and no chunked
 /// transfer coding (corecast streams the body raw until it closes).
 pub fn check_response(head: &[u8]) -> Result<(), HandshakeError> {
+    check_head(head, false)
+}
+
+/// [`check_response`] that also accepts a chunked body: for clients that hold
+/// the stream open without parsing events (`loadgen idle --sse`).
+pub fn check_response_any_coding(head: &[u8]) -> Result<(), HandshakeError> {
+    check_head(head, true)
+}
+
+fn check_head(head: &[u8], allow_chunked: bool) -> Result<(), HandshakeError> {
     let text =
         std::str::from_utf8(head).map_err(|_| HandshakeError::Bad("non-UTF-8 response head"))?;
     let mut lines = text.split("\r\n");
@@ -60,7 +70,8 @@ pub fn check_response(head: &[u8]) -> Result<(), HandshakeError> {
         if name.eq_ignore_ascii_case("content-type") {
             let media = value.split(';').next().unwrap_or("").trim();
             event_stream = media.eq_ignore_ascii_case("text/event-stream");
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
+        } else if !allow_chunked
+            && name.eq_ignore_ascii_case("transfer-encoding")
             && value.to_ascii_lowercase().contains("chunked")
         {
             return Err(HandshakeError::Bad(
@@ -476,6 +487,13 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
         )
         .is_err());
+        let chunked = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(check_response_any_coding(chunked).is_ok());
+        assert!(check_response_any_coding(ok).is_ok());
+        assert!(
+            check_response_any_coding(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+                .is_err()
+        );
         let req = request("h:1", "/sse?room=a");
         assert!(req.starts_with("GET /sse?room=a HTTP/1.1\r\nHost: h:1\r\n"));
         assert!(req.contains("Accept: text/event-stream\r\n") && req.ends_with("\r\n\r\n"));

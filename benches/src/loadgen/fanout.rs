@@ -246,9 +246,9 @@ pub async fn run_phases(
     let ramp_s = ramp_start.elapsed().as_secs_f64();
     let subs_up = COUNTERS.live_subs.load(Relaxed);
     let pubs_up = PUBS_UP.load(Relaxed);
-    eprintln!(
+    stats::log_line(format_args!(
         "loadgen {label}: ramp done in {ramp_s:.2}s: {subs_up}/{n_subs} subscribers, {pubs_up}/{n_pubs} publishers connected"
-    );
+    ));
 
     // Nothing connected: report at once instead of waiting out the run.
     let (warmup, duration, drain) = if subs_up + pubs_up == 0 {
@@ -262,10 +262,10 @@ pub async fn run_phases(
         Some(t) => {
             let at = Instant::from_std(stats::instant_at_unix(t));
             if at < soon {
-                eprintln!(
+                stats::log_line(format_args!(
                     "loadgen {label}: WARNING: ramp overran --start-at by {:.2}s",
                     (soon - at).as_secs_f64()
-                );
+                ));
             }
             (at.max(soon), (soon - at.min(soon)).as_secs_f64())
         }

@@ -1,6 +1,9 @@
 //! `loadgen idle`: open N connections (spread over source addresses), hold
-//! them idle for `--hold` seconds (answering pings), then report.
+//! them idle for `--hold` seconds (answering pings), then report. With
+//! `--sse` the connections are Server-Sent Events streams: the response head
+//! is checked, then the socket is held and whatever arrives is discarded.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +23,7 @@ struct Shared {
     plan: SourcePlan,
     resource: String,
     timeout: Duration,
+    sse: bool,
 }
 
 /// Runs the idle test and returns the result line (and whether anything connected).
@@ -29,14 +33,20 @@ pub async fn run(cfg: Idle, nofile: (u64, u64)) -> Result<(Value, bool), String>
         per_source: cfg.common.per_source,
         sources: cfg.common.sources.clone(),
     };
-    let path = cfg.common.path.clone().unwrap_or_else(|| "/ws/chat".into());
+    let default_path = if cfg.sse { "/sse" } else { "/ws/chat" };
+    let path = cfg
+        .common
+        .path
+        .clone()
+        .unwrap_or_else(|| default_path.into());
     let resource = net::resource(
         &path,
         (!path.contains("room=")).then_some(cfg.room.as_str()),
     );
     let n = cfg.connections;
     eprintln!(
-        "loadgen idle: {n} connections -> ws://{}{} ({}), hold {:?}, RLIMIT_NOFILE {}",
+        "loadgen idle: {n} connections -> {}://{}{} ({}), hold {:?}, RLIMIT_NOFILE {}",
+        if cfg.sse { "http" } else { "ws" },
         targets[0].host,
         resource,
         plan.describe(n, &targets[0].addr),
@@ -54,6 +64,7 @@ pub async fn run(cfg: Idle, nofile: (u64, u64)) -> Result<(Value, bool), String>
         plan,
         resource,
         timeout: cfg.common.timeout,
+        sse: cfg.sse,
     });
     stats::spawn_progress(move |t, _| {
         format!(
@@ -76,10 +87,10 @@ pub async fn run(cfg: Idle, nofile: (u64, u64)) -> Result<(Value, bool), String>
     }
     let ramp_s = ramp_start.elapsed().as_secs_f64();
     let connected = COUNTERS.connected.load(Relaxed);
-    eprintln!(
+    stats::log_line(format_args!(
         "loadgen idle: ramp done in {ramp_s:.2}s: {connected}/{n} connected; holding {:?}",
         cfg.hold
-    );
+    ));
     PHASE.store(stats::PHASE_HOLD, Relaxed);
     if connected > 0 {
         tokio::time::sleep(cfg.hold).await;
@@ -87,6 +98,7 @@ pub async fn run(cfg: Idle, nofile: (u64, u64)) -> Result<(Value, bool), String>
     let server = server_stats::fetch(&targets).await;
     let result = json!({
         "mode": "idle",
+        "protocol": if cfg.sse { "sse" } else { "ws" },
         "connections": n,
         "connected": connected,
         "failed": COUNTERS.failed.load(Relaxed),
@@ -114,6 +126,9 @@ impl OnMessage for CountForeign {
 async fn connection(i: usize, sh: Arc<Shared>) {
     let target = &sh.targets[i % sh.targets.len()];
     let source = sh.plan.source_for(i, &target.addr);
+    if sh.sse {
+        return sse_connection(target, source, &sh).await;
+    }
     let Some(mut conn) = net::open_ws(i, target, source, &sh.resource, sh.timeout).await else {
         return;
     };
@@ -134,6 +149,23 @@ async fn connection(i: usize, sh: Arc<Shared>) {
     let end = loop {
         if let Err(end) = net::read_step(&conn.stream, &mut reader, &mut ctl, &mut on_msg).await {
             break end;
+        }
+    };
+    end.record();
+}
+
+/// One idle event stream: the response head, then hold the socket until the
+/// server ends it, discarding comments, `retry:` lines and any events.
+async fn sse_connection(target: &Target, source: Option<IpAddr>, sh: &Shared) {
+    let Some(conn) = net::open_sse_hold(target, source, &sh.resource, sh.timeout).await else {
+        return;
+    };
+    drop(conn.leftover);
+    let end = loop {
+        match net::read_chunk(&conn.stream, |_| ()).await {
+            Ok(Some(())) => {}
+            Ok(None) => break net::End::Eof,
+            Err(e) => break net::End::Io(e),
         }
     };
     end.record();

@@ -138,7 +138,7 @@ static WARNED: [AtomicBool; 10] = [const { AtomicBool::new(false) }; 10];
 
 fn warn_once(slot: usize, msg: impl FnOnce() -> String) {
     if !WARNED[slot].swap(true, Relaxed) {
-        eprintln!("loadgen: {}", msg());
+        stats::log_line(format_args!("loadgen: {}", msg()));
     }
 }
 
@@ -335,13 +335,18 @@ async fn sse_handshake(
     stream: &TcpStream,
     target: &Target,
     resource: &str,
+    allow_chunked: bool,
 ) -> Result<Vec<u8>, HandshakeError> {
     let req = event_stream::request(&target.host, resource);
     write_all(stream, req.as_bytes())
         .await
         .map_err(HandshakeError::Io)?;
     let (buf, end) = read_head(stream).await?;
-    event_stream::check_response(&buf[..end])?;
+    if allow_chunked {
+        event_stream::check_response_any_coding(&buf[..end])?;
+    } else {
+        event_stream::check_response(&buf[..end])?;
+    }
     Ok(buf[end..].to_vec())
 }
 
@@ -380,13 +385,34 @@ pub async fn open_sse(
     resource: &str,
     timeout: Duration,
 ) -> Option<SseConn> {
+    open_sse_with(target, source, resource, timeout, false).await
+}
+
+/// [`open_sse`] for a client that only holds the stream open and never parses
+/// it (`loadgen idle --sse`): a chunked body is accepted too.
+pub async fn open_sse_hold(
+    target: &Target,
+    source: Option<IpAddr>,
+    resource: &str,
+    timeout: Duration,
+) -> Option<SseConn> {
+    open_sse_with(target, source, resource, timeout, true).await
+}
+
+async fn open_sse_with(
+    target: &Target,
+    source: Option<IpAddr>,
+    resource: &str,
+    timeout: Duration,
+    allow_chunked: bool,
+) -> Option<SseConn> {
     let result = async {
         let stream = connect_tcp(target, source, timeout).await?;
-        let leftover =
-            match tokio::time::timeout(timeout, sse_handshake(&stream, target, resource)).await {
-                Ok(r) => r.map_err(ConnError::Handshake)?,
-                Err(_) => return Err(ConnError::Timeout("event-stream request")),
-            };
+        let handshake = sse_handshake(&stream, target, resource, allow_chunked);
+        let leftover = match tokio::time::timeout(timeout, handshake).await {
+            Ok(r) => r.map_err(ConnError::Handshake)?,
+            Err(_) => return Err(ConnError::Timeout("event-stream request")),
+        };
         Ok(SseConn { stream, leftover })
     }
     .await;

@@ -92,7 +92,7 @@ static WARNED: [AtomicBool; 4] = [const { AtomicBool::new(false) }; 4];
 
 fn warn_once(slot: usize, msg: impl FnOnce() -> String) {
     if !WARNED[slot].swap(true, Relaxed) {
-        eprintln!("loadgen sse: {}", msg());
+        stats::log_line(format_args!("loadgen sse: {}", msg()));
     }
 }
 

@@ -450,7 +450,98 @@ pub fn window_counts_listen() -> (u64, u64) {
     (d, all.window_seq_span())
 }
 
-/// Spawns a task printing `line(elapsed_s, dt_s)` to stderr every second.
+/// Where progress output stands. On a terminal the progress line is redrawn
+/// in place; elsewhere (pipes, CI, log files) every tick is its own line.
+#[derive(Debug)]
+struct ProgressOut {
+    /// The last progress line, still on screen without its newline (terminal only).
+    open: Option<String>,
+    /// The run is over: no more progress lines.
+    done: bool,
+}
+
+static PROGRESS_OUT: Mutex<ProgressOut> = Mutex::new(ProgressOut {
+    open: None,
+    done: false,
+});
+
+/// Whether stderr is a terminal (checked once).
+fn stderr_is_tty() -> bool {
+    static TTY: OnceLock<bool> = OnceLock::new();
+    *TTY.get_or_init(|| std::io::IsTerminal::is_terminal(&std::io::stderr()))
+}
+
+/// Columns of the terminal on stderr (`None` if unknown).
+fn stderr_columns() -> Option<usize> {
+    // SAFETY: TIOCGWINSZ only writes the winsize struct we pass.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDERR_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0).then_some(ws.ws_col as usize)
+}
+
+/// `line` cut to fit one terminal row (a wrapped line cannot be redrawn with `\r`).
+fn fit_row(line: &str, cols: Option<usize>) -> &str {
+    match cols {
+        Some(c) if line.chars().count() >= c => {
+            let end = line
+                .char_indices()
+                .nth(c.saturating_sub(1))
+                .map_or(line.len(), |(i, _)| i);
+            &line[..end]
+        }
+        _ => line,
+    }
+}
+
+/// Prints one progress tick: redrawn in place (`\r`, line, clear to end of
+/// line) on a terminal, one line per tick otherwise.
+fn progress_tick(line: &str) {
+    use std::io::Write;
+    let mut st = lock(&PROGRESS_OUT);
+    if st.done {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    if stderr_is_tty() {
+        let row = fit_row(line, stderr_columns());
+        let _ = write!(err, "\r{row}\x1b[K");
+        st.open = Some(row.to_string());
+    } else {
+        let _ = writeln!(err, "{line}");
+    }
+    let _ = err.flush();
+}
+
+/// Prints a message line on stderr without garbling the progress line: on a
+/// terminal the message replaces the progress line, which is redrawn below it.
+pub fn log_line(msg: impl std::fmt::Display) {
+    use std::io::Write;
+    let st = lock(&PROGRESS_OUT);
+    let mut err = std::io::stderr().lock();
+    match &st.open {
+        Some(row) => {
+            let _ = write!(err, "\r\x1b[K{msg}\n{row}\x1b[K");
+        }
+        None => {
+            let _ = writeln!(err, "{msg}");
+        }
+    }
+    let _ = err.flush();
+}
+
+/// Ends progress output when the run is over: a progress line redrawn in
+/// place gets its newline, and no further ticks are printed.
+pub fn finish_progress() {
+    let mut st = lock(&PROGRESS_OUT);
+    st.done = true;
+    if st.open.take().is_some() {
+        eprintln!();
+    }
+}
+
+/// Spawns a task printing `line(elapsed_s, dt_s)` to stderr every second: on
+/// a terminal the line is rewritten in place (call [`finish_progress`] when
+/// the run ends), otherwise each tick is a new line.
 pub fn spawn_progress(mut line: impl FnMut(f64, f64) -> String + Send + 'static) {
     tokio::spawn(async move {
         let start = tokio::time::Instant::now();
@@ -464,7 +555,7 @@ pub fn spawn_progress(mut line: impl FnMut(f64, f64) -> String + Send + 'static)
             let now = tick.tick().await;
             let dt = now.duration_since(last).as_secs_f64().max(1e-3);
             last = now;
-            eprintln!("{}", line(now.duration_since(start).as_secs_f64(), dt));
+            progress_tick(&line(now.duration_since(start).as_secs_f64(), dt));
         }
     });
 }
@@ -505,6 +596,15 @@ mod tests {
         assert!((4.0..=5.1).contains(&ahead), "{ahead}");
         let past = instant_at_unix(wall - 60.0);
         assert!(past.elapsed().as_secs_f64() < 1.0);
+    }
+
+    #[test]
+    fn progress_rows_fit_the_terminal() {
+        assert_eq!(fit_row("abcdef", None), "abcdef");
+        assert_eq!(fit_row("abcdef", Some(80)), "abcdef");
+        assert_eq!(fit_row("abcdef", Some(4)), "abc");
+        assert_eq!(fit_row("abcdef", Some(6)), "abcde");
+        assert_eq!(fit_row("aµcdef", Some(3)), "aµ");
     }
 
     #[test]
