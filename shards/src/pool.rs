@@ -227,7 +227,10 @@ mod tests {
             if kernel_at_least(6, 1) {
                 assert_eq!(got, mode);
             } else {
-                assert!(got == mode || got == TaskRun::Interrupt, "{mode:?}: got {got:?}");
+                assert!(
+                    got == mode || got == TaskRun::Interrupt,
+                    "{mode:?}: got {got:?}"
+                );
             }
             let (mut c, _) = listener.accept().unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

@@ -111,10 +111,9 @@ async fn a_fixed_flush_delay_never_holds_a_direct_reply() {
 #[tokio::test]
 async fn stats_report_the_io_uring_task_run_in_use() {
     for mode in ["interrupt", "cooperative", "deferred"] {
-        let server = Server::start_with(
-            ServerOptions::shards(2).set("runtime.io_uring_task_run", mode),
-        )
-        .await;
+        let server =
+            Server::start_with(ServerOptions::shards(2).set("runtime.io_uring_task_run", mode))
+                .await;
         // A real exchange through the ring in this mode.
         let mut ws = connect(&server.url("/ws/echo")).await;
         ws.send(Message::Text("hi".into())).await.expect("send");

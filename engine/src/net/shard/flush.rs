@@ -18,7 +18,13 @@
 //! - **stay** while load is above [`EXIT_LOAD`] (holding lowers the load it
 //!   needs, so a lower exit threshold keeps it from flapping) and writes average
 //!   at least [`MIN_FRAMES_PER_WRITE`] frames (the hold is buying something);
-//! - otherwise **leave** holding: writes go out as soon as frames are queued.
+//! - otherwise **leave** holding: writes go out as soon as frames are queued;
+//! - and **back off** for [`COOLDOWN_WINDOWS`] when the frames written per second
+//!   fell by more than [`MAX_RATE_LOSS`] against the window that started the hold:
+//!   the senders wait for their own deliveries (a closed loop, like a publisher
+//!   with a window of unacknowledged messages), so the hold costs throughput
+//!   instead of saving CPU. At a fixed offered rate the frames per second do not
+//!   fall, and the hold stays.
 //!
 //! Only room deliveries are held; a direct reply (echo, an error frame, a
 //! request/response exchange) is always written at once.
@@ -36,6 +42,21 @@ pub(crate) const ENTER_LOAD: f64 = 0.90;
 pub(crate) const EXIT_LOAD: f64 = 0.40;
 /// Frames per write below which holding is not worth its latency.
 pub(crate) const MIN_FRAMES_PER_WRITE: f64 = 1.25;
+/// Share of the entry window's frames/s a hold may lose before it is dropped.
+pub(crate) const MAX_RATE_LOSS: f64 = 0.15;
+/// Windows without holding after a hold cost throughput (1 s).
+pub(crate) const COOLDOWN_WINDOWS: u32 = 50;
+
+/// What the policy carries from one window to the next.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub(crate) struct State {
+    /// The hold in force (zero: write at once).
+    pub hold: Duration,
+    /// Frames per second in the window that started the current hold.
+    pub entry_rate: f64,
+    /// Windows left before holding may start again.
+    pub cooldown: u32,
+}
 
 /// One window's measurements, as deltas.
 #[derive(Debug, Clone, Copy)]
@@ -53,8 +74,8 @@ pub(crate) struct Sample {
 #[derive(Debug)]
 pub(crate) struct FlushPolicy {
     config: FlushDelay,
-    /// The hold in force now (zero: write at once).
-    current: Cell<Duration>,
+    /// The hold in force now and what it was decided from.
+    state: Cell<State>,
     /// Where the current window started, and the counters at that point.
     window: Cell<Option<WindowStart>>,
 }
@@ -75,7 +96,10 @@ impl FlushPolicy {
         };
         Self {
             config,
-            current: Cell::new(current),
+            state: Cell::new(State {
+                hold: current,
+                ..State::default()
+            }),
             window: Cell::new(None),
         }
     }
@@ -83,7 +107,7 @@ impl FlushPolicy {
     /// How long a room delivery may wait now.
     #[inline]
     pub(crate) fn delay(&self) -> Duration {
-        self.current.get()
+        self.state.get().hold
     }
 
     /// Whether the delay adapts (the shard should call [`Self::observe`]).
@@ -124,25 +148,35 @@ impl FlushPolicy {
             frames: frames.saturating_sub(w.frames),
             writes: writes.saturating_sub(w.writes),
         };
-        let hold = decide(self.current.get(), max, &sample);
-        self.current.set(hold);
-        Some(hold)
+        let next = decide(self.state.get(), max, &sample);
+        self.state.set(next);
+        Some(next.hold)
     }
 }
 
-/// The hold for the next window, from the current one and what it measured.
-pub(crate) fn decide(current: Duration, max: Duration, s: &Sample) -> Duration {
+/// The state for the next window, from the current one and what it measured.
+pub(crate) fn decide(st: State, max: Duration, s: &Sample) -> State {
+    let idle = State {
+        cooldown: st.cooldown.saturating_sub(1),
+        ..State::default()
+    };
     // A gap much longer than a window means the shard was idle in between:
     // whatever the load was before, it is not now.
     if s.wall > WINDOW * 5 {
-        return Duration::ZERO;
+        return State::default();
     }
-    let load = s.busy.as_secs_f64() / s.wall.as_secs_f64().max(1e-9);
-    if current.is_zero() {
-        if load >= ENTER_LOAD {
-            (max / 8).max(Duration::from_micros(100)).min(max)
+    let secs = s.wall.as_secs_f64().max(1e-9);
+    let load = s.busy.as_secs_f64() / secs;
+    let rate = s.frames as f64 / secs;
+    if st.hold.is_zero() {
+        if load >= ENTER_LOAD && st.cooldown == 0 {
+            State {
+                hold: (max / 8).max(Duration::from_micros(100)).min(max),
+                entry_rate: rate,
+                cooldown: 0,
+            }
         } else {
-            Duration::ZERO
+            idle
         }
     } else {
         let frames_per_write = if s.writes == 0 {
@@ -150,12 +184,20 @@ pub(crate) fn decide(current: Duration, max: Duration, s: &Sample) -> Duration {
         } else {
             s.frames as f64 / s.writes as f64
         };
-        if load < EXIT_LOAD || frames_per_write < MIN_FRAMES_PER_WRITE {
-            Duration::ZERO
+        if rate < st.entry_rate * (1.0 - MAX_RATE_LOSS) {
+            State {
+                cooldown: COOLDOWN_WINDOWS,
+                ..State::default()
+            }
+        } else if load < EXIT_LOAD || frames_per_write < MIN_FRAMES_PER_WRITE {
+            State::default()
         } else if load >= ENTER_LOAD {
-            (current * 2).min(max)
+            State {
+                hold: (st.hold * 2).min(max),
+                ..st
+            }
         } else {
-            current
+            st
         }
     }
 }
@@ -167,6 +209,7 @@ mod tests {
     const MAX: Duration = Duration::from_millis(8);
     const FIRST: Duration = Duration::from_millis(1);
 
+    /// A window at `load` that wrote `frames` frames in `writes` sends.
     fn sample(load: f64, frames: u64, writes: u64) -> Sample {
         Sample {
             wall: WINDOW,
@@ -176,25 +219,30 @@ mod tests {
         }
     }
 
+    fn holding(hold: Duration, entry_frames: u64) -> State {
+        State {
+            hold,
+            entry_rate: entry_frames as f64 / WINDOW.as_secs_f64(),
+            cooldown: 0,
+        }
+    }
+
     #[test]
     fn an_unsaturated_shard_never_holds() {
-        assert_eq!(
-            decide(Duration::ZERO, MAX, &sample(0.64, 100, 100)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            decide(Duration::ZERO, MAX, &sample(0.89, 100, 100)),
-            Duration::ZERO
-        );
+        for load in [0.3, 0.64, 0.89] {
+            let st = decide(State::default(), MAX, &sample(load, 100, 100));
+            assert_eq!(st.hold, Duration::ZERO, "load {load}");
+        }
     }
 
     #[test]
     fn a_saturated_shard_starts_holding_and_doubles_up_to_the_max() {
-        assert_eq!(decide(Duration::ZERO, MAX, &sample(0.95, 100, 100)), FIRST);
-        let mut hold = FIRST;
+        let mut st = decide(State::default(), MAX, &sample(0.95, 1000, 1000));
+        assert_eq!(st.hold, FIRST);
+        // A fixed offered rate: the frames per second stay while the hold grows.
         for expect in [2, 4, 8, 8] {
-            hold = decide(hold, MAX, &sample(0.95, 300, 100));
-            assert_eq!(hold, Duration::from_millis(expect));
+            st = decide(st, MAX, &sample(0.95, 1000, 300));
+            assert_eq!(st.hold, Duration::from_millis(expect));
         }
     }
 
@@ -202,19 +250,38 @@ mod tests {
     fn holding_stays_while_it_batches_and_the_shard_is_busy() {
         // At 1,000 msg/s a 2 ms hold gives ~2 frames per write and ~66 % load.
         let two = Duration::from_millis(2);
-        assert_eq!(decide(two, MAX, &sample(0.66, 2000, 1000)), two);
+        let st = decide(holding(two, 2000), MAX, &sample(0.66, 2000, 1000));
+        assert_eq!(st.hold, two);
     }
 
     #[test]
     fn holding_stops_when_it_buys_nothing() {
         // Request/response traffic or a low per-member rate: one frame per write.
-        assert_eq!(decide(MAX, MAX, &sample(0.95, 1000, 1000)), Duration::ZERO);
-        assert_eq!(decide(MAX, MAX, &sample(0.95, 0, 0)), Duration::ZERO);
+        let st = decide(holding(MAX, 1000), MAX, &sample(0.95, 1000, 1000));
+        assert_eq!(st, State::default());
+        let st = decide(holding(MAX, 0), MAX, &sample(0.95, 0, 0));
+        assert_eq!(st, State::default());
     }
 
     #[test]
     fn holding_stops_when_load_falls() {
-        assert_eq!(decide(MAX, MAX, &sample(0.30, 5000, 1000)), Duration::ZERO);
+        let st = decide(holding(MAX, 5000), MAX, &sample(0.30, 5000, 1000));
+        assert_eq!(st.hold, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_hold_that_costs_throughput_backs_off_for_a_while() {
+        // A publisher with a window of unacknowledged messages: the hold adds to
+        // its round trip, so fewer frames per second are written.
+        let st = decide(holding(FIRST * 4, 10_000), MAX, &sample(0.75, 8_000, 125));
+        assert_eq!((st.hold, st.cooldown), (Duration::ZERO, COOLDOWN_WINDOWS));
+        // Saturated again during the cool-down: no hold until it has run out.
+        let mut st = st;
+        for _ in 0..COOLDOWN_WINDOWS {
+            st = decide(st, MAX, &sample(0.99, 10_000, 160));
+            assert_eq!(st.hold, Duration::ZERO);
+        }
+        assert_eq!(decide(st, MAX, &sample(0.99, 10_000, 160)).hold, FIRST);
     }
 
     #[test]
@@ -222,7 +289,7 @@ mod tests {
         let mut s = sample(0.0, 0, 0);
         s.wall = WINDOW * 50;
         s.busy = WINDOW * 49;
-        assert_eq!(decide(MAX, MAX, &s), Duration::ZERO);
+        assert_eq!(decide(holding(MAX, 100), MAX, &s), State::default());
     }
 
     #[test]
