@@ -20,7 +20,8 @@
 //!   at least [`MIN_FRAMES_PER_WRITE`] frames (the hold is buying something);
 //! - otherwise **leave** holding: writes go out as soon as frames are queued;
 //! - and **back off** for [`COOLDOWN_WINDOWS`] when the frames written per second
-//!   fell by more than [`MAX_RATE_LOSS`] against the window that started the hold:
+//!   (smoothed over about five windows, so the hold's own burstiness does not
+//!   count) fell by more than [`MAX_RATE_LOSS`] against the rate before the hold:
 //!   the senders wait for their own deliveries (a closed loop, like a publisher
 //!   with a window of unacknowledged messages), so the hold costs throughput
 //!   instead of saving CPU. At a fixed offered rate the frames per second do not
@@ -46,14 +47,22 @@ pub(crate) const MIN_FRAMES_PER_WRITE: f64 = 1.25;
 pub(crate) const MAX_RATE_LOSS: f64 = 0.15;
 /// Windows without holding after a hold cost throughput (1 s).
 pub(crate) const COOLDOWN_WINDOWS: u32 = 50;
+/// Weight of the newest window in the smoothed frames/s.
+const RATE_SMOOTHING: f64 = 0.2;
+/// Windows a hold runs before its rate is judged.
+const JUDGE_AFTER_WINDOWS: u32 = 5;
 
 /// What the policy carries from one window to the next.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub(crate) struct State {
     /// The hold in force (zero: write at once).
     pub hold: Duration,
-    /// Frames per second in the window that started the current hold.
+    /// Smoothed frames per second before the current hold started.
     pub entry_rate: f64,
+    /// Smoothed frames per second now.
+    pub rate: f64,
+    /// Windows the current hold has run.
+    pub held_windows: u32,
     /// Windows left before holding may start again.
     pub cooldown: u32,
 }
@@ -156,10 +165,6 @@ impl FlushPolicy {
 
 /// The state for the next window, from the current one and what it measured.
 pub(crate) fn decide(st: State, max: Duration, s: &Sample) -> State {
-    let idle = State {
-        cooldown: st.cooldown.saturating_sub(1),
-        ..State::default()
-    };
     // A gap much longer than a window means the shard was idle in between:
     // whatever the load was before, it is not now.
     if s.wall > WINDOW * 5 {
@@ -167,16 +172,28 @@ pub(crate) fn decide(st: State, max: Duration, s: &Sample) -> State {
     }
     let secs = s.wall.as_secs_f64().max(1e-9);
     let load = s.busy.as_secs_f64() / secs;
-    let rate = s.frames as f64 / secs;
+    let window_rate = s.frames as f64 / secs;
+    let rate = if st.rate == 0.0 {
+        window_rate
+    } else {
+        st.rate + RATE_SMOOTHING * (window_rate - st.rate)
+    };
+    let not_holding = State {
+        rate,
+        cooldown: st.cooldown.saturating_sub(1),
+        ..State::default()
+    };
     if st.hold.is_zero() {
         if load >= ENTER_LOAD && st.cooldown == 0 {
             State {
                 hold: (max / 8).max(Duration::from_micros(100)).min(max),
                 entry_rate: rate,
+                rate,
+                held_windows: 0,
                 cooldown: 0,
             }
         } else {
-            idle
+            not_holding
         }
     } else {
         let frames_per_write = if s.writes == 0 {
@@ -184,20 +201,31 @@ pub(crate) fn decide(st: State, max: Duration, s: &Sample) -> State {
         } else {
             s.frames as f64 / s.writes as f64
         };
-        if rate < st.entry_rate * (1.0 - MAX_RATE_LOSS) {
+        let held_windows = st.held_windows + 1;
+        if held_windows >= JUDGE_AFTER_WINDOWS && rate < st.entry_rate * (1.0 - MAX_RATE_LOSS) {
             State {
+                rate,
                 cooldown: COOLDOWN_WINDOWS,
                 ..State::default()
             }
         } else if load < EXIT_LOAD || frames_per_write < MIN_FRAMES_PER_WRITE {
-            State::default()
+            State {
+                rate,
+                ..State::default()
+            }
         } else if load >= ENTER_LOAD {
             State {
                 hold: (st.hold * 2).min(max),
+                rate,
+                held_windows,
                 ..st
             }
         } else {
-            st
+            State {
+                rate,
+                held_windows,
+                ..st
+            }
         }
     }
 }
@@ -220,9 +248,12 @@ mod tests {
     }
 
     fn holding(hold: Duration, entry_frames: u64) -> State {
+        let rate = entry_frames as f64 / WINDOW.as_secs_f64();
         State {
             hold,
-            entry_rate: entry_frames as f64 / WINDOW.as_secs_f64(),
+            entry_rate: rate,
+            rate,
+            held_windows: 0,
             cooldown: 0,
         }
     }
@@ -258,9 +289,9 @@ mod tests {
     fn holding_stops_when_it_buys_nothing() {
         // Request/response traffic or a low per-member rate: one frame per write.
         let st = decide(holding(MAX, 1000), MAX, &sample(0.95, 1000, 1000));
-        assert_eq!(st, State::default());
+        assert_eq!((st.hold, st.cooldown), (Duration::ZERO, 0));
         let st = decide(holding(MAX, 0), MAX, &sample(0.95, 0, 0));
-        assert_eq!(st, State::default());
+        assert_eq!((st.hold, st.cooldown), (Duration::ZERO, 0));
     }
 
     #[test]
@@ -273,15 +304,39 @@ mod tests {
     fn a_hold_that_costs_throughput_backs_off_for_a_while() {
         // A publisher with a window of unacknowledged messages: the hold adds to
         // its round trip, so fewer frames per second are written.
-        let st = decide(holding(FIRST * 4, 10_000), MAX, &sample(0.75, 8_000, 125));
-        assert_eq!((st.hold, st.cooldown), (Duration::ZERO, COOLDOWN_WINDOWS));
+        let mut st = holding(FIRST * 4, 10_000);
+        // One bursty window proves nothing; a sustained loss does.
+        st = decide(st, MAX, &sample(0.75, 6_000, 100));
+        assert_eq!(st.hold, FIRST * 4);
+        let mut windows = 1;
+        while !st.hold.is_zero() {
+            st = decide(st, MAX, &sample(0.75, 7_000, 110));
+            windows += 1;
+            assert!(windows <= 10, "a 30 % loss must end the hold");
+        }
+        assert!(
+            windows >= JUDGE_AFTER_WINDOWS,
+            "judged after {windows} windows"
+        );
+        assert_eq!(st.cooldown, COOLDOWN_WINDOWS);
         // Saturated again during the cool-down: no hold until it has run out.
-        let mut st = st;
         for _ in 0..COOLDOWN_WINDOWS {
             st = decide(st, MAX, &sample(0.99, 10_000, 160));
             assert_eq!(st.hold, Duration::ZERO);
         }
         assert_eq!(decide(st, MAX, &sample(0.99, 10_000, 160)).hold, FIRST);
+    }
+
+    #[test]
+    fn a_fixed_rate_hold_survives_bursty_windows() {
+        // An 8 ms hold makes writes bursty: windows alternate between more and
+        // fewer frames, but the offered rate (10,000 frames a window) holds.
+        let mut st = holding(MAX, 10_000);
+        for i in 0..40 {
+            let frames = if i % 2 == 0 { 7_000 } else { 13_000 };
+            st = decide(st, MAX, &sample(0.7, frames, 700));
+            assert_eq!(st.hold, MAX, "window {i}");
+        }
     }
 
     #[test]
