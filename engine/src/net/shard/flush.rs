@@ -12,7 +12,9 @@
 //!
 //! - **enter** holding, for an eighth of `flush_delay_max`, when the executor was
 //!   busy for at least [`ENTER_LOAD`] of a window (it is CPU-bound and its
-//!   queues are about to grow, so latency is rising anyway);
+//!   queues are about to grow, so latency is rising anyway) and its writes carry
+//!   fewer than [`BATCHED_ENOUGH`] frames each (beyond that a send's fixed cost
+//!   is already spread thin: a hold would add latency and save little);
 //! - **double** the hold, up to `flush_delay_max`, for every window that is
 //!   still that busy: the hold settles at the first step that leaves CPU spare;
 //! - **stay** while load is above [`EXIT_LOAD`] (holding lowers the load it
@@ -43,6 +45,8 @@ pub(crate) const ENTER_LOAD: f64 = 0.90;
 pub(crate) const EXIT_LOAD: f64 = 0.40;
 /// Frames per write below which holding is not worth its latency.
 pub(crate) const MIN_FRAMES_PER_WRITE: f64 = 1.25;
+/// Frames per write at which a saturated shard is already batching well enough.
+pub(crate) const BATCHED_ENOUGH: f64 = 16.0;
 /// Share of the entry window's frames/s a hold may lose before it is dropped.
 pub(crate) const MAX_RATE_LOSS: f64 = 0.15;
 /// Windows without holding after a hold cost throughput (1 s).
@@ -183,8 +187,13 @@ pub(crate) fn decide(st: State, max: Duration, s: &Sample) -> State {
         cooldown: st.cooldown.saturating_sub(1),
         ..State::default()
     };
+    let frames_per_write = if s.writes == 0 {
+        0.0
+    } else {
+        s.frames as f64 / s.writes as f64
+    };
     if st.hold.is_zero() {
-        if load >= ENTER_LOAD && st.cooldown == 0 {
+        if load >= ENTER_LOAD && st.cooldown == 0 && frames_per_write < BATCHED_ENOUGH {
             State {
                 hold: (max / 8).max(Duration::from_micros(100)).min(max),
                 entry_rate: rate,
@@ -196,11 +205,6 @@ pub(crate) fn decide(st: State, max: Duration, s: &Sample) -> State {
             not_holding
         }
     } else {
-        let frames_per_write = if s.writes == 0 {
-            0.0
-        } else {
-            s.frames as f64 / s.writes as f64
-        };
         let held_windows = st.held_windows + 1;
         if held_windows >= JUDGE_AFTER_WINDOWS && rate < st.entry_rate * (1.0 - MAX_RATE_LOSS) {
             State {
@@ -321,10 +325,17 @@ mod tests {
         assert_eq!(st.cooldown, COOLDOWN_WINDOWS);
         // Saturated again during the cool-down: no hold until it has run out.
         for _ in 0..COOLDOWN_WINDOWS {
-            st = decide(st, MAX, &sample(0.99, 10_000, 160));
+            st = decide(st, MAX, &sample(0.99, 10_000, 1000));
             assert_eq!(st.hold, Duration::ZERO);
         }
-        assert_eq!(decide(st, MAX, &sample(0.99, 10_000, 160)).hold, FIRST);
+        assert_eq!(decide(st, MAX, &sample(0.99, 10_000, 1000)).hold, FIRST);
+    }
+
+    #[test]
+    fn a_shard_that_already_batches_well_does_not_hold() {
+        // Max-rate fan-out: 64 frames per write without any hold.
+        let st = decide(State::default(), MAX, &sample(1.0, 64_000, 1000));
+        assert_eq!(st.hold, Duration::ZERO);
     }
 
     #[test]
