@@ -88,6 +88,8 @@ pub fn memlock_limit() -> Option<u64> {
 #[derive(Debug)]
 pub struct ShardPool {
     threads: Vec<JoinHandle<()>>,
+    /// The task-run mode each shard's executor got (after any fallback).
+    task_runs: Vec<TaskRun>,
 }
 
 impl ShardPool {
@@ -111,7 +113,7 @@ impl ShardPool {
     {
         let shards = Self::shard_count(config);
         let cpus = allowed_cpus();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(usize, TaskRun), String>>();
         let mut threads = Vec::with_capacity(shards);
         for i in 0..shards {
             let placement = if config.pin && !cpus.is_empty() {
@@ -134,7 +136,7 @@ impl ShardPool {
                     glommio::set_io_uring_task_run(task_run);
                     match builder.make() {
                         Ok(ex) => {
-                            let _ = ready.send(Ok(()));
+                            let _ = ready.send(Ok((i, glommio::io_uring_task_run())));
                             ex.run(main(i));
                         }
                         Err(e) => {
@@ -146,14 +148,21 @@ impl ShardPool {
             threads.push(thread);
         }
         drop(ready_tx);
+        let mut task_runs = vec![TaskRun::Interrupt; shards];
         for _ in 0..shards {
             match ready_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok((i, mode))) => task_runs[i] = mode,
                 Ok(Err(msg)) => return Err(PoolError(msg)),
                 Err(_) => return Err(PoolError("a shard thread died while starting".into())),
             }
         }
-        Ok(Self { threads })
+        Ok(Self { threads, task_runs })
+    }
+
+    /// How each shard's ring delivers completions (index = shard), known once
+    /// [`Self::start`] returned.
+    pub fn task_runs(&self) -> &[TaskRun] {
+        &self.task_runs
     }
 
     /// Wait for every shard to finish; reports shards that panicked.
@@ -223,6 +232,7 @@ mod tests {
             })
             .unwrap();
             let got = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(pool.task_runs(), &[got]);
             // Linux >= 6.1 grants every mode; older kernels fall back to interrupts.
             if kernel_at_least(6, 1) {
                 assert_eq!(got, mode);

@@ -439,6 +439,7 @@ impl Engine {
             crate::net::boot::run_shard(i, shared2.clone(), boot.clone())
         })
         .map_err(|e| StartError::Runtime(e.to_string()))?;
+        crate::net::shard::publish_task_runs(&shared.stats, pool_config.task_run, pool.task_runs());
         Ok(RunningEngine {
             pool: Some(pool),
             bridge,

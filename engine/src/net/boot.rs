@@ -372,7 +372,7 @@ pub(crate) async fn run_shard(i: usize, shared: Arc<Shared>, boot: Arc<ShardBoot
     glommio::spawn_local(shard.clone().run_idle_sweeper()).detach();
     glommio::spawn_local(shard.clone().run_stall_sweeper()).detach();
     glommio::spawn_local(shard.clone().run_keepalive()).detach();
-    shard.record_io_uring_task_run();
+    shard.publish_flush_hold();
     glommio::spawn_local(shard.clone().run_flusher()).detach();
     #[cfg(feature = "cluster")]
     {

@@ -128,6 +128,33 @@ impl std::fmt::Display for BroadcastError {
 
 impl std::error::Error for BroadcastError {}
 
+/// Publish (and log) how each shard's ring delivers completions, after any
+/// fallback: `got[i]` is what shard `i`'s executor got. Called once the pool
+/// is up, before the engine reports that it is listening.
+pub(crate) fn publish_task_runs(
+    stats: &[Arc<ShardStats>],
+    wanted: glommio::TaskRun,
+    got: &[glommio::TaskRun],
+) {
+    for (i, (s, &mode)) in stats.iter().zip(got).enumerate() {
+        let code = match mode {
+            glommio::TaskRun::Interrupt => 0,
+            glommio::TaskRun::Cooperative => 1,
+            glommio::TaskRun::Deferred => 2,
+        };
+        s.io_uring_task_run
+            .store(code, std::sync::atomic::Ordering::Relaxed);
+        if mode != wanted {
+            tracing::warn!(
+                shard = i,
+                wanted = ?wanted,
+                got = ?mode,
+                "io_uring refused runtime.io_uring_task_run (needs Linux >= 6.0 for cooperative, 6.1 for deferred); completions interrupt this shard's core"
+            );
+        }
+    }
+}
+
 /// CPU time (user and system) the calling thread has used: one syscall, so the
 /// flush policy reads it once per window, not per batch.
 fn thread_cpu_time() -> Duration {
@@ -301,29 +328,12 @@ impl Shard {
         }
     }
 
-    /// Publish (and log) how this shard's ring delivers completions, after any
-    /// fallback, and the initial flush hold.
-    pub(crate) fn record_io_uring_task_run(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        let got = glommio::io_uring_task_run();
-        let wanted: glommio::TaskRun = self.shared.config.runtime.io_uring_task_run.into();
-        let code = match got {
-            glommio::TaskRun::Interrupt => 0,
-            glommio::TaskRun::Cooperative => 1,
-            glommio::TaskRun::Deferred => 2,
-        };
-        self.stats.io_uring_task_run.store(code, Relaxed);
-        self.stats
-            .flush_hold_us
-            .store(self.flush.delay().as_micros() as u64, Relaxed);
-        if got != wanted {
-            tracing::warn!(
-                shard = self.id,
-                wanted = ?wanted,
-                got = ?got,
-                "io_uring refused runtime.io_uring_task_run (needs Linux >= 6.0 for cooperative, 6.1 for deferred); completions interrupt this shard's core"
-            );
-        }
+    /// Publish the initial flush hold (a fixed `flush_delay`; 0 for `auto`).
+    pub(crate) fn publish_flush_hold(&self) {
+        self.stats.flush_hold_us.store(
+            self.flush.delay().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// `flush_delay: auto`: feed the policy this shard's load (executor busy
