@@ -673,6 +673,8 @@ pub struct RuntimeConfig {
     pub flush_delay_max: ConfigDuration,
     /// How io_uring hands network completions to a shard (see [`TaskRunMode`]).
     pub io_uring_task_run: TaskRunMode,
+    /// How a connection waits for incoming bytes (see [`ReadPollMode`]).
+    pub io_uring_read_poll: ReadPollMode,
 }
 
 /// `runtime.flush_delay` as written: `auto` or a duration.
@@ -752,6 +754,19 @@ impl From<TaskRunMode> for corecast_shards::pool::TaskRun {
             TaskRunMode::Deferred => Self::Deferred,
         }
     }
+}
+
+/// `runtime.io_uring_read_poll`: how a shard learns that a connection has
+/// bytes to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadPollMode {
+    /// One multishot poll (Linux 5.13) armed when the connection is accepted
+    /// and kept for its life; each wake-up posts a completion.
+    Multishot,
+    /// A one-shot poll armed each time a read finds the socket empty (stock
+    /// glommio).
+    Oneshot,
 }
 
 impl Default for RuntimeConfig {
@@ -1230,8 +1245,9 @@ mod tests {
             }
         );
         assert_eq!(d.runtime.io_uring_task_run, TaskRunMode::Cooperative);
+        assert_eq!(d.runtime.io_uring_read_poll, ReadPollMode::Multishot);
         let c = Config::from_yaml(
-            "runtime:\n  flush_delay: 5ms\n  io_uring_task_run: deferred\n",
+            "runtime:\n  flush_delay: 5ms\n  io_uring_task_run: deferred\n  io_uring_read_poll: oneshot\n",
             "t.yaml",
         )
         .unwrap();
@@ -1240,7 +1256,9 @@ mod tests {
             FlushDelay::Fixed(Duration::from_millis(5))
         );
         assert_eq!(c.runtime.io_uring_task_run, TaskRunMode::Deferred);
+        assert_eq!(c.runtime.io_uring_read_poll, ReadPollMode::Oneshot);
         for (yaml, needle) in [
+            ("io_uring_read_poll: twice", "multishot"),
             ("flush_delay: soon", "auto"),
             ("flush_delay: 2s", "runtime.flush_delay"),
             ("flush_delay_max: 0ms", "runtime.flush_delay_max"),

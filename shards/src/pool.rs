@@ -29,6 +29,10 @@ pub struct PoolConfig {
     /// `Deferred` (no IPI; the shard collects them when it next enters the kernel).
     /// A kernel that refuses the flags falls back to `Interrupt` with a warning.
     pub task_run: TaskRun,
+    /// Keep one multishot read poll armed per connection (`true`) instead of
+    /// arming a one-shot poll whenever a read finds the socket empty. A kernel
+    /// without multishot polls (< 5.13) falls back per thread on first use.
+    pub multishot_read_poll: bool,
 }
 
 impl Default for PoolConfig {
@@ -40,6 +44,7 @@ impl Default for PoolConfig {
             pin: true,
             name: "shard".into(),
             task_run: TaskRun::Cooperative,
+            multishot_read_poll: true,
         }
     }
 }
@@ -129,11 +134,13 @@ impl ShardPool {
             let main = shard_main.clone();
             let io_memory = config.io_memory;
             let task_run = config.task_run;
+            let multishot_read_poll = config.multishot_read_poll;
             let thread = std::thread::Builder::new()
                 .name(format!("{}-{i}", config.name))
                 .spawn(move || {
                     // The rings are built by make(), on this thread.
                     glommio::set_io_uring_task_run(task_run);
+                    glommio::set_io_uring_multishot_poll(multishot_read_poll);
                     match builder.make() {
                         Ok(ex) => {
                             let _ = ready.send(Ok((i, glommio::io_uring_task_run())));
@@ -199,12 +206,16 @@ mod tests {
     use std::io::{Read, Write};
     use std::time::Duration;
 
-    /// Each task-run mode: the shard reports the mode it got, and a real TCP
-    /// round trip over glommio's io_uring completes (completions that the
-    /// kernel defers must still reach the shard without any IPI).
+    /// Each task-run mode with each read poll: the shard reports the mode it
+    /// got, and real TCP round trips over glommio's io_uring complete
+    /// (completions that the kernel defers must still reach the shard without
+    /// any IPI). The first burst sends three messages in one write: a multishot
+    /// poll wakes once for them, so the reads after the first must find the
+    /// rest without a new wake-up.
     #[test]
     fn every_task_run_mode_delivers_network_completions() {
-        for mode in [TaskRun::Interrupt, TaskRun::Cooperative, TaskRun::Deferred] {
+        let modes = [TaskRun::Interrupt, TaskRun::Cooperative, TaskRun::Deferred];
+        for (mode, multishot) in modes.into_iter().flat_map(|m| [(m, true), (m, false)]) {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let (tx, rx) = mpsc::channel::<TaskRun>();
@@ -215,6 +226,7 @@ mod tests {
                 pin: false,
                 name: "taskrun-test".into(),
                 task_run: mode,
+                multishot_read_poll: multishot,
             };
             let pool = ShardPool::start(&config, move |_| {
                 let tx = tx.clone();
@@ -222,8 +234,9 @@ mod tests {
                     use futures_lite::{AsyncReadExt, AsyncWriteExt};
                     let _ = tx.send(glommio::io_uring_task_run());
                     let mut s = glommio::net::TcpStream::connect(addr).await.unwrap();
-                    // Three round trips: each read waits for a completion.
-                    for _ in 0..3 {
+                    // A burst of three, then three round trips: each read
+                    // waits for a completion.
+                    for _ in 0..6 {
                         let mut buf = [0u8; 5];
                         s.read_exact(&mut buf).await.unwrap();
                         s.write_all(&buf).await.unwrap();
@@ -244,12 +257,17 @@ mod tests {
             }
             let (mut c, _) = listener.accept().unwrap();
             c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let burst = b"burs0burs1burs2";
+            c.write_all(burst).unwrap();
+            let mut back = [0u8; 15];
+            c.read_exact(&mut back).unwrap();
+            assert_eq!(&back, burst, "{mode:?} multishot={multishot}");
             for i in 0..3u8 {
                 let msg = [b'p', b'i', b'n', b'g', b'0' + i];
                 c.write_all(&msg).unwrap();
                 let mut back = [0u8; 5];
                 c.read_exact(&mut back).unwrap();
-                assert_eq!(back, msg, "{mode:?}");
+                assert_eq!(back, msg, "{mode:?} multishot={multishot}");
             }
             pool.join().unwrap();
         }

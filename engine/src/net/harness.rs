@@ -213,6 +213,8 @@ impl Harness {
             pin: false,
             name: "harness-shard".into(),
             task_run: shared.config.runtime.io_uring_task_run.into(),
+            multishot_read_poll: shared.config.runtime.io_uring_read_poll
+                == crate::config::ReadPollMode::Multishot,
         };
         let shared2 = shared.clone();
         let pool = ShardPool::start(&pool_config, move |i| {

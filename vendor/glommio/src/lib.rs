@@ -456,7 +456,10 @@ pub use crate::{
     shares::{Shares, SharesManager},
     sys::hardware_topology::CpuLocation,
     // corecast patch (PATCHES.md)
-    sys::{io_uring_task_run, set_io_uring_task_run, TaskRun},
+    sys::{
+        io_uring_multishot_poll, io_uring_task_run, set_io_uring_multishot_poll,
+        set_io_uring_task_run, TaskRun,
+    },
 };
 pub use enclose::enclose;
 pub use scopeguard::defer;

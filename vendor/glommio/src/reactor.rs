@@ -433,6 +433,15 @@ impl Reactor {
         source
     }
 
+    /// corecast patch: a read poll that stays armed until the source is
+    /// dropped; every wake-up sets its result again (`Source::take_result`).
+    pub(crate) fn poll_read_multishot(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        self.sys
+            .poll_ready_multishot(&source, common_flags() | read_flags());
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

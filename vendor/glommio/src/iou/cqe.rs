@@ -209,5 +209,7 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct CompletionFlags: u32 {
         const BUFFER_SHIFT    = 1 << 0;
+        /// corecast patch: more completions follow for this request (multishot).
+        const MORE            = 1 << 1;
     }
 }

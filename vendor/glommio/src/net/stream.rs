@@ -215,6 +215,10 @@ impl Timeout {
     }
 }
 
+fn source_is_armed(source: &Option<Source>) -> bool {
+    source.as_ref().is_some_and(Source::is_armed)
+}
+
 #[derive(Debug)]
 pub(crate) struct NonBufferedStream<S> {
     reactor: Weak<Reactor>,
@@ -223,13 +227,76 @@ pub(crate) struct NonBufferedStream<S> {
     source_rx: Option<Source>,
     write_timeout: Timeout,
     read_timeout: Timeout,
+    // corecast patch (PATCHES.md): `source_rx` is one multishot poll armed for
+    // the stream's life, and `rx_maybe_ready` says whether a read may find
+    // data without a new wake-up (the last read filled its buffer).
+    rx_multishot: bool,
+    rx_maybe_ready: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.source_rx = Some(if self.rx_multishot {
+            reactor.poll_read_multishot(stream_fd)
+        } else {
+            reactor.poll_read_ready(stream_fd)
+        });
+    }
+
+    /// corecast patch: `poll_read` with one multishot poll armed for the
+    /// stream's life. A read is tried only after a wake-up or after a read
+    /// that filled its buffer; otherwise nothing changed since the last read
+    /// found the socket empty (a short TCP read drains the receive queue, and
+    /// data queued later wakes the poll again), so no syscall is made.
+    fn poll_read_multishot(
+        &mut self,
+        reactor: &Reactor,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(source) = self.source_rx.as_ref() {
+            match source.take_result() {
+                // The kernel ended the request: EINVAL means it cannot do
+                // multishot polls (older than 5.13), so the thread stops asking.
+                Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    crate::sys::set_io_uring_multishot_poll(false);
+                    self.rx_multishot = false;
+                    self.source_rx = None;
+                    self.rx_maybe_ready = true;
+                }
+                Some(_) => self.rx_maybe_ready = true,
+                None => {}
+            }
+            if !source_is_armed(&self.source_rx) {
+                // Ended (an error, or a CQ overflow): arm a new one on the way out.
+                self.source_rx = None;
+                self.rx_maybe_ready = true;
+            }
+        }
+        if self.rx_maybe_ready {
+            if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
+                self.read_timeout.cancel_timer(reactor);
+                let n = poll_err!(result);
+                self.rx_maybe_ready = n > 0 && n == buf.len();
+                return Poll::Ready(Ok(n));
+            }
+            self.rx_maybe_ready = false;
+        }
+
+        poll_err!(self.read_timeout.check(reactor));
+        if self.source_rx.is_none() {
+            self.source_rx = Some(if self.rx_multishot {
+                reactor.poll_read_multishot(self.stream.as_raw_fd())
+            } else {
+                reactor.poll_read_ready(self.stream.as_raw_fd())
+            });
+        }
+        let source = self.source_rx.as_ref().unwrap();
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -260,6 +327,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
+        if self.rx_multishot {
+            return self.poll_read_multishot(reactor, cx, buf);
+        }
 
         let no_pending_poll = self
             .source_rx
@@ -368,6 +438,8 @@ where
             source_rx: None,
             write_timeout: Timeout::new(reactor.register_timer()),
             read_timeout: Timeout::new(reactor.register_timer()),
+            rx_multishot: crate::sys::io_uring_multishot_poll(),
+            rx_maybe_ready: false,
         };
         stream.init();
         GlommioStream {

@@ -180,7 +180,10 @@ mod uring;
 pub use self::dma_buffer::DmaBuffer;
 pub(crate) use self::{source::*, uring::*};
 // corecast patch (PATCHES.md)
-pub use self::uring::{io_uring_task_run, set_io_uring_task_run, TaskRun};
+pub use self::uring::{
+    io_uring_multishot_poll, io_uring_task_run, set_io_uring_multishot_poll, set_io_uring_task_run,
+    TaskRun,
+};
 use crate::error::{ExecutorErrorKind, GlommioError};
 use smallvec::SmallVec;
 use std::{convert::TryFrom, ops::Deref, sync::atomic::AtomicBool};

@@ -268,6 +268,18 @@ impl Source {
         ret
     }
 
+    /// corecast patch: takes the latest completion of a multishot request,
+    /// leaving room for the next one.
+    pub(crate) fn take_result(&self) -> Option<io::Result<usize>> {
+        self.inner.borrow_mut().wakers.result.take()
+    }
+
+    /// corecast patch: whether the request is still queued or in the kernel
+    /// (a multishot request until its last completion).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source

@@ -57,6 +57,8 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// corecast patch: a multishot poll (`IORING_POLL_ADD_MULTI`), armed once.
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -304,6 +306,7 @@ impl TaskRun {
 thread_local! {
     static REQUESTED_TASK_RUN: Cell<TaskRun> = const { Cell::new(TaskRun::Interrupt) };
     static TASK_RUN_IN_USE: Cell<TaskRun> = const { Cell::new(TaskRun::Interrupt) };
+    static MULTISHOT_POLL: Cell<bool> = const { Cell::new(true) };
 }
 
 /// Chooses how an executor created later *on the calling thread* sets up its
@@ -313,6 +316,20 @@ thread_local! {
 /// [`io_uring_task_run`] tells what the executor actually got.
 pub fn set_io_uring_task_run(mode: TaskRun) {
     REQUESTED_TASK_RUN.with(|m| m.set(mode));
+}
+
+/// corecast patch: whether streams created later on the calling thread keep
+/// one multishot read poll armed for their whole life (`true`, the default)
+/// instead of arming a one-shot poll each time a read would block.
+pub fn set_io_uring_multishot_poll(enabled: bool) {
+    MULTISHOT_POLL.with(|m| m.set(enabled));
+}
+
+/// Whether streams on the calling thread use a multishot read poll (see
+/// [`set_io_uring_multishot_poll`]); turned off for the thread when the kernel
+/// refuses multishot polls (older than 5.13).
+pub fn io_uring_multishot_poll() -> bool {
+    MULTISHOT_POLL.with(|m| m.get())
 }
 
 /// The [`TaskRun`] mode of the calling executor thread's main ring
@@ -362,6 +379,12 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add(op.fd, events);
+                // IORING_POLL_ADD_MULTI (5.13): the request stays armed and
+                // posts a completion flagged MORE for every wake-up.
+                sqe.raw_mut().len = 1;
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -626,7 +649,7 @@ fn process_one_event<F, R>(
     try_process: F,
     post_process: R,
     source_map: Rc<RefCell<SourceMap>>,
-) -> Option<bool>
+) -> Option<(bool, bool)>
 where
     F: FnOnce(Ref<'_, InnerSource>) -> Option<()>,
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
@@ -634,12 +657,20 @@ where
     if let Some(value) = cqe {
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
-            return Some(false);
+            return Some((false, true));
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        let id = from_user_data(value.user_data());
+        if value.flags().contains(crate::iou::cqe::CompletionFlags::MORE) {
+            // corecast patch: a multishot request stays armed (and in the
+            // source map); its source keeps the latest result until the
+            // stream takes it (`Source::take_result`).
+            let src = source_map.borrow()[id].clone();
+            let mut inner_source = src.borrow_mut();
+            inner_source.wakers.result = Some(transmute_error(value.result()));
+            return Some((inner_source.wakers.wake_waiters(), false));
+        }
+        let src = source_map.borrow_mut().consume_source(id);
 
         let result = value.result();
 
@@ -650,7 +681,7 @@ where
             inner_source.wakers.result = res;
             woke = inner_source.wakers.wake_waiters();
         }
-        return Some(woke);
+        return Some((woke, true));
     }
     None
 }
@@ -936,9 +967,12 @@ impl UringCommon for PollRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, finished)| {
+            // A multishot request is in the kernel until its last completion.
+            if finished {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1301,9 +1335,12 @@ impl UringCommon for SleepableRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, finished)| {
+            // A multishot request is in the kernel until its last completion.
+            if finished {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1557,6 +1594,17 @@ impl Reactor {
 
     pub(crate) fn read_buffered(&self, source: &Source, pos: u64, size: usize) {
         let op = UringOpDescriptor::Read(pos, size);
+        queue_request_into_ring(
+            &mut *self.ring_for_source(source),
+            source,
+            op,
+            &mut self.source_map.borrow_mut(),
+        );
+    }
+
+    /// corecast patch: a poll that stays armed (see `Source::take_result`).
+    pub(crate) fn poll_ready_multishot(&self, source: &Source, flags: PollFlags) {
+        let op = UringOpDescriptor::PollAddMulti(flags);
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
