@@ -401,6 +401,7 @@ impl Engine {
             senders: mesh.senders(),
             stats,
             shutdown: AtomicBool::new(false),
+            booted: std::sync::atomic::AtomicUsize::new(0),
             stopped: crate::net::endpoint::Stopped::new(shards),
             epoch_base: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
