@@ -29,7 +29,7 @@ LOADGEN=${LOADGEN:-$ROOT/target/release/loadgen}
 OUT=${OUT:-$ROOT/reports/regression-$(date +%Y%m%d-%H%M%S).jsonl}
 mkdir -p "$(dirname "$OUT")"
 for b in "$OLD" "$NEW" "$LOADGEN"; do [[ -x $b ]] || { echo "not executable: $b" >&2; exit 2; }; done
-command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 2; }
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required: sudo apt-get install -y util-linux (or bash scripts/setup-test-deps.sh)" >&2; exit 2; }
 
 SRV=""
 cleanup() { [[ -n $SRV ]] && kill "$SRV" 2>/dev/null && wait "$SRV" 2>/dev/null; SRV=""; }
