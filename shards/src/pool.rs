@@ -182,14 +182,39 @@ impl ShardPool {
 }
 
 fn describe_start_error(shard: usize, io_memory: usize, e: &glommio::GlommioError<()>) -> String {
+    use glommio::{GlommioError, ReactorErrorKind};
     let limit = memlock_limit()
         .map(|l| format!("{l} bytes"))
         .unwrap_or_else(|| "unknown".into());
+    let io = match e {
+        GlommioError::IoError(io) | GlommioError::EnhancedIoError { source: io, .. } => Some(io),
+        _ => None,
+    };
+    let refused = io
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|c| [libc::EPERM, libc::ENOSYS, libc::EACCES].contains(&c));
+    if refused {
+        // The kernel refused the ring itself (io_uring_setup), not its memory.
+        return format!(
+            "shard {shard}: cannot start the io_uring executor: {e}. io_uring blocked by \
+             seccomp or io_uring_disabled: run the container with --security-opt \
+             seccomp=unconfined (or a profile allowing io_uring_setup, io_uring_enter, \
+             io_uring_register), or sysctl -w kernel.io_uring_disabled=0"
+        );
+    }
+    if let GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(have, need)) = e {
+        return format!(
+            "shard {shard}: cannot start the io_uring executor: the locked-memory limit \
+             (ulimit -l) is {have} bytes and io_uring needs at least {need}: raise it \
+             (ulimit -l unlimited; docker --ulimit memlock=-1; systemd LimitMEMLOCK=infinity)"
+        );
+    }
     format!(
         "shard {shard}: cannot start the io_uring executor: {e}. Each shard registers \
          runtime.io_memory = {io_memory} bytes of locked memory and the locked-memory limit \
          (ulimit -l) is {limit}: lower runtime.io_memory or runtime.ring_depth, use fewer \
-         shards, or raise the limit"
+         shards, or raise the limit (ulimit -l unlimited; docker --ulimit memlock=-1; \
+         systemd LimitMEMLOCK=infinity)"
     )
 }
 
