@@ -485,7 +485,8 @@ impl EngineHandle {
             .map_err(|_| BroadcastError::Overloaded)
     }
 
-    /// Begin a graceful shutdown: stop accepting, close every connection with 1001
+    /// Begin a graceful shutdown: refuse new clients (503; `/readyz` answers 503
+    /// `draining`), close every connection with 1001
     /// after flushing what is queued, bounded by `shutdown.drain_timeout_ms`.
     pub fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);
