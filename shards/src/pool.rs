@@ -224,6 +224,28 @@ mod tests {
     use std::io::{Read, Write};
     use std::time::Duration;
 
+    /// The kernel refusing io_uring (seccomp, kernel.io_uring_disabled) and a
+    /// locked-memory limit below glommio's minimum each get their own reason and fix.
+    #[test]
+    fn start_errors_name_their_cause_and_fix() {
+        use glommio::{GlommioError, ReactorErrorKind};
+        for errno in [libc::EPERM, libc::ENOSYS] {
+            let e = GlommioError::<()>::IoError(std::io::Error::from_raw_os_error(errno));
+            let m = describe_start_error(1, 65536, &e);
+            assert!(m.starts_with("shard 1: "), "{m}");
+            assert!(
+                m.contains("io_uring blocked by seccomp or io_uring_disabled"),
+                "{m}"
+            );
+            assert!(m.contains("--security-opt seccomp=unconfined"), "{m}");
+        }
+        let e = GlommioError::<()>::ReactorError(ReactorErrorKind::MemLockLimit(65536, 524288));
+        let m = describe_start_error(0, 65536, &e);
+        assert!(m.contains("is 65536 bytes"), "{m}");
+        assert!(m.contains("LimitMEMLOCK=infinity"), "{m}");
+        assert!(!m.contains("seccomp"), "{m}");
+    }
+
     /// Each task-run mode: the shard reports the mode it got, and a real TCP
     /// round trip over glommio's io_uring completes (completions that the
     /// kernel defers must still reach the shard without any IPI).
