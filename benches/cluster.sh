@@ -85,6 +85,9 @@ for b in "$CORECAST_BIN" "$LOADGEN_BIN"; do
 done
 command -v redis-server >/dev/null || { echo "cluster.sh: redis-server not found (bash scripts/setup-test-deps.sh installs it)" >&2; exit 2; }
 command -v python3 >/dev/null || { echo "cluster.sh: python3 not found (summary)" >&2; exit 2; }
+for c in taskset curl; do
+  command -v "$c" >/dev/null || { echo "cluster.sh: $c not found: sudo apt-get install -y util-linux curl (or bash scripts/setup-test-deps.sh for taskset)" >&2; exit 2; }
+done
 
 # Each process needs one descriptor per socket: lift the soft limit to the hard one
 # (children inherit it). The reference machine's hard limit is 20,000.

@@ -35,7 +35,7 @@ TLS_FANOUT=${TLS_FANOUT:-$ROOT/target/release/tls_fanout}
 OUT=${OUT:-$ROOT/reports/regression-$(date +%Y%m%d-%H%M%S).jsonl}
 mkdir -p "$(dirname "$OUT")"
 for b in "$OLD" "$NEW" "$LOADGEN"; do [[ -x $b ]] || { echo "not executable: $b" >&2; exit 2; }; done
-command -v taskset >/dev/null || { echo "taskset (util-linux) is required" >&2; exit 2; }
+command -v taskset >/dev/null || { echo "taskset (util-linux) is required: sudo apt-get install -y util-linux (or bash scripts/setup-test-deps.sh)" >&2; exit 2; }
 
 TMP=$(mktemp -d)
 if [[ " $SCENARIOS " == *" tls1k "* ]]; then

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build prerequisites for corecast, sourced by serve.sh and test.sh: cargo, a C
-# compiler, pkg-config, and what quiche's BoringSSL build needs (cmake, clang with
+# compiler, pkg-config, and what quiche's BoringSSL build needs (cmake, make, clang with
 # libclang for bindgen). Missing Debian packages are installed when running as
 # root (apt-get update first); otherwise it says exactly what to install.
 set -euo pipefail
@@ -11,6 +11,8 @@ build_deps() {
   command -v c++ >/dev/null 2>&1 || need+=(g++)
   command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
   command -v cmake >/dev/null 2>&1 || need+=(cmake)
+  # cmake's default generator writes Makefiles: BoringSSL's build runs make.
+  command -v make >/dev/null 2>&1 || need+=(make)
   command -v clang >/dev/null 2>&1 || need+=(clang)
   if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/x86_64-linux-gnu/libclang*.so* >/dev/null 2>&1; then
     need+=(libclang-dev)

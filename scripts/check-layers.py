@@ -25,7 +25,7 @@ SRC = os.path.join(ROOT, "engine", "src")
 LAYERS = [
     (0, "sans-IO protocols", ["proto"]),
     (1, "vocabulary: messages, ids, metadata, registry types, counters, config data",
-     ["vocab", "stats", "cert", "config", "logging", "metrics"]),
+     ["vocab", "stats", "cert", "config", "logging", "metrics", "startup"]),
     (2, "cluster bridge (Redis sequencer; speaks its own message types)", ["cluster"]),
     (3, "shard engine (private): accept, driver, publish/fan-out, QUIC, TLS, boot", ["net"]),
     (4, "public API: Engine, handles, router, middleware, auth helpers", ["app"]),
@@ -33,7 +33,7 @@ LAYERS = [
 ]
 
 # Order inside layer 1: a module may import only modules of a lower rank (or its own).
-RANKS = {"vocab": 0, "cert": 0, "stats": 1, "config": 1, "logging": 2, "metrics": 2}
+RANKS = {"vocab": 0, "cert": 0, "stats": 1, "config": 1, "logging": 2, "metrics": 2, "startup": 2}
 
 # Files that only exist under #[cfg(test)] (declared as such by their parent).
 TEST_FILES = set()

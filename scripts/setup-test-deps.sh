@@ -13,8 +13,14 @@
 #   - Debian's redis-server (when no `redis-server` is on PATH) for the cluster tests
 #     (tests/tests/cluster.rs, tests/python/test_cluster.py) and benches/cluster.sh;
 #     each test starts its own on a free loopback port, never the system service.
-# The Node.js and Chromium steps never fail the set-up: when they cannot be done
-# they say why, and the "node tests" stage of scripts/test.sh then fails with it.
+#   - make, jq and taskset (util-linux): make for the BoringSSL build (cmake
+#     generates Makefiles), jq and taskset for benches/cluster.sh,
+#     benches/regression.sh and benches/peers/compare.sh.
+# Node.js older than 20 (or none) fails the set-up with the exact install command.
+# The Chromium step never fails it: when it cannot be done it says why, and the
+# "node tests" stage of scripts/test.sh then fails with it.
+# Packages are installed with apt-get (after apt-get update) as root or with
+# passwordless sudo; otherwise the exact command is printed and the set-up stops.
 # Re-running it is cheap: each step checks first and prints what it installs.
 set -euo pipefail
 
@@ -48,7 +54,15 @@ apt_install() {
     exit 1
   fi
   local sudo=()
-  if [ "$(id -u)" -ne 0 ]; then sudo=(sudo -n); fi
+  if [ "$(id -u)" -ne 0 ]; then
+    if ! command -v sudo >/dev/null 2>&1 || ! sudo -n true 2>/dev/null; then
+      log "ERROR: need Debian packages ${missing[*]}; not root and no passwordless sudo. Run:"
+      log "  sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}"
+      log "then re-run bash scripts/setup-test-deps.sh"
+      exit 1
+    fi
+    sudo=(sudo -n)
+  fi
   if [ "$APT_UPDATED" -eq 0 ]; then
     log "apt-get update"
     "${sudo[@]}" apt-get update -qq </dev/null
@@ -101,15 +115,26 @@ PY
 # 3. Node.js test dependencies.
 NODE_DIR="$ROOT/tests/node"
 node_major() { node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null || echo 0; }
+node_help() {
+  # What to run to get Node.js >= 20 (Debian 13 ships 20; Debian 12 ships 18).
+  log "  Debian 13 (trixie) or newer: sudo apt-get install -y nodejs npm"
+  log "  Debian 12 / Ubuntu (NodeSource): curl -fsSL https://deb.nodesource.com/setup_20.x | sudo -E bash - && sudo apt-get install -y nodejs"
+  log "  any Linux, no root (nvm): curl -o- https://raw.githubusercontent.com/nvm-sh/nvm/v0.40.3/install.sh | bash && nvm install 20"
+  log "then re-run bash scripts/setup-test-deps.sh"
+}
 if ! command -v node >/dev/null 2>&1; then
-  # Debian's nodejs (18 on bookworm) is older than the suite needs (eventsource 4
-  # wants >= 20); install it anyway so the failure below names the version.
+  # Debian's nodejs is 20 on trixie but 18 on bookworm: installed only when node is
+  # missing altogether, and checked below like any other node.
   (apt_install nodejs npm) || log "WARNING: could not install nodejs/npm with apt-get"
 fi
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  log "WARNING: node/npm not available: the node tests (tests/node) will fail"
+  log "ERROR: node and npm are needed for the node tests (tests/node) and were not found. Install Node.js 20 or newer:"
+  node_help
+  exit 1
 elif [ "$(node_major)" -lt 20 ]; then
-  log "WARNING: node $(node --version) is older than 20 (eventsource 4 and node --test need >= 20): the node tests will fail"
+  log "ERROR: node $(node --version) at $(command -v node) is older than 20 (eventsource 4 and node --test need >= 20). Install Node.js 20 or newer:"
+  node_help
+  exit 1
 else
   NODE_MARKER="$NODE_DIR/node_modules/.corecast-deps"
   NODE_WANT="$(node --version) $(sha256sum "$NODE_DIR/package-lock.json" | cut -d' ' -f1)"
@@ -155,4 +180,22 @@ else
   fi
   log "redis-server installed: $(redis-server --version 2>/dev/null | head -n1)"
 fi
+# 6. Build and bench tools: make (cmake's default generator, for BoringSSL), jq and
+# taskset (util-linux) for the bench scripts (benches/cluster.sh, regression.sh,
+# peers/compare.sh). Required like redis-server: apt_install stops with the
+# command to run when it cannot install them.
+tools=()
+command -v make >/dev/null 2>&1 || tools+=(make)
+command -v jq >/dev/null 2>&1 || tools+=(jq)
+command -v taskset >/dev/null 2>&1 || tools+=(util-linux)
+if [ "${#tools[@]}" -gt 0 ]; then
+  apt_install "${tools[@]}"
+fi
+for c in make jq taskset; do
+  if ! command -v "$c" >/dev/null 2>&1; then
+    log "ERROR: $c still missing after apt-get install ${tools[*]}"
+    exit 1
+  fi
+done
+log "tools: $(make --version | head -n1), $(jq --version), $(taskset --version 2>/dev/null | head -n1)"
 log "done"

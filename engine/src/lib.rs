@@ -52,6 +52,7 @@ pub mod logging;
 pub mod metrics;
 pub(crate) mod net;
 pub mod proto;
+pub mod startup;
 pub mod stats;
 pub mod vocab;
 

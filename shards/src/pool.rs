@@ -189,14 +189,39 @@ impl ShardPool {
 }
 
 fn describe_start_error(shard: usize, io_memory: usize, e: &glommio::GlommioError<()>) -> String {
+    use glommio::{GlommioError, ReactorErrorKind};
     let limit = memlock_limit()
         .map(|l| format!("{l} bytes"))
         .unwrap_or_else(|| "unknown".into());
+    let io = match e {
+        GlommioError::IoError(io) | GlommioError::EnhancedIoError { source: io, .. } => Some(io),
+        _ => None,
+    };
+    let refused = io
+        .and_then(std::io::Error::raw_os_error)
+        .is_some_and(|c| [libc::EPERM, libc::ENOSYS, libc::EACCES].contains(&c));
+    if refused {
+        // The kernel refused the ring itself (io_uring_setup), not its memory.
+        return format!(
+            "shard {shard}: cannot start the io_uring executor: {e}. io_uring blocked by \
+             seccomp or io_uring_disabled: run the container with --security-opt \
+             seccomp=unconfined (or a profile allowing io_uring_setup, io_uring_enter, \
+             io_uring_register), or sysctl -w kernel.io_uring_disabled=0"
+        );
+    }
+    if let GlommioError::ReactorError(ReactorErrorKind::MemLockLimit(have, need)) = e {
+        return format!(
+            "shard {shard}: cannot start the io_uring executor: the locked-memory limit \
+             (ulimit -l) is {have} bytes and io_uring needs at least {need}: raise it \
+             (ulimit -l unlimited; docker --ulimit memlock=-1; systemd LimitMEMLOCK=infinity)"
+        );
+    }
     format!(
         "shard {shard}: cannot start the io_uring executor: {e}. Each shard registers \
          runtime.io_memory = {io_memory} bytes of locked memory and the locked-memory limit \
          (ulimit -l) is {limit}: lower runtime.io_memory or runtime.ring_depth, use fewer \
-         shards, or raise the limit"
+         shards, or raise the limit (ulimit -l unlimited; docker --ulimit memlock=-1; \
+         systemd LimitMEMLOCK=infinity)"
     )
 }
 
@@ -205,6 +230,28 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::time::Duration;
+
+    /// The kernel refusing io_uring (seccomp, kernel.io_uring_disabled) and a
+    /// locked-memory limit below glommio's minimum each get their own reason and fix.
+    #[test]
+    fn start_errors_name_their_cause_and_fix() {
+        use glommio::{GlommioError, ReactorErrorKind};
+        for errno in [libc::EPERM, libc::ENOSYS] {
+            let e = GlommioError::<()>::IoError(std::io::Error::from_raw_os_error(errno));
+            let m = describe_start_error(1, 65536, &e);
+            assert!(m.starts_with("shard 1: "), "{m}");
+            assert!(
+                m.contains("io_uring blocked by seccomp or io_uring_disabled"),
+                "{m}"
+            );
+            assert!(m.contains("--security-opt seccomp=unconfined"), "{m}");
+        }
+        let e = GlommioError::<()>::ReactorError(ReactorErrorKind::MemLockLimit(65536, 524288));
+        let m = describe_start_error(0, 65536, &e);
+        assert!(m.contains("is 65536 bytes"), "{m}");
+        assert!(m.contains("LimitMEMLOCK=infinity"), "{m}");
+        assert!(!m.contains("seccomp"), "{m}");
+    }
 
     /// Each task-run mode with each read poll: the shard reports the mode it
     /// got, and real TCP round trips over glommio's io_uring complete

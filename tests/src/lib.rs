@@ -214,6 +214,11 @@ pub struct ServerOptions {
     /// (the server merges it over its embedded defaults; `--listen` and
     /// `--shards` are still passed).
     pub text: Option<String>,
+    /// The address to listen on instead of 127.0.0.1 (a free port is still picked).
+    pub listen_ip: Option<std::net::IpAddr>,
+    /// A soft `RLIMIT_NOFILE` for the server process (set between fork and exec;
+    /// the hard limit stays as inherited).
+    pub nofile_soft: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -225,6 +230,8 @@ impl Default for ServerOptions {
             replacements: Vec::new(),
             append: String::new(),
             text: None,
+            listen_ip: None,
+            nofile_soft: None,
         }
     }
 }
@@ -265,6 +272,18 @@ impl ServerOptions {
     /// Enables the publish API with [`TEST_API_KEY`] (via `CORECAST_API_KEY`).
     pub fn api_key(self) -> ServerOptions {
         self.env("CORECAST_API_KEY", TEST_API_KEY)
+    }
+
+    /// Listen on `ip` (and a free port) instead of 127.0.0.1.
+    pub fn listen_ip(mut self, ip: std::net::IpAddr) -> ServerOptions {
+        self.listen_ip = Some(ip);
+        self
+    }
+
+    /// Start the server with its soft open-file limit at `soft`.
+    pub fn nofile_soft(mut self, soft: u64) -> ServerOptions {
+        self.nofile_soft = Some(soft);
+        self
     }
 
     /// Serve `text` as the whole config file (a partial file: what it leaves out
@@ -367,14 +386,32 @@ impl Server {
 
     fn try_start(options: &ServerOptions, at: Option<SocketAddr>) -> Result<Server, String> {
         let dir = TempDir::new("server");
-        let listen: SocketAddr =
-            at.unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().expect("addr"));
+        let ip = options.listen_ip.unwrap_or([127, 0, 0, 1].into());
+        let listen = at.unwrap_or_else(|| SocketAddr::new(ip, free_port()));
         let config = dir.path().join("corecast.yaml");
         std::fs::write(&config, options.config_text(listen)).expect("write config");
         let mut command = Command::new(server_binary());
         command.env_remove("CORECAST_API_KEY");
         for (k, v) in &options.env {
             command.env(k, v);
+        }
+        if let Some(soft) = options.nofile_soft {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between
+            // fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let mut lim: libc::rlimit = std::mem::zeroed();
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = command
             .arg("serve")

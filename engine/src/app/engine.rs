@@ -401,6 +401,7 @@ impl Engine {
             senders: mesh.senders(),
             stats,
             shutdown: AtomicBool::new(false),
+            booted: std::sync::atomic::AtomicUsize::new(0),
             stopped: crate::net::endpoint::Stopped::new(shards),
             epoch_base: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -486,7 +487,8 @@ impl EngineHandle {
             .map_err(|_| BroadcastError::Overloaded)
     }
 
-    /// Begin a graceful shutdown: stop accepting, close every connection with 1001
+    /// Begin a graceful shutdown: refuse new clients (503; `/readyz` answers 503
+    /// `draining`), close every connection with 1001
     /// after flushing what is queued, bounded by `shutdown.drain_timeout_ms`.
     pub fn shutdown(&self) {
         self.shared.shutdown.store(true, Ordering::Release);

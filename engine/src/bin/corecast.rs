@@ -165,6 +165,12 @@ fn serve(
             return ExitCode::from(1);
         }
     };
+    // Limits, io_uring and exposure, before anything is bound: a machine or container
+    // that cannot run the shards gets the reason and the fix, not a shard error.
+    if let Err(e) = corecast::startup::run(&config) {
+        eprintln!("corecast: cannot start: {e}");
+        return ExitCode::from(1);
+    }
     let engine = Engine::new(config);
     let cfg = engine.config();
     let mut endpoints: Vec<String> = cfg

@@ -11,6 +11,7 @@ use futures_lite::{AsyncWriteExt, FutureExt};
 use glommio::net::TcpListener;
 
 use super::endpoint::{Endpoint, HttpHandler, Shared};
+use super::health::Probe;
 use super::limits::{Admission, Handshaking};
 use super::read::{read_into, settle};
 use super::shard::Shard;
@@ -18,24 +19,21 @@ use super::socket::Socket;
 use crate::proto::http::{self, Request};
 use crate::stats::ShardStats;
 
-/// Accept until the shard starts draining (`tls`: the TLS listener's settings, for
+/// Accept for as long as the shard runs (`tls`: the TLS listener's settings, for
 /// `tls.listen`). Each connection gets its own task at once: nothing here awaits a
 /// client, so a slow one (slowloris) never delays the next accept.
+///
+/// Accepting goes on while the shard drains, so that load balancers can still read
+/// `/readyz` (503 `draining`) and `/healthz`; [`route`] refuses everything that
+/// would start new work during the drain with 503.
 pub(crate) async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
     tls: Option<Arc<super::endpoint::TlsShared>>,
 ) {
     loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                shard.draining.wait().await;
-                None
-            })
-            .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
+        match listener.accept().await {
+            Ok(stream) => {
                 ShardStats::add(&shard.stats.accepted, 1);
                 let _ = stream.set_nodelay(true);
                 let socket = match &tls {
@@ -49,7 +47,7 @@ pub(crate) async fn accept_loop(
                     glommio::spawn_local(serve(shard.clone(), socket)).detach();
                 }
             }
-            Some(Err(e)) => {
+            Err(e) => {
                 // Usually EMFILE: back off briefly instead of spinning.
                 tracing::warn!(shard = shard.id, tls = tls.is_some(), error = %e, "accept failed");
                 glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -235,6 +233,8 @@ enum Target<'a> {
     HttpGet(&'a HttpHandler),
     /// A WebSocket or SSE endpoint, with its index.
     Stream(usize, &'a Endpoint),
+    /// `/healthz` or `/readyz`, unless a route or endpoint above took the path.
+    Health(Probe),
     /// Nothing.
     NotFound,
 }
@@ -252,9 +252,10 @@ fn target<'a>(shared: &'a Shared, path: &str) -> Target<'a> {
     if let Some((_, h)) = shared.http_routes.iter().find(|(p, _)| p == path) {
         return Target::HttpGet(h);
     }
-    match shared.endpoint(path) {
-        Some((i, e)) => Target::Stream(i, e),
-        None => Target::NotFound,
+    match (shared.endpoint(path), Probe::at(path)) {
+        (Some((i, e)), _) => Target::Stream(i, e),
+        (None, Some(probe)) => Target::Health(probe),
+        (None, None) => Target::NotFound,
     }
 }
 
@@ -278,10 +279,19 @@ async fn route(
         Target::Stats => stats_response(&shared, &req),
         Target::CertHash => cert_hash_response(&shared),
         Target::HttpGet(handler) => http_get_response(&shard, handler, &req),
+        Target::Health(probe) => super::health::response(&shared, probe, &req),
         Target::NotFound => {
             let body = format!("no endpoint at {}", req.path);
             http::response(404, "Not Found", &[], &body)
         }
+        // Draining: no new publishes or lookups (the shards are closing); the stream
+        // endpoints answer the same 503 themselves (net::upgrade).
+        Target::Api if shard.draining.fired() => http::response(
+            503,
+            "Service Unavailable",
+            &[("Retry-After", "1")],
+            "server is shutting down",
+        ),
         Target::Api => return super::api::serve(shard, stream, req, pending).await,
         Target::Stream(index, endpoint) => {
             let opening = Opening {

@@ -379,6 +379,9 @@ pub(crate) async fn run_shard(i: usize, shared: Arc<Shared>, boot: Arc<ShardBoot
         glommio::spawn_local(shard.clone().run_bridge_backlog()).detach();
         glommio::spawn_local(shard.clone().run_cluster_counts()).detach();
     }
+    shared
+        .booted
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     shard.run_inbox(inbox).await;
     shared.stopped.shard_done();
 }

@@ -148,6 +148,9 @@ pub(crate) struct Shared {
     pub(crate) senders: Vec<MeshSender<ShardMsg>>,
     pub(crate) stats: Vec<Arc<ShardStats>>,
     pub(crate) shutdown: AtomicBool,
+    /// Shards that have finished booting (accept loops spawned); `/readyz` says
+    /// `starting` until it reaches the shard count.
+    pub(crate) booted: std::sync::atomic::AtomicUsize,
     /// Shards still running (the future [`crate::EngineHandle::stopped`] waits on).
     pub(crate) stopped: Stopped,
     /// Epochs of room records derive from this (the start time), so they change
@@ -188,6 +191,7 @@ impl Shared {
                 .map(|_| Arc::new(ShardStats::default()))
                 .collect(),
             shutdown: AtomicBool::new(false),
+            booted: std::sync::atomic::AtomicUsize::new(0),
             stopped: Stopped::new(shards),
             epoch_base: 1,
             api_key: None,

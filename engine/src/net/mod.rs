@@ -16,6 +16,7 @@ pub(crate) mod fanout;
 pub(crate) mod handle;
 #[cfg(test)]
 pub(crate) mod harness;
+pub(crate) mod health;
 pub(crate) mod limits;
 pub(crate) mod notify;
 pub(crate) mod outbox;

@@ -71,7 +71,7 @@ impl Shard {
         }
     }
 
-    /// Shutdown: stop accepting, close every connection with 1001 after what is
+    /// Shutdown: refuse new clients, close every connection with 1001 after what is
     /// already queued, and wait (bounded) for them to finish.
     pub(super) async fn drain(self: &Rc<Self>) {
         let deadline = std::time::Instant::now()
