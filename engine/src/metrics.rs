@@ -75,6 +75,11 @@ const FAMILIES: &[Family] = &[
         |s| &s.accepted,
     ),
     counter(
+        "corecast_accept_failures_total",
+        "Failed accept() calls (usually EMFILE: the open-file limit is reached).",
+        |s| &s.accept_failures,
+    ),
+    counter(
         "corecast_messages_received_total",
         "Data messages received from WebSocket clients.",
         |s| &s.messages_in,

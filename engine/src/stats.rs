@@ -83,6 +83,9 @@ pub struct ShardStats {
     pub sse_connections: AtomicU64,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
+    /// Failed `accept()` calls (usually EMFILE: the open-file limit is reached);
+    /// each is retried 10 ms later.
+    pub accept_failures: AtomicU64,
     /// Data messages received from clients.
     pub messages_in: AtomicU64,
     /// Bytes read from TCP connections after their request head.
@@ -252,7 +255,7 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         .collect();
     format!(
         concat!(
-            "{{\"shards\":{},\"connections\":{},\"connections_per_shard\":[{}],\"accepted\":{},",
+            "{{\"shards\":{},\"connections\":{},\"connections_per_shard\":[{}],\"accepted\":{},\"accept_failures\":{},",
             "\"messages_in\":{},\"broadcasts\":{},\"deliveries\":{},\"frames_written\":{},",
             "\"writes\":{},\"bytes_written\":{},\"frames_per_write\":{:.2},",
             "\"slow_consumers\":{},\"slow_dropped\":{},\"slow_conflated\":{},\"write_stall_closes\":{},\"outbound_queued_bytes\":{},\"mesh_overflows\":{},\"mesh_deferred\":{},\"handler_panics\":{},",
@@ -273,6 +276,7 @@ pub fn to_json(shards: &[std::sync::Arc<ShardStats>]) -> String {
         sum(|s| &s.connections),
         per_shard.join(","),
         sum(|s| &s.accepted),
+        sum(|s| &s.accept_failures),
         sum(|s| &s.messages_in),
         sum(|s| &s.broadcasts),
         sum(|s| &s.deliveries),

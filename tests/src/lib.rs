@@ -219,6 +219,8 @@ pub struct ServerOptions {
     /// A soft `RLIMIT_NOFILE` for the server process (set between fork and exec;
     /// the hard limit stays as inherited).
     pub nofile_soft: Option<u64>,
+    /// Open-file limit, soft and hard, for the server process (it cannot raise it).
+    pub nofile_hard: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -232,6 +234,7 @@ impl Default for ServerOptions {
             text: None,
             listen_ip: None,
             nofile_soft: None,
+            nofile_hard: None,
         }
     }
 }
@@ -283,6 +286,12 @@ impl ServerOptions {
     /// Start the server with its soft open-file limit at `soft`.
     pub fn nofile_soft(mut self, soft: u64) -> ServerOptions {
         self.nofile_soft = Some(soft);
+        self
+    }
+
+    /// Start the server with soft and hard open-file limits at `limit`.
+    pub fn nofile_hard(mut self, limit: u64) -> ServerOptions {
+        self.nofile_hard = Some(limit);
         self
     }
 
@@ -395,7 +404,8 @@ impl Server {
         for (k, v) in &options.env {
             command.env(k, v);
         }
-        if let Some(soft) = options.nofile_soft {
+        if options.nofile_soft.is_some() || options.nofile_hard.is_some() {
+            let (soft, hard) = (options.nofile_soft, options.nofile_hard);
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between
             // fork and exec.
@@ -405,7 +415,13 @@ impl Server {
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if let Some(hard) = hard {
+                        lim.rlim_max = hard.min(lim.rlim_max);
+                        lim.rlim_cur = lim.rlim_max;
+                    }
+                    if let Some(soft) = soft {
+                        lim.rlim_cur = soft.min(lim.rlim_max);
+                    }
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }

@@ -152,3 +152,61 @@ fn a_locked_memory_limit_below_what_io_uring_needs_stops_with_the_fix() {
         assert!(stderr.contains(part), "{part} not in {stderr}");
     }
 }
+
+/// At the open-file limit `accept()` fails with EMFILE and is retried every 10 ms:
+/// the log says so once (at most once per 10 s), with the fix, instead of once per
+/// retry; `/stats` counts every failure; and the log says when accepting works
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_is_logged_once_per_stretch() {
+    let mut server = Server::start_with(
+        ServerOptions::shards(1)
+            .nofile_hard(64)
+            .set("log.format", "json"),
+    )
+    .await;
+    // Far more connections than descriptors: the kernel completes them into the
+    // listen backlog, where the server cannot take them.
+    let mut clients = Vec::new();
+    for _ in 0..120 {
+        clients.push(
+            tokio::net::TcpStream::connect(server.addr())
+                .await
+                .expect("connect"),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(clients);
+    // Closing them frees the server's descriptors, so /stats can be reached again.
+    let stats = tokio::time::timeout(Duration::from_secs(20), server.stats())
+        .await
+        .expect("/stats answers once descriptors are free");
+    let failures = stats["accept_failures"].as_u64().expect("accept_failures");
+    assert!(failures >= 20, "1.5 s at the limit: {failures} failures");
+    server.signal(libc::SIGTERM);
+    let _ = server.wait_exit(Duration::from_secs(10)).await;
+    let lines = json_lines(&server.stderr());
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("accept failed"))
+        })
+        .collect();
+    assert_eq!(failed.len(), 1, "one line in 10 s: {failed:#?}");
+    assert_eq!(failed[0]["level"], "WARN", "{}", failed[0]);
+    let text = failed[0]["message"].as_str().unwrap();
+    assert!(text.contains("out of file descriptors"), "{text}");
+    assert!(text.contains("limits.max_connections_per_shard"), "{text}");
+    let recovered: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "accept recovered")
+        .collect();
+    assert_eq!(recovered.len(), 1, "one line in 10 s: {recovered:#?}");
+    assert!(
+        recovered[0]["failures"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        recovered[0]
+    );
+}

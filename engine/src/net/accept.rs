@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use futures_lite::{AsyncWriteExt, FutureExt};
@@ -31,9 +31,11 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     tls: Option<Arc<super::endpoint::TlsShared>>,
 ) {
+    let mut failures = AcceptFailures::default();
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                failures.recovered(shard.id, tls.is_some());
                 ShardStats::add(&shard.stats.accepted, 1);
                 let _ = stream.set_nodelay(true);
                 let socket = match &tls {
@@ -49,10 +51,80 @@ pub(crate) async fn accept_loop(
             }
             Err(e) => {
                 // Usually EMFILE: back off briefly instead of spinning.
-                tracing::warn!(shard = shard.id, tls = tls.is_some(), error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                ShardStats::add(&shard.stats.accept_failures, 1);
+                failures.failed(shard.id, tls.is_some(), &std::io::Error::from(e));
+                glommio::timer::sleep(ACCEPT_RETRY).await;
             }
         }
+    }
+}
+
+/// How long the accept loop waits after a failed `accept()`.
+const ACCEPT_RETRY: Duration = Duration::from_millis(10);
+
+/// How often a stretch of failing accepts is logged again while it lasts.
+const ACCEPT_FAILURE_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Failing `accept()` calls, logged at most once per [`ACCEPT_FAILURE_LOG_EVERY`]
+/// (and their recovery likewise), not once per 10 ms retry: at the open-file limit
+/// accepts fail and succeed in turn as descriptors free up, which would otherwise
+/// be 100 lines a second.
+#[derive(Default)]
+struct AcceptFailures {
+    /// Failures since the last successful accept.
+    count: u64,
+    /// When the current run of failures began.
+    since: Option<Instant>,
+    /// When a failure, and a recovery, were last logged.
+    warned: Option<Instant>,
+    recovered: Option<Instant>,
+}
+
+fn due(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|t| now.duration_since(t) >= ACCEPT_FAILURE_LOG_EVERY)
+}
+
+impl AcceptFailures {
+    fn failed(&mut self, shard: usize, tls: bool, e: &std::io::Error) {
+        self.count += 1;
+        let now = Instant::now();
+        let start = *self.since.get_or_insert(now);
+        if !due(self.warned, now) {
+            return;
+        }
+        self.warned = Some(now);
+        if self.count > 1 {
+            tracing::warn!(
+                shard, tls, error = %e, failures = self.count,
+                for_s = now.duration_since(start).as_secs(),
+                "accept still failing"
+            );
+        } else if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+            tracing::warn!(
+                shard, tls, error = %e,
+                "accept failed: out of file descriptors; new connections wait in the listen backlog (retrying every 10 ms). Raise the open-file limit (the start-up log says what it got: ulimit -n, systemd LimitNOFILE=, docker --ulimit nofile=) or lower limits.max_connections_per_shard"
+            );
+        } else {
+            tracing::warn!(shard, tls, error = %e, "accept failed (retrying every 10 ms)");
+        }
+    }
+
+    fn recovered(&mut self, shard: usize, tls: bool) {
+        let Some(start) = self.since.take() else {
+            return;
+        };
+        let now = Instant::now();
+        if due(self.recovered, now) {
+            self.recovered = Some(now);
+            tracing::info!(
+                shard,
+                tls,
+                failures = self.count,
+                after_ms = now.duration_since(start).as_millis() as u64,
+                "accept recovered"
+            );
+        }
+        self.count = 0;
     }
 }
 
