@@ -10,6 +10,12 @@
                                            covered by the profile
     seccomp-syscalls.py update PROFILE LOG...
                                            add those to the profile's "observed" rule
+    seccomp-syscalls.py enforce PROFILE BIN
+                                           the same clients against BIN running under
+                                           PROFILE, loaded with libseccomp as runc does
+                                           (needs python3-seccomp; no container needed)
+    seccomp-syscalls.py exec PROFILE -- CMD...
+                                           run CMD under PROFILE
 
 `trace` starts `corecast serve` (2 shards, WebSocket + SSE + publish API + TLS +
 WebTransport; cluster mode through a throw-away redis-server when one is on PATH),
@@ -260,13 +266,21 @@ def trace(binary: Path, outdir: Path) -> None:
     outdir.mkdir(parents=True, exist_ok=True)
     for old in outdir.glob("*.strace"):
         old.unlink()
+    exercise(binary, lambda name, argv: strace_cmd(outdir / f"{name}.strace", argv), tracee_pid)
+    for f in sorted(outdir.glob("*.strace")):
+        log(f"{f.name}: {len(names_in(f))} syscalls")
+
+
+def exercise(binary: Path, wrap, server_pid) -> None:
+    """Run cert, check-config, serve and the health check through wrap(name, argv)
+    and drive the server; server_pid(popen pid) is the pid to signal."""
     tmp = Path(tempfile.mkdtemp(prefix="corecast-seccomp-"))
     redis = None
     server = None
     try:
         # corecast cert: the certificate for the TLS listener below.
         certdir = tmp / "cert"
-        subprocess.run(strace_cmd(outdir / "cert.strace", [str(binary), "cert", "--out", str(certdir)]),
+        subprocess.run(wrap("cert", [str(binary), "cert", "--out", str(certdir)]),
                        check=True, stdout=subprocess.DEVNULL)
         port, tls_port = free_port(), free_port()
         redis, redis_port = start_redis(tmp)
@@ -288,12 +302,12 @@ def trace(binary: Path, outdir: Path) -> None:
             ]
         cfg_path = tmp / "config.yaml"
         cfg_path.write_text("\n".join(cfg) + "\n")
-        subprocess.run(strace_cmd(outdir / "check-config.strace", [str(binary), "check-config", str(cfg_path)]),
+        subprocess.run(wrap("check-config", [str(binary), "check-config", str(cfg_path)]),
                        check=True, stdout=subprocess.DEVNULL)
 
         env = dict(os.environ, CORECAST_API_KEY="seccomp-trace-key")
         server = subprocess.Popen(
-            strace_cmd(outdir / "serve.strace", [str(binary), "serve", "-c", str(cfg_path), "--shards", "2"]),
+            wrap("serve", [str(binary), "serve", "-c", str(cfg_path), "--shards", "2"]),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -323,13 +337,13 @@ def trace(binary: Path, outdir: Path) -> None:
             time.sleep(0.05)
         else:
             raise RuntimeError("/readyz never answered 200")
-        pid = tracee_pid(server.pid)
+        pid = server_pid(server.pid)
         log(f"serve: ready on {port} (tls {tls_port}, cluster {'yes' if redis else 'no: no redis-server'})")
 
         for p in ("/healthz", "/stats", "/metrics"):
             assert http(port, "GET", p)[0] == 200, p
         assert http(tls_port, "GET", "/healthz", tls=True)[0] == 200
-        subprocess.run(strace_cmd(outdir / "healthcheck.strace", ["bash", str(ROOT / "deploy" / "healthcheck.sh"), "/readyz"]),
+        subprocess.run(wrap("healthcheck", ["bash", str(ROOT / "deploy" / "healthcheck.sh"), "/readyz"]),
                        check=True, env=dict(os.environ, CORECAST_HEALTH_PORT=str(port)))
 
         a = ws_connect(port, "/ws/chat?room=trace")
@@ -379,7 +393,7 @@ def trace(binary: Path, outdir: Path) -> None:
         if server and server.poll() is None:
             # Kill the tracee first: a killed strace detaches and leaves it running.
             try:
-                os.kill(tracee_pid(server.pid), signal.SIGKILL)
+                os.kill(server_pid(server.pid), signal.SIGKILL)
             except (OSError, RuntimeError, ValueError):
                 pass
             server.kill()
@@ -388,11 +402,73 @@ def trace(binary: Path, outdir: Path) -> None:
             redis.terminate()
             redis.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-    for f in sorted(outdir.glob("*.strace")):
-        log(f"{f.name}: {len(names_in(f))} syscalls")
+
+
+# --- running under the profile ----------------------------------------------------
+
+
+def exec_under(profile_path: Path, argv: list[str]) -> None:
+    """Load the profile as a seccomp filter the way runc does (libseccomp; names this
+    architecture does not have are skipped) and exec argv under it."""
+    import seccomp  # libseccomp's binding: Debian python3-seccomp
+
+    profile = json.loads(profile_path.read_text())
+    ops = {
+        "SCMP_CMP_NE": seccomp.NE, "SCMP_CMP_LT": seccomp.LT, "SCMP_CMP_LE": seccomp.LE,
+        "SCMP_CMP_EQ": seccomp.EQ, "SCMP_CMP_GE": seccomp.GE, "SCMP_CMP_GT": seccomp.GT,
+        "SCMP_CMP_MASKED_EQ": seccomp.MASKED_EQ,
+    }
+
+    def action(name: str, errno: int):
+        if name == "SCMP_ACT_ALLOW":
+            return seccomp.ALLOW
+        if name == "SCMP_ACT_ERRNO":
+            return seccomp.ERRNO(errno)
+        raise SystemExit(f"exec: action {name} not supported here")
+
+    default_errno = profile.get("defaultErrnoRet", 1)
+    f = seccomp.SyscallFilter(defaction=action(profile["defaultAction"], default_errno))
+    default_key = (profile["defaultAction"], default_errno)
+    for rule in profile["syscalls"]:
+        act = action(rule["action"], rule.get("errnoRet", default_errno))
+        if (rule["action"], rule.get("errnoRet", default_errno)) == default_key:
+            continue  # the default already; libseccomp refuses such rules (runc skips them)
+        # Docker's format: MASKED_EQ takes value as the mask, valueTwo as the datum.
+        args = [seccomp.Arg(a["index"], ops[a["op"]], a["value"], a.get("valueTwo", 0)) for a in rule.get("args", [])]
+        for name in rule["names"]:
+            try:
+                seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+            except (ValueError, RuntimeError):
+                continue  # not a syscall on this architecture (runc skips these too)
+            f.add_rule(act, name, *args)
+    f.load()  # sets no_new_privs first, as runc with no-new-privileges does
+    os.execvp(argv[0], argv)
+
+
+def seccomp_python() -> str | None:
+    """An interpreter that can import libseccomp's binding (often only the system one)."""
+    for cand in (sys.executable, "/usr/bin/python3", shutil.which("python3") or ""):
+        if cand and subprocess.run([cand, "-c", "import seccomp"], capture_output=True).returncode == 0:
+            return cand
+    return None
+
+
+def enforce(profile_path: Path, binary: Path) -> None:
+    py = seccomp_python()
+    if not py:
+        raise SystemExit("no Python with libseccomp's binding (apt-get install python3-seccomp)")
+    me = str(Path(__file__).resolve())
+    exercise(binary, lambda name, argv: [py, me, "exec", str(profile_path.resolve()), "--", *argv], lambda pid: pid)
+    log(f"everything above ran under {profile_path}")
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) >= 4 and argv[0] == "exec" and argv[2] == "--":
+        exec_under(Path(argv[1]), argv[3:])
+        return 1  # not reached: exec replaced this process
+    if len(argv) == 3 and argv[0] == "enforce":
+        enforce(Path(argv[1]), Path(argv[2]).resolve())
+        return 0
     if len(argv) >= 3 and argv[0] == "trace":
         trace(Path(argv[1]).resolve(), Path(argv[2]))
         return 0

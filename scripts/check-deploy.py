@@ -10,8 +10,9 @@ any check failed. Environment: CORECAST_BIN (default target/release/corecast).
   copied where; its ENTRYPOINT + CMD started with the real binary (image paths
   mapped to the repository's files, the listen address to a loopback port) until
   its HEALTHCHECK command passes; .dockerignore.
-- seccomp profile: format, io_uring allowed, and every syscall strace sees the
-  server make in a smoke run (deploy/seccomp-syscalls.py trace) is allowed.
+- seccomp profile: format, io_uring allowed, every syscall strace sees the server
+  make in a smoke run (deploy/seccomp-syscalls.py trace) is allowed, and the same
+  smoke run passes with the server under the profile (libseccomp, as runc loads it).
 - compose file: three corecast nodes + Redis, each with the seccomp profile,
   nofile/memlock ulimits, TCP+UDP ports, /readyz health check; its config passes
   check-config, and one node's command runs in cluster mode against a
@@ -336,6 +337,23 @@ def seccomp_strace() -> None:
     assert c.returncode == 0, "the server makes syscalls the profile refuses (see above)"
 
 
+@check("seccomp profile: the server runs under it (loaded with libseccomp as runc does) and serves every client")
+def seccomp_enforced() -> None:
+    need_bin()
+    sys.path.insert(0, str(DEPLOY))
+    from importlib import import_module
+
+    if not import_module("seccomp-syscalls").seccomp_python():
+        raise Skip("no Python with libseccomp's binding (apt-get install python3-seccomp): profile not enforced")
+    r = subprocess.run(
+        [sys.executable, str(DEPLOY / "seccomp-syscalls.py"), "enforce", str(PROFILE), str(BIN)],
+        capture_output=True, text=True, timeout=180,
+    )
+    print(r.stdout.rstrip())
+    err = re.sub(r"\x1b\[[0-9;]*m", "", r.stderr).strip().splitlines()[-3:]
+    assert r.returncode == 0, f"under the profile: {' | '.join(err)}"
+
+
 # --- compose -------------------------------------------------------------------------
 
 
@@ -571,7 +589,7 @@ def docker_image() -> None:
 def main() -> int:
     print(f"binary: {BIN}")
     for c in (dockerfile_stages, dockerfile_runtime, dockerfile_runs, dockerignore,
-              seccomp_format, seccomp_strace,
+              seccomp_format, seccomp_strace, seccomp_enforced,
               compose_structure, compose_config, compose_node_runs,
               systemd_fields, systemd_verify, docker_image):
         c()

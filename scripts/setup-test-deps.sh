@@ -17,8 +17,8 @@
 #   - make, jq and taskset (util-linux): make for the BoringSSL build (cmake
 #     generates Makefiles), jq and taskset for benches/cluster.sh,
 #     benches/regression.sh and benches/peers/compare.sh.
-#   - strace, for scripts/check-deploy.sh's seccomp coverage check (optional: that
-#     check is skipped, saying so, without it).
+#   - strace and python3-seccomp, for scripts/check-deploy.sh's seccomp checks
+#     (optional: without them those checks are skipped, saying so).
 # Node.js older than 20 (or none) fails the set-up with the exact install command.
 # The Chromium step never fails it: when it cannot be done it says why, and the
 # "node tests" stage of scripts/test.sh then fails with it.
@@ -203,10 +203,17 @@ done
 log "tools: $(make --version | head -n1), $(jq --version), $(taskset --version 2>/dev/null | head -n1)"
 # 7. strace: scripts/check-deploy.sh traces the server to check that
 # deploy/seccomp-corecast.json allows every syscall it makes. Optional like
-# Chromium: without it that one check is skipped and says why.
+# Chromium: without it that check is skipped and says why.
 if command -v strace >/dev/null 2>&1; then
   log "strace: $(strace -V 2>/dev/null | head -n1)"
 else
   (apt_install strace) || log "WARNING: could not install strace: the seccomp coverage check will be skipped"
+fi
+# libseccomp's Python binding (system python3): the same check runs the server under
+# the profile as runc would load it. Optional too.
+if /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1; then
+  log "python3-seccomp: installed"
+else
+  (apt_install python3-seccomp) || log "WARNING: could not install python3-seccomp: the seccomp enforcement check will be skipped"
 fi
 log "done"
