@@ -57,6 +57,7 @@ class Skip(Exception):
 
 RESULTS = {"ok": 0, "FAIL": 0, "skip": 0}
 STRACE_LOGS: list[Path] = []  # filled by the seccomp smoke run, used by the systemd check
+TMPDIRS: list[Path] = []
 
 
 def check(name: str):
@@ -319,6 +320,7 @@ def seccomp_strace() -> None:
     if not shutil.which("strace"):
         raise Skip("strace not installed (scripts/setup-test-deps.sh installs it): syscall coverage not checked")
     outdir = Path(tempfile.mkdtemp(prefix="corecast-deploy-strace-"))
+    TMPDIRS.append(outdir)  # kept for the systemd check, removed at the end
     r = subprocess.run(
         [sys.executable, str(DEPLOY / "seccomp-syscalls.py"), "trace", str(BIN), str(outdir)],
         capture_output=True, text=True, timeout=180,
@@ -588,11 +590,15 @@ def docker_image() -> None:
 
 def main() -> int:
     print(f"binary: {BIN}")
-    for c in (dockerfile_stages, dockerfile_runtime, dockerfile_runs, dockerignore,
-              seccomp_format, seccomp_strace, seccomp_enforced,
-              compose_structure, compose_config, compose_node_runs,
-              systemd_fields, systemd_verify, docker_image):
-        c()
+    try:
+        for c in (dockerfile_stages, dockerfile_runtime, dockerfile_runs, dockerignore,
+                  seccomp_format, seccomp_strace, seccomp_enforced,
+                  compose_structure, compose_config, compose_node_runs,
+                  systemd_fields, systemd_verify, docker_image):
+            c()
+    finally:
+        for d in TMPDIRS:
+            shutil.rmtree(d, ignore_errors=True)
     print(f"deploy: {RESULTS['ok']} passed, {RESULTS['FAIL']} failed, {RESULTS['skip']} skipped")
     return 1 if RESULTS["FAIL"] else 0
 
