@@ -4,8 +4,9 @@
 #   - a Python 3 with the venv module (Debian's python3-venv only if it is missing),
 #   - tests/python/.venv with pinned websockets, kosoku (Autobahn cases), pytest,
 #     aioquic (the WebTransport client of tests/python/test_webtransport.py),
-#     pyjwt (tokens for the router and streaming tests) and prometheus_client (its
-#     exposition parser checks GET /metrics),
+#     pyjwt (tokens for the router and streaming tests), prometheus_client (its
+#     exposition parser checks GET /metrics) and pyyaml (scripts/check-deploy.py
+#     reads deploy/docker-compose.yml),
 #   - tests/node/node_modules from tests/node/package-lock.json (`npm ci`: pinned
 #     eventsource, ws, playwright-core) with the machine's Node.js (>= 20; Debian's
 #     nodejs + npm are installed only when node is missing altogether),
@@ -16,6 +17,8 @@
 #   - make, jq and taskset (util-linux): make for the BoringSSL build (cmake
 #     generates Makefiles), jq and taskset for benches/cluster.sh,
 #     benches/regression.sh and benches/peers/compare.sh.
+#   - strace and python3-seccomp, for scripts/check-deploy.sh's seccomp checks
+#     (optional: without them those checks are skipped, saying so).
 # Node.js older than 20 (or none) fails the set-up with the exact install command.
 # The Chromium step never fails it: when it cannot be done it says why, and the
 # "node tests" stage of scripts/test.sh then fails with it.
@@ -32,7 +35,7 @@ export PIP_NO_INPUT=1
 
 # Pinned Python test dependencies (bump deliberately; the marker file below
 # makes the venv reinstall when this list changes).
-PY_PKGS=(websockets==17.4 kosoku==0.1.0 pytest==9.2.0 aioquic==1.7.2 pyjwt==2.15.1 prometheus_client==0.26.0)
+PY_PKGS=(websockets==17.4 kosoku==0.1.0 pytest==9.2.0 aioquic==1.7.2 pyjwt==2.15.1 prometheus_client==0.26.0 pyyaml==6.0.3)
 
 log() { printf '[setup-test-deps] %s\n' "$*"; }
 
@@ -96,7 +99,7 @@ log "python: $PY ($("$PY" --version 2>&1))"
 MARKER="$VENV/.corecast-deps"
 WANT="${PY_PKGS[*]}"
 if [ -x "$VENV/bin/python" ] && [ -f "$MARKER" ] && [ "$(cat "$MARKER")" = "$WANT" ] &&
-  "$VENV/bin/python" -c 'import websockets, kosoku, pytest, aioquic, jwt, prometheus_client' >/dev/null 2>&1; then
+  "$VENV/bin/python" -c 'import websockets, kosoku, pytest, aioquic, jwt, prometheus_client, yaml' >/dev/null 2>&1; then
   log "venv up to date: $VENV ($WANT)"
 else
   if [ ! -x "$VENV/bin/python" ]; then
@@ -110,7 +113,7 @@ fi
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 print("[setup-test-deps] venv packages: " + ", ".join(
-    f"{n}=={md.version(n)}" for n in ("websockets", "kosoku", "pytest", "aioquic", "pyjwt", "prometheus_client")))
+    f"{n}=={md.version(n)}" for n in ("websockets", "kosoku", "pytest", "aioquic", "pyjwt", "prometheus_client", "pyyaml")))
 PY
 # 3. Node.js test dependencies.
 NODE_DIR="$ROOT/tests/node"
@@ -198,4 +201,19 @@ for c in make jq taskset; do
   fi
 done
 log "tools: $(make --version | head -n1), $(jq --version), $(taskset --version 2>/dev/null | head -n1)"
+# 7. strace: scripts/check-deploy.sh traces the server to check that
+# deploy/seccomp-corecast.json allows every syscall it makes. Optional like
+# Chromium: without it that check is skipped and says why.
+if command -v strace >/dev/null 2>&1; then
+  log "strace: $(strace -V 2>/dev/null | head -n1)"
+else
+  (apt_install strace) || log "WARNING: could not install strace: the seccomp coverage check will be skipped"
+fi
+# libseccomp's Python binding (system python3): the same check runs the server under
+# the profile as runc would load it. Optional too.
+if /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1; then
+  log "python3-seccomp: installed"
+else
+  (apt_install python3-seccomp) || log "WARNING: could not install python3-seccomp: the seccomp enforcement check will be skipped"
+fi
 log "done"

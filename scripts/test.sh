@@ -12,12 +12,15 @@
 #      scripts/minimal-build.sh     corecast --no-default-features: no quiche/redis/JWT,
 #                                   clippy, unit tests + engine/tests/embed_bare.rs
 #      scripts/fuzz-smoke.sh        every libFuzzer target in fuzz/ for FUZZ_SECONDS (20)
+#      scripts/check-deploy.sh      deploy/ (Dockerfile, seccomp profile, compose, systemd
+#                                   unit) against the release binary; builds the image
+#                                   only when a docker daemon answers
 #   5. pytest tests/python          websockets and aioquic (WebTransport) against the server
 #   6. node --test tests/node       eventsource / ws / headless Chromium (SSE, resume,
 #                                   WebTransport)
 #   7. tests/autobahn/run.sh        Autobahn conformance vs tests/autobahn/expected.json, strict,
 #                                   compression on (1-13) and off (1-10)
-# Stages 4-7 (and the fuzz smoke) all run even if one fails; the summary at the end lists each.
+# Stages 4-7 (and the fuzz smoke and deploy checks) all run even if one fails; the summary at the end lists each.
 # Environment: TEST_THREADS (default 4) for cargo test; AUTOBAHN_FULL=1 runs
 # every Autobahn case instead of the CI selection; SKIP_LINT=1 skips fmt and
 # clippy locally (ignored when CI is set).
@@ -108,6 +111,19 @@ count_fuzz() {
   PASSED_TESTS=$((PASSED_TESTS + p))
   FAILED_TESTS=$((FAILED_TESTS + f))
 }
+count_deploy() {
+  # scripts/check-deploy.py ends with "deploy: N passed, N failed, N skipped".
+  local line p f
+  line=$(grep -E '^deploy: [0-9]+ passed, [0-9]+ failed, [0-9]+ skipped$' "$1" | tail -1 || true)
+  if [ -z "$line" ]; then
+    FAILED_TESTS=$((FAILED_TESTS + 1)) # it stopped before its summary
+    return
+  fi
+  p=$(awk '{print $2}' <<<"$line")
+  f=$(awk '{print $4}' <<<"$line")
+  PASSED_TESTS=$((PASSED_TESTS + p))
+  FAILED_TESTS=$((FAILED_TESTS + f))
+}
 count_autobahn() {
   # One summary line per pass (compression on, compression off).
   local p f
@@ -162,6 +178,10 @@ count_cargo "$LOGS/minimal.log"
 # libFuzzer targets in fuzz/, FUZZ_SECONDS (default 20) each; counts targets.
 run_stage "fuzz smoke (fuzz/)" "$LOGS/fuzz.log" bash scripts/fuzz-smoke.sh || true
 count_fuzz "$LOGS/fuzz.log"
+
+# Container and service files (deploy/) checked against the release binary.
+run_stage "deploy files (deploy/)" "$LOGS/deploy.log" bash scripts/check-deploy.sh || true
+count_deploy "$LOGS/deploy.log"
 
 pytest_stage() {
   local rc=0
