@@ -47,7 +47,7 @@ PROFILE = DEPLOY / "seccomp-corecast.json"
 COMPOSE = DEPLOY / "docker-compose.yml"
 UNIT = DEPLOY / "corecast.service"
 HEALTHCHECK = DEPLOY / "healthcheck.sh"
-BIN = Path(os.environ.get("CORECAST_BIN") or ROOT / "target" / "release" / "corecast")
+BIN = Path(os.environ.get("CORECAST_BIN") or ROOT / "target" / "release" / "corecast").absolute()
 IO_URING = {"io_uring_setup", "io_uring_enter", "io_uring_register"}
 
 
