@@ -81,18 +81,18 @@ def check(name: str):
 # --- helpers ---------------------------------------------------------------------
 
 
+def seccomp_tool():
+    """deploy/seccomp-syscalls.py as a module (its name has a dash)."""
+    if str(DEPLOY) not in sys.path:
+        sys.path.insert(0, str(DEPLOY))
+    from importlib import import_module
+
+    return import_module("seccomp-syscalls")
+
+
 def free_port() -> int:
-    for _ in range(50):
-        with socket.socket() as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise OSError("no free port")
+    """A port free for TCP and UDP at once (WebTransport shares the TCP port)."""
+    return seccomp_tool().free_port()
 
 
 def healthcheck(port: int, path: str) -> subprocess.CompletedProcess:
@@ -284,10 +284,7 @@ def load_profile() -> dict:
 
 
 def profile_covers(profile: dict) -> set[str]:
-    sys.path.insert(0, str(DEPLOY))
-    from importlib import import_module
-
-    return import_module("seccomp-syscalls").covered(profile)
+    return seccomp_tool().covered(profile)
 
 
 @check("seccomp profile: allow-list format, io_uring allowed, clone without namespaces")
@@ -342,10 +339,7 @@ def seccomp_strace() -> None:
 @check("seccomp profile: the server runs under it (loaded with libseccomp as runc does) and serves every client")
 def seccomp_enforced() -> None:
     need_bin()
-    sys.path.insert(0, str(DEPLOY))
-    from importlib import import_module
-
-    if not import_module("seccomp-syscalls").seccomp_python():
+    if not seccomp_tool().seccomp_python():
         raise Skip("no Python with libseccomp's binding (apt-get install python3-seccomp): profile not enforced")
     r = subprocess.run(
         [sys.executable, str(DEPLOY / "seccomp-syscalls.py"), "enforce", str(PROFILE), str(BIN)],
@@ -542,10 +536,7 @@ def systemd_verify() -> None:
     assert IO_URING <= allowed, f"SystemCallFilter refuses {sorted(IO_URING - allowed)}"
     serve_logs = [p for p in STRACE_LOGS if p.name in ("serve.strace", "cert.strace", "check-config.strace")]
     if serve_logs:
-        sys.path.insert(0, str(DEPLOY))
-        from importlib import import_module
-
-        names_in = import_module("seccomp-syscalls").names_in
+        names_in = seccomp_tool().names_in
         seen = set().union(*(names_in(p) for p in serve_logs))
         missing = sorted(seen - allowed)
         assert not missing, f"SystemCallFilter refuses syscalls the server makes: {missing}"
