@@ -15,6 +15,13 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
+/// What each queued frame is charged against the cap on top of its length: its
+/// queue entry (40 bytes) and, for a frame of its own, the allocation's header.
+/// Without it a client that sends empty messages to an echo endpoint and never
+/// reads could queue millions of 2-byte frames, ~70 bytes of memory each, under a
+/// cap that counted 2.
+pub const ENTRY_COST: usize = 64;
+
 /// Returned when a push would take the queue over its byte cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull;
@@ -112,8 +119,9 @@ pub struct OutboundQueue {
     /// At most `u32::MAX` (4 GiB per connection is no cap at all): the small
     /// fields share words, keeping the connection struct small.
     cap: u32,
-    /// Bytes of droppable entries (a started front frame included).
-    /// Droppable frames are only admitted under the cap, so this fits a `u32`.
+    /// What droppable entries are charged: their bytes plus [`ENTRY_COST`] each (a
+    /// started front frame included). Droppable frames are only admitted under the
+    /// cap, so this fits a `u32`.
     droppable_bytes: u32,
     /// Keep-latest entries queued: conflation scans only when there are some.
     latest: u32,
@@ -123,7 +131,8 @@ pub struct OutboundQueue {
 }
 
 impl OutboundQueue {
-    /// An empty queue that holds at most `cap` bytes. Allocates nothing until used.
+    /// An empty queue that holds at most `cap` bytes, each frame charged its length
+    /// plus [`ENTRY_COST`]. Allocates nothing until used.
     pub fn new(cap: usize) -> Self {
         Self {
             cap: u32::try_from(cap).unwrap_or(u32::MAX),
@@ -133,7 +142,7 @@ impl OutboundQueue {
 
     /// Append a pinned frame; refuses it if the queue would exceed its cap.
     pub fn push(&mut self, frame: Bytes) -> Result<(), QueueFull> {
-        if self.bytes + frame.len() > self.cap() {
+        if self.charged() + frame.len() + ENTRY_COST > self.cap() {
             return Err(QueueFull);
         }
         self.push_unbounded(frame);
@@ -152,7 +161,7 @@ impl OutboundQueue {
         }
         self.bytes += frame.len();
         if class.droppable() {
-            self.droppable_bytes += frame.len() as u32;
+            self.droppable_bytes += (frame.len() + ENTRY_COST) as u32;
         }
         if class.latest() {
             self.latest += 1;
@@ -190,21 +199,23 @@ impl OutboundQueue {
                 }
             }
         }
-        let len = frame.len();
+        let len = frame.len() + ENTRY_COST;
         let cap = self.cap();
-        if self.bytes + len > cap {
-            // Droppable bytes that may go (not a started front frame).
+        let charged = self.charged();
+        if charged + len > cap {
+            // What dropping every droppable frame could free (not a started front
+            // frame), entry costs included.
             let started = match self.frames.front() {
-                Some(e) if self.front_started && e.class.droppable() => e.bytes.len(),
+                Some(e) if self.front_started && e.class.droppable() => e.bytes.len() + ENTRY_COST,
                 _ => 0,
             };
             let available = self.droppable_bytes as usize - started;
-            if self.bytes - available + len > cap {
+            if charged - available + len > cap {
                 // Even dropping everything droppable would not make room.
                 out.dropped += 1;
                 return Ok(out);
             }
-            let need = self.bytes + len - cap;
+            let need = charged + len - cap;
             out.removed_bytes += self.drop_oldest(need, &mut out.dropped);
         }
         self.push_entry(frame, class);
@@ -212,15 +223,16 @@ impl OutboundQueue {
         Ok(out)
     }
 
-    /// Remove droppable, unstarted frames from the front until `need` bytes are
-    /// freed; returns the bytes freed.
+    /// Remove droppable, unstarted frames from the front until `need` charged bytes
+    /// (length plus [`ENTRY_COST`] each) are freed; returns the frame bytes freed.
     fn drop_oldest(&mut self, need: usize, dropped: &mut u32) -> usize {
-        let mut freed = 0;
+        let (mut freed, mut charged) = (0, 0);
         let mut i = usize::from(self.front_started);
-        while freed < need && i < self.frames.len() {
+        while charged < need && i < self.frames.len() {
             if self.frames[i].class.droppable() {
                 if let Some(old) = self.frames.remove(i) {
                     freed += old.bytes.len();
+                    charged += old.bytes.len() + ENTRY_COST;
                     *dropped += 1;
                     self.forget(&old);
                 }
@@ -235,7 +247,7 @@ impl OutboundQueue {
     fn forget(&mut self, e: &Entry) {
         self.bytes -= e.bytes.len();
         if e.class.droppable() {
-            self.droppable_bytes -= e.bytes.len() as u32;
+            self.droppable_bytes -= (e.bytes.len() + ENTRY_COST) as u32;
         }
         if e.class.latest() {
             self.latest -= 1;
@@ -275,6 +287,12 @@ impl OutboundQueue {
     /// Bytes queued.
     pub fn len_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// What the queue holds against its cap: bytes queued plus [`ENTRY_COST`] per
+    /// frame.
+    pub fn charged(&self) -> usize {
+        self.bytes + self.frames.len() * ENTRY_COST
     }
 
     /// Frames queued.
@@ -334,9 +352,12 @@ impl OutboundQueue {
 mod tests {
     use super::*;
 
+    /// What one queued frame costs against the cap besides its bytes.
+    const E: usize = ENTRY_COST;
+
     #[test]
     fn refuses_frames_past_the_byte_cap() {
-        let mut q = OutboundQueue::new(10);
+        let mut q = OutboundQueue::new(10 + E);
         assert!(q.push(Bytes::from_static(b"123456")).is_ok());
         assert_eq!(q.push(Bytes::from_static(b"12345")), Err(QueueFull));
         assert_eq!(q.len_bytes(), 6);
@@ -344,14 +365,38 @@ mod tests {
         assert_eq!(q.len_bytes(), 11);
     }
 
+    /// Tiny frames are charged their queue entry too: a cap of N bytes holds far
+    /// fewer than N/2 two-byte frames (what an echo client that never reads sends).
+    #[test]
+    fn each_frame_is_charged_its_entry() {
+        let mut q = OutboundQueue::new(4 * (2 + E));
+        for _ in 0..4 {
+            q.push(Bytes::from_static(b"\x81\x00")).unwrap();
+        }
+        assert_eq!(q.push(Bytes::from_static(b"\x81\x00")), Err(QueueFull));
+        assert_eq!((q.len_bytes(), q.charged()), (8, 4 * (2 + E)));
+        q.consume(2);
+        assert_eq!(q.charged(), 3 * (2 + E));
+        let c = FrameClass::room(Overflow::DropOldest, 1);
+        let mut q = OutboundQueue::new(4 * (2 + E));
+        for i in 0..10u8 {
+            assert!(q.push_room(frame(i, 2), c).unwrap().queued);
+        }
+        assert_eq!(
+            q.len_frames(),
+            4,
+            "the oldest were dropped, entries counted"
+        );
+    }
+
     #[test]
     fn consume_slices_a_partly_written_frame() {
-        let mut q = OutboundQueue::new(100);
+        let mut q = OutboundQueue::new(100 + 2 * E);
         q.push(Bytes::from_static(b"abc")).unwrap();
         q.push(Bytes::from_static(b"defg")).unwrap();
         assert_eq!(q.consume(5), 1);
         assert_eq!(q.front().unwrap().as_ref(), b"fg");
-        assert_eq!(q.len_bytes(), 2);
+        assert_eq!((q.len_bytes(), q.charged()), (2, 2 + E));
         assert_eq!(q.consume(2), 1);
         assert!(q.is_empty());
         assert_eq!(q.len_bytes(), 0);
@@ -359,7 +404,7 @@ mod tests {
 
     #[test]
     fn drop_unsent_keeps_the_rest_of_a_started_frame() {
-        let mut q = OutboundQueue::new(100);
+        let mut q = OutboundQueue::new(100 + 2 * E);
         q.push(Bytes::from_static(b"abcd")).unwrap();
         q.push(Bytes::from_static(b"efgh")).unwrap();
         q.drop_unsent();
@@ -383,7 +428,7 @@ mod tests {
 
     #[test]
     fn disconnect_policy_refuses_like_push() {
-        let mut q = OutboundQueue::new(10);
+        let mut q = OutboundQueue::new(10 + E);
         let c = FrameClass::room(Overflow::Disconnect, 7);
         assert_eq!(c, FrameClass::PINNED);
         assert!(q.push_room(frame(1, 6), c).unwrap().queued);
@@ -393,7 +438,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_drops_whole_unstarted_frames_until_the_new_one_fits() {
-        let mut q = OutboundQueue::new(10);
+        let mut q = OutboundQueue::new(10 + 3 * E);
         let c = FrameClass::room(Overflow::DropOldest, 1);
         for t in 1..=3 {
             assert!(q.push_room(frame(t, 3), c).unwrap().queued);
@@ -403,15 +448,16 @@ mod tests {
         assert_eq!((p.queued, p.dropped, p.removed_bytes), (true, 1, 3));
         assert_eq!(tags(&q), [2, 3, 4]);
         assert_eq!(q.len_bytes(), 10);
-        // 8 more need two gone.
+        // 8 more, and one more entry, need two gone.
         let p = q.push_room(frame(5, 8), c).unwrap();
-        assert_eq!((p.queued, p.dropped, p.removed_bytes), (true, 3, 10));
-        assert_eq!(tags(&q), [5]);
+        assert_eq!((p.queued, p.dropped, p.removed_bytes), (true, 2, 6));
+        assert_eq!(tags(&q), [4, 5]);
+        assert_eq!(q.charged(), 12 + 2 * E);
     }
 
     #[test]
     fn drop_oldest_never_drops_a_started_frame_or_a_pinned_one() {
-        let mut q = OutboundQueue::new(12);
+        let mut q = OutboundQueue::new(12 + 3 * E);
         let c = FrameClass::room(Overflow::DropOldest, 1);
         q.push_room(frame(1, 4), c).unwrap();
         q.push(frame(2, 2)).unwrap(); // a reply: pinned
@@ -428,17 +474,18 @@ mod tests {
         assert_eq!((p.queued, p.dropped), (false, 1));
         assert_eq!(tags(&q), [1, 2, 4]);
         // Larger than the cap: dropped, never queued.
-        let p = q.push_room(frame(6, 13), c).unwrap();
+        let p = q.push_room(frame(6, 13 + 3 * E), c).unwrap();
         assert!(!p.queued);
         // Consuming the rest keeps the accounting exact.
         assert_eq!(q.consume(3 + 2 + 4), 3);
         assert!(q.is_empty());
         assert_eq!((q.len_bytes(), q.droppable_bytes, q.latest), (0, 0, 0));
+        assert_eq!(q.charged(), 0);
     }
 
     #[test]
     fn drop_oldest_leaves_disconnect_rooms_frames_alone() {
-        let mut q = OutboundQueue::new(8);
+        let mut q = OutboundQueue::new(8 + 2 * E);
         let a = FrameClass::room(Overflow::Disconnect, 1);
         let b = FrameClass::room(Overflow::DropOldest, 2);
         q.push_room(frame(1, 4), a).unwrap();
@@ -450,7 +497,7 @@ mod tests {
 
     #[test]
     fn keep_latest_holds_one_pending_message_per_room() {
-        let mut q = OutboundQueue::new(100);
+        let mut q = OutboundQueue::new(100 + 4 * E);
         let x = FrameClass::room(Overflow::KeepLatest, 10);
         let y = FrameClass::room(Overflow::KeepLatest, 11);
         q.push_room(frame(1, 3), x).unwrap();
@@ -469,7 +516,7 @@ mod tests {
 
     #[test]
     fn keep_latest_never_replaces_a_started_frame() {
-        let mut q = OutboundQueue::new(100);
+        let mut q = OutboundQueue::new(100 + 3 * E);
         let x = FrameClass::room(Overflow::KeepLatest, 10);
         q.push_room(frame(1, 4), x).unwrap();
         q.consume(2);
@@ -484,7 +531,7 @@ mod tests {
 
     #[test]
     fn keep_latest_drops_oldest_when_other_rooms_fill_the_queue() {
-        let mut q = OutboundQueue::new(9);
+        let mut q = OutboundQueue::new(9 + 3 * E);
         let d = FrameClass::room(Overflow::DropOldest, 1);
         let x = FrameClass::room(Overflow::KeepLatest, 2);
         q.push_room(frame(1, 3), d).unwrap();
@@ -500,14 +547,17 @@ mod tests {
 
     #[test]
     fn drop_unsent_keeps_class_accounting() {
-        let mut q = OutboundQueue::new(100);
+        let mut q = OutboundQueue::new(100 + 2 * E);
         let x = FrameClass::room(Overflow::KeepLatest, 2);
         q.push_room(frame(1, 4), x).unwrap();
         q.push_room(frame(2, 4), FrameClass::room(Overflow::KeepLatest, 3))
             .unwrap();
         q.consume(1);
         q.drop_unsent();
-        assert_eq!((q.len_bytes(), q.droppable_bytes, q.latest), (3, 3, 1));
+        assert_eq!(
+            (q.len_bytes(), q.droppable_bytes, q.latest),
+            (3, 3 + E as u32, 1)
+        );
         assert_eq!(q.consume(3), 1);
         assert_eq!((q.len_bytes(), q.droppable_bytes, q.latest), (0, 0, 0));
     }

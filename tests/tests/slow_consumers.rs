@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use corecast_tests::api::{publish, room_info};
-use corecast_tests::raw::{Closed, WsConn, OP_CLOSE, OP_PING, OP_PONG};
+use corecast_tests::raw::{Closed, Frame, WsConn, OP_CLOSE, OP_PING, OP_PONG};
 use corecast_tests::sse::{split_cursor, sse_path, stream_request, SseClient};
 use corecast_tests::{eventually, within, Server, ServerOptions};
 
@@ -486,4 +486,50 @@ async fn thousand_readers_that_never_read_do_not_hurt_the_others_or_memory() {
         "slow queues should be nearly full: {queued}"
     );
     drop(slow);
+}
+
+/// A client that sends empty messages to an echo endpoint and never reads makes
+/// the server queue 2-byte replies. Each queued frame is charged its entry
+/// (`shards::queue::ENTRY_COST`) against `websocket.outbound_queue_bytes`, so the
+/// default 4 MiB cap holds ~63,000 of them (≈ 5 MiB of memory), not 2 million
+/// (≈ 150 MiB): the server's peak RSS stays within the cap plus a margin, and the
+/// client is closed as a slow consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiny_replies_to_a_client_that_never_reads_are_charged_their_entries() {
+    let server = Server::start_with(ServerOptions::shards(1)).await;
+    let pid = server.pid();
+    let mut ws = WsConn::connect_opts(server.addr(), "/ws/echo", &[], Some(SLOW_RCVBUF)).await;
+    let (baseline, _) = memory(pid);
+    // 5 M empty binary frames (30 MB): the first ~2 M replies fit in the kernel's
+    // send buffer (4 MiB of 2-byte frames), the rest would go to the queue.
+    let chunk: Vec<u8> = (0..10_000)
+        .flat_map(|_| Frame::binary(Vec::new()).encode(Some([1, 2, 3, 4])))
+        .collect();
+    let mut sent = 0usize;
+    for _ in 0..500 {
+        match tokio::time::timeout(Duration::from_secs(3), ws.send_bytes(&chunk)).await {
+            Ok(Ok(())) => sent += 10_000,
+            // Closed, or the server stopped reading (it closed us): stop.
+            _ => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_, hwm) = memory(pid);
+    let stats = server.stats().await;
+    let bound = baseline + 4 * 1024 * 1024 + 16 * 1024 * 1024;
+    eprintln!(
+        "sent {sent} frames; baseline {} KiB, peak {} KiB, bound {} KiB, slow consumers {}",
+        baseline >> 10,
+        hwm >> 10,
+        bound >> 10,
+        stats["slow_consumers"]
+    );
+    assert!(
+        hwm <= bound,
+        "peak RSS {hwm} > {bound} (baseline {baseline})"
+    );
+    assert!(
+        stats["slow_consumers"].as_u64().unwrap_or(0) >= 1,
+        "the reader was closed as a slow consumer: {stats}"
+    );
 }

@@ -457,9 +457,9 @@ mod tests {
 
     #[test]
     fn slow_consumer_policies_apply_by_room() {
-        // 1,000-byte queues; drop_oldest and keep_latest rooms by pattern, the
+        // 1,500-byte queues; drop_oldest and keep_latest rooms by pattern, the
         // rest disconnect (the default policy).
-        let yaml = "websocket:\n  outbound_queue_bytes: 1000\nslow_consumers:\n  rooms:\n    - pattern: \"drop-*\"\n      policy: drop_oldest\n    - pattern: \"latest-*\"\n      policy: keep_latest\n";
+        let yaml = "websocket:\n  outbound_queue_bytes: 1500\nslow_consumers:\n  rooms:\n    - pattern: \"drop-*\"\n      policy: drop_oldest\n    - pattern: \"latest-*\"\n      policy: keep_latest\n";
         let h = Harness::start(1, yaml);
         let drop = h.probe(0, "drop-a", 0, None);
         let latest = h.probe(0, "latest-a", 1, None);
@@ -483,8 +483,9 @@ mod tests {
         while let Ok(e) = h.events.recv_timeout(Duration::from_millis(300)) {
             events.push(e);
         }
-        // drop_oldest: only the newest messages that fit (1,000 bytes of 117-byte
-        // frames: 8), oldest dropped, order kept.
+        // drop_oldest: only the newest messages that fit (1,500 bytes of 117-byte
+        // frames, each charged 64 more for its queue entry: 8), oldest dropped,
+        // order kept.
         let dropped = messages_of(&events, 0);
         let seqs: Vec<u64> = dropped.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, (23..=30).collect::<Vec<u64>>(), "{dropped:?}");
