@@ -238,6 +238,16 @@ pub fn write_pair(dir: &Path, cert: &SelfSigned) -> Result<(PathBuf, PathBuf), C
     Ok((cert_path, key_path))
 }
 
+/// Write `bytes` to `path` as a new file readable by its owner only (mode 0600),
+/// replacing any file there (see [`write_pair`] for why it is created fresh).
+///
+/// # Errors
+///
+/// [`CertError::Io`], naming the file.
+pub fn write_private_file(path: &Path, bytes: &[u8]) -> Result<(), CertError> {
+    write_new(path, bytes, 0o600)
+}
+
 fn check_validity(validity: Duration) -> Result<(), CertError> {
     if validity > MAX_VALIDITY {
         return Err(CertError::ValidityTooLong(validity));

@@ -232,6 +232,14 @@ pub struct WebTransportConfig {
     pub cert: String,
     /// Private key PEM path (with a certificate path).
     pub key: String,
+    /// Total validity of a `cert: auto` certificate (backdating included), from
+    /// 90s to 14d (the browsers' limit for `serverCertificateHashes`).
+    pub cert_validity: ConfigDuration,
+    /// A `cert: auto` certificate is renewed when less than this much of its
+    /// validity remains: the next one is published then, and installed for new
+    /// connections when half of this remains. At least 2s and less than
+    /// `cert_validity` minus 60s (the backdating).
+    pub cert_renew_before: ConfigDuration,
     /// Allowed `Origin` values (exact match); empty allows any.
     pub allowed_origins: Vec<String>,
     /// Sessions one QUIC connection may hold at once.
@@ -264,7 +272,7 @@ impl WebTransportConfig {
 }
 
 /// A duration in config: a number of seconds, or a string with a unit
-/// (`"500ms"`, `"15s"`, `"5m"`, `"1h"`).
+/// (`"500ms"`, `"15s"`, `"5m"`, `"1h"`, `"2d"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
@@ -299,7 +307,7 @@ impl<T> Visitor<'_> for NumberOrUnit<T> {
 impl<'de> Deserialize<'de> for ConfigDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(NumberOrUnit {
-            expecting: "a duration: seconds as a number, or a string like 500ms, 15s, 5m, 1h",
+            expecting: "a duration: seconds as a number, or a string like 500ms, 15s, 5m, 1h, 2d",
             from_number: |n| Some(ConfigDuration(Duration::from_secs(n))),
             parse: |s| parse_duration(s).map(ConfigDuration),
         })
@@ -349,6 +357,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.checked_mul(60)?),
         "h" => Duration::from_secs(n.checked_mul(3600)?),
+        "d" => Duration::from_secs(n.checked_mul(86_400)?),
         _ => return None,
     })
 }
@@ -1160,6 +1169,23 @@ impl Config {
         if wt.cert != "auto" && wt.key.is_empty() {
             return Err("webtransport.key is required when webtransport.cert is a file".into());
         }
+        let (validity, renew) = (wt.cert_validity.0, wt.cert_renew_before.0);
+        if validity < Duration::from_secs(90) || validity > crate::cert::MAX_VALIDITY {
+            return Err(
+                "webtransport.cert_validity must be between 90s and 14d (browsers refuse longer \
+                 for serverCertificateHashes)"
+                    .into(),
+            );
+        }
+        // The certificate starts 60s in the past: a margin of the whole remaining
+        // validity would renew again at once, forever.
+        if renew < Duration::from_secs(2) || renew + Duration::from_secs(60) >= validity {
+            return Err(
+                "webtransport.cert_renew_before must be at least 2s and less than \
+                 webtransport.cert_validity minus 60s"
+                    .into(),
+            );
+        }
         check_endpoint_paths("webtransport", &wt.endpoints)
     }
 }
@@ -1314,6 +1340,11 @@ mod tests {
             (1000, Duration::from_secs(300))
         );
         assert!(Config::from_yaml("sse:\n  keep_alive_interval: soon\n", "t").is_err());
+        let c = Config::from_yaml("webtransport:\n  cert_renew_before: 2d\n", "t").unwrap();
+        assert_eq!(
+            c.webtransport.cert_renew_before.0,
+            Duration::from_secs(2 * 86_400)
+        );
     }
 
     #[test]
@@ -1425,6 +1456,26 @@ mod tests {
                 "sse.allowed_origins",
             ),
             ("limits:\n  bogus: 1\n", "bogus"),
+            (
+                "webtransport:\n  cert_validity: 15d\n",
+                "webtransport.cert_validity",
+            ),
+            (
+                "webtransport:\n  cert_validity: 1m\n",
+                "webtransport.cert_validity",
+            ),
+            (
+                "webtransport:\n  cert_renew_before: 14d\n",
+                "webtransport.cert_renew_before",
+            ),
+            (
+                "webtransport:\n  cert_validity: 2m\n  cert_renew_before: 1m\n",
+                "webtransport.cert_renew_before",
+            ),
+            (
+                "webtransport:\n  cert_renew_before: 1s\n",
+                "webtransport.cert_renew_before",
+            ),
         ] {
             let e = Config::from_yaml(yaml, "t.yaml").unwrap_err();
             assert!(e.0.contains(key), "{yaml}: {e}");

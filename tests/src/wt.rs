@@ -2,8 +2,10 @@
 //! crate (quinn) as an independent client.
 //!
 //! - [`cert_hash`] reads the server's certificate hash from
-//!   `GET /webtransport/cert-hash`; [`connect`] / [`try_connect`] open a session
-//!   that trusts exactly that hash (one QUIC connection per session: wtransport
+//!   `GET /webtransport/cert-hash` ([`cert_hashes`]: its `hashes` list, which
+//!   names the next certificate too during a renewal); [`connect`] /
+//!   [`try_connect`] open a session that trusts exactly that hash
+//!   ([`try_connect_trusting`]: any of several) (one QUIC connection per session: wtransport
 //!   0.7 has no way to put two sessions on one connection).
 //! - The rooms endpoint's record formats (docs/PROTOCOL.md, "Rooms endpoint"):
 //!   [`client_record`] builds `varint(L) kind payload`; [`Inbox`] collects what the
@@ -82,6 +84,61 @@ pub async fn cert_hash(addr: SocketAddr) -> CertHash {
     CertHash { bytes, hex }
 }
 
+/// Fetches `GET /webtransport/cert-hash` and returns its `hashes` list (every
+/// certificate a client should trust: the current one first, then the next one
+/// while a renewal is pending). Checks that each entry's `sha256` and `base64`
+/// agree and that the first entry is the top-level `sha256`.
+pub async fn cert_hashes(addr: SocketAddr) -> Vec<CertHash> {
+    let resp = crate::raw::http_request(
+        addr,
+        &format!(
+            "GET /webtransport/cert-hash HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 200, "GET /webtransport/cert-hash: {resp:?}");
+    let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_else(|e| {
+        panic!(
+            "GET /webtransport/cert-hash body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(&resp.body)
+        )
+    });
+    let list = json["hashes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no array `hashes` in {json}"));
+    assert!(
+        (1..=2).contains(&list.len()),
+        "`hashes` holds the current and at most one next hash: {json}"
+    );
+    let hashes: Vec<CertHash> = list
+        .iter()
+        .map(|entry| {
+            let hex = entry["sha256"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no string `sha256` in {entry} of {json}"));
+            let bytes = decode_hex32(hex)
+                .unwrap_or_else(|| panic!("`sha256` is not 64 hex digits: {json}"));
+            let b64 = entry["base64"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no string `base64` in {entry} of {json}"));
+            let from_b64 = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap_or_else(|e| panic!("`base64` does not decode ({e}): {json}"));
+            assert_eq!(from_b64.as_slice(), bytes.as_slice(), "{json}");
+            CertHash {
+                bytes,
+                hex: hex.to_string(),
+            }
+        })
+        .collect();
+    assert_eq!(
+        json["sha256"].as_str(),
+        Some(hashes[0].hex.as_str()),
+        "the top-level `sha256` is the first of `hashes`: {json}"
+    );
+    hashes
+}
+
 /// Decodes exactly 64 hex digits (either case) into 32 bytes.
 pub fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
     if hex.len() != 64 || !hex.is_ascii() {
@@ -152,9 +209,19 @@ pub async fn try_connect(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<Session, ConnectingError> {
+    try_connect_trusting(std::slice::from_ref(hash), url, headers).await
+}
+
+/// [`try_connect`] accepting a certificate whose SHA-256 is any of `hashes`
+/// (what a page passing several `serverCertificateHashes` gets).
+pub async fn try_connect_trusting(
+    hashes: &[CertHash],
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<Session, ConnectingError> {
     let config = ClientConfig::builder()
         .with_bind_address("127.0.0.1:0".parse().expect("bind address"))
-        .with_server_certificate_hashes([Sha256Digest::new(hash.bytes)])
+        .with_server_certificate_hashes(hashes.iter().map(|h| Sha256Digest::new(h.bytes)))
         .build();
     let endpoint = Endpoint::client(config).expect("wtransport client endpoint");
     let mut options = ConnectOptions::builder(url);

@@ -527,6 +527,41 @@ impl EngineHandle {
         self.shared.senders.len()
     }
 
+    /// Re-read the `webtransport.cert` and `webtransport.key` files (what `SIGHUP`
+    /// does for the `corecast` binary): QUIC connections from now on present the
+    /// new certificate; open ones keep theirs. On an error (unreadable file, bad
+    /// PEM, key not matching the certificate, `cert: auto`, or WebTransport off)
+    /// the certificate in use stays and the error names the file. Returns the
+    /// SHA-256 of the new certificate.
+    pub fn reload_webtransport_cert(&self) -> Result<[u8; 32], crate::config::ConfigError> {
+        #[cfg(feature = "webtransport")]
+        if let Some(wt) = self.shared.wt.as_ref() {
+            return wt.reload().map_err(crate::config::ConfigError);
+        }
+        Err(crate::config::ConfigError(
+            "webtransport: not enabled: nothing to reload".into(),
+        ))
+    }
+
+    /// The private directory holding the WebTransport certificate and key files
+    /// (mode 0700, removed at exit), when WebTransport is on.
+    pub fn webtransport_key_dir(&self) -> Option<std::path::PathBuf> {
+        #[cfg(feature = "webtransport")]
+        return self.shared.wt.as_ref().map(|w| w.dir().to_path_buf());
+        #[cfg(not(feature = "webtransport"))]
+        None
+    }
+
+    /// Remove the WebTransport key directory now. [`RunningEngine::wait`] does
+    /// this after the shards stop; this is for an exit that skips it (a second
+    /// signal, a panic hook). New connections fail to switch certificates after it.
+    pub fn remove_webtransport_keys(&self) {
+        #[cfg(feature = "webtransport")]
+        if let Some(wt) = self.shared.wt.as_ref() {
+            wt.remove_dir();
+        }
+    }
+
     /// Re-read the `tls.cert` and `tls.key` files (what `SIGHUP` does for the
     /// `corecast` binary): handshakes from now on present the new certificate;
     /// connections already open keep theirs and are not interrupted. On an error
@@ -586,7 +621,8 @@ impl RunningEngine {
         self.metrics.as_ref().map(|m| m.addr())
     }
 
-    /// SHA-256 of the WebTransport certificate (for `serverCertificateHashes`).
+    /// SHA-256 of the WebTransport certificate new connections get (for
+    /// `serverCertificateHashes`; changes on renewal and reload).
     pub fn webtransport_cert_sha256(&self) -> Option<[u8; 32]> {
         self.handle.shared.wt_cert_sha256()
     }
@@ -606,6 +642,8 @@ impl RunningEngine {
             m.stop();
         }
         self.stop_bridge();
+        // Private keys do not outlive the server (the handle may live on).
+        self.handle.remove_webtransport_keys();
         joined
     }
 
@@ -638,5 +676,6 @@ impl Drop for RunningEngine {
             self.handle.shutdown();
             let _ = pool.join();
         }
+        self.handle.remove_webtransport_keys();
     }
 }

@@ -186,6 +186,10 @@ fn serve(
     });
     let cfg_wt_paths: Vec<String> = engine.webtransport_paths();
     let metrics_path = cfg.metrics.enabled.then(|| cfg.metrics.path.clone());
+    let reload = Reloadable {
+        tls: cfg.tls.is_some(),
+        webtransport: cfg.webtransport.enabled && cfg.webtransport.cert != "auto",
+    };
     let running = match engine.start() {
         Ok(r) => r,
         Err(e) => {
@@ -195,7 +199,7 @@ fn serve(
     };
     let handle = running.handle();
     // Handlers first: a signal right after the "listening" line must drain, not kill.
-    if let Err(e) = install_signal_handler(handle.clone()) {
+    if let Err(e) = install_signal_handler(handle.clone(), reload) {
         tracing::error!(error = %e, "cannot install signal handlers");
         return ExitCode::from(1);
     }
@@ -233,6 +237,14 @@ fn serve(
             corecast::cert::hex(&sha)
         );
     }
+    if let Some(dir) = handle.webtransport_key_dir() {
+        tracing::info!(
+            dir = %dir.display(),
+            "WebTransport certificate and key files in a private directory (removed at exit)"
+        );
+        // No panic hook: handler panics are caught and the server goes on. A panic
+        // that ends the process unwinds through `RunningEngine`, which removes it.
+    }
     if let (Some(addr), Some(sha)) = (running.tls_addr(), running.tls_cert_sha256()) {
         tracing::info!(addr = %addr, cert_sha256 = %corecast::cert::hex(&sha), "TLS listening");
         let _ = writeln!(
@@ -255,9 +267,19 @@ fn serve(
     }
 }
 
+/// What `SIGHUP` re-reads: the certificates configured as files.
+#[derive(Clone, Copy)]
+struct Reloadable {
+    tls: bool,
+    webtransport: bool,
+}
+
 /// First SIGINT/SIGTERM: graceful drain. Second: exit at once. SIGHUP: reload the
-/// TLS certificate and key (a bad file keeps the one in use).
-fn install_signal_handler(handle: corecast::EngineHandle) -> std::io::Result<()> {
+/// TLS and WebTransport certificate files (a bad file keeps the one in use).
+fn install_signal_handler(
+    handle: corecast::EngineHandle,
+    reload: Reloadable,
+) -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     std::thread::Builder::new()
@@ -266,16 +288,7 @@ fn install_signal_handler(handle: corecast::EngineHandle) -> std::io::Result<()>
             let mut seen = 0;
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    match handle.reload_tls() {
-                        Ok(sha) => tracing::info!(
-                            cert_sha256 = %corecast::cert::hex(&sha),
-                            "SIGHUP: TLS certificate reloaded"
-                        ),
-                        Err(e) => tracing::error!(
-                            error = %e,
-                            "SIGHUP: TLS certificate not reloaded; the one in use stays"
-                        ),
-                    }
+                    reload_certificates(&handle, reload);
                     continue;
                 }
                 seen += 1;
@@ -284,9 +297,42 @@ fn install_signal_handler(handle: corecast::EngineHandle) -> std::io::Result<()>
                     handle.shutdown();
                 } else {
                     tracing::warn!(signal = sig, "second signal: exiting now");
+                    handle.remove_webtransport_keys();
                     std::process::exit(130);
                 }
             }
         })?;
     Ok(())
+}
+
+/// `SIGHUP`: re-read each certificate configured as files, logging what was
+/// reloaded or why not (the certificate in use then stays).
+fn reload_certificates(handle: &corecast::EngineHandle, reload: Reloadable) {
+    if !reload.tls && !reload.webtransport {
+        tracing::info!("SIGHUP: no certificate files configured (tls: or webtransport.cert); nothing to reload");
+    }
+    if reload.tls {
+        match handle.reload_tls() {
+            Ok(sha) => tracing::info!(
+                cert_sha256 = %corecast::cert::hex(&sha),
+                "SIGHUP: TLS certificate reloaded"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: TLS certificate not reloaded; the one in use stays"
+            ),
+        }
+    }
+    if reload.webtransport {
+        match handle.reload_webtransport_cert() {
+            Ok(sha) => tracing::info!(
+                cert_sha256 = %corecast::cert::hex(&sha),
+                "SIGHUP: WebTransport certificate reloaded (new QUIC connections get it)"
+            ),
+            Err(e) => tracing::error!(
+                error = %e,
+                "SIGHUP: WebTransport certificate not reloaded; the one in use stays"
+            ),
+        }
+    }
 }

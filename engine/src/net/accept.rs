@@ -392,22 +392,38 @@ fn stats_response(shared: &Shared, req: &Request) -> Vec<u8> {
     }
 }
 
+/// `{"sha256","base64"}` of the certificate new connections get (the original
+/// shape), plus `hashes`: every certificate a client should trust, current first,
+/// then the next one while a renewal is pending.
 fn cert_hash_response(shared: &Shared) -> Vec<u8> {
-    match shared.wt_cert_sha256() {
-        Some(sha) => http::response_with_type(
-            200,
-            "OK",
-            &[("Access-Control-Allow-Origin", "*")],
-            "application/json",
-            format!(
-                "{{\"sha256\":\"{}\",\"base64\":\"{}\"}}",
-                crate::cert::hex(&sha),
-                crate::cert::base64(&sha)
-            )
-            .as_bytes(),
-        ),
-        None => http::response(404, "Not Found", &[], "WebTransport is not enabled"),
-    }
+    let Some(hashes) = shared.wt_cert_hashes() else {
+        return http::response(404, "Not Found", &[], "WebTransport is not enabled");
+    };
+    let entry = |sha: &[u8; 32]| {
+        format!(
+            "{{\"sha256\":\"{}\",\"base64\":\"{}\"}}",
+            crate::cert::hex(sha),
+            crate::cert::base64(sha)
+        )
+    };
+    let Some(current) = hashes.first() else {
+        return http::response(503, "Service Unavailable", &[], "no certificate");
+    };
+    let list: Vec<String> = hashes.iter().map(entry).collect();
+    let mut body = entry(current);
+    body.pop();
+    body.push_str(&format!(",\"hashes\":[{}]}}", list.join(",")));
+    http::response_with_type(
+        200,
+        "OK",
+        &[
+            ("Access-Control-Allow-Origin", "*"),
+            // Renewal changes the answer: a cached copy would name a retired hash.
+            ("Cache-Control", "no-store"),
+        ],
+        "application/json",
+        body.as_bytes(),
+    )
 }
 
 fn http_get_response(shard: &Shard, handler: &HttpHandler, req: &Request) -> Vec<u8> {

@@ -103,7 +103,7 @@ pub(crate) struct Bound {
     pub(crate) wt_addr: Option<SocketAddr>,
     /// WebTransport's certificate and key.
     #[cfg(feature = "webtransport")]
-    pub(crate) wt: Option<super::quic::WtShared>,
+    pub(crate) wt: Option<super::wt_cert::WtCerts>,
     /// The TLS listener (`tls:`): settings, sockets, address.
     pub(crate) tls: Option<std::sync::Arc<super::endpoint::TlsShared>>,
     pub(crate) tls_listeners: Vec<std::net::TcpListener>,
@@ -116,7 +116,7 @@ pub(crate) fn bind_all(config: &Config, shards: usize) -> Result<Bound, StartErr
     #[cfg(feature = "webtransport")]
     let (wt, udp_sockets, wt_addr) = if config.webtransport.enabled {
         let wt =
-            crate::net::quic::prepare_tls(&config.webtransport).map_err(StartError::Certificate)?;
+            super::wt_cert::WtCerts::new(&config.webtransport).map_err(StartError::Certificate)?;
         let udp_addr = config.webtransport.listen.unwrap_or(local_addr);
         let (sockets, addr) = bind_udp(udp_addr, shards)?;
         (Some(wt), sockets, Some(addr))
@@ -332,6 +332,22 @@ impl ShardBoot {
     }
 }
 
+/// `webtransport.cert: auto`: renew the certificate before it expires (one task,
+/// on shard 0; the shards pick the new one up on their next connection).
+#[cfg(feature = "webtransport")]
+async fn renew_wt_cert(shared: Arc<Shared>) {
+    // Sleep in bounded steps: the wait is computed from the wall clock, which
+    // may jump (suspend, NTP) while the timer runs on the monotonic one.
+    const MAX_STEP: std::time::Duration = std::time::Duration::from_secs(60);
+    while !shared.is_shutting_down() {
+        let Some(certs) = shared.wt.as_ref() else {
+            return;
+        };
+        let wait = certs.renew(std::time::SystemTime::now());
+        glommio::timer::sleep(wait.min(MAX_STEP)).await;
+    }
+}
+
 /// Take slot `i` of `v` (each is taken by its shard, once).
 fn take<T>(v: &[Mutex<Option<T>>], i: usize) -> Option<T> {
     v.get(i)
@@ -360,6 +376,10 @@ pub(crate) async fn run_shard(i: usize, shared: Arc<Shared>, boot: Arc<ShardBoot
             }
             Err(e) => tracing::error!(shard = i, error = %e, "WebTransport disabled"),
         }
+    }
+    #[cfg(feature = "webtransport")]
+    if i == 0 && shared.wt.as_ref().is_some_and(|w| w.is_auto()) {
+        glommio::spawn_local(renew_wt_cert(shared.clone())).detach();
     }
     glommio::spawn_local(accept_loop(shard.clone(), listener, None)).detach();
     if let (Some(fd), Some(tls)) = (take(&boot.tls, i), shared.tls.clone()) {

@@ -13,9 +13,9 @@ use super::handle::callbacks::WsCallbacks;
 use super::handle::ws_task::WsConn;
 #[cfg(feature = "webtransport")]
 use super::handle::wt_session::WtSession;
-#[cfg(feature = "webtransport")]
-use super::quic::WtShared;
 use super::shard::ShardMsg;
+#[cfg(feature = "webtransport")]
+use super::wt_cert::WtCerts;
 use crate::config::Config;
 use crate::proto::ws::deflate::DeflateSettings;
 use crate::stats::ShardStats;
@@ -163,7 +163,7 @@ pub(crate) struct Shared {
     pub(crate) wt_endpoints: Vec<WtEndpoint>,
     /// Certificate and key when WebTransport is on.
     #[cfg(feature = "webtransport")]
-    pub(crate) wt: Option<WtShared>,
+    pub(crate) wt: Option<WtCerts>,
     /// Plain HTTP GET routes (pages, small JSON answers).
     pub(crate) http_routes: Vec<(String, HttpHandler)>,
     /// Routed endpoints, for the per-route metrics.
@@ -237,10 +237,20 @@ impl Shared {
             .map(|(i, (_, e))| (i, e))
     }
 
-    /// SHA-256 of the WebTransport certificate, when WebTransport is on.
+    /// SHA-256 of the WebTransport certificate new connections get, when
+    /// WebTransport is on.
     pub(crate) fn wt_cert_sha256(&self) -> Option<[u8; 32]> {
         #[cfg(feature = "webtransport")]
-        return self.wt.as_ref().map(|w| w.cert_sha256);
+        return self.wt.as_ref().map(|w| w.current_sha256());
+        #[cfg(not(feature = "webtransport"))]
+        None
+    }
+
+    /// SHA-256 of the WebTransport certificates a client should trust: the
+    /// current one, then the next one while a renewal is pending.
+    pub(crate) fn wt_cert_hashes(&self) -> Option<Vec<[u8; 32]>> {
+        #[cfg(feature = "webtransport")]
+        return self.wt.as_ref().map(|w| w.hashes());
         #[cfg(not(feature = "webtransport"))]
         None
     }

@@ -36,3 +36,5 @@ pub(crate) mod tls;
 #[cfg(feature = "webtransport")]
 pub(crate) mod udp;
 pub(crate) mod upgrade;
+#[cfg(feature = "webtransport")]
+pub(crate) mod wt_cert;

@@ -28,6 +28,7 @@ use slab::Slab;
 
 use super::shard::{Shard, ShardMsg};
 use super::udp::{self, BATCH, RECV_SIZE};
+use super::wt_cert::WtCerts;
 use crate::net::handle::wt_session::{
     Incoming, SessionOrigin, SessionState, WtSession, CLOSE_GOING_AWAY, CLOSE_HANDLER_PANIC,
 };
@@ -282,14 +283,6 @@ thread_local! {
     static GATHER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The WebTransport side of the engine every shard shares.
-pub(crate) struct WtShared {
-    pub(crate) cert_path: String,
-    pub(crate) key_path: String,
-    /// SHA-256 of the certificate (DER), for `serverCertificateHashes`.
-    pub(crate) cert_sha256: [u8; 32],
-}
-
 /// A shard's QUIC endpoint.
 pub(crate) struct Endpoint {
     pub(crate) shard: Rc<Shard>,
@@ -297,6 +290,8 @@ pub(crate) struct Endpoint {
     fd: RawFd,
     local: SocketAddr,
     qconfig: RefCell<quiche::Config>,
+    /// The certificate generation `qconfig` was built with.
+    cert_generation: Cell<u64>,
     conns: RefCell<Slab<Rc<QuicConn>>>,
     cids: RefCell<HashMap<Vec<u8>, usize>>,
     tokens: RetryTokens,
@@ -311,17 +306,22 @@ pub(crate) struct Endpoint {
     admitted: Cell<usize>,
 }
 
-/// Build the quiche configuration shared by a shard's connections.
+/// Build the quiche configuration shared by a shard's connections, with the
+/// current certificate; returns it with that certificate's generation.
 pub(crate) fn quiche_config(
     shared: &crate::net::endpoint::Shared,
-    wt: &WtShared,
-) -> Result<quiche::Config, String> {
+    certs: &WtCerts,
+) -> Result<(quiche::Config, u64), String> {
     let c = &shared.config.webtransport;
+    let (generation, cert_path, key_path) = certs
+        .current_files()
+        .ok_or("webtransport: certificate lock poisoned")?;
+    let (cert_path, key_path) = (cert_path.to_string_lossy(), key_path.to_string_lossy());
     let mut q = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(|e| e.to_string())?;
-    q.load_cert_chain_from_pem_file(&wt.cert_path)
-        .map_err(|e| format!("webtransport.cert {}: {e}", wt.cert_path))?;
-    q.load_priv_key_from_pem_file(&wt.key_path)
-        .map_err(|e| format!("webtransport.key {}: {e}", wt.key_path))?;
+    q.load_cert_chain_from_pem_file(&cert_path)
+        .map_err(|e| format!("webtransport certificate {cert_path}: {e}"))?;
+    q.load_priv_key_from_pem_file(&key_path)
+        .map_err(|e| format!("webtransport key {key_path}: {e}"))?;
     q.set_application_protos(&[b"h3"])
         .map_err(|e| e.to_string())?;
     q.set_max_idle_timeout(c.idle_timeout.0.as_millis() as u64);
@@ -336,14 +336,14 @@ pub(crate) fn quiche_config(
     q.set_disable_active_migration(true);
     // Browsers drop datagrams unless max_datagram_frame_size is advertised.
     q.enable_dgram(true, 1024, 256);
-    Ok(q)
+    Ok((q, generation))
 }
 
 impl Endpoint {
     pub(crate) fn new(
         shard: Rc<Shard>,
         socket: UdpSocket,
-        qconfig: quiche::Config,
+        (qconfig, cert_generation): (quiche::Config, u64),
     ) -> Result<Rc<Self>, String> {
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let tokens = RetryTokens::new(TOKEN_LIFETIME).map_err(|e| e.to_string())?;
@@ -353,6 +353,7 @@ impl Endpoint {
             socket,
             local,
             qconfig: RefCell::new(qconfig),
+            cert_generation: Cell::new(cert_generation),
             conns: RefCell::new(Slab::new()),
             cids: RefCell::new(HashMap::new()),
             tokens,
@@ -365,6 +366,32 @@ impl Endpoint {
             admitted: Cell::new(0),
             stopped: Cell::new(false),
         }))
+    }
+
+    /// After a certificate renewal or reload, build the configuration new
+    /// connections get (open ones keep theirs). On an error the previous
+    /// certificate stays in use on this shard.
+    fn refresh_config(&self) {
+        let Some(certs) = self.shard.shared.wt.as_ref() else {
+            return;
+        };
+        let generation = certs.generation();
+        if generation == self.cert_generation.get() {
+            return;
+        }
+        match quiche_config(&self.shard.shared, certs) {
+            Ok((q, g)) => {
+                *self.qconfig.borrow_mut() = q;
+                self.cert_generation.set(g);
+            }
+            Err(e) => {
+                // Not retried per packet: a broken file would make every new
+                // connection pay for it.
+                self.cert_generation.set(generation);
+                tracing::error!(shard = self.shard.id, error = %e,
+                    "WebTransport certificate not switched; the previous one stays on this shard");
+            }
+        }
     }
 
     fn new_cid(&self) -> [u8; CID_LEN] {
@@ -513,6 +540,7 @@ impl Endpoint {
         } else {
             self.new_cid()
         };
+        self.refresh_config();
         let conn = if retry {
             // The token must be ours, for this address, unexpired, and name the
             // connection id the client now uses.
@@ -1085,33 +1113,4 @@ impl Endpoint {
         glommio::timer::sleep(Duration::from_millis(20)).await;
         self.stopped.set(true);
     }
-}
-
-/// Resolve the certificate: the configured PEM files, or (`cert: auto`) a fresh
-/// self-signed one written to a private temporary directory.
-pub(crate) fn prepare_tls(c: &crate::config::WebTransportConfig) -> Result<WtShared, String> {
-    use crate::cert;
-    if c.cert != "auto" {
-        let pem = std::fs::read_to_string(&c.cert)
-            .map_err(|e| format!("webtransport.cert {}: cannot read: {e}", c.cert))?;
-        let sha =
-            cert::sha256_of_pem(&pem).map_err(|e| format!("webtransport.cert {}: {e}", c.cert))?;
-        std::fs::metadata(&c.key).map_err(|e| format!("webtransport.key {}: {e}", c.key))?;
-        return Ok(WtShared {
-            cert_path: c.cert.clone(),
-            key_path: c.key.clone(),
-            cert_sha256: sha,
-        });
-    }
-    let hosts = ["localhost", "127.0.0.1", "::1"].map(String::from);
-    let made = cert::generate(&hosts, cert::MAX_VALIDITY, SystemTime::now())
-        .map_err(|e| format!("webtransport.cert auto: {e}"))?;
-    let dir = std::env::temp_dir().join(format!("corecast-{}-wt", std::process::id()));
-    let (cert_path, key_path) =
-        cert::write_pair(&dir, &made).map_err(|e| format!("webtransport.cert auto: {e}"))?;
-    Ok(WtShared {
-        cert_path: cert_path.display().to_string(),
-        key_path: key_path.display().to_string(),
-        cert_sha256: made.sha256,
-    })
 }
