@@ -47,9 +47,8 @@ pub struct CertHash {
     pub hex: String,
 }
 
-/// Fetches `GET /webtransport/cert-hash` from the TCP listener at `addr` and
-/// checks that its `sha256` (hex) and `base64` fields name the same 32 bytes.
-pub async fn cert_hash(addr: SocketAddr) -> CertHash {
+/// `GET /webtransport/cert-hash` from the TCP listener at `addr`, as JSON.
+async fn cert_hash_json(addr: SocketAddr) -> serde_json::Value {
     let resp = crate::raw::http_request(
         addr,
         &format!(
@@ -64,6 +63,13 @@ pub async fn cert_hash(addr: SocketAddr) -> CertHash {
             String::from_utf8_lossy(&resp.body)
         )
     });
+    json
+}
+
+/// Fetches `GET /webtransport/cert-hash` from the TCP listener at `addr` and
+/// checks that its `sha256` (hex) and `base64` fields name the same 32 bytes.
+pub async fn cert_hash(addr: SocketAddr) -> CertHash {
+    let json = cert_hash_json(addr).await;
     let hex = json["sha256"]
         .as_str()
         .unwrap_or_else(|| panic!("no string `sha256` in {json}"))
@@ -89,20 +95,7 @@ pub async fn cert_hash(addr: SocketAddr) -> CertHash {
 /// while a renewal is pending). Checks that each entry's `sha256` and `base64`
 /// agree and that the first entry is the top-level `sha256`.
 pub async fn cert_hashes(addr: SocketAddr) -> Vec<CertHash> {
-    let resp = crate::raw::http_request(
-        addr,
-        &format!(
-            "GET /webtransport/cert-hash HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        ),
-    )
-    .await;
-    assert_eq!(resp.status, 200, "GET /webtransport/cert-hash: {resp:?}");
-    let json: serde_json::Value = serde_json::from_slice(&resp.body).unwrap_or_else(|e| {
-        panic!(
-            "GET /webtransport/cert-hash body is not JSON ({e}): {:?}",
-            String::from_utf8_lossy(&resp.body)
-        )
-    });
+    let json = cert_hash_json(addr).await;
     let list = json["hashes"]
         .as_array()
         .unwrap_or_else(|| panic!("no array `hashes` in {json}"));
