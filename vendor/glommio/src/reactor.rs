@@ -437,8 +437,12 @@ impl Reactor {
     /// dropped; every wake-up sets its result again (`Source::take_result`).
     pub(crate) fn poll_read_multishot(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
-        self.sys
-            .poll_ready_multishot(&source, common_flags() | read_flags());
+        // POLLRDHUP: the completion says when the peer has closed, which a
+        // stream must keep reading until it sees EOF (see `NonBufferedStream`).
+        self.sys.poll_ready_multishot(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+        );
         source
     }
 

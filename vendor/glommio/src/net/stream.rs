@@ -232,6 +232,10 @@ pub(crate) struct NonBufferedStream<S> {
     // data without a new wake-up (the last read filled its buffer).
     rx_multishot: bool,
     rx_maybe_ready: bool,
+    // The poll reported that the peer closed or the socket failed: read until
+    // the EOF or error shows, whatever the reads return before it (a wake-up
+    // for the FIN may have been folded into the one for the last data).
+    rx_closed: bool,
 }
 
 impl<S: AsRawFd> NonBufferedStream<S> {
@@ -246,10 +250,12 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     }
 
     /// corecast patch: `poll_read` with one multishot poll armed for the
-    /// stream's life. A read is tried only after a wake-up or after a read
-    /// that filled its buffer; otherwise nothing changed since the last read
-    /// found the socket empty (a short TCP read drains the receive queue, and
-    /// data queued later wakes the poll again), so no syscall is made.
+    /// stream's life. A read is tried only after a wake-up, after a read that
+    /// filled its buffer, or once the poll has reported the peer closed (its
+    /// FIN may arrive with the last data, in one wake-up, before that data is
+    /// read); otherwise nothing changed since the last read found the socket
+    /// empty (a short TCP read drains the receive queue, and data queued later
+    /// wakes the poll again), so no syscall is made.
     fn poll_read_multishot(
         &mut self,
         reactor: &Reactor,
@@ -266,7 +272,14 @@ impl<S: AsRawFd> NonBufferedStream<S> {
                     self.source_rx = None;
                     self.rx_maybe_ready = true;
                 }
-                Some(_) => self.rx_maybe_ready = true,
+                Some(Ok(mask)) => {
+                    self.rx_maybe_ready = true;
+                    let closed = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+                    if mask as libc::c_short & closed != 0 {
+                        self.rx_closed = true;
+                    }
+                }
+                Some(Err(_)) => self.rx_maybe_ready = true,
                 None => {}
             }
             if !source_is_armed(&self.source_rx) {
@@ -279,7 +292,7 @@ impl<S: AsRawFd> NonBufferedStream<S> {
             if let Some(result) = super::yolo_recv(self.stream.as_raw_fd(), buf) {
                 self.read_timeout.cancel_timer(reactor);
                 let n = poll_err!(result);
-                self.rx_maybe_ready = n > 0 && n == buf.len();
+                self.rx_maybe_ready = self.rx_closed || (n > 0 && n == buf.len());
                 return Poll::Ready(Ok(n));
             }
             self.rx_maybe_ready = false;
@@ -440,6 +453,7 @@ where
             read_timeout: Timeout::new(reactor.register_timer()),
             rx_multishot: crate::sys::io_uring_multishot_poll(),
             rx_maybe_ready: false,
+            rx_closed: false,
         };
         stream.init();
         GlommioStream {
